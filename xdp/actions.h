@@ -1,0 +1,357 @@
+/* actions.h: runs a megaflow's datapath actions on the packet, and the upcall.
+ * Included by emc.c and megaflow.c: an EMC hit and a megaflow hit run the same code. Checksums are
+ * updated incrementally (RFC 1624) on every rewrite that touches them. */
+#ifndef XDPSWITCH_ACTIONS_H
+#define XDPSWITCH_ACTIONS_H
+
+#include "parser.h"
+#include "stats.h"
+
+#define DP_VERDICT_UPCALL 0x100 /* not an XDP action: "send this to user space" */
+
+static __always_inline __u32 csum_diff16(__u16 from, __u16 to)
+{
+    return (__u16)~from + (__u32)to;
+}
+
+static __always_inline __u32 csum_diff32(__u32 from, __u32 to)
+{
+    return csum_diff16(from & 0xffff, to & 0xffff) + csum_diff16(from >> 16, to >> 16);
+}
+
+/* Apply a sum of csum_diff*() terms to a checksum field. */
+static __always_inline __u16 csum_apply(__u16 csum, __u32 diff)
+{
+    __u32 s = (__u16)~csum + diff;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return ~(__u16)s;
+}
+
+/* A pointer to len bytes at off, or NULL when the packet is shorter. */
+#define PKT_AT(ctx, off, len) ({ \
+    void *_d = (void *)(long)(ctx)->data; \
+    void *_e = (void *)(long)(ctx)->data_end; \
+    void *_p = _d + ((off) & PKT_OFF_MASK); \
+    (_p + (len) > _e) ? (void *)0 : _p; })
+
+/* Fix the L4 checksum after a pseudo-header (address) change worth diff. */
+static __always_inline void l4_csum_fix(struct xdp_md *ctx, struct dp_scratch *ps, __u32 diff)
+{
+    if (!ps->l4_off)
+        return;
+    if (ps->key.nw_proto == IPPROTO_TCP_) {
+        __u16 *c = PKT_AT(ctx, ps->l4_off + 16, 2);
+        if (c)
+            *c = csum_apply(*c, diff);
+    } else if (ps->key.nw_proto == IPPROTO_UDP_) {
+        __u16 *c = PKT_AT(ctx, ps->l4_off + 6, 2);
+        if (c && (*c || ps->key.dl_type == bpf_htons(ETH_P_IPV6_))) {
+            *c = csum_apply(*c, diff);
+            if (!*c)
+                *c = 0xffff;
+        }
+    } else if (ps->key.nw_proto == IPPROTO_ICMPV6_ && ps->key.dl_type == bpf_htons(ETH_P_IPV6_)) {
+        __u16 *c = PKT_AT(ctx, ps->l4_off + 2, 2);
+        if (c)
+            *c = csum_apply(*c, diff);
+    }
+}
+
+static __always_inline __u32 act_set_ipv4(struct xdp_md *ctx, struct dp_scratch *ps, __u32 field, __u32 addr)
+{
+    if (ps->key.dl_type != bpf_htons(ETH_P_IP_) || !ps->l3_off)
+        return DROP_BAD_ACTION;
+    struct iphdr *ip = PKT_AT(ctx, ps->l3_off, sizeof(struct iphdr));
+    if (!ip)
+        return DROP_BAD_ACTION;
+    __u32 *a = field ? &ip->daddr : &ip->saddr;
+    __u32 diff = csum_diff32(*a, addr);
+    *a = addr;
+    ip->check = csum_apply(ip->check, diff);
+    l4_csum_fix(ctx, ps, diff);
+    return 0;
+}
+
+static __always_inline __u32 act_set_ipv6(struct xdp_md *ctx, struct dp_scratch *ps, __u32 field,
+                                          const __u8 *addr)
+{
+    if (ps->key.dl_type != bpf_htons(ETH_P_IPV6_) || !ps->l3_off)
+        return DROP_BAD_ACTION;
+    __u32 *a = PKT_AT(ctx, ps->l3_off + (field ? 24 : 8), 16);
+    if (!a)
+        return DROP_BAD_ACTION;
+    const __u32 *n = (const __u32 *)addr;
+    __u32 diff = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        diff += csum_diff32(a[i], n[i]);
+        a[i] = n[i];
+    }
+    l4_csum_fix(ctx, ps, diff);
+    return 0;
+}
+
+static __always_inline __u32 act_set_tp(struct xdp_md *ctx, struct dp_scratch *ps, __u32 field, __be16 port)
+{
+    if (!ps->l4_off)
+        return DROP_BAD_ACTION;
+    if (ps->key.nw_proto == IPPROTO_SCTP_)
+        return DROP_UNSUPPORTED; /* its checksum is a CRC32c over the whole packet */
+    if (ps->key.nw_proto != IPPROTO_TCP_ && ps->key.nw_proto != IPPROTO_UDP_)
+        return DROP_BAD_ACTION;
+    __be16 *p = PKT_AT(ctx, ps->l4_off + (field ? 2 : 0), 2);
+    if (!p)
+        return DROP_BAD_ACTION;
+    __u32 diff = csum_diff16(*p, port);
+    *p = port;
+    l4_csum_fix(ctx, ps, diff);
+    return 0;
+}
+
+static __always_inline __u32 act_dscp(struct xdp_md *ctx, struct dp_scratch *ps, __u8 dscp)
+{
+    if (ps->key.dl_type == bpf_htons(ETH_P_IP_) && ps->l3_off) {
+        __u16 *w = PKT_AT(ctx, ps->l3_off, 2);      /* version/ihl, tos */
+        if (!w)
+            return DROP_BAD_ACTION;
+        __u8 *b = (__u8 *)w;
+        __u16 old = *w;
+        b[1] = (dscp << 2) | (b[1] & 3);
+        struct iphdr *ip = PKT_AT(ctx, ps->l3_off, sizeof(struct iphdr));
+        if (!ip)
+            return DROP_BAD_ACTION;
+        ip->check = csum_apply(ip->check, csum_diff16(old, *(__u16 *)ip));
+        return 0;
+    }
+    if (ps->key.dl_type == bpf_htons(ETH_P_IPV6_) && ps->l3_off) {
+        __u8 *b = PKT_AT(ctx, ps->l3_off, 2);      /* version | tclass | flow label */
+        if (!b)
+            return DROP_BAD_ACTION;
+        __u8 tc = (b[0] << 4) | (b[1] >> 4);
+        tc = (dscp << 2) | (tc & 3);
+        b[0] = (b[0] & 0xf0) | (tc >> 4);
+        b[1] = (b[1] & 0x0f) | (tc << 4);
+        return 0;
+    }
+    return DROP_BAD_ACTION;
+}
+
+static __always_inline __u32 act_dec_ttl(struct xdp_md *ctx, struct dp_scratch *ps)
+{
+    if (ps->key.dl_type == bpf_htons(ETH_P_IP_) && ps->l3_off) {
+        struct iphdr *ip = PKT_AT(ctx, ps->l3_off, sizeof(struct iphdr));
+        if (!ip)
+            return DROP_BAD_ACTION;
+        if (ip->ttl <= 1)
+            return DROP_TTL_EXPIRED;
+        __u16 old = *(__u16 *)&ip->ttl; /* ttl, protocol */
+        ip->ttl--;
+        ip->check = csum_apply(ip->check, csum_diff16(old, *(__u16 *)&ip->ttl));
+        return 0;
+    }
+    if (ps->key.dl_type == bpf_htons(ETH_P_IPV6_) && ps->l3_off) {
+        struct ipv6hdr *ip6 = PKT_AT(ctx, ps->l3_off, sizeof(struct ipv6hdr));
+        if (!ip6)
+            return DROP_BAD_ACTION;
+        if (ip6->hop_limit <= 1)
+            return DROP_TTL_EXPIRED;
+        ip6->hop_limit--;
+        return 0;
+    }
+    return DROP_BAD_ACTION;
+}
+
+static __always_inline __u32 act_push_vlan(struct xdp_md *ctx, struct dp_scratch *ps, __be16 tci, __u32 tpid)
+{
+    __u8 macs[12];
+    __u8 *old = PKT_AT(ctx, 0, 14);
+    if (!old)
+        return DROP_BAD_ACTION;
+    __builtin_memcpy(macs, old, 12);
+    if (bpf_xdp_adjust_head(ctx, -VLAN_HLEN_))
+        return DROP_ADJUST_FAILED;
+    __u8 *eth = PKT_AT(ctx, 0, 18);
+    if (!eth)
+        return DROP_ADJUST_FAILED;
+    __builtin_memcpy(eth, macs, 12);
+    *(__be16 *)(eth + 12) = bpf_htons(tpid);
+    *(__be16 *)(eth + 14) = tci & ~bpf_htons(VLAN_CFI);
+    if (ps->l3_off)
+        ps->l3_off += VLAN_HLEN_;
+    if (ps->l4_off)
+        ps->l4_off += VLAN_HLEN_;
+    ps->tagged = 1;
+    return 0;
+}
+
+static __always_inline __u32 act_pop_vlan(struct xdp_md *ctx, struct dp_scratch *ps)
+{
+    __u8 macs[12];
+    __u8 *eth = PKT_AT(ctx, 0, 18);
+    if (!eth || !ps->tagged)
+        return DROP_BAD_ACTION;
+    __builtin_memcpy(macs, eth, 12);
+    if (bpf_xdp_adjust_head(ctx, VLAN_HLEN_))
+        return DROP_ADJUST_FAILED;
+    eth = PKT_AT(ctx, 0, 14);
+    if (!eth)
+        return DROP_ADJUST_FAILED;
+    __builtin_memcpy(eth, macs, 12);
+    if (ps->l3_off)
+        ps->l3_off -= VLAN_HLEN_;
+    if (ps->l4_off)
+        ps->l4_off -= VLAN_HLEN_;
+    ps->tagged = 0;
+    return 0;
+}
+
+static __always_inline int act_group(__u32 g)
+{
+    const __u64 f = BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS;
+    switch (g) {
+    case 0: return dp_group0.redirect_map(0, f);
+    case 1: return dp_group1.redirect_map(0, f);
+    case 2: return dp_group2.redirect_map(0, f);
+    case 3: return dp_group3.redirect_map(0, f);
+    case 4: return dp_group4.redirect_map(0, f);
+    case 5: return dp_group5.redirect_map(0, f);
+    case 6: return dp_group6.redirect_map(0, f);
+    case 7: return dp_group7.redirect_map(0, f);
+    }
+    return XDP_DROP;
+}
+
+/* Run the actions. Returns an XDP action or DP_VERDICT_UPCALL; ps->reason says why a packet was dropped. */
+static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry *f, struct dp_scratch *ps)
+{
+    __u32 n = f->n_actions;
+    ps->reason = DROP_ACTION;
+    for (__u32 i = 0; i < MF_MAX_ACTIONS; i++) {
+        if (i >= n)
+            break;
+        const struct dp_action *a = &f->actions[i];
+        __u32 r = 0;
+        switch (a->type) {
+        case DP_ACT_OUTPUT: {
+            int v = dp_tx_ports.redirect_map(a->arg16, XDP_DROP);
+            if (v != XDP_REDIRECT) {
+                ps->reason = DROP_NO_PORT;
+                return XDP_DROP;
+            }
+            __u32 port = a->arg16;
+            struct dp_port_stats *st = dp_port_stats.lookup(&port);
+            if (st) {
+                st->tx_packets++;
+                st->tx_bytes += ctx->data_end - ctx->data;
+            }
+            ps->reason = 0;
+            return v;
+        }
+        case DP_ACT_GROUP:
+            ps->reason = 0;
+            return act_group(a->arg32);
+        case DP_ACT_FLOOD:
+            ps->reason = 0;
+            return dp_tx_ports.redirect_map(0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+        case DP_ACT_UPCALL:
+            ps->reason = 0;
+            return DP_VERDICT_UPCALL;
+        case DP_ACT_DROP:
+            return XDP_DROP;
+        case DP_ACT_SET_ETH_SRC:
+        case DP_ACT_SET_ETH_DST: {
+            __u8 *eth = PKT_AT(ctx, 0, 14);
+            if (!eth) {
+                r = DROP_BAD_ACTION;
+                break;
+            }
+            __builtin_memcpy(eth + (a->type == DP_ACT_SET_ETH_SRC ? 6 : 0), a->data, 6);
+            break;
+        }
+        case DP_ACT_PUSH_VLAN:
+            r = act_push_vlan(ctx, ps, a->arg16, a->arg32);
+            break;
+        case DP_ACT_POP_VLAN:
+            r = act_pop_vlan(ctx, ps);
+            break;
+        case DP_ACT_SET_VLAN: {
+            __be16 *tci = PKT_AT(ctx, 14, 2);
+            if (!tci || !ps->tagged)
+                r = DROP_BAD_ACTION;
+            else
+                *tci = a->arg16 & ~bpf_htons(VLAN_CFI);
+            break;
+        }
+        case DP_ACT_SET_IPV4_SRC:
+        case DP_ACT_SET_IPV4_DST:
+            r = act_set_ipv4(ctx, ps, a->type == DP_ACT_SET_IPV4_DST, a->arg32);
+            break;
+        case DP_ACT_SET_IP_DSCP:
+            r = act_dscp(ctx, ps, bpf_ntohs(a->arg16) & 0x3f);
+            break;
+        case DP_ACT_DEC_TTL:
+            r = act_dec_ttl(ctx, ps);
+            break;
+        case DP_ACT_SET_IPV6_SRC:
+        case DP_ACT_SET_IPV6_DST:
+            r = act_set_ipv6(ctx, ps, a->type == DP_ACT_SET_IPV6_DST, a->data);
+            break;
+        case DP_ACT_SET_TP_SRC:
+        case DP_ACT_SET_TP_DST:
+            r = act_set_tp(ctx, ps, a->type == DP_ACT_SET_TP_DST, a->arg16);
+            break;
+        default:
+            r = DROP_BAD_ACTION;
+        }
+        if (r) {
+            ps->reason = r;
+            return XDP_DROP;
+        }
+    }
+    return XDP_DROP; /* no terminal action: drop (reason DROP_ACTION) */
+}
+
+/* Send the packet to the upcall socket of its ingress port and queue, with struct upcall_meta in front.
+ * Returns XDP_REDIRECT, or XDP_DROP when no socket is bound (or the queue is beyond DP_MAX_QUEUES). */
+static __always_inline int dp_upcall(struct xdp_md *ctx, __u32 in_port, __u32 hash, __u16 reason)
+{
+    __u32 q = ctx->rx_queue_index;
+    if (q >= DP_MAX_QUEUES || in_port >= DP_MAX_PORTS)
+        return XDP_DROP;
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct upcall_meta)))
+        return XDP_DROP;
+    struct upcall_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data)
+        return XDP_DROP;
+    m->reason = reason;
+    m->in_port = in_port;
+    m->hash = hash;
+    return upcall_xsks.redirect_map(in_port * DP_MAX_QUEUES + q, XDP_DROP);
+}
+
+/* A cache hit on megaflow flow_idx: count it, run its actions, count any drop. */
+static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const struct mf_entry *f,
+                                  struct dp_scratch *s, __u32 stat)
+{
+    struct mf_flow_stats *fs = mf_stats.lookup(&flow_idx);
+    if (fs) {
+        fs->packets++;
+        fs->bytes += ctx->data_end - ctx->data;
+        fs->used_ns = bpf_ktime_get_coarse_ns();
+    }
+    dp_stat_add(stat, 1);
+
+    s->tagged = s->key.vlan_tci != 0;
+    int verdict = dp_execute(ctx, f, s);
+    if (verdict == DP_VERDICT_UPCALL) {
+        verdict = dp_upcall(ctx, s->key.in_port, s->hash, UPCALL_SLOW_PATH);
+        if (verdict != XDP_REDIRECT)
+            s->reason = DROP_NO_UPCALL_SOCKET;
+    }
+    if (verdict == XDP_DROP)
+        dp_drop_count(s->reason, s->key.in_port);
+    return verdict;
+}
+
+#endif

@@ -1,0 +1,53 @@
+/* dp_consts.h: sizes and constants of the xdpswitch fast path.
+ * Included by dp_structs.h, and so by every program (emc.c, megaflow.c, baseline.c).
+ * Each size is #ifndef so ctl/datapath.py can override it with a -D cflag. */
+#ifndef XDPSWITCH_DP_CONSTS_H
+#define XDPSWITCH_DP_CONSTS_H
+
+#ifndef DP_MAX_PORTS
+#define DP_MAX_PORTS 256            /* datapath port numbers 1..DP_MAX_PORTS-1 */
+#endif
+#ifndef DP_MAX_QUEUES
+#define DP_MAX_QUEUES 16            /* rx queues per port that can have an upcall socket */
+#endif
+#ifndef EMC_ENTRIES
+#define EMC_ENTRIES 8192            /* per CPU; a power of two (OVS: EM_FLOW_HASH_ENTRIES) */
+#endif
+#ifndef MF_MAX_MASKS
+#define MF_MAX_MASKS 64             /* subtables; bounds the tuple space search loop */
+#endif
+#ifndef MF_MAX_FLOWS
+#define MF_MAX_FLOWS 262144         /* megaflows; indexes mf_entries and mf_stats */
+#endif
+#ifndef MF_HINT_ENTRIES
+#define MF_HINT_ENTRIES 4096        /* per CPU; a power of two: packet hash -> last matching mask */
+#endif
+#ifndef MF_MAX_ACTIONS
+#define MF_MAX_ACTIONS 8            /* datapath actions per megaflow */
+#endif
+#define DP_MAX_GROUPS 8             /* output sets (several ports) in use at once; one devmap each */
+#ifndef DP_IPV6_MAX_EXT
+#define DP_IPV6_MAX_EXT 4           /* IPv6 extension headers walked before giving up */
+#endif
+
+#define ETH_HLEN_ 14
+#define VLAN_HLEN_ 4
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_IP_ 0x0800
+#define ETH_P_ARP_ 0x0806
+#define ETH_P_IPV6_ 0x86DD
+#define ETH_TYPE_MIN_ 0x0600
+#define FLOW_DL_TYPE_NONE 0x05FF    /* as OVS: an 802.3 frame without an Ethernet II type */
+#define VLAN_CFI 0x1000             /* in flow_key.vlan_tci: a tag is present (as OVS) */
+
+#define FLOW_NW_FRAG_ANY 1
+#define FLOW_NW_FRAG_LATER 2
+
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_SCTP_ 132
+
+#endif

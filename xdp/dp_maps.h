@@ -1,0 +1,76 @@
+/* dp_maps.h: every map of the fast path. Included by emc.c, megaflow.c and baseline.c; all programs
+ * compiled together share these maps. With -DDP_PIN_DIR="/sys/fs/bpf/..." each map is pinned there
+ * under its own name, and a later load with the same directory reopens the same maps. */
+#ifndef XDPSWITCH_DP_MAPS_H
+#define XDPSWITCH_DP_MAPS_H
+
+#include "dp_structs.h"
+
+#ifdef DP_PIN_DIR
+#define DP_PIN(_name) ":" DP_PIN_DIR "/" #_name
+#else
+#define DP_PIN(_name) ""
+#endif
+
+#define DP_MAP(_type, _key, _leaf, _name, _max) \
+    BPF_F_TABLE(_type DP_PIN(_name), _key, _leaf, _name, _max, 0)
+
+/* A devmap with bcc's redirect_map() member, pinnable (bcc's BPF_DEVMAP is not). */
+#define DP_DEVMAP(_name, _max) \
+    struct _name##_table_t { \
+        u32 key; \
+        int leaf; \
+        u64 (*redirect_map)(int, int); \
+        u32 max_entries; \
+    }; \
+    __attribute__((section("maps/devmap" DP_PIN(_name)))) \
+    struct _name##_table_t _name = {.max_entries = (_max)}
+
+/* Ports: ingress ifindex -> port number; port number -> ifindex for output and flood. */
+DP_MAP("hash", u32, struct dp_port, dp_ports, DP_MAX_PORTS);
+DP_DEVMAP(dp_tx_ports, DP_MAX_PORTS);
+DP_MAP("percpu_array", u32, struct dp_port_stats, dp_port_stats, DP_MAX_PORTS);
+
+/* Output groups: a devmap per set of ports, broadcast to with the ingress port excluded. */
+DP_DEVMAP(dp_group0, DP_MAX_PORTS);
+DP_DEVMAP(dp_group1, DP_MAX_PORTS);
+DP_DEVMAP(dp_group2, DP_MAX_PORTS);
+DP_DEVMAP(dp_group3, DP_MAX_PORTS);
+DP_DEVMAP(dp_group4, DP_MAX_PORTS);
+DP_DEVMAP(dp_group5, DP_MAX_PORTS);
+DP_DEVMAP(dp_group6, DP_MAX_PORTS);
+DP_DEVMAP(dp_group7, DP_MAX_PORTS);
+
+DP_MAP("array", u32, struct dp_config, dp_config, 1);
+DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);
+DP_MAP("percpu_array", u32, u64, dp_drops, DROP_MAX);
+
+/* EMC: per CPU, direct-mapped by flow_key_hash(). */
+DP_MAP("percpu_array", u32, struct emc_entry, emc_entries, EMC_ENTRIES);
+
+/* Megaflow cache: masks (subtables), their visiting order, the flows, their actions and stats. */
+DP_MAP("array", u32, struct flow_key, mf_masks, MF_MAX_MASKS);
+DP_MAP("array", u32, struct mf_order, mf_order, 2);
+DP_MAP("percpu_array", u32, u64, mf_mask_hits, MF_MAX_MASKS);
+DP_MAP("hash", struct mf_key, u32, mf_flows, MF_MAX_FLOWS);
+DP_MAP("array", u32, struct mf_entry, mf_entries, MF_MAX_FLOWS);
+DP_MAP("percpu_array", u32, struct mf_flow_stats, mf_stats, MF_MAX_FLOWS);
+DP_MAP("percpu_array", u32, u32, mf_hints, MF_HINT_ENTRIES);   /* mask id + 1; 0: no hint */
+
+/* Hand-off from emc_rx to mf_rx (tail call) and the AF_XDP sockets of the upcall handlers. */
+/* The packet's state while its actions run lives here too, not on the stack: the verifier does not
+ * track map values, so the action loop's states prune instead of multiplying. */
+struct dp_scratch {
+    struct flow_key key;
+    __u32 hash;
+    __u16 l3_off;       /* 0: no L3 header; moves when a tag is pushed or popped */
+    __u16 l4_off;       /* 0: no L4 header */
+    __u32 tagged;       /* the packet carries a VLAN tag now */
+    __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
+};
+DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
+DP_MAP("prog", u32, u32, dp_progs, 1);
+#define DP_PROG_MEGAFLOW 0
+_BPF_XSKMAP(upcall_xsks, DP_MAX_PORTS * DP_MAX_QUEUES, DP_PIN(upcall_xsks));
+
+#endif

@@ -1,0 +1,162 @@
+/* dp_structs.h: the structs shared by the fast path and the control plane.
+ * Included by every program. ctl/flowkey.py and ctl/dpif.py mirror these structs with ctypes, and
+ * tests/bpf/test_layout.py compares the two layouts against the compiled C. Never renumber an enum. */
+#ifndef XDPSWITCH_DP_STRUCTS_H
+#define XDPSWITCH_DP_STRUCTS_H
+
+#include "dp_consts.h"
+
+/* The flow key: every field a flow can match on. Defined here once. 88 bytes, no implicit padding. */
+struct flow_key {
+    __u32 in_port;      /* host order: datapath port number */
+    __be16 vlan_tci;    /* network order: the 802.1Q TCI | VLAN_CFI when tagged, else 0 */
+    __be16 dl_type;     /* network order: Ethernet type after the tag; FLOW_DL_TYPE_NONE for 802.3 */
+    __u8 dl_dst[6];
+    __u8 dl_src[6];
+    __be32 nw_src;      /* network order: IPv4 source or ARP SPA */
+    __be32 nw_dst;      /* network order: IPv4 destination or ARP TPA */
+    __u8 nw_proto;      /* IPv4 protocol, IPv6 next header, or ARP opcode (low byte) */
+    __u8 nw_tos;        /* IPv4 TOS or IPv6 traffic class: DSCP << 2 | ECN */
+    __u8 nw_ttl;        /* IPv4 TTL or IPv6 hop limit */
+    __u8 nw_frag;       /* FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER */
+    __be16 tp_src;      /* network order: TCP/UDP/SCTP source port, or ICMP/ICMPv6 type */
+    __be16 tp_dst;      /* network order: TCP/UDP/SCTP destination port, or ICMP/ICMPv6 code */
+    __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
+    __u8 arp_sha[6];
+    __u8 arp_tha[6];
+    __u8 pad[6];        /* always zero */
+    __u8 ipv6_src[16];
+    __u8 ipv6_dst[16];
+};
+_Static_assert(sizeof(struct flow_key) == 88, "flow_key layout changed: update ctl/flowkey.py");
+#define FLOW_KEY_WORDS (sizeof(struct flow_key) / 8)
+
+/* A megaflow's key in mf_flows: the subtable (mask id) and the masked flow key. */
+struct mf_key {
+    __u32 mask_id;
+    __u32 pad;          /* always zero */
+    struct flow_key key;
+};
+_Static_assert(sizeof(struct mf_key) == 96, "mf_key layout changed");
+
+/* Datapath actions. Modifications come first; a megaflow ends in at most one terminal action
+ * (output, group, flood, upcall, drop); no terminal action means drop. Never renumber. */
+enum dp_action_type {
+    DP_ACT_NONE = 0,
+    DP_ACT_OUTPUT = 1,          /* arg16: port */
+    DP_ACT_GROUP = 2,           /* arg32: group (a set of ports, ingress excluded) */
+    DP_ACT_FLOOD = 3,           /* every port but the ingress port */
+    DP_ACT_DROP = 4,
+    DP_ACT_UPCALL = 5,          /* send to user space (slow path) */
+    DP_ACT_SET_ETH_SRC = 6,     /* data[0..5] */
+    DP_ACT_SET_ETH_DST = 7,     /* data[0..5] */
+    DP_ACT_PUSH_VLAN = 8,       /* arg16: TCI, network order; arg32: TPID (0x8100 or 0x88a8) */
+    DP_ACT_POP_VLAN = 9,
+    DP_ACT_SET_VLAN = 10,       /* arg16: TCI, network order (an existing tag's whole TCI) */
+    DP_ACT_SET_IPV4_SRC = 11,   /* arg32: address, network order */
+    DP_ACT_SET_IPV4_DST = 12,   /* arg32: address, network order */
+    DP_ACT_SET_IP_DSCP = 13,    /* arg16: DSCP (0..63); ECN kept; IPv4 and IPv6 */
+    DP_ACT_DEC_TTL = 14,        /* IPv4 TTL / IPv6 hop limit; drop when it would reach 0 */
+    DP_ACT_SET_IPV6_SRC = 15,   /* data: address */
+    DP_ACT_SET_IPV6_DST = 16,   /* data: address */
+    DP_ACT_SET_TP_SRC = 17,     /* arg16: port, network order; TCP and UDP */
+    DP_ACT_SET_TP_DST = 18,     /* arg16: port, network order; TCP and UDP */
+    DP_ACT_MAX
+};
+
+struct dp_action {
+    __u16 type;
+    __be16 arg16;
+    __u32 arg32;
+    __u8 data[16];
+};
+_Static_assert(sizeof(struct dp_action) == 24, "dp_action layout changed");
+
+/* mf_entries[flow_idx]. gen is odd while the megaflow lives and even once it is deleted; EMC entries
+ * carry the gen they saw, so a deleted or replaced megaflow never runs from the EMC. */
+struct mf_entry {
+    __u32 gen;
+    __u16 n_actions;
+    __u16 pad;
+    struct dp_action actions[MF_MAX_ACTIONS];
+};
+
+struct mf_flow_stats {
+    __u64 packets;
+    __u64 bytes;
+    __u64 used_ns;      /* bpf_ktime_get_coarse_ns() of the last hit */
+};
+
+struct emc_entry {
+    struct flow_key key;
+    __u32 flow_idx;
+    __u32 gen;          /* 0: empty */
+};
+
+/* mf_order[slot]: the masks to visit, best first. Two slots; dp_config.mf_order_slot picks the live one,
+ * so user space rewrites the other and flips (a reader never sees half an order). */
+struct mf_order {
+    __u32 n_masks;
+    __u32 pad;
+    __u8 ids[MF_MAX_MASKS];
+};
+
+struct dp_config {
+    __u32 emc_insert_inv_prob;  /* insert into the EMC on 1 in N megaflow hits; 0: never (OVS: 100) */
+    __u32 mf_order_slot;        /* 0 or 1 */
+};
+
+struct dp_port {
+    __u32 port_no;
+    __u32 flags;
+};
+
+struct dp_port_stats {
+    __u64 rx_packets;
+    __u64 rx_bytes;
+    __u64 tx_packets;           /* unicast outputs from the fast path */
+    __u64 tx_bytes;
+    __u64 drops;                /* dropped by an action on packets received here */
+};
+
+/* dp_stats indexes. The first four partition every packet the fast path sees:
+ * EMC_HIT + MF_HIT + MISS + LOST == packets. Never renumber. */
+enum dp_stat {
+    DP_STAT_EMC_HIT = 0,
+    DP_STAT_MF_HIT = 1,
+    DP_STAT_MISS = 2,           /* sent to user space */
+    DP_STAT_LOST = 3,           /* wanted user space, no socket bound (or unknown ingress) */
+    DP_STAT_MASK_LOOKUPS = 4,   /* subtables looked up (megaflow hits and misses) */
+    DP_STAT_HINT_HIT = 5,       /* megaflow hits found in the hinted subtable */
+    DP_STAT_EMC_INSERT = 6,
+    DP_STAT_MAX
+};
+
+/* dp_drops indexes: why the fast path dropped a packet. Stable numbers; never renumber. */
+enum dp_drop_reason {
+    DROP_NONE = 0,
+    DROP_ACTION = 1,            /* the flow says drop (or has no terminal action) */
+    DROP_TTL_EXPIRED = 2,
+    DROP_NO_PORT = 3,           /* output to a port that is not in the datapath */
+    DROP_BAD_ACTION = 4,        /* an action that does not fit the packet (e.g. pop without a tag) */
+    DROP_UNSUPPORTED = 5,       /* e.g. rewriting SCTP ports (CRC32c) */
+    DROP_UNKNOWN_INGRESS = 6,   /* the program ran on a device that is not a datapath port */
+    DROP_NO_UPCALL_SOCKET = 7,  /* a miss or slow-path packet with no AF_XDP socket bound */
+    DROP_ADJUST_FAILED = 8,     /* bpf_xdp_adjust_head/meta refused */
+    DROP_NO_PROGRAM = 9,        /* the megaflow program is not loaded (tail call failed) */
+    DROP_MAX
+};
+
+/* What a miss carries into user space, in the XDP metadata just before the frame. */
+struct upcall_meta {
+    __u16 reason;               /* enum upcall_reason */
+    __u16 in_port;
+    __u32 hash;                 /* flow_key_hash() of the packet */
+};
+
+enum upcall_reason {
+    UPCALL_MISS = 1,
+    UPCALL_SLOW_PATH = 2,
+};
+
+#endif

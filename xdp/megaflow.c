@@ -1,0 +1,112 @@
+/* megaflow.c: the megaflow cache, tail-called by emc_rx on an EMC miss with the parsed key in dp_scratch.
+ * Tuple space search: one subtable per distinct mask, visited in mf_order (ranked by recent hits by user
+ * space), after the subtable that the per-CPU hint for this packet's hash names (the kernel datapath's
+ * mask cache idea), so most hits cost one masked lookup. A hit runs the actions and, on 1 in
+ * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
+#include "actions.h"
+
+/* Look the key up in subtable mid. On a hit, *flow_idx, *fe and *gen describe the megaflow. */
+static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, struct mf_key *mk,
+                                          __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
+{
+    const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
+    if (!m)
+        return 0;
+    const __u64 *k = (const __u64 *)key;
+    __u64 *o = (__u64 *)&mk->key;
+#pragma unroll
+    for (int i = 0; i < FLOW_KEY_WORDS; i++)
+        o[i] = k[i] & m[i];
+    mk->mask_id = mid;
+    __u32 *idx = mf_flows.lookup(mk);
+    if (!idx)
+        return 0;
+    __u32 i = *idx;
+    struct mf_entry *f = mf_entries.lookup(&i);
+    if (!f)
+        return 0;
+    __u32 g = f->gen;
+    if (!(g & 1))
+        return 0; /* being deleted */
+    *flow_idx = i;
+    *fe = f;
+    *gen = g;
+    return 1;
+}
+
+int mf_rx(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct dp_scratch *s = dp_scratch.lookup(&zero);
+    struct dp_config *cfg = dp_config.lookup(&zero);
+    if (!s || !cfg)
+        return XDP_ABORTED;
+
+    struct mf_key mk = {};
+    struct mf_entry *f = 0;
+    __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
+    int found = 0;
+
+    __u32 hslot = s->hash & (MF_HINT_ENTRIES - 1);
+    __u32 *hint = mf_hints.lookup(&hslot);
+    __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
+    if (hinted && hinted <= MF_MAX_MASKS) {
+        mid = hinted - 1;
+        lookups = 1;
+        found = mf_lookup_mask(mid, &s->key, &mk, &idx, &f, &gen);
+        if (found)
+            dp_stat_add(DP_STAT_HINT_HIT, 1);
+    }
+    if (!found) {
+        __u32 slot = cfg->mf_order_slot & 1;
+        struct mf_order *order = mf_order.lookup(&slot);
+        if (order) {
+            __u32 n = order->n_masks;
+            for (__u32 i = 0; i < MF_MAX_MASKS; i++) {
+                if (i >= n)
+                    break;
+                __u32 m = order->ids[i];
+                if (m + 1 == hinted)
+                    continue;
+                lookups++;
+                if (mf_lookup_mask(m, &s->key, &mk, &idx, &f, &gen)) {
+                    mid = m;
+                    found = 1;
+                    break;
+                }
+            }
+        }
+    }
+    dp_stat_add(DP_STAT_MASK_LOOKUPS, lookups);
+
+    if (!found || !f) {
+        __u32 in_port = s->key.in_port;
+        int v = dp_upcall(ctx, in_port, s->hash, UPCALL_MISS);
+        if (v == XDP_REDIRECT) {
+            dp_stat_add(DP_STAT_MISS, 1);
+        } else {
+            dp_stat_add(DP_STAT_LOST, 1);
+            dp_drop_count(DROP_NO_UPCALL_SOCKET, in_port);
+        }
+        return v;
+    }
+
+    __u64 *mh = mf_mask_hits.lookup(&mid);
+    if (mh)
+        *mh += 1;
+    if (hint && hinted != mid + 1)
+        *hint = mid + 1;
+
+    __u32 inv = cfg->emc_insert_inv_prob;
+    if (inv && (inv == 1 || bpf_get_prandom_u32() % inv == 0)) {
+        __u32 slot = s->hash & (EMC_ENTRIES - 1);
+        struct emc_entry *e = emc_entries.lookup(&slot);
+        if (e) {
+            __builtin_memcpy(&e->key, &s->key, sizeof(e->key));
+            e->flow_idx = idx;
+            e->gen = gen;
+            dp_stat_add(DP_STAT_EMC_INSERT, 1);
+        }
+    }
+    return dp_hit(ctx, idx, f, s, DP_STAT_MF_HIT);
+}

@@ -1,0 +1,213 @@
+/* parser.h: packet -> struct flow_key, the way ctl/flowkey.py parse() does it.
+ * Included by emc.c and baseline.c. The two parsers must agree on every packet, malformed ones included:
+ * tests/bpf/test_parser_diff.py checks it. Rules (as OVS's flow_extract, simplified):
+ *  - fields are filled layer by layer; a layer that is truncated or fails its sanity check stops the
+ *    parse and leaves it and every later layer zero;
+ *  - an Ethernet type below 0x600 gives dl_type FLOW_DL_TYPE_NONE; one 802.1Q tag is parsed;
+ *  - ARP fields only for Ethernet/IPv4 ARP; the opcode goes to nw_proto when it fits a byte;
+ *  - IPv4 needs version 4, ihl >= 5, tot_len >= ihl and tot_len <= the bytes present;
+ *  - IPv6 needs version 6 and payload_len <= the bytes present; up to DP_IPV6_MAX_EXT extension headers
+ *    (hop-by-hop, routing, destination, AH, fragment) are walked; nw_proto is where the walk stopped,
+ *    and L4 is parsed only if it stopped on a non-extension header;
+ *  - later fragments have no L4 fields; a truncated L4 header leaves them zero. */
+#ifndef XDPSWITCH_PARSER_H
+#define XDPSWITCH_PARSER_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include "dp_structs.h"
+
+#define PKT_OFF_MASK 0x3fff /* verifier: every packet offset is provably bounded */
+
+struct pkt_layout {
+    __u16 l3_off;       /* 0: no L3 header */
+    __u16 l4_off;       /* 0: no L4 header (absent, truncated or a later fragment) */
+};
+
+static __always_inline void parse_l4(void *data, void *end, __u32 off, __u8 proto, int ipv6,
+                                     struct flow_key *key, struct pkt_layout *lay)
+{
+    __u8 *p = data + (off & PKT_OFF_MASK);
+
+    if (proto == IPPROTO_TCP_) {
+        if ((void *)(p + 20) > end)
+            return;
+        __u32 doff = (p[12] >> 4) * 4;
+        if (doff < 20 || (void *)p + doff > end)
+            return;
+        key->tp_src = *(__be16 *)p;
+        key->tp_dst = *(__be16 *)(p + 2);
+        key->tcp_flags = *(__be16 *)(p + 12) & bpf_htons(0x0fff);
+    } else if (proto == IPPROTO_UDP_) {
+        if ((void *)(p + 8) > end)
+            return;
+        key->tp_src = *(__be16 *)p;
+        key->tp_dst = *(__be16 *)(p + 2);
+    } else if (proto == IPPROTO_SCTP_) {
+        if ((void *)(p + 12) > end)
+            return;
+        key->tp_src = *(__be16 *)p;
+        key->tp_dst = *(__be16 *)(p + 2);
+    } else if ((proto == IPPROTO_ICMP_ && !ipv6) || (proto == IPPROTO_ICMPV6_ && ipv6)) {
+        if ((void *)(p + 8) > end)
+            return;
+        key->tp_src = bpf_htons(p[0]);
+        key->tp_dst = bpf_htons(p[1]);
+    } else {
+        return;
+    }
+    lay->l4_off = off;
+}
+
+static __always_inline void parse_ipv4(void *data, void *end, __u32 off, struct flow_key *key,
+                                       struct pkt_layout *lay)
+{
+    struct iphdr *ip = data + (off & PKT_OFF_MASK);
+    if ((void *)(ip + 1) > end)
+        return;
+    __u32 ihl = ip->ihl * 4;
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    if (ip->version != 4 || ihl < 20 || tot < ihl || (void *)ip + tot > end)
+        return;
+    key->nw_src = ip->saddr;
+    key->nw_dst = ip->daddr;
+    key->nw_proto = ip->protocol;
+    key->nw_tos = ip->tos;
+    key->nw_ttl = ip->ttl;
+    if (ip->frag_off & bpf_htons(0x3fff)) {
+        key->nw_frag = FLOW_NW_FRAG_ANY;
+        if (ip->frag_off & bpf_htons(0x1fff)) {
+            key->nw_frag |= FLOW_NW_FRAG_LATER;
+            return;
+        }
+    }
+    parse_l4(data, end, off + ihl, ip->protocol, 0, key, lay);
+}
+
+static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct flow_key *key,
+                                       struct pkt_layout *lay)
+{
+    struct ipv6hdr *ip6 = data + (off & PKT_OFF_MASK);
+    if ((void *)(ip6 + 1) > end)
+        return;
+    if (ip6->version != 6 || (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
+        return;
+    __builtin_memcpy(key->ipv6_src, &ip6->saddr, 16);
+    __builtin_memcpy(key->ipv6_dst, &ip6->daddr, 16);
+    key->nw_tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+    key->nw_ttl = ip6->hop_limit;
+
+    __u8 nh = ip6->nexthdr;
+    off += sizeof(*ip6);
+    int done = 0;
+    for (int i = 0; i < DP_IPV6_MAX_EXT; i++) {
+        __u8 *h = data + (off & PKT_OFF_MASK);
+        if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) {
+            done = 1;
+            break;
+        }
+        if ((void *)(h + 8) > end)
+            break;
+        if (nh == 44) {
+            __be16 offlg = *(__be16 *)(h + 2);
+            nh = h[0];
+            off += 8;
+            if (offlg & bpf_htons(0xfff8)) {
+                key->nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER;
+                key->nw_proto = nh;
+                return;
+            }
+            if (offlg & bpf_htons(0x0001))
+                key->nw_frag = FLOW_NW_FRAG_ANY;
+        } else {
+            __u32 len = nh == 51 ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
+            nh = h[0];
+            off += len;
+        }
+    }
+    if (!done) {
+        /* the walk may have ended exactly on a non-extension header */
+        done = nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44;
+    }
+    key->nw_proto = nh;
+    if (done)
+        parse_l4(data, end, off, nh, 1, key, lay);
+}
+
+/* Fill key (which the caller has zeroed but for in_port) and lay from the packet. */
+static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *key, struct pkt_layout *lay)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+
+    lay->l3_off = 0;
+    lay->l4_off = 0;
+    if ((void *)(eth + 1) > end)
+        return;
+    __builtin_memcpy(key->dl_dst, eth->h_dest, 6);
+    __builtin_memcpy(key->dl_src, eth->h_source, 6);
+    __be16 type = eth->h_proto;
+    __u32 off = ETH_HLEN_;
+
+    if (type == bpf_htons(ETH_P_8021Q_)) {
+        __be16 *tag = data + off;
+        if ((void *)(tag + 2) > end) {
+            key->dl_type = type;
+            return;
+        }
+        key->vlan_tci = tag[0] | bpf_htons(VLAN_CFI);
+        type = tag[1];
+        off += VLAN_HLEN_;
+    }
+    if (bpf_ntohs(type) < ETH_TYPE_MIN_) {
+        key->dl_type = bpf_htons(FLOW_DL_TYPE_NONE);
+        return;
+    }
+    key->dl_type = type;
+    lay->l3_off = off;
+
+    if (type == bpf_htons(ETH_P_IP_)) {
+        parse_ipv4(data, end, off, key, lay);
+    } else if (type == bpf_htons(ETH_P_IPV6_)) {
+        parse_ipv6(data, end, off, key, lay);
+    } else if (type == bpf_htons(ETH_P_ARP_)) {
+        __u8 *a = data + off;
+        if ((void *)(a + 28) > end)
+            return;
+        if (*(__be16 *)a != bpf_htons(1) || *(__be16 *)(a + 2) != bpf_htons(ETH_P_IP_) || a[4] != 6 ||
+            a[5] != 4)
+            return;
+        if (a[6] == 0)
+            key->nw_proto = a[7];
+        __builtin_memcpy(key->arp_sha, a + 8, 6);
+        __builtin_memcpy(&key->nw_src, a + 14, 4);
+        __builtin_memcpy(key->arp_tha, a + 18, 6);
+        __builtin_memcpy(&key->nw_dst, a + 24, 4);
+    }
+}
+
+/* A cheap 32-bit hash of the whole key: indexes the EMC and the mask hints (ctl/flowkey.py key_hash). */
+static __always_inline __u32 flow_key_hash(const struct flow_key *key)
+{
+    const __u64 *w = (const __u64 *)key;
+    __u64 h = 0x9e3779b97f4a7c15ULL;
+#pragma unroll
+    for (int i = 0; i < FLOW_KEY_WORDS; i++)
+        h = (h ^ w[i]) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+    return (__u32)h;
+}
+
+static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b)
+{
+    const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+    __u64 d = 0;
+#pragma unroll
+    for (int i = 0; i < FLOW_KEY_WORDS; i++)
+        d |= x[i] ^ y[i];
+    return d == 0;
+}
+
+#endif
