@@ -234,12 +234,12 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         __u32 r = 0;
         switch (a->type) {
         case DP_ACT_OUTPUT: {
-            int v = dp_tx_ports.redirect_map(a->arg16, XDP_DROP);
+            __u32 port = bpf_ntohs(a->arg16);
+            int v = dp_tx_ports.redirect_map(port, XDP_DROP);
             if (v != XDP_REDIRECT) {
                 ps->reason = DROP_NO_PORT;
                 return XDP_DROP;
             }
-            __u32 port = a->arg16;
             struct dp_port_stats *st = dp_port_stats.lookup(&port);
             if (st) {
                 st->tx_packets++;

@@ -1,0 +1,616 @@
+"""The XDP datapath: compile and load the fast path with bcc, attach it to ports, and manage its caches.
+
+This is the only module that imports bcc. Everything above it (the upcall handlers, the CLI, the
+exporter) talks to a ``Datapath`` through the methods below and the types of ``ctl.dpif``.
+
+Maps are pinned under ``/sys/fs/bpf/xdpswitch/<name>/<layout>`` (``layout`` hashes the C source and the
+sizes), so a later process that opens the same datapath name gets the same maps and rebuilds its state
+from them (flows, masks, ports, groups); ``close(unpin=True)`` removes them.
+
+Concurrency with the fast path, which reads these maps while they are written:
+ - a new megaflow's entry (``mf_entries``) is written before its key goes into ``mf_flows``;
+ - a replaced or deleted megaflow's key leaves (or is repointed in) ``mf_flows`` first, then its entry's
+   generation turns even; EMC entries carry the odd generation they saw, so they stop matching at once;
+ - freed flow indexes are reused oldest first, long after any reader could still hold them;
+ - the subtable order is double-buffered: the idle slot is written, then ``dp_config`` flips to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bcc import BPF  # the only bcc import in the project
+
+from ctl import dpif
+from ctl.dpif import Action, DpStats, MapFull, Megaflow, PortStats
+from ctl.flowkey import FlowKey
+
+log = logging.getLogger(__name__)
+
+XDP_DIR = Path(__file__).resolve().parent.parent / "xdp"
+PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
+PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+CLOCK_MONOTONIC_COARSE = 6
+N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
+
+
+class DatapathError(RuntimeError):
+    """A datapath operation failed; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    """Fast-path sizes (compile-time, -D cflags) and the EMC insert probability (run time)."""
+
+    emc_entries: int = 8192
+    emc_insert_inv_prob: int = 100
+    max_masks: int = 64
+    max_flows: int = 262144
+    hint_entries: int = 4096
+    max_actions: int = 8
+    max_ports: int = 256
+    max_queues: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("emc_entries", "hint_entries", "max_queues"):
+            v = getattr(self, name)
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if not 1 <= self.max_masks <= 255:
+            raise ValueError(f"max_masks must be in 1..255, got {self.max_masks}")
+        if self.max_flows < 1 or self.max_actions < 1 or not 2 <= self.max_ports <= 65536:
+            raise ValueError("max_flows, max_actions and max_ports must be positive (max_ports 2..65536)")
+        if self.emc_insert_inv_prob < 0:
+            raise ValueError("emc_insert_inv_prob must be >= 0 (0 disables EMC inserts)")
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DEMC_ENTRIES={self.emc_entries}", f"-DMF_MAX_MASKS={self.max_masks}",
+            f"-DMF_MAX_FLOWS={self.max_flows}", f"-DMF_HINT_ENTRIES={self.hint_entries}",
+            f"-DMF_MAX_ACTIONS={self.max_actions}", f"-DDP_MAX_PORTS={self.max_ports}",
+            f"-DDP_MAX_QUEUES={self.max_queues}",
+        ]
+
+
+@dataclass
+class Port:
+    port_no: int
+    name: str
+    ifindex: int
+    mode: str  # "native" or "generic"
+
+
+def program_source() -> str:
+    """emc.c, megaflow.c and baseline.c with our own headers inlined: bcc only loads functions, and
+    only rewrites map calls, in its main text."""
+    seen: set[str] = set()
+
+    def inline(name: str) -> str:
+        out = []
+        for line in (XDP_DIR / name).read_text().splitlines():
+            m = re.match(r'\s*#include "([^"]+)"', line)
+            if m:
+                if m.group(1) not in seen:
+                    seen.add(m.group(1))
+                    out.append(inline(m.group(1)))
+            else:
+                out.append(line)
+        return "\n".join(out)
+
+    return "\n".join(inline(f) for f in PROGRAM_FILES)
+
+
+def default_route_interfaces() -> set[str]:
+    """Interfaces that carry a default route (attaching to them could cut the machine off)."""
+    names = set()
+    try:
+        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) > 2 and f[1] == "00000000" and f[7] == "00000000":
+                names.add(f[0])
+        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
+            f = line.split()
+            if len(f) == 10 and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo":
+                names.add(f[9])
+    except OSError:
+        pass
+    return names
+
+
+def _now_coarse_ns() -> int:
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+class Datapath:
+    """One switch's fast path: its programs, maps, ports and caches.
+
+    ``Datapath(name)`` compiles and loads (about two seconds), reusing pinned maps of the same name and
+    layout if they exist. Use it as a context manager, or call ``close()``; ports are detached at exit
+    either way."""
+
+    def __init__(self, name: str = "xdpswitch", config: DatapathConfig | None = None,
+                 pin_root: Path = PIN_ROOT) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise DatapathError(f"bad datapath name {name!r}: letters, digits, '_', '.', '-' only")
+        self.name = name
+        self.config = config or DatapathConfig()
+        src = program_source()
+        cflags = self.config.cflags()
+        layout = hashlib.sha256((src + " ".join(cflags)).encode()).hexdigest()[:12]
+        self.pin_dir = pin_root / name / layout
+        self._ensure_bpffs(pin_root)
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        cflags += [f'-DDP_PIN_DIR="{self.pin_dir}"', "-Wno-unused-function"]
+        try:
+            self.bpf = BPF(text=src, cflags=cflags)
+            self.prog_emc = self.bpf.load_func("emc_rx", BPF.XDP)
+            self.prog_mf = self.bpf.load_func("mf_rx", BPF.XDP)
+        except Exception as e:  # bcc raises plain Exception
+            raise DatapathError(f"loading the fast path failed: {e}") from e
+        self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
+        self.ncpus = self.bpf["dp_stats"].total_cpu
+
+        self.ports: dict[int, Port] = {}
+        self._masks: dict[bytes, int] = {}          # mask bytes -> mask id
+        self._mask_refs: dict[int, int] = {}        # mask id -> flows using it
+        self._mask_order: list[int] = []
+        self._flows: dict[bytes, tuple[int, int]] = {}  # mf_key bytes -> (flow idx, mask id)
+        self._free_idx: deque[int] = deque()
+        self._next_idx = 0
+        self._groups: dict[frozenset[int], int] = {}
+        self._group_refs: dict[int, int] = {}
+        self._flow_group: dict[int, int] = {}       # flow idx -> group id
+        self._order_slot = 0
+        self._mask_hits_seen: dict[int, int] = {}
+        self._closed = False
+        self._recover()
+        self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
+        atexit.register(self.close)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _ensure_bpffs(root: Path) -> None:
+        mounts = Path("/proc/mounts").read_text().split("\n")
+        if not any(len(f := m.split()) > 2 and f[2] == "bpf" and root.is_relative_to(f[1]) for m in mounts):
+            raise DatapathError(f"no bpffs is mounted above {root}: run scripts/setup.sh")
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, unpin: bool = False) -> None:
+        """Detach every port. With unpin, also remove the pinned maps (the caches go with them)."""
+        if self._closed:
+            return
+        for port in list(self.ports.values()):
+            try:
+                self._detach(port)
+            except DatapathError as e:
+                log.warning("%s", e)
+        self.ports.clear()
+        if unpin:
+            shutil.rmtree(self.pin_dir.parent, ignore_errors=True)
+        self.bpf.cleanup()
+        self._closed = True
+        atexit.unregister(self.close)
+
+    # --- ports -------------------------------------------------------------------------------------
+
+    def add_port(self, ifname: str, port_no: int | None = None, mode: str = "auto",
+                 allow_default_route: bool = False) -> Port:
+        """Attach the fast path to ifname as port port_no (the lowest free number by default).
+
+        mode: "native" (driver XDP), "generic" (skb XDP) or "auto" (native, else generic with a
+        warning). Refuses an interface that carries the default route unless allow_default_route."""
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise DatapathError(f"no interface named {ifname!r}") from None
+        if ifname in default_route_interfaces() and not allow_default_route:
+            raise DatapathError(f"{ifname} carries the default route; attaching could cut this machine "
+                                "off (allow_default_route to insist)")
+        if any(p.name == ifname for p in self.ports.values()):
+            raise DatapathError(f"{ifname} is already a port")
+        if port_no is None:
+            port_no = next(n for n in range(1, self.config.max_ports + 1) if n not in self.ports)
+        if not 0 < port_no < self.config.max_ports:
+            raise DatapathError(f"port number {port_no} is out of range 1..{self.config.max_ports - 1}")
+        if port_no in self.ports:
+            raise DatapathError(f"port number {port_no} is taken by {self.ports[port_no].name}")
+        modes = ["native", "generic"] if mode == "auto" else [mode]
+        if any(m not in MODE_FLAGS for m in modes):
+            raise DatapathError(f"bad XDP mode {mode!r}: native, generic or auto")
+        errors = []
+        for m in modes:
+            try:
+                BPF.attach_xdp(ifname, self.prog_emc, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST)
+            except Exception as e:
+                errors.append(f"{m}: {e}")
+                continue
+            if m == "generic" and mode == "auto":
+                log.warning("%s: native XDP failed (%s); running in generic mode", ifname, errors[0])
+            port = Port(port_no, ifname, ifindex, m)
+            self._write_port(port)
+            self.ports[port_no] = port
+            return port
+        raise DatapathError(f"attaching to {ifname} failed: {'; '.join(errors)}")
+
+    def _write_port(self, port: Port) -> None:
+        self.bpf["dp_ports"][ctypes.c_uint32(port.ifindex)] = self.bpf["dp_ports"].Leaf(port.port_no, 0)
+        self.bpf["dp_tx_ports"][ctypes.c_int(port.port_no)] = ctypes.c_int(port.ifindex)
+        for ports, g in self._groups.items():
+            if port.port_no in ports:
+                self.bpf[f"dp_group{g}"][ctypes.c_int(port.port_no)] = ctypes.c_int(port.ifindex)
+
+    def del_port(self, port_no: int) -> None:
+        port = self.ports.pop(port_no, None)
+        if port is None:
+            raise DatapathError(f"no port {port_no}")
+        self._detach(port)
+
+    def _detach(self, port: Port) -> None:
+        for table, key in (("dp_ports", ctypes.c_uint32(port.ifindex)), ("dp_tx_ports", ctypes.c_int(port.port_no))):
+            try:
+                del self.bpf[table][key]
+            except KeyError:
+                pass
+        for g in self._groups.values():
+            try:
+                del self.bpf[f"dp_group{g}"][ctypes.c_int(port.port_no)]
+            except KeyError:
+                pass
+        try:
+            BPF.remove_xdp(port.name, MODE_FLAGS[port.mode])
+        except Exception as e:
+            if "No such device" not in str(e):
+                raise DatapathError(f"detaching from {port.name} failed: {e}") from e
+
+    # --- megaflows ---------------------------------------------------------------------------------
+
+    def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int:
+        """Install (or replace) the megaflow key/mask -> actions. Returns its flow index.
+
+        Raises ActionError for actions the fast path cannot run and MapFull when a map or the mask,
+        flow or group space is full; in both cases nothing changes."""
+        masked = key.masked(mask)
+        mask_raw = bytes(mask)
+        new_mask = mask_raw not in self._masks
+        if new_mask and len(self._masks) >= self.config.max_masks:
+            raise MapFull(f"all {self.config.max_masks} megaflow masks are in use")
+        group_taken: list[int] = []
+
+        def group_for(ports: frozenset[int]) -> int:
+            g = self._group_acquire(ports)
+            group_taken.append(g)
+            return g
+
+        try:
+            recs = dpif.encode_actions(actions, max_actions=self.config.max_actions,
+                                       max_port=self.config.max_ports, group_for=group_for)
+            idx = self._alloc_idx()
+        except Exception:
+            for g in group_taken:
+                self._group_release(g)
+            raise
+        mid = self._mask_acquire(mask_raw) if new_mask else self._masks[mask_raw]
+        if not new_mask:
+            self._mask_refs[mid] += 1
+        fkey = dpif.mf_key_bytes(mid, masked)
+        old = self._flows.get(fkey)
+        gen = self._read_gen(idx)
+        gen = gen + 1 if gen & 1 == 0 else gen + 2
+        self._write_entry(idx, dpif.encode_entry(gen, recs, self.config.max_actions))
+        self._write_stats(idx, old[0] if old else None)
+        try:
+            self._update("mf_flows", fkey, struct.pack("<I", idx))
+        except MapFull:
+            self._kill(idx)
+            self._free_idx.append(idx)
+            for g in group_taken:
+                self._group_release(g)
+            self._mask_release(mid)
+            raise
+        self._flows[fkey] = (idx, mid)
+        if group_taken:
+            self._flow_group[idx] = group_taken[0]
+        if old:
+            self._mask_release(old[1])  # the replaced flow's reference to the same mask
+            self._retire(old[0])
+        return idx
+
+    def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
+        """Delete the megaflow key/mask; False if there is none."""
+        mid = self._masks.get(bytes(mask))
+        if mid is None:
+            return False
+        fkey = dpif.mf_key_bytes(mid, key.masked(mask))
+        found = self._flows.pop(fkey, None)
+        if found is None:
+            return False
+        table = self.bpf["mf_flows"]
+        try:
+            del table[table.Key.from_buffer_copy(fkey)]
+        except KeyError:
+            pass
+        self._retire(found[0])
+        self._mask_release(found[1])
+        return True
+
+    def flush_flows(self) -> int:
+        """Delete every megaflow (and so every EMC entry's target). Returns how many went."""
+        n = 0
+        for fkey, (_idx, mid) in list(self._flows.items()):
+            key = FlowKey.from_bytes(fkey[8:])
+            mask = self.bpf["mf_masks"][ctypes.c_uint32(mid)]
+            n += self.del_flow(key, FlowKey.from_buffer_copy(bytes(mask)))
+        return n
+
+    def dump_flows(self) -> list[Megaflow]:
+        """Every megaflow with its actions and its packets, bytes and last use summed over CPUs."""
+        entries = self.bpf["mf_entries"]
+        out = []
+        masks = {mid: FlowKey.from_bytes(raw) for raw, mid in self._masks.items()}
+        for fkey, (idx, mid) in self._flows.items():
+            raw = bytes(entries[ctypes.c_uint32(idx)])
+            _gen, recs = dpif.decode_entry(raw)
+            packets, nbytes, used = self._flow_stats(idx)
+            out.append(Megaflow(
+                key=FlowKey.from_bytes(fkey[8:]), mask=masks[mid],
+                actions=dpif.decode_actions(recs, self._group_ports),
+                packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
+        return out
+
+    @property
+    def n_flows(self) -> int:
+        return len(self._flows)
+
+    @property
+    def n_masks(self) -> int:
+        return len(self._masks)
+
+    def mask_order(self) -> list[int]:
+        return list(self._mask_order)
+
+    def rank_masks(self) -> list[int]:
+        """Re-sort the subtables by hits since the last ranking (dpcls does this every second)."""
+        hits_now = self._percpu_sums("mf_mask_hits", self._mask_order)
+        recent = {m: hits_now[m] - self._mask_hits_seen.get(m, 0) for m in self._mask_order}
+        self._mask_hits_seen.update(hits_now)
+        self._write_order(dpif.rank_masks(self._mask_order, recent))
+        return list(self._mask_order)
+
+    def flush_emc(self) -> None:
+        """Empty every CPU's EMC."""
+        table = self.bpf["emc_entries"]
+        zero = table.Leaf()
+        for i in range(self.config.emc_entries):
+            table[ctypes.c_uint32(i)] = zero
+
+    def set_emc_insert_inv_prob(self, inv: int) -> None:
+        """Insert into the EMC on 1 in inv megaflow hits (OVS's emc-insert-inv-prob); 0 disables."""
+        if not 0 <= inv <= 0xFFFFFFFF:
+            raise ValueError(f"emc insert inverse probability {inv} is out of range 0..4294967295")
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        cur.emc_insert_inv_prob = inv
+        cfg[ctypes.c_uint32(0)] = cur
+
+    # --- counters ----------------------------------------------------------------------------------
+
+    def stats(self) -> DpStats:
+        s = self._percpu_sums("dp_stats", range(len(dpif.Stat)))
+        d = self._percpu_sums("dp_drops", range(len(dpif.DropReason)))
+        return DpStats.from_counters([s[i] for i in range(len(dpif.Stat))],
+                                     [d[i] for i in range(len(dpif.DropReason))])
+
+    def port_stats(self, port_no: int) -> PortStats:
+        vals = self.bpf["dp_port_stats"].getvalue(ctypes.c_uint32(port_no))
+        out = PortStats()
+        for v in vals:
+            out.rx_packets += v.rx_packets
+            out.rx_bytes += v.rx_bytes
+            out.tx_packets += v.tx_packets
+            out.tx_bytes += v.tx_bytes
+            out.drops += v.drops
+        return out
+
+    def map_usage(self) -> dict[str, tuple[int, int]]:
+        """(entries in use, max entries) of the maps that fill up."""
+        return {
+            "mf_flows": (len(self._flows), self.config.max_flows),
+            "mf_masks": (len(self._masks), self.config.max_masks),
+            "dp_groups": (len(self._groups), N_GROUPS),
+            "dp_ports": (len(self.ports), self.config.max_ports - 1),
+        }
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _percpu_sums(self, name: str, keys: Iterable[int]) -> dict[int, int]:
+        table = self.bpf[name]
+        return {k: sum(int(v) for v in table.getvalue(ctypes.c_uint32(k))) for k in keys}
+
+    def _flow_stats(self, idx: int) -> tuple[int, int, int]:
+        vals = self.bpf["mf_stats"].getvalue(ctypes.c_uint32(idx))
+        return (sum(v.packets for v in vals), sum(v.bytes for v in vals), max(v.used_ns for v in vals))
+
+    def _update(self, name: str, key: bytes, value: bytes) -> None:
+        table = self.bpf[name]
+        k = table.Key.from_buffer_copy(key)
+        v = table.Leaf.from_buffer_copy(value)
+        try:
+            table[k] = v
+        except Exception as e:
+            err = ctypes.get_errno()
+            if err in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC) or "Argument list too long" in str(e):
+                raise MapFull(f"{name} is full ({table.max_entries} entries)") from e
+            raise DatapathError(f"writing {name} failed: {e}") from e
+
+    def _read_gen(self, idx: int) -> int:
+        return int(self.bpf["mf_entries"][ctypes.c_uint32(idx)].gen)
+
+    def _write_entry(self, idx: int, raw: bytes) -> None:
+        table = self.bpf["mf_entries"]
+        table[ctypes.c_uint32(idx)] = table.Leaf.from_buffer_copy(raw)
+
+    def _write_stats(self, idx: int, carry_from: int | None) -> None:
+        """Start flow idx's counters at zero, or at the totals of the flow it replaces."""
+        table = self.bpf["mf_stats"]
+        vals = table.Leaf()
+        if carry_from is not None:
+            p, b, u = self._flow_stats(carry_from)
+            vals[0].packets, vals[0].bytes, vals[0].used_ns = p, b, u
+        table[ctypes.c_uint32(idx)] = vals
+
+    def _kill(self, idx: int) -> None:
+        """Turn idx's generation even (keeping its actions): EMC entries naming it stop matching."""
+        table = self.bpf["mf_entries"]
+        entry = table[ctypes.c_uint32(idx)]
+        if entry.gen & 1:
+            entry.gen += 1
+            table[ctypes.c_uint32(idx)] = entry
+
+    def _retire(self, idx: int) -> None:
+        self._kill(idx)
+        g = self._flow_group.pop(idx, None)
+        if g is not None:
+            self._group_release(g)
+        self._free_idx.append(idx)
+
+    def _alloc_idx(self) -> int:
+        # reuse the oldest freed index only once the never-used ones are gone: the longest grace period
+        if self._next_idx < self.config.max_flows:
+            self._next_idx += 1
+            return self._next_idx - 1
+        if self._free_idx:
+            return self._free_idx.popleft()
+        raise MapFull(f"all {self.config.max_flows} megaflow slots are in use")
+
+    def _mask_acquire(self, mask_raw: bytes) -> int:
+        mid = next(m for m in range(self.config.max_masks) if m not in self._mask_refs)
+        table = self.bpf["mf_masks"]
+        table[ctypes.c_uint32(mid)] = table.Leaf.from_buffer_copy(mask_raw)
+        self._masks[mask_raw] = mid
+        self._mask_refs[mid] = 1
+        self._mask_hits_seen[mid] = self._percpu_sums("mf_mask_hits", [mid])[mid]
+        self._write_order(self._mask_order + [mid])
+        return mid
+
+    def _mask_release(self, mid: int) -> None:
+        self._mask_refs[mid] -= 1
+        if self._mask_refs[mid] > 0:
+            return
+        del self._mask_refs[mid]
+        self._masks = {raw: m for raw, m in self._masks.items() if m != mid}
+        self._write_order([m for m in self._mask_order if m != mid])
+
+    def _write_order(self, order: list[int]) -> None:
+        table = self.bpf["mf_order"]
+        slot = 1 - self._order_slot
+        raw = struct.pack("<II", len(order), 0) + bytes(order).ljust(self.config.max_masks, b"\0")
+        table[ctypes.c_uint32(slot)] = table.Leaf.from_buffer_copy(raw.ljust(ctypes.sizeof(table.Leaf), b"\0"))
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        cur.mf_order_slot = slot
+        cfg[ctypes.c_uint32(0)] = cur
+        self._order_slot = slot
+        self._mask_order = list(order)
+
+    def _group_acquire(self, ports: frozenset[int]) -> int:
+        g = self._groups.get(ports)
+        if g is None:
+            free = [i for i in range(N_GROUPS) if i not in self._group_refs]
+            if not free:
+                raise MapFull(f"all {N_GROUPS} output groups are in use")
+            g = free[0]
+            table = self.bpf[f"dp_group{g}"]
+            for k in list(table.keys()):
+                del table[k]
+            for p in ports:
+                if p in self.ports:
+                    table[ctypes.c_int(p)] = ctypes.c_int(self.ports[p].ifindex)
+            self._groups[ports] = g
+            self._group_refs[g] = 0
+        self._group_refs[g] += 1
+        return g
+
+    def _group_release(self, g: int) -> None:
+        self._group_refs[g] -= 1
+        if self._group_refs[g] == 0:
+            del self._group_refs[g]
+            self._groups = {ps: x for ps, x in self._groups.items() if x != g}
+
+    def _group_ports(self, g: int) -> frozenset[int]:
+        return next((ps for ps, x in self._groups.items() if x == g), frozenset())
+
+    def _recover(self) -> None:
+        """Rebuild flows, masks, order and groups from pinned maps left by an earlier process."""
+        cfg = self.bpf["dp_config"][ctypes.c_uint32(0)]
+        self._order_slot = int(cfg.mf_order_slot) & 1
+        order = self.bpf["mf_order"][ctypes.c_uint32(self._order_slot)]
+        self._mask_order = [int(order.ids[i]) for i in range(int(order.n_masks))]
+        masks = self.bpf["mf_masks"]
+        for mid in self._mask_order:
+            self._masks[bytes(masks[ctypes.c_uint32(mid)])] = mid
+            self._mask_refs[mid] = 0
+        used = set()
+        entries = self.bpf["mf_entries"]
+        for k, v in self.bpf["mf_flows"].items():
+            raw = bytes(k)
+            idx = int(v.value)
+            mid = struct.unpack_from("<I", raw)[0]
+            self._flows[raw] = (idx, mid)
+            self._mask_refs[mid] = self._mask_refs.get(mid, 0) + 1
+            used.add(idx)
+            _gen, recs = dpif.decode_entry(bytes(entries[ctypes.c_uint32(idx)]))
+            for r in recs:
+                if struct.unpack_from("<H", r)[0] == dpif.ActType.GROUP:
+                    g = struct.unpack_from("<I", r, 4)[0]
+                    self._flow_group[idx] = g
+                    self._group_refs[g] = self._group_refs.get(g, 0) + 1
+        for g in self._group_refs:
+            ports = frozenset(int(k.value) for k in self.bpf[f"dp_group{g}"].keys())
+            self._groups[ports] = g
+        for mid in [m for m, n in self._mask_refs.items() if n == 0]:
+            self._mask_release_empty(mid)
+        self._next_idx = max(used) + 1 if used else 0
+        self._free_idx = deque(i for i in range(self._next_idx) if i not in used)
+        if self._flows:
+            log.info("%s: recovered %d megaflows in %d subtables from %s", self.name, len(self._flows),
+                     len(self._masks), self.pin_dir)
+
+    def _mask_release_empty(self, mid: int) -> None:
+        self._mask_refs[mid] = 1
+        self._mask_release(mid)
+
+    # --- for tests and benchmarks --------------------------------------------------------------------
+
+    def load_program(self, fn: str) -> int:
+        """Load one more program of the compiled source (e.g. baseline.c's) and return its fd."""
+        return int(self.bpf.load_func(fn, BPF.XDP).fd)
+
+    @property
+    def emc_prog_fd(self) -> int:
+        return int(self.prog_emc.fd)
+

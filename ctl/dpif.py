@@ -1,0 +1,482 @@
+"""The datapath interface: datapath actions, their encoding into ``struct mf_entry``, flows and counters.
+
+Pure logic, no bcc: ``ctl/datapath.py`` (the only bcc importer) uses it to write the maps, and the unit
+tier tests it alone. Names follow OVS's dpif: a megaflow is a datapath flow with a mask; its actions are
+datapath actions, printed the way ``ovs-dpctl dump-flows`` prints them.
+
+``struct dp_action`` (xdp/dp_structs.h) is 24 bytes: ``__u16 type; __be16 arg16; __u32 arg32;
+__u8 data[16]``, and ``struct mf_entry`` is ``__u32 gen; __u16 n_actions; __u16 pad;`` followed by
+``MF_MAX_ACTIONS`` actions.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ctl.flowkey import FlowKey, format_key, mac_bytes, mac_str
+
+ACTION_SIZE = 24
+ENTRY_HEADER = struct.Struct("<IHH")
+
+
+class ActType(enum.IntEnum):
+    """enum dp_action_type: stable numbers."""
+
+    NONE = 0
+    OUTPUT = 1
+    GROUP = 2
+    FLOOD = 3
+    DROP = 4
+    UPCALL = 5
+    SET_ETH_SRC = 6
+    SET_ETH_DST = 7
+    PUSH_VLAN = 8
+    POP_VLAN = 9
+    SET_VLAN = 10
+    SET_IPV4_SRC = 11
+    SET_IPV4_DST = 12
+    SET_IP_DSCP = 13
+    DEC_TTL = 14
+    SET_IPV6_SRC = 15
+    SET_IPV6_DST = 16
+    SET_TP_SRC = 17
+    SET_TP_DST = 18
+
+
+class Stat(enum.IntEnum):
+    """enum dp_stat: the first four partition every packet."""
+
+    EMC_HIT = 0
+    MF_HIT = 1
+    MISS = 2
+    LOST = 3
+    MASK_LOOKUPS = 4
+    HINT_HIT = 5
+    EMC_INSERT = 6
+
+
+class DropReason(enum.IntEnum):
+    """enum dp_drop_reason: stable numbers, never renumbered."""
+
+    NONE = 0
+    ACTION = 1
+    TTL_EXPIRED = 2
+    NO_PORT = 3
+    BAD_ACTION = 4
+    UNSUPPORTED = 5
+    UNKNOWN_INGRESS = 6
+    NO_UPCALL_SOCKET = 7
+    ADJUST_FAILED = 8
+    NO_PROGRAM = 9
+
+
+class ActionError(ValueError):
+    """An action list the fast path cannot run."""
+
+
+class MapFull(RuntimeError):
+    """A fast-path map (or the mask, flow or group space) is full; nothing was installed."""
+
+
+# --- actions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+    def __str__(self) -> str:
+        return str(self.port)
+
+
+@dataclass(frozen=True)
+class Flood:
+    def __str__(self) -> str:
+        return "flood"
+
+
+@dataclass(frozen=True)
+class Drop:
+    def __str__(self) -> str:
+        return "drop"
+
+
+@dataclass(frozen=True)
+class Upcall:
+    def __str__(self) -> str:
+        return "userspace"
+
+
+@dataclass(frozen=True)
+class SetEthSrc:
+    mac: str
+
+    def __str__(self) -> str:
+        return f"set(eth(src={self.mac}))"
+
+
+@dataclass(frozen=True)
+class SetEthDst:
+    mac: str
+
+    def __str__(self) -> str:
+        return f"set(eth(dst={self.mac}))"
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    vid: int
+    pcp: int = 0
+    tpid: int = 0x8100
+
+    def __str__(self) -> str:
+        tpid = "" if self.tpid == 0x8100 else f"tpid={self.tpid:#x},"
+        return f"push_vlan({tpid}vid={self.vid},pcp={self.pcp})"
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    def __str__(self) -> str:
+        return "pop_vlan"
+
+
+@dataclass(frozen=True)
+class SetVlan:
+    vid: int
+    pcp: int = 0
+
+    def __str__(self) -> str:
+        return f"set(vlan(vid={self.vid},pcp={self.pcp}))"
+
+
+@dataclass(frozen=True)
+class SetIpv4Src:
+    addr: str
+
+    def __str__(self) -> str:
+        return f"set(ipv4(src={self.addr}))"
+
+
+@dataclass(frozen=True)
+class SetIpv4Dst:
+    addr: str
+
+    def __str__(self) -> str:
+        return f"set(ipv4(dst={self.addr}))"
+
+
+@dataclass(frozen=True)
+class SetDscp:
+    dscp: int
+
+    def __str__(self) -> str:
+        return f"set(ip(dscp={self.dscp}))"
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    def __str__(self) -> str:
+        return "dec_ttl"
+
+
+@dataclass(frozen=True)
+class SetIpv6Src:
+    addr: str
+
+    def __str__(self) -> str:
+        return f"set(ipv6(src={self.addr}))"
+
+
+@dataclass(frozen=True)
+class SetIpv6Dst:
+    addr: str
+
+    def __str__(self) -> str:
+        return f"set(ipv6(dst={self.addr}))"
+
+
+@dataclass(frozen=True)
+class SetTpSrc:
+    port: int
+
+    def __str__(self) -> str:
+        return f"set(l4(src={self.port}))"
+
+
+@dataclass(frozen=True)
+class SetTpDst:
+    port: int
+
+    def __str__(self) -> str:
+        return f"set(l4(dst={self.port}))"
+
+
+Action = (
+    Output | Flood | Drop | Upcall | SetEthSrc | SetEthDst | PushVlan | PopVlan | SetVlan | SetIpv4Src
+    | SetIpv4Dst | SetDscp | DecTtl | SetIpv6Src | SetIpv6Dst | SetTpSrc | SetTpDst
+)
+TERMINAL = (Output, Flood, Drop, Upcall)
+
+
+def format_actions(actions: Sequence[Action]) -> str:
+    return ",".join(str(a) for a in actions) if actions else "drop"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ActionError(msg)
+
+
+def output_ports(actions: Sequence[Action]) -> frozenset[int]:
+    """The set of ports of a trailing run of several Output actions (empty if there is none)."""
+    outs = [a.port for a in actions if isinstance(a, Output)]
+    return frozenset(outs) if len(outs) > 1 else frozenset()
+
+
+def encode_actions(
+    actions: Sequence[Action], *, max_actions: int, max_port: int, group_for: Callable[[frozenset[int]], int]
+) -> list[bytes]:
+    """Encode an action list into ``struct dp_action`` records.
+
+    The fast path emits a packet once, so modifications come first and one terminal action ends the
+    list: an output, several outputs (a group: the same bytes to each port, the ingress port excluded),
+    flood, userspace or drop. Anything else raises ActionError naming the problem."""
+    recs: list[bytes] = []
+    i = 0
+    acts = list(actions)
+    while i < len(acts):
+        a = acts[i]
+        if isinstance(a, TERMINAL):
+            rest = acts[i + 1 :]
+            if isinstance(a, Output):
+                _check(all(isinstance(r, Output) for r in rest),
+                       f"'{format_actions(rest)}' after an output: the fast path emits a packet once, "
+                       "so modifications must come before the outputs")
+                ports = [a.port] + [r.port for r in rest if isinstance(r, Output)]
+                for p in ports:
+                    _check(0 < p < max_port, f"output port {p} is out of range 1..{max_port - 1}")
+                if len(set(ports)) == 1:
+                    recs.append(_rec(ActType.OUTPUT, arg16=struct.pack("!H", ports[0])))
+                else:
+                    g = group_for(frozenset(ports))
+                    recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
+            else:
+                _check(not rest, f"'{format_actions(rest)}' after '{a}': nothing may follow it")
+                recs.append(_rec({Flood: ActType.FLOOD, Drop: ActType.DROP, Upcall: ActType.UPCALL}[type(a)]))
+            break
+        recs.append(_encode_mod(a))
+        i += 1
+    _check(len(recs) <= max_actions, f"{len(recs)} datapath actions; the fast path runs at most {max_actions}")
+    return recs
+
+
+def _rec(t: ActType, arg16: bytes = b"\0\0", arg32: bytes = b"\0\0\0\0", data: bytes = b"") -> bytes:
+    return struct.pack("<H2s4s16s", t, arg16, arg32, data)
+
+
+def _vid_pcp(vid: int, pcp: int) -> bytes:
+    _check(0 <= vid <= 4095, f"VLAN id {vid} is out of range 0..4095")
+    _check(0 <= pcp <= 7, f"VLAN PCP {pcp} is out of range 0..7")
+    return struct.pack("!H", (pcp << 13) | vid)
+
+
+def _ip4(addr: str) -> bytes:
+    try:
+        return ipaddress.IPv4Address(addr).packed
+    except ValueError as e:
+        raise ActionError(str(e)) from None
+
+
+def _ip6(addr: str) -> bytes:
+    try:
+        return ipaddress.IPv6Address(addr).packed
+    except ValueError as e:
+        raise ActionError(str(e)) from None
+
+
+def _mac(text: str) -> bytes:
+    try:
+        return mac_bytes(text)
+    except ValueError as e:
+        raise ActionError(str(e)) from None
+
+
+def _port16(port: int) -> bytes:
+    _check(0 <= port <= 65535, f"L4 port {port} is out of range 0..65535")
+    return struct.pack("!H", port)
+
+
+def _encode_mod(a: Action) -> bytes:
+    if isinstance(a, SetEthSrc):
+        return _rec(ActType.SET_ETH_SRC, data=_mac(a.mac))
+    if isinstance(a, SetEthDst):
+        return _rec(ActType.SET_ETH_DST, data=_mac(a.mac))
+    if isinstance(a, PushVlan):
+        _check(a.tpid in (0x8100, 0x88A8), f"VLAN TPID {a.tpid:#x} is not 0x8100 or 0x88a8")
+        return _rec(ActType.PUSH_VLAN, arg16=_vid_pcp(a.vid, a.pcp), arg32=struct.pack("<I", a.tpid))
+    if isinstance(a, PopVlan):
+        return _rec(ActType.POP_VLAN)
+    if isinstance(a, SetVlan):
+        return _rec(ActType.SET_VLAN, arg16=_vid_pcp(a.vid, a.pcp))
+    if isinstance(a, SetIpv4Src):
+        return _rec(ActType.SET_IPV4_SRC, arg32=_ip4(a.addr))
+    if isinstance(a, SetIpv4Dst):
+        return _rec(ActType.SET_IPV4_DST, arg32=_ip4(a.addr))
+    if isinstance(a, SetDscp):
+        _check(0 <= a.dscp <= 63, f"DSCP {a.dscp} is out of range 0..63")
+        return _rec(ActType.SET_IP_DSCP, arg16=struct.pack("!H", a.dscp))
+    if isinstance(a, DecTtl):
+        return _rec(ActType.DEC_TTL)
+    if isinstance(a, SetIpv6Src):
+        return _rec(ActType.SET_IPV6_SRC, data=_ip6(a.addr))
+    if isinstance(a, SetIpv6Dst):
+        return _rec(ActType.SET_IPV6_DST, data=_ip6(a.addr))
+    if isinstance(a, SetTpSrc):
+        return _rec(ActType.SET_TP_SRC, arg16=_port16(a.port))
+    if isinstance(a, SetTpDst):
+        return _rec(ActType.SET_TP_DST, arg16=_port16(a.port))
+    raise ActionError(f"unknown action {a!r}")
+
+
+def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozenset[int]]) -> list[Action]:
+    out: list[Action] = []
+    for r in recs:
+        t, arg16, arg32, data = struct.unpack("<H2s4s16s", r)
+        a16 = struct.unpack("!H", arg16)[0]
+        if t == ActType.OUTPUT:
+            out.append(Output(a16))
+        elif t == ActType.GROUP:
+            out.extend(Output(p) for p in sorted(ports_of_group(struct.unpack("<I", arg32)[0])))
+        elif t == ActType.FLOOD:
+            out.append(Flood())
+        elif t == ActType.DROP:
+            out.append(Drop())
+        elif t == ActType.UPCALL:
+            out.append(Upcall())
+        elif t == ActType.SET_ETH_SRC:
+            out.append(SetEthSrc(mac_str(data[:6])))
+        elif t == ActType.SET_ETH_DST:
+            out.append(SetEthDst(mac_str(data[:6])))
+        elif t == ActType.PUSH_VLAN:
+            out.append(PushVlan(a16 & 0xFFF, a16 >> 13, struct.unpack("<I", arg32)[0]))
+        elif t == ActType.POP_VLAN:
+            out.append(PopVlan())
+        elif t == ActType.SET_VLAN:
+            out.append(SetVlan(a16 & 0xFFF, a16 >> 13))
+        elif t == ActType.SET_IPV4_SRC:
+            out.append(SetIpv4Src(str(ipaddress.IPv4Address(arg32))))
+        elif t == ActType.SET_IPV4_DST:
+            out.append(SetIpv4Dst(str(ipaddress.IPv4Address(arg32))))
+        elif t == ActType.SET_IP_DSCP:
+            out.append(SetDscp(a16))
+        elif t == ActType.DEC_TTL:
+            out.append(DecTtl())
+        elif t == ActType.SET_IPV6_SRC:
+            out.append(SetIpv6Src(str(ipaddress.IPv6Address(data))))
+        elif t == ActType.SET_IPV6_DST:
+            out.append(SetIpv6Dst(str(ipaddress.IPv6Address(data))))
+        elif t == ActType.SET_TP_SRC:
+            out.append(SetTpSrc(a16))
+        elif t == ActType.SET_TP_DST:
+            out.append(SetTpDst(a16))
+    return out
+
+
+def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int) -> bytes:
+    body = b"".join(recs) + b"\0" * (ACTION_SIZE * (max_actions - len(recs)))
+    return ENTRY_HEADER.pack(gen, len(recs), 0) + body
+
+
+def decode_entry(raw: bytes) -> tuple[int, list[bytes]]:
+    gen, n, _ = ENTRY_HEADER.unpack_from(raw)
+    base = ENTRY_HEADER.size
+    return gen, [raw[base + i * ACTION_SIZE : base + (i + 1) * ACTION_SIZE] for i in range(n)]
+
+
+def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
+    """struct mf_key: the subtable (mask id), zero padding, the masked key."""
+    return struct.pack("<II", mask_id, 0) + bytes(masked)
+
+
+# --- what the datapath reports ------------------------------------------------------------------------
+
+
+@dataclass
+class Megaflow:
+    key: FlowKey
+    mask: FlowKey
+    actions: list[Action]
+    packets: int = 0
+    bytes: int = 0
+    used_ns: int = 0  # CLOCK_MONOTONIC_COARSE of the last hit; 0: never
+    mask_id: int = -1
+    flow_idx: int = -1
+
+    def match(self) -> str:
+        return format_key(self.key, self.mask)
+
+    def format(self, now_ns: int) -> str:
+        used = "never" if not self.used_ns else f"{max(0, now_ns - self.used_ns) / 1e9:.3f}s"
+        return (f"{self.match()}, packets:{self.packets}, bytes:{self.bytes}, used:{used}, "
+                f"actions:{format_actions(self.actions)}")
+
+
+@dataclass
+class DpStats:
+    """The fast path's counters, summed over CPUs (OVS: dpif-netdev/pmd-stats-show)."""
+
+    emc_hits: int = 0
+    megaflow_hits: int = 0
+    misses: int = 0
+    lost: int = 0
+    mask_lookups: int = 0
+    hint_hits: int = 0
+    emc_inserts: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def packets(self) -> int:
+        """Every packet the fast path saw: the four lookup results partition them."""
+        return self.emc_hits + self.megaflow_hits + self.misses + self.lost
+
+    @property
+    def avg_subtable_lookups(self) -> float:
+        """Subtables looked up per megaflow hit (as pmd-stats-show's 'avg. subtable lookups per megaflow
+        hit'); lookups spent on misses are included, as they are in OVS."""
+        return self.mask_lookups / self.megaflow_hits if self.megaflow_hits else 0.0
+
+    @classmethod
+    def from_counters(cls, stats: Sequence[int], drops: Sequence[int]) -> DpStats:
+        return cls(
+            emc_hits=stats[Stat.EMC_HIT], megaflow_hits=stats[Stat.MF_HIT], misses=stats[Stat.MISS],
+            lost=stats[Stat.LOST], mask_lookups=stats[Stat.MASK_LOOKUPS], hint_hits=stats[Stat.HINT_HIT],
+            emc_inserts=stats[Stat.EMC_INSERT],
+            drops={r.name.lower(): drops[r] for r in DropReason if r != DropReason.NONE and r < len(drops)},
+        )
+
+    def delta(self, before: DpStats) -> DpStats:
+        return DpStats(
+            *(getattr(self, f) - getattr(before, f) for f in
+              ("emc_hits", "megaflow_hits", "misses", "lost", "mask_lookups", "hint_hits", "emc_inserts")),
+            drops={k: v - before.drops.get(k, 0) for k, v in self.drops.items()},
+        )
+
+
+@dataclass
+class PortStats:
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    drops: int = 0
+
+
+def rank_masks(in_use: Sequence[int], hits: dict[int, int]) -> list[int]:
+    """The subtable visiting order: most recent hits first, ties kept in their current order (as dpcls
+    re-sorts its subtables by hit count)."""
+    pos = {m: i for i, m in enumerate(in_use)}
+    return sorted(in_use, key=lambda m: (-hits.get(m, 0), pos[m]))

@@ -1,0 +1,433 @@
+"""The flow key, mirrored from ``xdp/dp_structs.h``, and the Python packet parser.
+
+The C header is the source of truth::
+
+    struct flow_key {
+        __u32 in_port;      /* host order: datapath port number */
+        __be16 vlan_tci;    /* network order: the 802.1Q TCI | VLAN_CFI when tagged, else 0 */
+        __be16 dl_type;     /* network order: Ethernet type after the tag; FLOW_DL_TYPE_NONE for 802.3 */
+        __u8 dl_dst[6];
+        __u8 dl_src[6];
+        __be32 nw_src;      /* network order: IPv4 source or ARP SPA */
+        __be32 nw_dst;      /* network order: IPv4 destination or ARP TPA */
+        __u8 nw_proto;      /* IPv4 protocol, IPv6 next header, or ARP opcode (low byte) */
+        __u8 nw_tos;        /* IPv4 TOS or IPv6 traffic class: DSCP << 2 | ECN */
+        __u8 nw_ttl;        /* IPv4 TTL or IPv6 hop limit */
+        __u8 nw_frag;       /* FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER */
+        __be16 tp_src;      /* network order: TCP/UDP/SCTP source port, or ICMP/ICMPv6 type */
+        __be16 tp_dst;      /* network order: TCP/UDP/SCTP destination port, or ICMP/ICMPv6 code */
+        __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
+        __u8 arp_sha[6];
+        __u8 arp_tha[6];
+        __u8 pad[6];        /* always zero */
+        __u8 ipv6_src[16];
+        __u8 ipv6_dst[16];
+    };
+
+Multi-byte fields other than ``in_port`` hold network-order bytes; the ctypes mirror declares them as
+big-endian so Python code reads and writes plain integers. ``parse()`` follows the rules written at the
+top of ``xdp/parser.h``; ``tests/bpf/test_parser_diff.py`` proves the two parsers agree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import struct
+
+FLOW_DL_TYPE_NONE = 0x05FF
+VLAN_CFI = 0x1000
+FLOW_NW_FRAG_ANY = 1
+FLOW_NW_FRAG_LATER = 2
+IPV6_MAX_EXT = 4  # DP_IPV6_MAX_EXT
+IPV6_EXT_HEADERS = (0, 43, 60, 51, 44)
+
+ETH_P_8021Q = 0x8100
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+
+
+class FlowKey(ctypes.BigEndianStructure):
+    """ctypes mirror of ``struct flow_key`` (88 bytes).
+
+    ``in_port`` is host order in C; it is declared little-endian here via ``in_port_le`` and exposed as
+    the ``in_port`` property, so every other field reads as a plain integer."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("in_port_raw", ctypes.c_uint8 * 4),
+        ("vlan_tci", ctypes.c_uint16),
+        ("dl_type", ctypes.c_uint16),
+        ("dl_dst", ctypes.c_uint8 * 6),
+        ("dl_src", ctypes.c_uint8 * 6),
+        ("nw_src", ctypes.c_uint32),
+        ("nw_dst", ctypes.c_uint32),
+        ("nw_proto", ctypes.c_uint8),
+        ("nw_tos", ctypes.c_uint8),
+        ("nw_ttl", ctypes.c_uint8),
+        ("nw_frag", ctypes.c_uint8),
+        ("tp_src", ctypes.c_uint16),
+        ("tp_dst", ctypes.c_uint16),
+        ("tcp_flags", ctypes.c_uint16),
+        ("arp_sha", ctypes.c_uint8 * 6),
+        ("arp_tha", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint8 * 6),
+        ("ipv6_src", ctypes.c_uint8 * 16),
+        ("ipv6_dst", ctypes.c_uint8 * 16),
+    ]
+
+    @property
+    def in_port(self) -> int:
+        return int.from_bytes(bytes(self.in_port_raw), "little")
+
+    @in_port.setter
+    def in_port(self, value: int) -> None:
+        self.in_port_raw[:] = list(value.to_bytes(4, "little"))
+
+    def __bytes__(self) -> bytes:
+        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> FlowKey:
+        if len(raw) != ctypes.sizeof(cls):
+            raise ValueError(f"a flow key is {ctypes.sizeof(cls)} bytes, got {len(raw)}")
+        return cls.from_buffer_copy(raw)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FlowKey) and bytes(self) == bytes(other)
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+    def __repr__(self) -> str:
+        return f"FlowKey({format_key(self)})"
+
+    def masked(self, mask: FlowKey) -> FlowKey:
+        return FlowKey.from_bytes(bytes(a & b for a, b in zip(bytes(self), bytes(mask), strict=True)))
+
+    def fields(self) -> dict[str, int | bytes]:
+        """Every field by its C name, integers for scalars and bytes for arrays."""
+        out: dict[str, int | bytes] = {"in_port": self.in_port}
+        for name, ctype in self._fields_[1:]:
+            value = getattr(self, name)
+            out[name] = bytes(value) if isinstance(value, ctypes.Array) else int(value)
+        return out
+
+
+FLOW_KEY_SIZE = ctypes.sizeof(FlowKey)
+assert FLOW_KEY_SIZE == 88
+FIELD_NAMES = ["in_port"] + [name for name, _ in FlowKey._fields_[1:] if name != "pad"]
+
+
+def field_layout() -> dict[str, tuple[int, int]]:
+    """(offset, size) of every field, as the C compiler should lay it out."""
+    out = {}
+    for name, ctype in FlowKey._fields_:
+        desc = getattr(FlowKey, name)
+        out["in_port" if name == "in_port_raw" else name] = (desc.offset, ctypes.sizeof(ctype))
+    return out
+
+
+def exact_mask() -> FlowKey:
+    """A mask with every bit of every field set (pad stays zero)."""
+    m = FlowKey.from_bytes(b"\xff" * FLOW_KEY_SIZE)
+    m.pad[:] = [0] * 6
+    return m
+
+
+def key_hash(key: FlowKey) -> int:
+    """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints."""
+    h = 0x9E3779B97F4A7C15
+    for (w,) in struct.iter_unpack("<Q", bytes(key)):
+        h = ((h ^ w) * 0xFF51AFD7ED558CCD) & 0xFFFFFFFFFFFFFFFF
+    h ^= h >> 32
+    return h & 0xFFFFFFFF
+
+
+# --- the parser ------------------------------------------------------------------------------------
+
+
+def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> int:
+    """Fill the L4 fields; return the L4 offset, or 0 when there is no usable L4 header."""
+    rest = len(p) - off
+    if proto == 6:
+        if rest < 20:
+            return 0
+        doff = (p[off + 12] >> 4) * 4
+        if doff < 20 or doff > rest:
+            return 0
+        key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
+        key.tcp_flags = struct.unpack_from("!H", p, off + 12)[0] & 0x0FFF
+    elif proto == 17:
+        if rest < 8:
+            return 0
+        key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
+    elif proto == 132:
+        if rest < 12:
+            return 0
+        key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
+    elif (proto == 1 and not ipv6) or (proto == 58 and ipv6):
+        if rest < 8:
+            return 0
+        key.tp_src, key.tp_dst = p[off], p[off + 1]
+    else:
+        return 0
+    return off
+
+
+def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> int:
+    if len(p) - off < 20:
+        return 0
+    vihl = p[off]
+    ihl = (vihl & 0x0F) * 4
+    tot = struct.unpack_from("!H", p, off + 2)[0]
+    if vihl >> 4 != 4 or ihl < 20 or tot < ihl or off + tot > len(p):
+        return 0
+    key.nw_tos = p[off + 1]
+    frag_off = struct.unpack_from("!H", p, off + 6)[0]
+    key.nw_ttl, key.nw_proto = p[off + 8], p[off + 9]
+    key.nw_src, key.nw_dst = struct.unpack_from("!II", p, off + 12)
+    if frag_off & 0x3FFF:
+        key.nw_frag = FLOW_NW_FRAG_ANY
+        if frag_off & 0x1FFF:
+            key.nw_frag |= FLOW_NW_FRAG_LATER
+            return 0
+    return _parse_l4(p, off + ihl, key.nw_proto, False, key)
+
+
+def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> int:
+    if len(p) - off < 40:
+        return 0
+    if p[off] >> 4 != 6 or off + 40 + struct.unpack_from("!H", p, off + 4)[0] > len(p):
+        return 0
+    key.ipv6_src[:] = list(p[off + 8 : off + 24])
+    key.ipv6_dst[:] = list(p[off + 24 : off + 40])
+    key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
+    key.nw_ttl = p[off + 7]
+    nh = p[off + 6]
+    off += 40
+    done = False
+    for _ in range(IPV6_MAX_EXT):
+        if nh not in IPV6_EXT_HEADERS:
+            done = True
+            break
+        if len(p) - off < 8:
+            break
+        if nh == 44:
+            offlg = struct.unpack_from("!H", p, off + 2)[0]
+            nh = p[off]
+            off += 8
+            if offlg & 0xFFF8:
+                key.nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER
+                key.nw_proto = nh
+                return 0
+            if offlg & 0x0001:
+                key.nw_frag = FLOW_NW_FRAG_ANY
+        else:
+            length = (p[off + 1] + 2) * 4 if nh == 51 else (p[off + 1] + 1) * 8
+            nh = p[off]
+            off += length
+    if not done:
+        done = nh not in IPV6_EXT_HEADERS
+    key.nw_proto = nh
+    return _parse_l4(p, off, nh, True, key) if done else 0
+
+
+def parse(frame: bytes, in_port: int = 0) -> FlowKey:
+    """The flow key of a frame received on datapath port in_port, exactly as the XDP parser builds it."""
+    return parse_layout(frame, in_port)[0]
+
+
+def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
+    """(key, l3 offset, l4 offset); an offset of 0 means the header is absent or unusable."""
+    p = bytes(frame)
+    key = FlowKey()
+    key.in_port = in_port
+    if len(p) < 14:
+        return key, 0, 0
+    key.dl_dst[:] = list(p[0:6])
+    key.dl_src[:] = list(p[6:12])
+    dl_type = struct.unpack_from("!H", p, 12)[0]
+    off = 14
+    if dl_type == ETH_P_8021Q:
+        if len(p) < 18:
+            key.dl_type = dl_type
+            return key, 0, 0
+        tci, dl_type = struct.unpack_from("!HH", p, 14)
+        key.vlan_tci = tci | VLAN_CFI
+        off = 18
+    if dl_type < 0x600:
+        key.dl_type = FLOW_DL_TYPE_NONE
+        return key, 0, 0
+    key.dl_type = dl_type
+    l4 = 0
+    if dl_type == ETH_P_IP:
+        l4 = _parse_ipv4(p, off, key)
+    elif dl_type == ETH_P_IPV6:
+        l4 = _parse_ipv6(p, off, key)
+    elif dl_type == ETH_P_ARP:
+        if len(p) - off >= 28:
+            htype, ptype, hlen, plen = struct.unpack_from("!HHBB", p, off)
+            if htype == 1 and ptype == ETH_P_IP and hlen == 6 and plen == 4:
+                if p[off + 6] == 0:
+                    key.nw_proto = p[off + 7]
+                key.arp_sha[:] = list(p[off + 8 : off + 14])
+                key.nw_src = struct.unpack_from("!I", p, off + 14)[0]
+                key.arp_tha[:] = list(p[off + 18 : off + 24])
+                key.nw_dst = struct.unpack_from("!I", p, off + 24)[0]
+    return key, off, l4
+
+
+# --- text, as ovs-dpctl prints datapath flows -----------------------------------------------------------
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def mac_bytes(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(x) in (1, 2) for x in parts):
+        raise ValueError(f"bad MAC address {text!r}")
+    try:
+        return bytes(int(x, 16) for x in parts)
+    except ValueError:
+        raise ValueError(f"bad MAC address {text!r}") from None
+
+
+def _fmt(value: int | bytes, mask: int | bytes | None, kind: str) -> str:
+    def one(v: int | bytes) -> str:
+        if kind == "mac":
+            assert isinstance(v, bytes)
+            return mac_str(v)
+        if kind == "ip4":
+            return str(ipaddress.IPv4Address(v))
+        if kind == "ip6":
+            assert isinstance(v, bytes)
+            return str(ipaddress.IPv6Address(v))
+        if kind == "hex":
+            return f"{v:#x}" if isinstance(v, int) else v.hex()
+        return str(v)
+
+    if mask is None:
+        return one(value)
+    full = isinstance(mask, bytes) and all(b == 0xFF for b in mask)
+    full = full or (isinstance(mask, int) and mask == _FULL.get(kind, -1))
+    return one(value) if full else f"{one(value)}/{one(mask)}"
+
+
+_FULL = {"ip4": 0xFFFFFFFF}
+
+
+def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
+    """A key (and mask) in the shape of ovs-dpctl dump-flows: fully wildcarded fields are left out."""
+    k, m = key.fields(), (mask.fields() if mask is not None else None)
+
+    def shown(name: str) -> bool:
+        if m is None:
+            v = k[name]
+            return bool(v) if isinstance(v, int) else any(v)
+        mv = m[name]
+        return bool(mv) if isinstance(mv, int) else any(mv)
+
+    def part(name: str, kind: str, full: int) -> str:
+        mv = None if m is None else m[name]
+        if isinstance(mv, int) and mv == full:
+            mv = None
+        if isinstance(mv, bytes) and all(b == 0xFF for b in mv):
+            mv = None
+        return _fmt(k[name], mv, kind)
+
+    out = []
+    if m is None or m["in_port"]:
+        out.append(f"in_port({k['in_port']})")
+    if shown("vlan_tci"):
+        out.append(f"vlan_tci({part('vlan_tci', 'hex', 0xFFFF)})")
+    eth = [f"{n}={part(f'dl_{n}', 'mac', 0)}" for n in ("src", "dst") if shown(f"dl_{n}")]
+    if eth:
+        out.append(f"eth({','.join(eth)})")
+    if m is None or m["dl_type"]:
+        out.append(f"eth_type({k['dl_type']:#06x})")
+    dl_type = k["dl_type"]
+    if dl_type == ETH_P_ARP:
+        arp = []
+        for label, name, kind in (("sip", "nw_src", "ip4"), ("tip", "nw_dst", "ip4"), ("op", "nw_proto", ""),
+                                  ("sha", "arp_sha", "mac"), ("tha", "arp_tha", "mac")):
+            if shown(name):
+                arp.append(f"{label}={part(name, kind, 0xFF)}")
+        if arp:
+            out.append(f"arp({','.join(arp)})")
+        return ",".join(out)
+    l3 = []
+    if dl_type == ETH_P_IP:
+        for label, name, kind in (("src", "nw_src", "ip4"), ("dst", "nw_dst", "ip4")):
+            if shown(name):
+                l3.append(f"{label}={part(name, kind, 0xFFFFFFFF)}")
+    elif dl_type == ETH_P_IPV6:
+        for label, name in (("src", "ipv6_src"), ("dst", "ipv6_dst")):
+            if shown(name):
+                l3.append(f"{label}={part(name, 'ip6', 0)}")
+    for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag")):
+        if shown(name):
+            value = part(name, "hex" if label in ("tos",) else "", 0xFF)
+            if label == "frag" and name == "nw_frag":
+                value = {0: "no", 1: "first", 3: "later"}.get(k[name], value)  # type: ignore[call-overload]
+            l3.append(f"{label}={value}")
+    if l3:
+        out.append(f"{'ipv4' if dl_type == ETH_P_IP else 'ipv6' if dl_type == ETH_P_IPV6 else 'l3'}({','.join(l3)})")
+    proto = k["nw_proto"]
+    l4name = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6"}.get(proto, "l4")  # type: ignore[call-overload]
+    labels = ("type", "code") if l4name in ("icmp", "icmpv6") else ("src", "dst")
+    l4 = [f"{lab}={part(name, '', 0xFFFF)}" for lab, name in zip(labels, ("tp_src", "tp_dst"), strict=True)
+          if shown(name)]
+    if l4:
+        out.append(f"{l4name}({','.join(l4)})")
+    if shown("tcp_flags"):
+        out.append(f"tcp_flags({part('tcp_flags', 'hex', 0x0FFF)})")
+    return ",".join(out)
+
+
+# --- building keys and masks ------------------------------------------------------------------------
+
+_MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "arp_tha"}
+_IP4_FIELDS = {"nw_src", "nw_dst"}
+_IP6_FIELDS = {"ipv6_src", "ipv6_dst"}
+
+
+def build(**fields: int | str | bytes) -> FlowKey:
+    """A FlowKey (or a mask) from field values: ints, MAC strings for Ethernet and ARP hardware
+    addresses, dotted quads for nw_src/nw_dst, IPv6 text for ipv6_src/ipv6_dst.
+
+    >>> build(in_port=1, dl_type=0x0800, nw_dst="10.0.0.2").nw_dst == 0x0A000002
+    True"""
+    key = FlowKey()
+    for name, value in fields.items():
+        if name == "in_port":
+            key.in_port = int(value)  # type: ignore[arg-type]
+        elif name in _MAC_FIELDS:
+            raw = mac_bytes(value) if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+            getattr(key, name)[:] = list(raw)
+        elif name in _IP4_FIELDS and isinstance(value, str):
+            setattr(key, name, int(ipaddress.IPv4Address(value)))
+        elif name in _IP6_FIELDS:
+            raw = ipaddress.IPv6Address(value).packed if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+            getattr(key, name)[:] = list(raw)
+        elif name in FIELD_NAMES:
+            setattr(key, name, int(value))  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unknown flow key field {name!r}")
+    return key
+
+
+def mask_for(*names: str, **partial: int | str | bytes) -> FlowKey:
+    """A mask with every bit of the named fields set, plus partial masks given as values
+    (e.g. ``mask_for("dl_type", nw_dst="255.255.255.0")``)."""
+    full: dict[str, int | str | bytes] = {}
+    for name in names:
+        if name not in FIELD_NAMES:
+            raise ValueError(f"unknown flow key field {name!r}")
+        size = field_layout()[name][1]
+        full[name] = b"\xff" * size if name in _MAC_FIELDS | _IP6_FIELDS else (1 << (8 * size)) - 1
+    full.update(partial)
+    return build(**full)
