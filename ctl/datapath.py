@@ -245,7 +245,7 @@ class Datapath:
         errors = []
         for m in modes:
             try:
-                BPF.attach_xdp(ifname, self.prog_emc, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                BPF.attach_xdp(ifname.encode(), self.prog_emc, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST)
             except Exception as e:
                 errors.append(f"{m}: {e}")
                 continue
@@ -282,7 +282,7 @@ class Datapath:
             except KeyError:
                 pass
         try:
-            BPF.remove_xdp(port.name, MODE_FLAGS[port.mode])
+            BPF.remove_xdp(port.name.encode(), MODE_FLAGS[port.mode])
         except Exception as e:
             if "No such device" not in str(e):
                 raise DatapathError(f"detaching from {port.name} failed: {e}") from e

@@ -322,6 +322,8 @@ _FULL = {"ip4": 0xFFFFFFFF}
 
 def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
     """A key (and mask) in the shape of ovs-dpctl dump-flows: fully wildcarded fields are left out."""
+    if mask is not None:
+        key = key.masked(mask)
     k, m = key.fields(), (mask.fields() if mask is not None else None)
 
     def shown(name: str) -> bool:

@@ -1,0 +1,66 @@
+"""bpf tier fixtures: one datapath per module on three veth ports, packets through BPF_PROG_TEST_RUN.
+
+BPF_PROG_TEST_RUN runs the program on the calling CPU, so the module pins itself to CPU 0 and reads
+per-CPU state (the parser's scratch key) from there."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from ctl import progrun
+from ctl.datapath import Datapath, DatapathConfig
+from ctl.dpif import DpStats, PortStats
+from tests.conftest import Net, need_root, unique
+
+CONFIG = DatapathConfig(max_flows=8192, emc_insert_inv_prob=1)
+
+
+@dataclass
+class Bench:
+    dp: Datapath
+    ifindex: dict[int, int]  # port number -> ifindex
+
+    def run(self, frame: bytes, in_port: int = 1, queue: int = 0) -> progrun.RunResult:
+        return progrun.run_xdp(self.dp.emc_prog_fd, frame, self.ifindex[in_port], queue)
+
+    def scratch_key(self) -> bytes:
+        """The flow key the XDP parser left in dp_scratch on CPU 0."""
+        return bytes(self.dp.bpf["dp_scratch"].getvalue(0)[0].key)
+
+    def reset(self) -> None:
+        self.dp.flush_flows()
+        self.dp.flush_emc()
+        self.dp.set_emc_insert_inv_prob(CONFIG.emc_insert_inv_prob)
+
+    def port_stats(self) -> dict[int, PortStats]:
+        return {p: self.dp.port_stats(p) for p in self.ifindex}
+
+    def stats(self) -> DpStats:
+        return self.dp.stats()
+
+
+@pytest.fixture(scope="module")
+def bench(module_net: Net) -> Iterator[Bench]:
+    need_root()
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    dp = Datapath(unique("xsbpf"), CONFIG)
+    try:
+        ifindex = {}
+        for n in (1, 2, 3):
+            a, _b = module_net.veth()
+            ifindex[n] = dp.add_port(a, n).ifindex
+        yield Bench(dp, ifindex)
+    finally:
+        dp.close(unpin=True)
+        os.sched_setaffinity(0, old)
+
+
+@pytest.fixture
+def tb(bench: Bench) -> Bench:
+    bench.reset()
+    return bench

@@ -1,0 +1,40 @@
+"""The ctypes mirrors match the structs as the C compiler laid them out (Cilium's alignchecker idea).
+
+bcc builds each map's key and value types from clang's own layout, so they are the compiled C."""
+
+import ctypes
+
+from ctl import dpif
+from ctl.flowkey import FlowKey, field_layout
+from tests.bpf.conftest import Bench
+
+
+def c_layout(ctype: type) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name, t in ctype._fields_:  # type: ignore[attr-defined]
+        if not name.startswith("__pad"):
+            out[name] = (getattr(ctype, name).offset, ctypes.sizeof(t))
+    return out
+
+
+def test_flow_key_matches_compiled_c(bench: Bench) -> None:
+    compiled = bench.dp.bpf["mf_masks"].Leaf
+    assert ctypes.sizeof(compiled) == ctypes.sizeof(FlowKey) == 88
+    assert c_layout(compiled) == field_layout()
+
+
+def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
+    mf_key = bench.dp.bpf["mf_flows"].Key
+    assert ctypes.sizeof(mf_key) == len(dpif.mf_key_bytes(0, FlowKey())) == 96
+    assert c_layout(mf_key)["key"] == (8, 88)
+    entry = bench.dp.bpf["mf_entries"].Leaf
+    n = bench.dp.config.max_actions
+    assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))
+    assert c_layout(entry)["actions"] == (8, n * dpif.ACTION_SIZE)
+    action = dict(entry._fields_)["actions"]._type_  # type: ignore[attr-defined]
+    assert c_layout(action) == {"type": (0, 2), "arg16": (2, 2), "arg32": (4, 4), "data": (8, 16)}
+
+
+def test_enums_match(bench: Bench) -> None:
+    assert bench.dp.bpf["dp_stats"].max_entries == len(dpif.Stat)
+    assert bench.dp.bpf["dp_drops"].max_entries == len(dpif.DropReason)

@@ -1,0 +1,102 @@
+"""Shared fixtures: privilege gates and networking that cleans up after itself.
+
+Tiers: tests/unit (no root, no bcc), tests/bpf (root; BPF_PROG_TEST_RUN), tests/netns (root; real veth
+pairs and namespaces). Without root or kernel features the privileged tiers skip locally with a reason;
+under CI=true a skip there is turned into a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_seq = itertools.count()
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        msg = "needs root (BPF, XDP, namespaces)"
+        if IN_CI:
+            pytest.fail(f"{msg}: CI must run every tier")
+        pytest.skip(msg)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if any(item.iter_markers(name="root")):
+        need_root()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_CI and rep.skipped and any(item.iter_markers(name="root")):
+        rep.outcome = "failed"
+        rep.longrepr = f"privileged test skipped under CI=true: {rep.longrepr}"
+
+
+def sh(cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    full = f"ip netns exec {ns} {cmd}" if ns else cmd
+    return subprocess.run(full, shell=True, check=check, capture_output=True, text=True)
+
+
+def unique(prefix: str) -> str:
+    """An interface or namespace name unique to this run (interface names are at most 15 bytes)."""
+    return f"{prefix}{os.getpid() % 10000}{next(_seq)}"[:15]
+
+
+class Net:
+    """Namespaces and veth pairs, each removed at teardown (registered the moment it is made)."""
+
+    def __init__(self, finalizer: Callable[[Callable[[], None]], None]) -> None:
+        self._fin = finalizer
+
+    def netns(self) -> str:
+        name = unique("xsns")
+        sh(f"ip netns add {name}")
+        self._fin(lambda: sh(f"ip netns del {name}", check=False))
+        sh("ip link set lo up", ns=name)
+        return name
+
+    def veth(self, ns: str | None = None, peer_xdp_pass: bool = False) -> tuple[str, str]:
+        """A veth pair; the first end stays here (a switch port), the second goes into ns.
+
+        The peer gets GRO on, so frames redirected into the pair by XDP are delivered."""
+        a, b = unique("xsa"), unique("xsb")
+        sh(f"ip link add {a} type veth peer name {b}")
+        self._fin(lambda: sh(f"ip link del {a}", check=False))
+        sh(f"ethtool -K {a} tso off gso off", check=False)
+        if ns:
+            sh(f"ip link set {b} netns {ns}")
+        sh(f"ip link set {a} up")
+        sh(f"ip link set {b} up", ns=ns)
+        sh(f"ethtool -K {b} gro on tso off gso off", ns=ns, check=False)
+        return a, b
+
+
+@pytest.fixture
+def net(request: pytest.FixtureRequest) -> Iterator[Net]:
+    need_root()
+    yield Net(request.addfinalizer)
+
+
+@pytest.fixture(scope="module")
+def module_net(request: pytest.FixtureRequest) -> Iterator[Net]:
+    need_root()
+    yield Net(request.addfinalizer)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if "/tests/bpf/" in path:
+            item.add_marker(pytest.mark.bpf)
+            item.add_marker(pytest.mark.root)
+        elif "/tests/netns/" in path:
+            item.add_marker(pytest.mark.netns)
+            item.add_marker(pytest.mark.root)

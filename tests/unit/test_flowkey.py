@@ -1,0 +1,103 @@
+"""The Python flow key and parser, alone (the bpf tier compares them with the compiled C)."""
+
+import struct
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from ctl import flowkey
+from ctl.flowkey import FlowKey, build, format_key, key_hash, mask_for, parse
+
+MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+# The offsets the C compiler gives struct flow_key (xdp/dp_structs.h); tests/bpf checks them against it.
+C_LAYOUT = {
+    "in_port": (0, 4), "vlan_tci": (4, 2), "dl_type": (6, 2), "dl_dst": (8, 6), "dl_src": (14, 6),
+    "nw_src": (20, 4), "nw_dst": (24, 4), "nw_proto": (28, 1), "nw_tos": (29, 1), "nw_ttl": (30, 1),
+    "nw_frag": (31, 1), "tp_src": (32, 2), "tp_dst": (34, 2), "tcp_flags": (36, 2), "arp_sha": (38, 6),
+    "arp_tha": (44, 6), "pad": (50, 6), "ipv6_src": (56, 16), "ipv6_dst": (72, 16),
+}
+
+
+def test_layout_matches_the_c_header() -> None:
+    assert flowkey.FLOW_KEY_SIZE == 88
+    assert flowkey.field_layout() == C_LAYOUT
+
+
+def test_in_port_is_host_order_and_the_rest_network_order() -> None:
+    k = build(in_port=0x01020304, dl_type=0x0800, nw_src="10.0.0.1", tp_src=80)
+    raw = bytes(k)
+    assert raw[0:4] == struct.pack("<I", 0x01020304)
+    assert raw[6:8] == b"\x08\x00"
+    assert raw[20:24] == bytes([10, 0, 0, 1])
+    assert raw[32:34] == b"\x00\x50"
+    assert FlowKey.from_bytes(raw) == k
+
+
+def test_parse_tcp_over_vlan() -> None:
+    pkt = bytes(Ether(**MACS) / Dot1Q(vlan=10, prio=3) / IP(src="10.0.0.1", dst="10.0.0.2", tos=0xB8, ttl=9)
+                / TCP(sport=1234, dport=80, flags="SA"))
+    k = parse(pkt, in_port=3)
+    assert k.in_port == 3
+    assert k.vlan_tci == (3 << 13) | 10 | flowkey.VLAN_CFI
+    assert k.dl_type == 0x0800
+    assert bytes(k.dl_src) == bytes.fromhex("020000000001")
+    assert (k.nw_src, k.nw_dst) == (0x0A000001, 0x0A000002)
+    assert (k.nw_proto, k.nw_tos, k.nw_ttl, k.nw_frag) == (6, 0xB8, 9, 0)
+    assert (k.tp_src, k.tp_dst, k.tcp_flags) == (1234, 80, 0x12)
+
+
+def test_parse_arp_icmp_and_ipv6() -> None:
+    arp = parse(bytes(Ether(**MACS) / ARP(op=2, hwsrc=MACS["src"], psrc="10.0.0.1", pdst="10.0.0.2")))
+    assert (arp.dl_type, arp.nw_proto, arp.nw_src, arp.nw_dst) == (0x0806, 2, 0x0A000001, 0x0A000002)
+    assert bytes(arp.arp_sha) == bytes.fromhex("020000000001")
+    icmp = parse(bytes(Ether(**MACS) / IP() / ICMP(type=8, code=0)))
+    assert (icmp.nw_proto, icmp.tp_src, icmp.tp_dst) == (1, 8, 0)
+    v6 = parse(bytes(Ether(**MACS) / IPv6(src="2001:db8::1", dst="2001:db8::2", tc=0x20, hlim=7)
+                     / IPv6ExtHdrHopByHop() / ICMPv6EchoRequest()))
+    assert (v6.dl_type, v6.nw_proto, v6.nw_tos, v6.nw_ttl, v6.tp_src) == (0x86DD, 58, 0x20, 7, 128)
+    assert bytes(v6.ipv6_dst) == bytes.fromhex("20010db8000000000000000000000002")
+
+
+def test_fragments() -> None:
+    first = parse(bytes(Ether() / IP(flags="MF", frag=0) / UDP(sport=5, dport=6)))
+    later = parse(bytes(Ether() / IP(frag=100, proto=17) / b"12345678"))
+    assert (first.nw_frag, first.tp_src) == (flowkey.FLOW_NW_FRAG_ANY, 5)
+    assert (later.nw_frag, later.tp_src) == (flowkey.FLOW_NW_FRAG_ANY | flowkey.FLOW_NW_FRAG_LATER, 0)
+    v6later = parse(bytes(Ether() / IPv6() / IPv6ExtHdrFragment(offset=3, nh=17) / b"12345678"))
+    assert (v6later.nw_proto, v6later.nw_frag, v6later.tp_src) == (17, 3, 0)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 13, 14, 20, 33, 34, 41])
+def test_truncated_packets_stop_at_the_broken_layer(cut: int) -> None:
+    full = bytes(Ether(**MACS) / IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2))
+    k = parse(full[:cut])
+    if cut < 14:
+        assert bytes(k)[4:] == bytes(84)
+    elif cut < 14 + 28:  # IPv4 tot_len (28) no longer fits: L3 and L4 stay zero
+        assert k.dl_type == 0x0800 and k.nw_src == 0 and k.tp_src == 0
+
+
+def test_802_3_frames_get_dl_type_none() -> None:
+    assert parse(bytes(Ether(type=0x0100) / (b"x" * 30))).dl_type == flowkey.FLOW_DL_TYPE_NONE
+
+
+def test_masks_and_hash() -> None:
+    k = parse(bytes(Ether(**MACS) / IP(src="10.1.2.3") / UDP()), in_port=2)
+    m = mask_for("in_port", "dl_type", nw_src="255.255.0.0")
+    mk = k.masked(m)
+    assert mk.in_port == 2 and mk.nw_src == 0x0A010000 and mk.tp_src == 0 and bytes(mk.dl_src) == bytes(6)
+    assert key_hash(k) == key_hash(FlowKey.from_bytes(bytes(k)))
+    assert key_hash(k) != key_hash(mk)
+    assert 0 <= key_hash(k) < 2**32
+    with pytest.raises(ValueError, match="unknown flow key field"):
+        mask_for("nw_bogus")
+
+
+def test_format_key_like_dpctl() -> None:
+    k = parse(bytes(Ether(**MACS) / IP(src="10.1.2.3", dst="10.0.0.9") / TCP(sport=1, dport=22)), in_port=1)
+    m = mask_for("in_port", "dl_type", "nw_proto", "tp_dst", nw_src="255.255.255.0")
+    assert format_key(k, m) == ("in_port(1),eth_type(0x0800),ipv4(src=10.1.2.0/255.255.255.0,proto=6),"
+                                "tcp(dst=22)")
