@@ -402,11 +402,12 @@ class Datapath:
         return list(self._mask_order)
 
     def flush_emc(self) -> None:
-        """Empty every CPU's EMC."""
-        table = self.bpf["emc_entries"]
-        zero = table.Leaf()
-        for i in range(self.config.emc_entries):
-            table[ctypes.c_uint32(i)] = zero
+        """Empty every CPU's EMC and mask hints (both refill from megaflow hits)."""
+        for name, n in (("emc_entries", self.config.emc_entries), ("mf_hints", self.config.hint_entries)):
+            table = self.bpf[name]
+            zero = table.Leaf()
+            for i in range(n):
+                table[ctypes.c_uint32(i)] = zero
 
     def set_emc_insert_inv_prob(self, inv: int) -> None:
         """Insert into the EMC on 1 in inv megaflow hits (OVS's emc-insert-inv-prob); 0 disables."""
@@ -545,8 +546,8 @@ class Datapath:
                 raise MapFull(f"all {N_GROUPS} output groups are in use")
             g = free[0]
             table = self.bpf[f"dp_group{g}"]
-            for k in list(table.keys()):
-                del table[k]
+            for p in self._devmap_ports(table):
+                del table[ctypes.c_int(p)]
             for p in ports:
                 if p in self.ports:
                     table[ctypes.c_int(p)] = ctypes.c_int(self.ports[p].ifindex)
@@ -590,8 +591,7 @@ class Datapath:
                     self._flow_group[idx] = g
                     self._group_refs[g] = self._group_refs.get(g, 0) + 1
         for g in self._group_refs:
-            ports = frozenset(int(k.value) for k in self.bpf[f"dp_group{g}"].keys())
-            self._groups[ports] = g
+            self._groups[frozenset(self._devmap_ports(self.bpf[f"dp_group{g}"]))] = g
         for mid in [m for m, n in self._mask_refs.items() if n == 0]:
             self._mask_release_empty(mid)
         self._next_idx = max(used) + 1 if used else 0
@@ -599,6 +599,17 @@ class Datapath:
         if self._flows:
             log.info("%s: recovered %d megaflows in %d subtables from %s", self.name, len(self._flows),
                      len(self._masks), self.pin_dir)
+
+    def _devmap_ports(self, table: object) -> list[int]:
+        """The port numbers set in a devmap (an array: every index iterates, only set ones look up)."""
+        out = []
+        for p in range(self.config.max_ports):
+            try:
+                table[ctypes.c_int(p)]  # type: ignore[index]
+            except KeyError:
+                continue
+            out.append(p)
+        return out
 
     def _mask_release_empty(self, mid: int) -> None:
         self._mask_refs[mid] = 1

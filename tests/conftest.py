@@ -63,16 +63,20 @@ class Net:
         sh("ip link set lo up", ns=name)
         return name
 
-    def veth(self, ns: str | None = None, peer_xdp_pass: bool = False) -> tuple[str, str]:
+    def veth(self, ns: str | None = None, quiet: bool = False) -> tuple[str, str]:
         """A veth pair; the first end stays here (a switch port), the second goes into ns.
 
-        The peer gets GRO on, so frames redirected into the pair by XDP are delivered."""
+        The peer gets GRO on, so frames redirected into the pair by XDP are delivered. quiet turns
+        IPv6 off on both ends, so the kernel sends nothing (ND, MLD) that a counter would see."""
         a, b = unique("xsa"), unique("xsb")
         sh(f"ip link add {a} type veth peer name {b}")
         self._fin(lambda: sh(f"ip link del {a}", check=False))
         sh(f"ethtool -K {a} tso off gso off", check=False)
+        sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1")
         if ns:
             sh(f"ip link set {b} netns {ns}")
+        if quiet:
+            sh(f"sysctl -qw net.ipv6.conf.{b}.disable_ipv6=1", ns=ns)
         sh(f"ip link set {a} up")
         sh(f"ip link set {b} up", ns=ns)
         sh(f"ethtool -K {b} gro on tso off gso off", ns=ns, check=False)

@@ -52,7 +52,7 @@ def bench(module_net: Net) -> Iterator[Bench]:
     try:
         ifindex = {}
         for n in (1, 2, 3):
-            a, _b = module_net.veth()
+            a, _b = module_net.veth(quiet=True)
             ifindex[n] = dp.add_port(a, n).ifindex
         yield Bench(dp, ifindex)
     finally:

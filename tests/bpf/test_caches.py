@@ -1,0 +1,226 @@
+"""The two cache layers: EMC fill and invalidation, tuple space search with hints and ranking, limits,
+the counter partition and pinned maps."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from ctl.datapath import Datapath, DatapathError
+from ctl.dpif import ActionError, Drop, MapFull, Output, SetEthDst, SetIpv4Dst
+from ctl.flowkey import mask_for, parse
+from ctl.progrun import XDP_DROP, XDP_REDIRECT
+from tests.bpf.conftest import CONFIG, Bench
+
+MAC = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+def udp(dport: int = 53, src: str = "10.0.0.1") -> bytes:
+    return bytes(Ether(**MAC) / IP(src=src, dst="10.0.0.2") / UDP(sport=1000, dport=dport) / (b"x" * 18))
+
+
+def test_miss_without_a_socket_is_lost(tb: Bench) -> None:
+    before = tb.stats()
+    assert tb.run(udp()).verdict == XDP_DROP
+    d = tb.stats().delta(before)
+    assert (d.lost, d.misses, d.megaflow_hits, d.emc_hits) == (1, 0, 0, 0)
+    assert d.drops["no_upcall_socket"] == 1
+
+
+def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [Output(2)])
+    before = tb.stats()
+    assert tb.run(udp()).verdict == XDP_REDIRECT
+    assert tb.run(udp()).verdict == XDP_REDIRECT
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.emc_inserts, d.emc_hits) == (1, 1, 1)
+    [flow] = tb.dp.dump_flows()
+    assert (flow.packets, flow.bytes) == (2, 2 * len(udp()))
+    assert flow.used_ns > 0
+
+
+def test_emc_insert_probability_zero_never_inserts(tb: Bench) -> None:
+    tb.dp.set_emc_insert_inv_prob(0)
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [Output(2)])
+    before = tb.stats()
+    for _ in range(20):
+        tb.run(udp())
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.emc_hits, d.emc_inserts) == (20, 0, 0)
+
+
+def test_emc_insert_probability_is_about_one_in_n(tb: Bench) -> None:
+    tb.dp.set_emc_insert_inv_prob(10)
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [Output(2)])
+    before = tb.stats()
+    for i in range(400):  # distinct flows: every one is a megaflow hit, some get EMC entries
+        tb.run(udp(dport=i + 1, src=f"10.0.{i % 250}.{i // 250 + 1}"))
+    d = tb.stats().delta(before)
+    assert d.megaflow_hits == 400
+    assert 10 <= d.emc_inserts <= 90
+
+
+def test_deleted_megaflow_never_runs_from_the_emc(tb: Bench) -> None:
+    key = parse(udp(), 1)
+    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    tb.run(udp())
+    tb.run(udp())
+    assert tb.stats().emc_hits >= 1
+    assert tb.dp.del_flow(key, mask_for("in_port"))
+    before = tb.stats()
+    assert tb.run(udp()).verdict == XDP_DROP
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits, d.lost) == (0, 0, 1)
+    assert not tb.dp.del_flow(key, mask_for("in_port"))
+
+
+def test_changed_megaflow_takes_effect_through_the_emc(tb: Bench) -> None:
+    key = parse(udp(), 1)
+    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    tb.run(udp())
+    tb.run(udp())
+    tb.dp.put_flow(key, mask_for("in_port"), [SetIpv4Dst("10.0.0.99"), Output(3)])
+    before, ports_before = tb.stats(), tb.port_stats()
+    r = tb.run(udp())
+    assert IP(r.frame[14:]).dst == "10.0.0.99"
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits) == (0, 1)
+    assert tb.port_stats()[3].tx_packets == ports_before[3].tx_packets + 1
+    assert tb.port_stats()[2].tx_packets == ports_before[2].tx_packets
+    [flow] = tb.dp.dump_flows()
+    assert flow.packets == 3  # counters carry over a change, as OVS's modify keeps them
+    assert tb.dp.n_masks == 1
+
+
+def test_tuple_space_search_hint_and_ranking(tb: Bench) -> None:
+    tb.dp.set_emc_insert_inv_prob(0)
+    masks = [mask_for("in_port", "tp_dst"), mask_for("in_port", "nw_src"), mask_for("dl_src"),
+             mask_for("in_port", "dl_type", "nw_proto"), mask_for("in_port", "dl_dst", "tp_src")]
+    other = bytes(Ether(src="02:00:00:00:00:99", dst="02:00:00:00:00:98") / IP(src="192.0.2.1")
+                  / UDP(sport=9, dport=7))
+    others = [parse(other, 2)] * 4  # a flow whose masked keys the target packet matches in none of them
+    for m, k in zip(masks[:4], others, strict=True):
+        tb.dp.put_flow(k, m, [Drop()])
+    target = parse(udp(), 1)
+    tb.dp.put_flow(target, masks[4], [Output(2)])
+    assert tb.dp.n_masks == 5
+
+    before = tb.stats()
+    tb.run(udp())  # no hint yet: all five subtables
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.mask_lookups, d.hint_hits) == (1, 5, 0)
+
+    before = tb.stats()
+    tb.run(udp())  # the hint names the fifth subtable: one lookup
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.mask_lookups, d.hint_hits) == (1, 1, 1)
+
+    target_mask = next(f.mask_id for f in tb.dp.dump_flows() if f.actions == [Output(2)])
+    assert tb.dp.mask_order()[-1] == target_mask
+    assert tb.dp.rank_masks()[0] == target_mask
+    tb.dp.flush_emc()
+    # a new packet of the same megaflow with a different hash: no hint, but ranked first now
+    before = tb.stats()
+    tb.run(udp(dport=54))
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.mask_lookups) == (1, 1)
+
+
+def test_masks_are_bounded_and_a_full_mask_table_loses_nothing(tb: Bench) -> None:
+    key = parse(udp(), 1)
+    fields = ["in_port", "dl_dst", "dl_src", "dl_type", "nw_src", "nw_dst", "nw_proto", "tp_src", "tp_dst"]
+    n = 0
+    for bits in range(1, 1 << len(fields)):
+        if n == CONFIG.max_masks:
+            break
+        tb.dp.put_flow(key, mask_for(*[f for i, f in enumerate(fields) if bits >> i & 1]), [Output(2)])
+        n += 1
+    assert tb.dp.n_masks == CONFIG.max_masks
+    with pytest.raises(MapFull, match="masks"):
+        tb.dp.put_flow(key, mask_for("nw_tos"), [Output(3)])
+    assert tb.dp.n_flows == CONFIG.max_masks
+    assert tb.run(udp()).verdict == XDP_REDIRECT
+
+
+def test_a_full_flow_table_loses_nothing(tb: Bench) -> None:
+    m = mask_for("in_port", "nw_src")
+    for i in range(CONFIG.max_flows):
+        tb.dp.put_flow(parse(udp(src=f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"), 1), m, [Output(2)])
+    with pytest.raises(MapFull, match="megaflow slots"):
+        tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [Output(3)])
+    assert tb.dp.n_flows == CONFIG.max_flows
+    assert tb.run(udp(src="10.0.1.7")).verdict == XDP_REDIRECT
+    assert tb.run(udp(src="11.0.0.0")).verdict == XDP_DROP  # not cached: a miss, counted lost
+    assert tb.dp.del_flow(parse(udp(src="10.0.0.0"), 1), m)
+    tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [Output(3)])  # a freed slot is reused
+    assert tb.run(udp(src="11.0.0.0")).verdict == XDP_REDIRECT
+
+
+def test_bad_actions_change_nothing(tb: Bench) -> None:
+    key = parse(udp(), 1)
+    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    with pytest.raises(ActionError):
+        tb.dp.put_flow(key, mask_for("in_port"), [Output(2), SetEthDst("02:00:00:00:00:09"), Output(3)])
+    with pytest.raises(ActionError):
+        tb.dp.put_flow(key, mask_for("dl_type"), [Output(70000)])
+    assert [str(a) for f in tb.dp.dump_flows() for a in f.actions] == ["2"]
+    assert tb.dp.n_masks == 1
+
+
+def test_output_groups_are_shared_and_bounded(tb: Bench) -> None:
+    m = mask_for("in_port", "tp_dst")
+    tb.dp.put_flow(parse(udp(dport=1), 1), m, [Output(2), Output(3)])
+    tb.dp.put_flow(parse(udp(dport=2), 1), m, [Output(3), Output(2)])
+    assert tb.dp.map_usage()["dp_groups"][0] == 1
+    sets = [[Output(p), Output(p + 1)] for p in range(4, 20)]
+    installed = 0
+    with pytest.raises(MapFull, match="groups"):
+        for i, acts in enumerate(sets):
+            tb.dp.put_flow(parse(udp(dport=100 + i), 1), m, acts)
+            installed += 1
+    assert installed == 7
+    assert tb.run(udp(dport=1)).verdict == XDP_REDIRECT
+
+
+def test_the_four_results_partition_every_packet(tb: Bench) -> None:
+    rng = random.Random(7)
+    tb.dp.set_emc_insert_inv_prob(3)
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type", "nw_proto"), [Output(2)])
+    tb.dp.put_flow(parse(bytes(Ether(**MAC) / IPv6() / TCP()), 2), mask_for("dl_type"), [Drop()])
+    frames = [udp(dport=rng.randrange(1, 60000)) for _ in range(60)] + [udp()] * 30
+    frames += [bytes(Ether(**MAC) / IPv6() / TCP(sport=rng.randrange(65536))) for _ in range(40)]
+    frames += [bytes(Ether(**MAC) / ARP()) for _ in range(20)]
+    frames += [rng.randbytes(rng.randrange(14, 100)) for _ in range(80)]
+    before = tb.stats()
+    for f in frames:
+        tb.run(f, in_port=rng.choice([1, 2, 3]))
+    d = tb.stats().delta(before)
+    assert d.packets == len(frames)
+    assert d.emc_hits > 0 and d.megaflow_hits > 0 and d.lost > 0
+
+
+def test_pinned_maps_reopen_in_another_datapath(tb: Bench) -> None:
+    key = parse(udp(), 1)
+    tb.dp.put_flow(key, mask_for("in_port", "dl_dst"), [SetIpv4Dst("10.0.0.3"), Output(2), Output(3)])
+    tb.dp.put_flow(key, mask_for("tp_dst"), [Drop()])
+    tb.run(udp())
+    again = Datapath(tb.dp.name, CONFIG)
+    try:
+        assert again.pin_dir == tb.dp.pin_dir
+        mine = sorted((f.match(), str(f.actions), f.packets) for f in tb.dp.dump_flows())
+        theirs = sorted((f.match(), str(f.actions), f.packets) for f in again.dump_flows())
+        assert mine == theirs and len(mine) == 2
+        assert again.n_masks == 2 and again.map_usage()["dp_groups"][0] == 1
+        assert again.stats().packets == tb.stats().packets
+    finally:
+        again.close()  # no unpin: the first datapath keeps its maps
+    assert tb.run(udp()).verdict == XDP_REDIRECT
+
+
+def test_attaching_to_a_missing_interface_names_it(tb: Bench) -> None:
+    with pytest.raises(DatapathError, match="no interface named 'nosuchif0'"):
+        tb.dp.add_port("nosuchif0")
