@@ -20,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. Debian packages ---------------------------------------------------------------------------------
-pkgs=(python3-bpfcc clang llvm iproute2 ethtool python3-venv procps)
+pkgs=(python3-bpfcc clang llvm iproute2 ethtool python3-venv procps iputils-ping)
 kver=$(uname -r)
 if [ ! -e "/lib/modules/$kver/build" ] && ! ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1; then
   pkgs+=(linux-headers-amd64)

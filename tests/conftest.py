@@ -66,12 +66,13 @@ class Net:
     def veth(self, ns: str | None = None, quiet: bool = False) -> tuple[str, str]:
         """A veth pair; the first end stays here (a switch port), the second goes into ns.
 
-        The peer gets GRO on, so frames redirected into the pair by XDP are delivered. quiet turns
+        The peer gets GRO on, so frames redirected into the pair by XDP are delivered, and both ends
+        compute checksums themselves (a CHECKSUM_PARTIAL skb loses its offload state in XDP). quiet turns
         IPv6 off on both ends, so the kernel sends nothing (ND, MLD) that a counter would see."""
         a, b = unique("xsa"), unique("xsb")
         sh(f"ip link add {a} type veth peer name {b}")
         self._fin(lambda: sh(f"ip link del {a}", check=False))
-        sh(f"ethtool -K {a} tso off gso off", check=False)
+        sh(f"ethtool -K {a} tx off tso off gso off", check=False)
         sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1")
         if ns:
             sh(f"ip link set {b} netns {ns}")
@@ -79,7 +80,7 @@ class Net:
             sh(f"sysctl -qw net.ipv6.conf.{b}.disable_ipv6=1", ns=ns)
         sh(f"ip link set {a} up")
         sh(f"ip link set {b} up", ns=ns)
-        sh(f"ethtool -K {b} gro on tso off gso off", ns=ns, check=False)
+        sh(f"ethtool -K {b} gro on tx off tso off gso off", ns=ns, check=False)
         return a, b
 
 
