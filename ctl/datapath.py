@@ -22,7 +22,6 @@ import ctypes
 import errno
 import hashlib
 import logging
-import os
 import re
 import shutil
 import socket

@@ -459,11 +459,9 @@ class DpStats:
         )
 
     def delta(self, before: DpStats) -> DpStats:
-        return DpStats(
-            *(getattr(self, f) - getattr(before, f) for f in
-              ("emc_hits", "megaflow_hits", "misses", "lost", "mask_lookups", "hint_hits", "emc_inserts")),
-            drops={k: v - before.drops.get(k, 0) for k, v in self.drops.items()},
-        )
+        counts = {f: getattr(self, f) - getattr(before, f) for f in
+                  ("emc_hits", "megaflow_hits", "misses", "lost", "mask_lookups", "hint_hits", "emc_inserts")}
+        return DpStats(**counts, drops={k: v - before.drops.get(k, 0) for k, v in self.drops.items()})
 
 
 @dataclass

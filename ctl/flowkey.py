@@ -109,7 +109,8 @@ class FlowKey(ctypes.BigEndianStructure):
     def fields(self) -> dict[str, int | bytes]:
         """Every field by its C name, integers for scalars and bytes for arrays."""
         out: dict[str, int | bytes] = {"in_port": self.in_port}
-        for name, ctype in self._fields_[1:]:
+        for f in self._fields_[1:]:
+            name = f[0]
             value = getattr(self, name)
             out[name] = bytes(value) if isinstance(value, ctypes.Array) else int(value)
         return out
@@ -117,13 +118,14 @@ class FlowKey(ctypes.BigEndianStructure):
 
 FLOW_KEY_SIZE = ctypes.sizeof(FlowKey)
 assert FLOW_KEY_SIZE == 88
-FIELD_NAMES = ["in_port"] + [name for name, _ in FlowKey._fields_[1:] if name != "pad"]
+FIELD_NAMES = ["in_port"] + [f[0] for f in FlowKey._fields_[1:] if f[0] != "pad"]
 
 
 def field_layout() -> dict[str, tuple[int, int]]:
     """(offset, size) of every field, as the C compiler should lay it out."""
     out = {}
-    for name, ctype in FlowKey._fields_:
+    for f in FlowKey._fields_:
+        name, ctype = f[0], f[1]
         desc = getattr(FlowKey, name)
         out["in_port" if name == "in_port_raw" else name] = (desc.offset, ctypes.sizeof(ctype))
     return out
@@ -343,15 +345,15 @@ def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
 
     out = []
     if m is None or m["in_port"]:
-        out.append(f"in_port({k['in_port']})")
+        out.append(f"in_port({int(k['in_port'])})")
     if shown("vlan_tci"):
         out.append(f"vlan_tci({part('vlan_tci', 'hex', 0xFFFF)})")
     eth = [f"{n}={part(f'dl_{n}', 'mac', 0)}" for n in ("src", "dst") if shown(f"dl_{n}")]
     if eth:
         out.append(f"eth({','.join(eth)})")
+    dl_type = int(k["dl_type"])
     if m is None or m["dl_type"]:
-        out.append(f"eth_type({k['dl_type']:#06x})")
-    dl_type = k["dl_type"]
+        out.append(f"eth_type({dl_type:#06x})")
     if dl_type == ETH_P_ARP:
         arp = []
         for label, name, kind in (("sip", "nw_src", "ip4"), ("tip", "nw_dst", "ip4"), ("op", "nw_proto", ""),
@@ -374,12 +376,12 @@ def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
         if shown(name):
             value = part(name, "hex" if label in ("tos",) else "", 0xFF)
             if label == "frag" and name == "nw_frag":
-                value = {0: "no", 1: "first", 3: "later"}.get(k[name], value)  # type: ignore[call-overload]
+                value = {0: "no", 1: "first", 3: "later"}.get(int(k[name]), value)
             l3.append(f"{label}={value}")
     if l3:
         out.append(f"{'ipv4' if dl_type == ETH_P_IP else 'ipv6' if dl_type == ETH_P_IPV6 else 'l3'}({','.join(l3)})")
-    proto = k["nw_proto"]
-    l4name = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6"}.get(proto, "l4")  # type: ignore[call-overload]
+    proto = int(k["nw_proto"])
+    l4name = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6"}.get(proto, "l4")
     labels = ("type", "code") if l4name in ("icmp", "icmpv6") else ("src", "dst")
     l4 = [f"{lab}={part(name, '', 0xFFFF)}" for lab, name in zip(labels, ("tp_src", "tp_dst"), strict=True)
           if shown(name)]

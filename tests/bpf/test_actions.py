@@ -15,8 +15,23 @@ from scapy.packet import Packet
 
 from ctl import dpif
 from ctl.dpif import (
-    DecTtl, Drop, Flood, Output, PopVlan, PushVlan, SetDscp, SetEthDst, SetEthSrc, SetIpv4Dst, SetIpv4Src,
-    SetIpv6Dst, SetIpv6Src, SetTpDst, SetTpSrc, SetVlan, Upcall,
+    DecTtl,
+    Drop,
+    Flood,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetDscp,
+    SetEthDst,
+    SetEthSrc,
+    SetIpv4Dst,
+    SetIpv4Src,
+    SetIpv6Dst,
+    SetIpv6Src,
+    SetTpDst,
+    SetTpSrc,
+    SetVlan,
+    Upcall,
 )
 from ctl.flowkey import mask_for, parse
 from ctl.progrun import XDP_DROP, XDP_REDIRECT

@@ -4,8 +4,25 @@ import pytest
 
 from ctl import dpif
 from ctl.dpif import (
-    ActionError, DecTtl, Drop, DpStats, Flood, Output, PopVlan, PushVlan, SetDscp, SetEthDst, SetEthSrc,
-    SetIpv4Dst, SetIpv4Src, SetIpv6Dst, SetIpv6Src, SetTpDst, SetTpSrc, SetVlan, Upcall,
+    ActionError,
+    DecTtl,
+    DpStats,
+    Drop,
+    Flood,
+    Output,
+    PopVlan,
+    PushVlan,
+    SetDscp,
+    SetEthDst,
+    SetEthSrc,
+    SetIpv4Dst,
+    SetIpv4Src,
+    SetIpv6Dst,
+    SetIpv6Src,
+    SetTpDst,
+    SetTpSrc,
+    SetVlan,
+    Upcall,
 )
 
 
