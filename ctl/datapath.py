@@ -417,6 +417,13 @@ class Datapath:
         cur.emc_insert_inv_prob = inv
         cfg[ctypes.c_uint32(0)] = cur
 
+    def set_mask_hints(self, enabled: bool) -> None:
+        """Use (the default) or ignore the per-CPU mask hints; off shows the cost of a full subtable walk."""
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        cur.flags = (cur.flags & ~1) | (0 if enabled else 1)
+        cfg[ctypes.c_uint32(0)] = cur
+
     # --- counters ----------------------------------------------------------------------------------
 
     def stats(self) -> DpStats:
@@ -619,6 +626,21 @@ class Datapath:
     def load_program(self, fn: str) -> int:
         """Load one more program of the compiled source (e.g. baseline.c's) and return its fd."""
         return int(self.bpf.load_func(fn, BPF.XDP).fd)
+
+    def attach_aux(self, ifname: str, fn: str) -> None:
+        """Attach one of baseline.c's programs (native mode) to an interface that is not a port, e.g.
+        xdp_sink on the far end of a benchmark's veth. It stays until the interface goes."""
+        try:
+            BPF.attach_xdp(ifname.encode(), self.bpf.load_func(fn, BPF.XDP), XDP_FLAGS_DRV_MODE)
+        except Exception as e:
+            raise DatapathError(f"attaching {fn} to {ifname} failed: {e}") from e
+
+    @staticmethod
+    def detach_aux(ifname: str) -> None:
+        try:
+            BPF.remove_xdp(ifname.encode(), XDP_FLAGS_DRV_MODE)
+        except Exception as e:
+            raise DatapathError(f"detaching from {ifname} failed: {e}") from e
 
     @property
     def emc_prog_fd(self) -> int:

@@ -104,7 +104,10 @@ struct mf_order {
 struct dp_config {
     __u32 emc_insert_inv_prob;  /* insert into the EMC on 1 in N megaflow hits; 0: never (OVS: 100) */
     __u32 mf_order_slot;        /* 0 or 1 */
+    __u32 flags;                /* DP_CFG_* */
+    __u32 pad;
 };
+#define DP_CFG_NO_HINTS 1       /* neither use nor update the mask hints (benchmarks, debugging) */
 
 struct dp_port {
     __u32 port_no;

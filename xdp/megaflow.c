@@ -48,7 +48,7 @@ int mf_rx(struct xdp_md *ctx)
     int found = 0;
 
     __u32 hslot = s->hash & (MF_HINT_ENTRIES - 1);
-    __u32 *hint = mf_hints.lookup(&hslot);
+    __u32 *hint = (cfg->flags & DP_CFG_NO_HINTS) ? 0 : mf_hints.lookup(&hslot);
     __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;

@@ -1,0 +1,228 @@
+"""Fast-path benchmark: what an EMC hit, a megaflow hit and a miss cost against a baseline measured in the
+same run.
+
+    .venv/bin/python -m bench.fastpath [--json] [--quick]
+
+Part 1, per-packet cost (ns/packet, BPF_PROG_TEST_RUN, the kernel's own timing, best of several runs on
+one CPU), each with its ratio to the baseline program (xdp_baseline: the same parser, then a fixed
+redirect):
+  EMC hit; megaflow hit with 1, 8, 32 and 64 masks, with the mask hint and without it (the target's
+  subtable visited last: the worst case); a miss (no upcall socket: the packet is counted lost); and a
+  megaflow hit and an EMC hit with 1 to 200k megaflows installed (the cost must stay flat).
+Part 2, forwarding through veth end to end (Mpps): a generator (BPF_PROG_RUN's XDP live-frames mode,
+  XDP_TX on the far end of port 1's veth) sends into port 1; port 1 runs the switch (an EMC hit, output
+  to port 2) or, alternately, a bare devmap redirect to port 2; an XDP sink drops on port 2's far end.
+  Generator, switch and sink share one CPU, so Mpps is the whole chain's rate.
+
+Targets (not tests): EMC hit <= 1.3x baseline; megaflow hit at 32 masks with the hint <= 1.3x an EMC hit;
+cost flat from 1 to 200k megaflows; EMC-hit forwarding >= 0.95x the bare redirect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from ctl.datapath import Datapath, DatapathConfig
+from ctl.dpif import Drop, Output
+from ctl.flowkey import build, mask_for, parse
+from ctl.progrun import run_xdp
+
+FIELDS = ["dl_src", "dl_dst", "dl_type", "nw_src", "nw_dst", "nw_proto", "nw_tos", "tp_src", "tp_dst",
+          "vlan_tci", "nw_ttl", "tcp_flags"]
+
+
+@dataclass
+class Row:
+    case: str
+    ns_per_packet: float
+    vs_baseline: float
+    note: str = ""
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True, capture_output=True)
+
+
+def frame_for(src: str = "10.0.0.1", dport: int = 53) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst="10.0.0.2")
+                 / UDP(sport=1000, dport=dport) / (b"x" * 18))  # 64 bytes
+
+
+def ns_per_packet(fd: int, frame: bytes, ifindex: int, repeat: int, runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        best = min(best, run_xdp(fd, frame, ifindex, repeat=repeat).duration_ns)
+    return best
+
+
+def decoy_masks(n: int) -> list:  # type: ignore[type-arg]
+    """n distinct masks, all with in_port (the decoy key's in_port is 3, so the frame from port 1
+    matches none of them), over subsets of the first fields (never tp_dst, which the target's has)."""
+    out = []
+    bits = 1
+    while len(out) < n:
+        names = [f for i, f in enumerate(FIELDS) if bits >> i & 1]
+        out.append(mask_for("in_port", *names))
+        bits += 1
+    return out
+
+
+def live_mpps(fd: int, frame: bytes, ifindex: int, n: int) -> float:
+    t0 = time.perf_counter()
+    run_xdp(fd, frame, ifindex, repeat=n, live=True, batch_size=64)
+    return n / (time.perf_counter() - t0) / 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and at most 20k megaflows")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/fastpath.py needs root", file=sys.stderr)
+        return 1
+    repeat, runs = (20000, 3) if args.quick else (200000, 5)
+    flow_counts = [1, 1000, 10000] + ([] if args.quick else [100000, 200000])
+    os.sched_setaffinity(0, {0})
+    tag = f"xsbn{os.getpid() % 10000}"
+    links = []
+    for i in (1, 2):
+        a, b = f"{tag}a{i}", f"{tag}b{i}"
+        sh(f"ip link add {a} type veth peer name {b}")
+        links.append(a)
+        sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1 net.ipv6.conf.{b}.disable_ipv6=1")
+        sh(f"ip link set {a} up && ip link set {b} up")
+        sh(f"ethtool -K {a} tx off tso off gso off; ethtool -K {b} tx off tso off gso off")
+    dp = Datapath(tag, DatapathConfig(max_masks=64, max_flows=262144 if not args.quick else 32768))
+    try:
+        p1 = dp.add_port(f"{tag}a1", 1)
+        dp.add_port(f"{tag}a2", 2)
+        dp.attach_aux(f"{tag}b2", "xdp_sink")
+        base_fd, bare_fd = dp.load_program("xdp_baseline"), dp.load_program("xdp_bare_redirect")
+        frame = frame_for()
+        key = parse(frame, 1)
+        rows: list[Row] = []
+
+        def measure(case: str, fd: int = dp.emc_prog_fd, f: bytes = frame, note: str = "") -> float:
+            ns = ns_per_packet(fd, f, p1.ifindex, repeat, runs)
+            rows.append(Row(case, ns, 0.0, note))
+            return ns
+
+        base = measure("baseline: parse + redirect", base_fd)
+        measure("bare devmap redirect (no parse)", bare_fd)
+
+        dp.put_flow(key, mask_for("in_port", "dl_dst"), [Output(2)])
+        dp.set_emc_insert_inv_prob(1)
+        run_xdp(dp.emc_prog_fd, frame, p1.ifindex)
+        emc = measure("EMC hit")
+        dp.set_emc_insert_inv_prob(0)
+
+        decoy = parse(frame_for(src="192.0.2.1", dport=9), 3)
+        mf32 = 0.0
+        for n in (1, 8, 32, 64):
+            dp.flush_flows()
+            dp.flush_emc()
+            for m in decoy_masks(n - 1):
+                dp.put_flow(decoy, m, [Drop()])
+            dp.put_flow(key, mask_for("in_port", "dl_dst", "tp_dst"), [Output(2)])
+            assert dp.n_masks == n and dp.mask_order()[-1] == dp.dump_flows()[-1].mask_id
+            ns = measure(f"megaflow hit, {n} masks, hint hit")
+            if n == 32:
+                mf32 = ns
+            dp.set_mask_hints(False)
+            measure(f"megaflow hit, {n} masks, no hint", note="target subtable visited last")
+            dp.set_mask_hints(True)
+
+        dp.flush_flows()
+        dp.put_flow(decoy, mask_for("in_port", "nw_src"), [Drop()])
+        measure("miss (no upcall socket: lost)", note="1 mask")
+
+        dp.flush_flows()
+        dp.flush_emc()
+        m = mask_for("in_port", "nw_src")
+        installed = 0
+        for count in flow_counts:
+            t0, before = time.perf_counter(), installed
+            while installed < count:
+                i = installed + 1
+                dp.put_flow(build(in_port=1, nw_src=(10 << 24) | i), m, [Output(2)])
+                installed += 1
+            put_rate = (count - before) / max(time.perf_counter() - t0, 1e-9)
+            f = frame_for(src="10.0.0.1")
+            measure(f"megaflow hit, {count} megaflows", f=f, note=f"puts/s {put_rate:,.0f}" if count > 1 else "")
+            dp.set_emc_insert_inv_prob(1)
+            run_xdp(dp.emc_prog_fd, f, p1.ifindex)
+            measure(f"EMC hit, {count} megaflows", f=f)
+            dp.set_emc_insert_inv_prob(0)
+            dp.flush_emc()
+
+        for r in rows:
+            r.vs_baseline = r.ns_per_packet / base
+
+        # Part 2: forwarding through veth. The generator (XDP_TX in live-frames mode) sends from gen's far
+        # end into port 1; port 1 runs either the switch (an EMC hit to port 2) or a bare redirect to
+        # port 2; port 2's far end drops in XDP. Alternated, best of three each, all on one CPU.
+        dp.flush_flows()
+        dp.put_flow(key, mask_for("in_port", "dl_dst"), [Output(2)])
+        dp.set_emc_insert_inv_prob(1)
+        gen_fd = dp.load_program("xdp_gen_tx")
+        gen_ifindex = socket.if_nametoindex(f"{tag}b1")
+        n_live = 500000 if args.quick else 3000000
+        bare, sw = [], []
+        for _ in range(3):
+            before = dp.port_stats(2).tx_packets
+            sw.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
+            assert dp.port_stats(2).tx_packets - before == n_live, "the switch did not forward every frame"
+            dp.del_port(1)
+            dp.attach_aux(f"{tag}a1", "xdp_bare_redirect")
+            bare.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
+            dp.detach_aux(f"{tag}a1")
+            dp.add_port(f"{tag}a1", 1)
+        st = dp.stats()
+        live = {"bare_redirect_mpps": max(bare), "emc_hit_forwarding_mpps": max(sw),
+                "ratio": max(sw) / max(bare), "frames_per_run": n_live, "emc_hits_total": st.emc_hits}
+
+        summary = {
+            "emc_hit_vs_baseline": emc / base,
+            "megaflow_32_masks_hint_vs_emc_hit": mf32 / emc,
+            "flows_flatness_megaflow_hit": (
+                max(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))
+                / min(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))),
+        }
+        if args.json:
+            print(json.dumps({"rows": [asdict(r) for r in rows], "forwarding": live, "summary": summary},
+                             indent=2))
+        else:
+            print(f"{'case':44} {'ns/pkt':>8} {'x baseline':>10}  note")
+            for r in rows:
+                print(f"{r.case:44} {r.ns_per_packet:8.1f} {r.vs_baseline:10.2f}  {r.note}")
+            print()
+            print(f"forwarding through veth (generator -> port 1 -> port 2 -> sink, 64 B, best of 3 x {n_live:,}):")
+            print(f"  bare devmap redirect   {live['bare_redirect_mpps']:6.2f} Mpps")
+            print(f"  switch, EMC hit        {live['emc_hit_forwarding_mpps']:6.2f} Mpps"
+                  f"   ratio {live['ratio']:.2f} (target >= 0.95)")
+            print()
+            print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.3)")
+            print(f"megaflow hit, 32 masks, hint / EMC  {summary['megaflow_32_masks_hint_vs_emc_hit']:.2f}"
+                  " (target <= 1.3)")
+            print(f"megaflow hit, max/min over 1..{flow_counts[-1]:,} flows "
+                  f"{summary['flows_flatness_megaflow_hit']:.2f} (flat is ~1)")
+    finally:
+        dp.close(unpin=True)
+        for a in links:
+            subprocess.run(["ip", "link", "del", a], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
