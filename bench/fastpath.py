@@ -34,7 +34,7 @@ from scapy.layers.l2 import Ether
 
 from ctl.datapath import Datapath, DatapathConfig
 from ctl.dpif import Drop, Output
-from ctl.flowkey import build, mask_for, parse
+from ctl.flowkey import FlowKey, build, mask_for, parse
 from ctl.progrun import run_xdp
 
 FIELDS = ["dl_src", "dl_dst", "dl_type", "nw_src", "nw_dst", "nw_proto", "nw_tos", "tp_src", "tp_dst",
@@ -65,10 +65,10 @@ def ns_per_packet(fd: int, frame: bytes, ifindex: int, repeat: int, runs: int) -
     return best
 
 
-def decoy_masks(n: int) -> list:  # type: ignore[type-arg]
+def decoy_masks(n: int) -> list[FlowKey]:
     """n distinct masks, all with in_port (the decoy key's in_port is 3, so the frame from port 1
     matches none of them), over subsets of the first fields (never tp_dst, which the target's has)."""
-    out = []
+    out: list[FlowKey] = []
     bits = 1
     while len(out) < n:
         names = [f for i, f in enumerate(FIELDS) if bits >> i & 1]
