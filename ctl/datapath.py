@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import errno
 import hashlib
+import json
 import logging
 import re
 import shutil
 import socket
 import struct
+import subprocess
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 XDP_DIR = Path(__file__).resolve().parent.parent / "xdp"
 PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
+RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config a datapath was created with, for reopening
 PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -135,6 +139,17 @@ def default_route_interfaces() -> set[str]:
     return names
 
 
+def xdp_mode(ifname: str) -> str:
+    """The XDP mode attached to ifname as the kernel reports it: native, generic, offload or none."""
+    try:
+        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True,
+                             text=True, check=True).stdout
+        mode = json.loads(out)[0].get("xdp", {}).get("mode", 0)
+    except (subprocess.CalledProcessError, ValueError, IndexError, FileNotFoundError):
+        return "unknown"
+    return {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(mode, str(mode))
+
+
 def _now_coarse_ns() -> int:
     return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
@@ -183,7 +198,20 @@ class Datapath:
         self._closed = False
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
+        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (RUN_DIR / f"{name}.json").write_text(json.dumps(dataclasses.asdict(self.config)))
         atexit.register(self.close)
+
+    @classmethod
+    def reopen(cls, name: str) -> Datapath:
+        """Open the maps of a datapath that another process created (to read its flows and counters)."""
+        try:
+            config = DatapathConfig(**json.loads((RUN_DIR / f"{name}.json").read_text()))
+        except FileNotFoundError:
+            raise DatapathError(f"no datapath named {name!r} is running (nothing in {RUN_DIR})") from None
+        if not (PIN_ROOT / name).is_dir():
+            raise DatapathError(f"no datapath named {name!r} is pinned under {PIN_ROOT}")
+        return cls(name, config)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -211,6 +239,7 @@ class Datapath:
         self.ports.clear()
         if unpin:
             shutil.rmtree(self.pin_dir.parent, ignore_errors=True)
+            (RUN_DIR / f"{self.name}.json").unlink(missing_ok=True)
         self.bpf.cleanup()
         self._closed = True
         atexit.unregister(self.close)
@@ -570,6 +599,17 @@ class Datapath:
 
     def _group_ports(self, g: int) -> frozenset[int]:
         return next((ps for ps, x in self._groups.items() if x == g), frozenset())
+
+    def attached_ports(self) -> list[Port]:
+        """Ports as the maps record them (for a reopened datapath, which attached none itself)."""
+        out = []
+        for k, v in self.bpf["dp_ports"].items():
+            try:
+                name = socket.if_indextoname(int(k.value))
+            except OSError:
+                name = f"ifindex {int(k.value)} (gone)"
+            out.append(Port(int(v.port_no), name, int(k.value), xdp_mode(name)))
+        return sorted(out, key=lambda p: p.port_no)
 
     def _recover(self) -> None:
         """Rebuild flows, masks, order and groups from pinned maps left by an earlier process."""

@@ -5,7 +5,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/setup.sh
-py=.venv/bin/python
+# test-only tools: vagrant validates the Vagrantfile (not part of setup.sh, which also provisions the VM)
+if ! command -v vagrant >/dev/null; then
+  echo "test: installing vagrant (to validate the Vagrantfile)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq vagrant >/dev/null
+fi
+py=${XDPSWITCH_VENV:-$here/.venv}/bin/python
 echo "== ruff";  "$py" -m ruff check ctl exporters tests bench
 echo "== mypy";  "$py" -m mypy ctl exporters bench
 echo "== unit";  "$py" -m pytest tests/unit -q "$@"
