@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import typer
@@ -34,7 +34,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     text = "text"
     json = "json"
 
