@@ -6,6 +6,7 @@ Ctrl-C or an error."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,9 +33,9 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
             _sh(f"ip netns del {ns} 2>/dev/null; ip link del {port} 2>/dev/null")
             if _sh(f"ip netns add {ns}").returncode:
                 raise RuntimeError(f"could not create namespace {ns} (are you root?)")
-            cleanups.append(lambda ns=ns: _sh(f"ip netns del {ns}"))
+            cleanups.append(functools.partial(_sh, f"ip netns del {ns}"))
             _sh(f"ip link add {port} type veth peer name {peer}")
-            cleanups.append(lambda port=port: _sh(f"ip link del {port}"))
+            cleanups.append(functools.partial(_sh, f"ip link del {port}"))
             _sh(f"ip link set {peer} netns {ns} && ip link set {port} up && ethtool -K {port} tx off")
             mac, ip = f"02:00:00:00:de:0{n}", f"10.77.0.{n}"
             _sh(f"ip link set lo up && ip link set {peer} address {mac} && ip addr add {ip}/24 dev {peer} && "
