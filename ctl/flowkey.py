@@ -140,9 +140,15 @@ def exact_mask() -> FlowKey:
 
 def key_hash(key: FlowKey) -> int:
     """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints."""
-    h = 0x9E3779B97F4A7C15
-    for (w,) in struct.iter_unpack("<Q", bytes(key)):
-        h = ((h ^ w) * 0xFF51AFD7ED558CCD) & 0xFFFFFFFFFFFFFFFF
+    m64 = 0xFFFFFFFFFFFFFFFF
+    words = [w for (w,) in struct.iter_unpack("<Q", bytes(key))]
+    a, b = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
+    for i in range(0, len(words) - 1, 2):
+        a = ((a ^ words[i]) * 0xFF51AFD7ED558CCD) & m64
+        b = ((b ^ words[i + 1]) * 0xC4CEB9FE1A85EC53) & m64
+    if len(words) & 1:
+        a = ((a ^ words[-1]) * 0xFF51AFD7ED558CCD) & m64
+    h = ((a ^ (b >> 29) ^ ((b << 35) & m64)) * 0x9E3779B97F4A7C15) & m64
     h ^= h >> 32
     return h & 0xFFFFFFFF
 

@@ -42,7 +42,8 @@ int mf_rx(struct xdp_md *ctx)
     if (!s || !cfg)
         return XDP_ABORTED;
 
-    struct mf_key mk = {};
+    struct mf_key mk; /* every byte is written before use: mask_id, pad, and the masked key */
+    mk.pad = 0;
     struct mf_entry *f = 0;
     __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
     int found = 0;

@@ -31,6 +31,10 @@ class Bench:
         """The flow key the XDP parser left in dp_scratch on CPU 0."""
         return bytes(self.dp.bpf["dp_scratch"].getvalue(0)[0].key)
 
+    def scratch_hash(self) -> int:
+        """The flow key hash emc_rx left in dp_scratch on CPU 0."""
+        return int(self.dp.bpf["dp_scratch"].getvalue(0)[0].hash)
+
     def reset(self) -> None:
         self.dp.flush_flows()
         self.dp.flush_emc()

@@ -19,7 +19,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
-from ctl.flowkey import FlowKey, format_key, parse
+from ctl.flowkey import FlowKey, format_key, key_hash, parse
 from tests.bpf.conftest import Bench
 
 MIN_FRAME = 14
@@ -65,6 +65,7 @@ def check(tb: Bench, frame: bytes, in_port: int = 1) -> None:
     got = xdp_key(tb, frame, in_port)
     want = parse(frame, in_port)
     assert bytes(got) == bytes(want), f"XDP {format_key(got)}\n   Python {format_key(want)}\n   {frame.hex()}"
+    assert tb.scratch_hash() == key_hash(want)
 
 
 def test_every_sample_and_every_truncation(tb: Bench) -> None:
