@@ -3,6 +3,7 @@ the counter partition and pinned maps."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -10,11 +11,12 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from ctl.datapath import Datapath, DatapathError
+from ctl.datapath import Datapath, DatapathConfig, DatapathError, xdp_mode
 from ctl.dpif import ActionError, Drop, MapFull, Output, SetEthDst, SetIpv4Dst
 from ctl.flowkey import mask_for, parse
 from ctl.progrun import XDP_DROP, XDP_REDIRECT
 from tests.bpf.conftest import CONFIG, Bench
+from tests.conftest import Net
 
 MAC = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
@@ -224,3 +226,29 @@ def test_pinned_maps_reopen_in_another_datapath(tb: Bench) -> None:
 def test_attaching_to_a_missing_interface_names_it(tb: Bench) -> None:
     with pytest.raises(DatapathError, match="no interface named 'nosuchif0'"):
         tb.dp.add_port("nosuchif0")
+
+
+def test_generic_mode_and_clean_detach(tb: Bench, net: Net) -> None:
+    a, _ = net.veth(quiet=True)
+    port = tb.dp.add_port(a, 7, mode="generic")
+    assert (port.mode, xdp_mode(a)) == ("generic", "generic")
+    assert any(p.port_no == 7 and p.name == a for p in tb.dp.attached_ports())
+    with pytest.raises(DatapathError, match="already a port"):
+        tb.dp.add_port(a, 8)
+    tb.dp.del_port(7)
+    assert xdp_mode(a) == "none"
+    assert all(p.port_no != 7 for p in tb.dp.attached_ports())
+    with pytest.raises(DatapathError, match="bad XDP mode"):
+        tb.dp.add_port(a, 7, mode="turbo")
+
+
+def test_native_ports_detach_on_close(net: Net) -> None:
+    a, _ = net.veth(quiet=True)
+    dp = Datapath(f"xsclose{os.getpid()}", DatapathConfig(max_flows=1024))
+    try:
+        assert dp.add_port(a).mode == "native"
+        assert xdp_mode(a) == "native"
+    finally:
+        dp.close(unpin=True)
+    assert xdp_mode(a) == "none"
+    assert not dp.pin_dir.exists()
