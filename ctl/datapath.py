@@ -315,6 +315,21 @@ class Datapath:
             if "No such device" not in str(e):
                 raise DatapathError(f"detaching from {port.name} failed: {e}") from e
 
+    def set_upcall_socket(self, port_no: int, queue: int, fd: int | None) -> None:
+        """Send port_no/queue's misses to the AF_XDP socket fd (bound to that port and queue), or, with
+        None, to nobody (they are counted lost)."""
+        if port_no not in self.ports or not 0 <= queue < self.config.max_queues:
+            raise DatapathError(f"no port {port_no} or queue {queue} out of range 0..{self.config.max_queues - 1}")
+        table = self.bpf["upcall_xsks"]
+        key = ctypes.c_int(port_no * self.config.max_queues + queue)
+        if fd is None:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        else:
+            table[key] = ctypes.c_int(fd)
+
     # --- megaflows ---------------------------------------------------------------------------------
 
     def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int:

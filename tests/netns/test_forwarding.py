@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 from ctl.dpif import Flood, Output, SetEthDst, SetIpv4Dst, SetTpDst
-from ctl.flowkey import build, mask_for
+from ctl.flowkey import build, key_hash, mask_for, parse
+from ctl.xsk import XskSocket
 from tests.netns.conftest import Host, Topo
+
+UPCALL_MISS = 1  # enum upcall_reason
 
 L2 = mask_for("dl_dst")
 
@@ -141,3 +144,35 @@ def test_deleted_flow_stops_forwarding(t: Topo) -> None:
     assert not ping(h1, h2.ip, 2)
     d = t.dp.stats().delta(before)
     assert d.emc_hits == 0 and d.megaflow_hits == 0 and d.lost >= 2
+
+
+def test_a_miss_reaches_the_upcall_socket_of_its_port_with_its_key(t: Topo) -> None:
+    """Port 1's misses go through upcall_xsks to the AF_XDP socket bound to port 1, queue 0, with
+    struct upcall_meta in front of the frame; with no socket they are counted lost."""
+    h1, h2, _ = t.hosts
+    xsk = XskSocket(h1.port, 0)
+    try:
+        t.dp.set_upcall_socket(1, 0, xsk.fileno())
+        before = t.dp.stats()
+        udp_send(h1, h2.ip, 6200, ["upcall-me"])
+        got = []
+        for _ in range(20):
+            got += [u for u in xsk.recv(200) if b"upcall-me" in u.frame]
+            if got:
+                break
+        assert len(got) == 1
+        up = got[0]
+        key = parse(up.frame, 1)
+        assert (up.reason, up.in_port) == (UPCALL_MISS, 1)
+        assert up.hash == key_hash(key)
+        assert (key.nw_dst, key.tp_dst) == (0x0A0A0002, 6200)
+        d = t.dp.stats().delta(before)
+        assert d.misses >= 1 and d.lost == 0
+    finally:
+        t.dp.set_upcall_socket(1, 0, None)
+        xsk.close()
+    before = t.dp.stats()
+    udp_send(h1, h2.ip, 6200, ["nobody-listens"])
+    time.sleep(0.2)
+    d = t.dp.stats().delta(before)
+    assert d.lost >= 1 and d.misses == 0
