@@ -8,20 +8,8 @@
 
 int xdp_baseline(struct xdp_md *ctx)
 {
-    __u32 zero = 0;
-    struct dp_scratch *s = dp_scratch.lookup(&zero);
-    if (!s)
-        return XDP_ABORTED;
-    __u32 ifindex = ctx->ingress_ifindex;
-    struct dp_port *port = dp_ports.lookup(&ifindex);
-    if (!port)
+    if (!dp_parse(ctx))
         return XDP_DROP;
-    __builtin_memset(&s->key, 0, sizeof(s->key));
-    s->key.in_port = port->port_no;
-    struct pkt_layout lay;
-    parse_packet(ctx, &s->key, &lay);
-    s->l3_off = lay.l3_off;
-    s->l4_off = lay.l4_off;
     return dp_tx_ports.redirect_map(BENCH_OUT_PORT, XDP_DROP);
 }
 

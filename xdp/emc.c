@@ -6,28 +6,15 @@
 
 int emc_rx(struct xdp_md *ctx)
 {
-    __u32 zero = 0;
-    struct dp_scratch *s = dp_scratch.lookup(&zero);
-    if (!s)
-        return XDP_ABORTED;
-
-    __u32 ifindex = ctx->ingress_ifindex;
-    struct dp_port *port = dp_ports.lookup(&ifindex);
-    if (!port) {
+    struct dp_scratch *s = dp_parse(ctx);
+    if (!s) {
         dp_stat_add(DP_STAT_LOST, 1);
         dp_drop_count(DROP_UNKNOWN_INGRESS, 0);
         return XDP_DROP;
     }
-
-    __builtin_memset(&s->key, 0, sizeof(s->key));
-    s->key.in_port = port->port_no;
-    struct pkt_layout lay;
-    parse_packet(ctx, &s->key, &lay);
-    s->l3_off = lay.l3_off;
-    s->l4_off = lay.l4_off;
     s->hash = flow_key_hash(&s->key);
 
-    __u32 in_port = port->port_no;
+    __u32 in_port = s->key.in_port;
     struct dp_port_stats *ps = dp_port_stats.lookup(&in_port);
     if (ps) {
         ps->rx_packets++;

@@ -1,5 +1,5 @@
 /* parser.h: packet -> struct flow_key, the way ctl/flowkey.py parse() does it.
- * Included by emc.c and baseline.c. The two parsers must agree on every packet, malformed ones included:
+ * Included by actions.h (so by emc.c, megaflow.c and baseline.c). The two parsers must agree on every packet, malformed ones included:
  * tests/bpf/test_parser_diff.py checks it. Rules (as OVS's flow_extract, simplified):
  *  - fields are filled layer by layer; a layer that is truncated or fails its sanity check stops the
  *    parse and leaves it and every later layer zero;
@@ -16,7 +16,7 @@
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
-#include "dp_structs.h"
+#include "dp_maps.h"
 
 #define PKT_OFF_MASK 0x3fff /* verifier: every packet offset is provably bounded */
 
@@ -186,6 +186,25 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
         __builtin_memcpy(key->arp_tha, a + 18, 6);
         __builtin_memcpy(&key->nw_dst, a + 24, 4);
     }
+}
+
+/* What every program does first: find the ingress port, zero the scratch key and parse into it.
+ * Returns the per-CPU scratch, or NULL when the ingress device is not a datapath port. */
+static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct dp_scratch *s = dp_scratch.lookup(&zero);
+    __u32 ifindex = ctx->ingress_ifindex;
+    struct dp_port *port = dp_ports.lookup(&ifindex);
+    if (!s || !port)
+        return 0;
+    __builtin_memset(&s->key, 0, sizeof(s->key));
+    s->key.in_port = port->port_no;
+    struct pkt_layout lay;
+    parse_packet(ctx, &s->key, &lay);
+    s->l3_off = lay.l3_off;
+    s->l4_off = lay.l4_off;
+    return s;
 }
 
 /* A cheap 32-bit hash of the whole key: indexes the EMC and the mask hints (ctl/flowkey.py key_hash).
