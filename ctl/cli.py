@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from ctl.dpif import now_ns
 
 if TYPE_CHECKING:
     from ctl.datapath import Datapath
@@ -52,10 +53,6 @@ def _open(name: str) -> Datapath:
         raise typer.Exit(1) from None
 
 
-def _now() -> int:
-    return time.clock_gettime_ns(6)  # CLOCK_MONOTONIC_COARSE, as the fast path stamps flows
-
-
 def show_dp(dp: Datapath, fmt: Format = Format.text) -> None:
     st = dp.stats()
     ports = dp.attached_ports() or list(dp.ports.values())
@@ -80,7 +77,7 @@ def show_dp(dp: Datapath, fmt: Format = Format.text) -> None:
 
 
 def dump_flows(dp: Datapath, fmt: Format = Format.text) -> None:
-    now = _now()
+    now = now_ns()
     flows = dp.dump_flows()
     if fmt == Format.json:
         out.print_json(json.dumps([{
@@ -98,7 +95,7 @@ def show_stats(dp: Datapath, fmt: Format = Format.text) -> None:
         "packets received": st.packets, "emc hits": st.emc_hits, "megaflow hits": st.megaflow_hits,
         "avg. subtable lookups per megaflow hit": round(st.avg_subtable_lookups, 2),
         "mask hint hits": st.hint_hits, "miss with success upcall": st.misses,
-        "miss with failed upcall": 0, "lost": st.lost, "emc inserts": st.emc_inserts,
+        "lost": st.lost, "emc inserts": st.emc_inserts,
     }
     if fmt == Format.json:
         out.print_json(json.dumps({**rows, "drops": st.drops}))

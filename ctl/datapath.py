@@ -29,7 +29,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
-CLOCK_MONOTONIC_COARSE = 6
 N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
 
 
@@ -99,7 +97,7 @@ class Port:
     port_no: int
     name: str
     ifindex: int
-    mode: str  # "native" or "generic"
+    mode: str  # as xdp_mode() reports it: "native" or "generic" for ports this process attached
 
 
 def program_source() -> str:
@@ -128,7 +126,7 @@ def default_route_interfaces() -> set[str]:
     try:
         for line in Path("/proc/net/route").read_text().splitlines()[1:]:
             f = line.split()
-            if len(f) > 2 and f[1] == "00000000" and f[7] == "00000000":
+            if len(f) > 7 and f[1] == "00000000" and f[7] == "00000000":
                 names.add(f[0])
         for line in Path("/proc/net/ipv6_route").read_text().splitlines():
             f = line.split()
@@ -150,16 +148,12 @@ def xdp_mode(ifname: str) -> str:
     return {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(mode, str(mode))
 
 
-def _now_coarse_ns() -> int:
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-
-
 class Datapath:
     """One switch's fast path: its programs, maps, ports and caches.
 
-    ``Datapath(name)`` compiles and loads (about two seconds), reusing pinned maps of the same name and
-    layout if they exist. Use it as a context manager, or call ``close()``; ports are detached at exit
-    either way."""
+    ``Datapath(name)`` compiles and loads (about five seconds here, mostly clang), reusing pinned
+    maps of the same name and layout if they exist. Use it as a context manager, or call ``close()``;
+    ports are detached at exit either way."""
 
     def __init__(self, name: str = "xdpswitch", config: DatapathConfig | None = None,
                  pin_root: Path = PIN_ROOT) -> None:
@@ -181,7 +175,6 @@ class Datapath:
         except Exception as e:  # bcc raises plain Exception
             raise DatapathError(f"loading the fast path failed: {e}") from e
         self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
-        self.ncpus = self.bpf["dp_stats"].total_cpu
 
         self.ports: dict[int, Port] = {}
         self._masks: dict[bytes, int] = {}          # mask bytes -> mask id
@@ -403,12 +396,9 @@ class Datapath:
 
     def flush_flows(self) -> int:
         """Delete every megaflow (and so every EMC entry's target). Returns how many went."""
-        n = 0
-        for fkey, (_idx, mid) in list(self._flows.items()):
-            key = FlowKey.from_bytes(fkey[8:])
-            mask = self.bpf["mf_masks"][ctypes.c_uint32(mid)]
-            n += self.del_flow(key, FlowKey.from_buffer_copy(bytes(mask)))
-        return n
+        masks = {mid: FlowKey.from_bytes(raw) for raw, mid in self._masks.items()}
+        return sum(self.del_flow(FlowKey.from_bytes(fkey[8:]), masks[mid])
+                   for fkey, (_idx, mid) in list(self._flows.items()))
 
     def dump_flows(self) -> list[Megaflow]:
         """Every megaflow with its actions and its packets, bytes and last use summed over CPUs."""
@@ -653,8 +643,12 @@ class Datapath:
                     self._group_refs[g] = self._group_refs.get(g, 0) + 1
         for g in self._group_refs:
             self._groups[frozenset(self._devmap_ports(self.bpf[f"dp_group{g}"]))] = g
-        for mid in [m for m, n in self._mask_refs.items() if n == 0]:
-            self._mask_release_empty(mid)
+        empty = {m for m, n in self._mask_refs.items() if n == 0}
+        if empty:  # subtables whose last flow went with the earlier process
+            for mid in empty:
+                del self._mask_refs[mid]
+            self._masks = {raw: m for raw, m in self._masks.items() if m not in empty}
+            self._write_order([m for m in self._mask_order if m not in empty])
         self._next_idx = max(used) + 1 if used else 0
         self._free_idx = deque(i for i in range(self._next_idx) if i not in used)
         if self._flows:
@@ -671,10 +665,6 @@ class Datapath:
                 continue
             out.append(p)
         return out
-
-    def _mask_release_empty(self, mid: int) -> None:
-        self._mask_refs[mid] = 1
-        self._mask_release(mid)
 
     # --- for tests and benchmarks --------------------------------------------------------------------
 

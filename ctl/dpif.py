@@ -14,8 +14,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ctl.flowkey import FlowKey, format_key, mac_bytes, mac_str
 
@@ -231,12 +232,6 @@ def _check(cond: bool, msg: str) -> None:
         raise ActionError(msg)
 
 
-def output_ports(actions: Sequence[Action]) -> frozenset[int]:
-    """The set of ports of a trailing run of several Output actions (empty if there is none)."""
-    outs = [a.port for a in actions if isinstance(a, Output)]
-    return frozenset(outs) if len(outs) > 1 else frozenset()
-
-
 def encode_actions(
     actions: Sequence[Action], *, max_actions: int, max_port: int, group_for: Callable[[frozenset[int]], int]
 ) -> list[bytes]:
@@ -402,6 +397,14 @@ def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
     return struct.pack("<II", mask_id, 0) + bytes(masked)
 
 
+CLOCK_MONOTONIC_COARSE = 6  # the clock of bpf_ktime_get_coarse_ns()
+
+
+def now_ns() -> int:
+    """Now, on the clock the fast path stamps megaflows with (Megaflow.used_ns)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
 # --- what the datapath reports ------------------------------------------------------------------------
 
 
@@ -445,8 +448,8 @@ class DpStats:
 
     @property
     def avg_subtable_lookups(self) -> float:
-        """Subtables looked up per megaflow hit (as pmd-stats-show's 'avg. subtable lookups per megaflow
-        hit'); lookups spent on misses are included, as they are in OVS."""
+        """Subtables looked up per megaflow hit (pmd-stats-show's 'avg. subtable lookups per megaflow
+        hit'); the lookups that misses spent are included in the numerator."""
         return self.mask_lookups / self.megaflow_hits if self.megaflow_hits else 0.0
 
     @classmethod
@@ -459,8 +462,7 @@ class DpStats:
         )
 
     def delta(self, before: DpStats) -> DpStats:
-        counts = {f: getattr(self, f) - getattr(before, f) for f in
-                  ("emc_hits", "megaflow_hits", "misses", "lost", "mask_lookups", "hint_hits", "emc_inserts")}
+        counts = {f.name: getattr(self, f.name) - getattr(before, f.name) for f in fields(self) if f.name != "drops"}
         return DpStats(**counts, drops={k: v - before.drops.get(k, 0) for k, v in self.drops.items()})
 
 

@@ -131,13 +131,6 @@ def field_layout() -> dict[str, tuple[int, int]]:
     return out
 
 
-def exact_mask() -> FlowKey:
-    """A mask with every bit of every field set (pad stays zero)."""
-    m = FlowKey.from_bytes(b"\xff" * FLOW_KEY_SIZE)
-    m.pad[:] = [0] * 6
-    return m
-
-
 def key_hash(key: FlowKey) -> int:
     """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints."""
     m64 = 0xFFFFFFFFFFFFFFFF
@@ -156,42 +149,39 @@ def key_hash(key: FlowKey) -> int:
 # --- the parser ------------------------------------------------------------------------------------
 
 
-def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> int:
-    """Fill the L4 fields; return the L4 offset, or 0 when there is no usable L4 header."""
+def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> None:
+    """Fill the L4 fields (left zero when the header is missing or truncated)."""
     rest = len(p) - off
     if proto == 6:
         if rest < 20:
-            return 0
+            return
         doff = (p[off + 12] >> 4) * 4
         if doff < 20 or doff > rest:
-            return 0
+            return
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
         key.tcp_flags = struct.unpack_from("!H", p, off + 12)[0] & 0x0FFF
     elif proto == 17:
         if rest < 8:
-            return 0
+            return
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
     elif proto == 132:
         if rest < 12:
-            return 0
+            return
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
     elif (proto == 1 and not ipv6) or (proto == 58 and ipv6):
         if rest < 8:
-            return 0
+            return
         key.tp_src, key.tp_dst = p[off], p[off + 1]
-    else:
-        return 0
-    return off
 
 
-def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> int:
+def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> None:
     if len(p) - off < 20:
-        return 0
+        return
     vihl = p[off]
     ihl = (vihl & 0x0F) * 4
     tot = struct.unpack_from("!H", p, off + 2)[0]
     if vihl >> 4 != 4 or ihl < 20 or tot < ihl or off + tot > len(p):
-        return 0
+        return
     key.nw_tos = p[off + 1]
     frag_off = struct.unpack_from("!H", p, off + 6)[0]
     key.nw_ttl, key.nw_proto = p[off + 8], p[off + 9]
@@ -200,15 +190,15 @@ def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> int:
         key.nw_frag = FLOW_NW_FRAG_ANY
         if frag_off & 0x1FFF:
             key.nw_frag |= FLOW_NW_FRAG_LATER
-            return 0
+            return
     return _parse_l4(p, off + ihl, key.nw_proto, False, key)
 
 
-def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> int:
+def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> None:
     if len(p) - off < 40:
-        return 0
+        return
     if p[off] >> 4 != 6 or off + 40 + struct.unpack_from("!H", p, off + 4)[0] > len(p):
-        return 0
+        return
     key.ipv6_src[:] = list(p[off + 8 : off + 24])
     key.ipv6_dst[:] = list(p[off + 24 : off + 40])
     key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
@@ -229,7 +219,7 @@ def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> int:
             if offlg & 0xFFF8:
                 key.nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER
                 key.nw_proto = nh
-                return 0
+                return
             if offlg & 0x0001:
                 key.nw_frag = FLOW_NW_FRAG_ANY
         else:
@@ -239,21 +229,17 @@ def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> int:
     if not done:
         done = nh not in IPV6_EXT_HEADERS
     key.nw_proto = nh
-    return _parse_l4(p, off, nh, True, key) if done else 0
+    if done:
+        _parse_l4(p, off, nh, True, key)
 
 
 def parse(frame: bytes, in_port: int = 0) -> FlowKey:
     """The flow key of a frame received on datapath port in_port, exactly as the XDP parser builds it."""
-    return parse_layout(frame, in_port)[0]
-
-
-def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
-    """(key, l3 offset, l4 offset); an offset of 0 means the header is absent or unusable."""
     p = bytes(frame)
     key = FlowKey()
     key.in_port = in_port
     if len(p) < 14:
-        return key, 0, 0
+        return key
     key.dl_dst[:] = list(p[0:6])
     key.dl_src[:] = list(p[6:12])
     dl_type = struct.unpack_from("!H", p, 12)[0]
@@ -261,19 +247,18 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
     if dl_type == ETH_P_8021Q:
         if len(p) < 18:
             key.dl_type = dl_type
-            return key, 0, 0
+            return key
         tci, dl_type = struct.unpack_from("!HH", p, 14)
         key.vlan_tci = tci | VLAN_CFI
         off = 18
     if dl_type < 0x600:
         key.dl_type = FLOW_DL_TYPE_NONE
-        return key, 0, 0
+        return key
     key.dl_type = dl_type
-    l4 = 0
     if dl_type == ETH_P_IP:
-        l4 = _parse_ipv4(p, off, key)
+        _parse_ipv4(p, off, key)
     elif dl_type == ETH_P_IPV6:
-        l4 = _parse_ipv6(p, off, key)
+        _parse_ipv6(p, off, key)
     elif dl_type == ETH_P_ARP:
         if len(p) - off >= 28:
             htype, ptype, hlen, plen = struct.unpack_from("!HHBB", p, off)
@@ -284,7 +269,7 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
                 key.nw_src = struct.unpack_from("!I", p, off + 14)[0]
                 key.arp_tha[:] = list(p[off + 18 : off + 24])
                 key.nw_dst = struct.unpack_from("!I", p, off + 24)[0]
-    return key, off, l4
+    return key
 
 
 # --- text, as ovs-dpctl prints datapath flows -----------------------------------------------------------
@@ -318,14 +303,7 @@ def _fmt(value: int | bytes, mask: int | bytes | None, kind: str) -> str:
             return f"{v:#x}" if isinstance(v, int) else v.hex()
         return str(v)
 
-    if mask is None:
-        return one(value)
-    full = isinstance(mask, bytes) and all(b == 0xFF for b in mask)
-    full = full or (isinstance(mask, int) and mask == _FULL.get(kind, -1))
-    return one(value) if full else f"{one(value)}/{one(mask)}"
-
-
-_FULL = {"ip4": 0xFFFFFFFF}
+    return one(value) if mask is None else f"{one(value)}/{one(mask)}"
 
 
 def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:

@@ -53,7 +53,7 @@ def unique(prefix: str) -> str:
 class Net:
     """Namespaces and veth pairs, each removed at teardown (registered the moment it is made)."""
 
-    def __init__(self, finalizer: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(self, finalizer: Callable[[Callable[[], object]], None]) -> None:
         self._fin = finalizer
 
     def netns(self) -> str:

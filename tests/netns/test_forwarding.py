@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from ctl.dpif import Flood, Output, SetEthDst, SetIpv4Dst, SetTpDst
@@ -26,7 +27,7 @@ def ping(src: Host, dst: str, count: int = 5) -> bool:
     return r.returncode == 0 and f"{count} received" in r.stdout
 
 
-def udp_recv(h: Host, port: int, n: int, bind: str = "0.0.0.0") -> object:
+def udp_recv(h: Host, port: int, n: int, bind: str = "0.0.0.0") -> subprocess.Popen[str]:
     return h.py(
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
@@ -83,7 +84,7 @@ def test_rewrite_ip_mac_and_port_on_the_way(t: Topo) -> None:
     rx = udp_recv(h2, 9000, 3)
     time.sleep(0.3)
     udp_send(h1, "10.10.0.100", 7000, ["a", "b", "c"])
-    out, _ = rx.communicate(timeout=10)  # type: ignore[attr-defined]
+    out, _ = rx.communicate(timeout=10)
     assert out.split() == ["a", "b", "c"]
 
 
@@ -96,7 +97,7 @@ def test_flood_reaches_every_port_but_the_ingress(t: Topo) -> None:
     time.sleep(0.3)
     udp_send(h1, "10.10.0.255", 6000, ["x", "y"], broadcast=True)
     for r in receivers:
-        out, _ = r.communicate(timeout=10)  # type: ignore[attr-defined]
+        out, _ = r.communicate(timeout=10)
         assert out.split() == ["x", "y"]
     assert h1.rx_packets() == rx1_before  # not sent back out the ingress port
 
@@ -110,7 +111,7 @@ def test_several_output_ports(t: Topo) -> None:
     time.sleep(0.3)
     # to h2's MAC and IP; h3 gets the same frame, which its stack drops as not its own
     udp_send(h1, h2.ip, 6100, ["m"])
-    out2, _ = receiver.communicate(timeout=10)  # type: ignore[attr-defined]
+    out2, _ = receiver.communicate(timeout=10)
     assert out2.split() == ["m"]
     got = [h.rx_packets() - b for h, b in zip(t.hosts, rx_before, strict=True)]
     assert got == [0, 1, 1]
