@@ -73,6 +73,7 @@ class DropReason(enum.IntEnum):
     NO_UPCALL_SOCKET = 7
     ADJUST_FAILED = 8
     NO_PROGRAM = 9
+    CONTROLLER = 10
 
 
 class ActionError(ValueError):
@@ -102,8 +103,19 @@ class Flood:
 
 @dataclass(frozen=True)
 class Drop:
+    reason: int = 0  # a DropReason to count it under; 0: DropReason.ACTION
+
     def __str__(self) -> str:
-        return "drop"
+        return f"drop({DropReason(self.reason).name.lower()})" if self.reason else "drop"
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Send to the controller. Alone it is encoded as a drop counted under DropReason.CONTROLLER (the
+    OpenFlow channel comes later); beside outputs it cannot run in the fast path."""
+
+    def __str__(self) -> str:
+        return "controller"
 
 
 @dataclass(frozen=True)
@@ -217,10 +229,10 @@ class SetTpDst:
 
 
 Action = (
-    Output | Flood | Drop | Upcall | SetEthSrc | SetEthDst | PushVlan | PopVlan | SetVlan | SetIpv4Src
+    Output | Flood | Drop | Controller | Upcall | SetEthSrc | SetEthDst | PushVlan | PopVlan | SetVlan | SetIpv4Src
     | SetIpv4Dst | SetDscp | DecTtl | SetIpv6Src | SetIpv6Dst | SetTpSrc | SetTpDst
 )
-TERMINAL = (Output, Flood, Drop, Upcall)
+TERMINAL = (Output, Flood, Drop, Controller, Upcall)
 
 
 def format_actions(actions: Sequence[Action]) -> str:
@@ -259,9 +271,13 @@ def encode_actions(
                 else:
                     g = group_for(frozenset(ports))
                     recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
+            elif isinstance(a, Drop | Controller):
+                _check(not rest, f"'{format_actions(rest)}' after '{a}': nothing may follow it")
+                reason = DropReason.CONTROLLER if isinstance(a, Controller) else a.reason
+                recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", reason)))
             else:
                 _check(not rest, f"'{format_actions(rest)}' after '{a}': nothing may follow it")
-                recs.append(_rec({Flood: ActType.FLOOD, Drop: ActType.DROP, Upcall: ActType.UPCALL}[type(a)]))
+                recs.append(_rec({Flood: ActType.FLOOD, Upcall: ActType.UPCALL}[type(a)]))
             break
         recs.append(_encode_mod(a))
         i += 1
@@ -349,7 +365,7 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
         elif t == ActType.FLOOD:
             out.append(Flood())
         elif t == ActType.DROP:
-            out.append(Drop())
+            out.append(Drop(a16))
         elif t == ActType.UPCALL:
             out.append(Upcall())
         elif t == ActType.SET_ETH_SRC:

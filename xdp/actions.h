@@ -257,7 +257,9 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         case DP_ACT_UPCALL:
             ps->reason = 0;
             return DP_VERDICT_UPCALL;
-        case DP_ACT_DROP:
+        case DP_ACT_DROP: /* arg16: the drop reason, 0 for DROP_ACTION */
+            if (a->arg16)
+                ps->reason = bpf_ntohs(a->arg16);
             return XDP_DROP;
         case DP_ACT_SET_ETH_SRC:
         case DP_ACT_SET_ETH_DST: {

@@ -147,6 +147,7 @@ enum dp_drop_reason {
     DROP_NO_UPCALL_SOCKET = 7,  /* a miss or slow-path packet with no AF_XDP socket bound */
     DROP_ADJUST_FAILED = 8,     /* bpf_xdp_adjust_head/meta refused */
     DROP_NO_PROGRAM = 9,        /* the megaflow program is not loaded (tail call failed) */
+    DROP_CONTROLLER = 10,       /* the pipeline sent it to the controller (no OpenFlow channel yet) */
     DROP_MAX
 };
 

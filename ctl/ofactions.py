@@ -1,0 +1,279 @@
+"""OpenFlow actions in ovs-ofctl syntax: parse and format.
+
+Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, ``all``, ``in_port``,
+``controller``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
+``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
+``mod_tp_src``/``mod_tp_dst``, ``set_field:V->F``, ``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``,
+``goto_table:T`` (last). What they do to a packet is ``ctl/xlate.py``'s business.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ctl.ofmatch import FIELD_BITS, OFPP_MAX, FlowSyntaxError, parse_int, parse_mac, parse_prefix
+
+N_TABLES = 255
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+    def __str__(self) -> str:
+        return f"output:{self.port}"
+
+
+@dataclass(frozen=True)
+class Flood:
+    all: bool = False  # "all" and "flood" both mean every port but the ingress here (no no-flood ports)
+
+    def __str__(self) -> str:
+        return "ALL" if self.all else "FLOOD"
+
+
+@dataclass(frozen=True)
+class InPort:
+    def __str__(self) -> str:
+        return "IN_PORT"
+
+
+@dataclass(frozen=True)
+class Controller:
+    def __str__(self) -> str:
+        return "CONTROLLER:65535"
+
+
+@dataclass(frozen=True)
+class SetField:
+    """mod_* and set_field: set (value, mask) bits of a flow-key field. name: how it was written."""
+
+    field: str
+    value: int
+    mask: int
+    name: str
+    text: str
+
+    def __str__(self) -> str:
+        if self.name.startswith("mod_"):
+            return f"{self.name}:{self.text}"
+        return f"set_field:{self.text}->{self.name}"
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    tpid: int = 0x8100
+
+    def __str__(self) -> str:
+        return f"push_vlan:{self.tpid:#06x}"
+
+
+@dataclass(frozen=True)
+class StripVlan:
+    def __str__(self) -> str:
+        return "strip_vlan"
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    def __str__(self) -> str:
+        return "dec_ttl"
+
+
+@dataclass(frozen=True)
+class Resubmit:
+    port: int | None
+    table: int | None
+
+    def __str__(self) -> str:
+        if self.table is None:
+            return f"resubmit:{self.port}"
+        return f"resubmit({'' if self.port is None else self.port},{self.table})"
+
+
+@dataclass(frozen=True)
+class GotoTable:
+    table: int
+
+    def __str__(self) -> str:
+        return f"goto_table:{self.table}"
+
+
+OfAction = Output | Flood | InPort | Controller | SetField | PushVlan | StripVlan | DecTtl | Resubmit | GotoTable
+
+ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "mod_dl_src", "mod_dl_dst",
+                "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
+                "mod_nw_tos", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "resubmit", "goto_table")
+
+# set_field targets: name -> (flow-key field, kind)
+SET_FIELDS = {
+    "eth_src": ("dl_src", "mac"), "eth_dst": ("dl_dst", "mac"), "dl_src": ("dl_src", "mac"),
+    "dl_dst": ("dl_dst", "mac"), "vlan_vid": ("vlan_tci", "vid"), "dl_vlan": ("vlan_tci", "vid"),
+    "vlan_pcp": ("vlan_tci", "pcp"), "dl_vlan_pcp": ("vlan_tci", "pcp"),
+    "ip_src": ("nw_src", "ip4"), "ip_dst": ("nw_dst", "ip4"), "nw_src": ("nw_src", "ip4"),
+    "nw_dst": ("nw_dst", "ip4"), "ipv6_src": ("ipv6_src", "ip6"), "ipv6_dst": ("ipv6_dst", "ip6"),
+    "ip_dscp": ("nw_tos", "dscp"), "nw_tos": ("nw_tos", "tos"),
+    "tcp_src": ("tp_src", "port"), "tcp_dst": ("tp_dst", "port"), "udp_src": ("tp_src", "port"),
+    "udp_dst": ("tp_dst", "port"), "tp_src": ("tp_src", "port"), "tp_dst": ("tp_dst", "port"),
+}
+MOD_ACTIONS = {
+    "mod_dl_src": "eth_src", "mod_dl_dst": "eth_dst", "mod_vlan_vid": "vlan_vid", "mod_vlan_pcp": "vlan_pcp",
+    "mod_nw_src": "ip_src", "mod_nw_dst": "ip_dst", "mod_nw_tos": "nw_tos", "mod_tp_src": "tp_src",
+    "mod_tp_dst": "tp_dst",
+}
+
+
+def _set_field(target: str, text: str, written: str) -> SetField:
+    if target not in SET_FIELDS:
+        raise ValueError(f"set_field: cannot set {target!r} (one of {', '.join(sorted(SET_FIELDS))})")
+    field, kind = SET_FIELDS[target]
+    bits = FIELD_BITS[field]
+    if kind == "mac":
+        value, _ = parse_mac(text, written)
+        return SetField(field, value, (1 << 48) - 1, written, text)
+    if kind in ("ip4", "ip6"):
+        value, mask = parse_prefix(text, bits, written)
+        if mask != (1 << bits) - 1:
+            raise ValueError(f"{written}: give a whole address, not a prefix")
+        return SetField(field, value, mask, written, text)
+    if kind == "vid":
+        v = parse_int(text, 16, written)
+        if not written.startswith("mod_") and v & 0x1000 and v <= 0x1FFF:
+            v &= ~0x1000  # OpenFlow 1.3's vlan_vid carries OFPVID_PRESENT
+        if v > 4095:
+            raise ValueError(f"{written}: VLAN id {v} is out of range 0..4095")
+        return SetField(field, v, 0x0FFF, written, text)
+    if kind == "pcp":
+        return SetField(field, parse_int(text, 3, written) << 13, 0xE000, written, text)
+    if kind == "dscp":
+        return SetField(field, parse_int(text, 6, written) << 2, 0xFC, written, text)
+    if kind == "tos":
+        v = parse_int(text, 8, written)
+        if v & 3:
+            raise ValueError(f"{written}: {v} has ECN bits set; give the DSCP bits only (a multiple of 4)")
+        return SetField(field, v, 0xFC, written, text)
+    return SetField(field, parse_int(text, 16, written), 0xFFFF, written, text)
+
+
+def _port(text: str, what: str) -> int:
+    v = parse_int(text, 16, what)
+    if not 0 < v < OFPP_MAX:
+        raise ValueError(f"{what}: port {v} is out of range 1..{OFPP_MAX - 1}")
+    return v
+
+
+def _table(text: str, what: str) -> int:
+    v = parse_int(text, 8, what)
+    if v >= N_TABLES:
+        raise ValueError(f"{what}: table {v} is out of range 0..{N_TABLES - 1}")
+    return v
+
+
+def parse_one(item: str) -> OfAction | None:
+    """One action; None for ``drop`` (no action at all)."""
+    m = re.fullmatch(r"([A-Za-z_0-9]+)(?:\((.*)\)|[:=](.*))?", item, re.S)
+    if not m:
+        raise ValueError(f"cannot read action {item!r}")
+    name, paren, arg = m.group(1), m.group(2), m.group(3)
+    if name.isdigit() and paren is None and arg is None:
+        return Output(_port(name, "output"))
+    low = name.lower()
+    if low in ("drop", "flood", "all", "in_port", "strip_vlan", "pop_vlan", "dec_ttl") and (paren or arg):
+        raise ValueError(f"{low} takes no argument")
+    if low == "drop":
+        return None
+    if low == "flood":
+        return Flood()
+    if low == "all":
+        return Flood(all=True)
+    if low == "in_port":
+        return InPort()
+    if low == "controller":  # any max_len or reason argument is accepted: packet-ins come later
+        return Controller()
+    if low in ("strip_vlan", "pop_vlan"):
+        return StripVlan()
+    if low == "dec_ttl":
+        return DecTtl()
+    if low == "output":
+        if arg is None:
+            raise ValueError("output needs a port (output:N)")
+        special: dict[str, OfAction] = {"in_port": InPort(), "flood": Flood(), "all": Flood(all=True),
+                                        "controller": Controller()}
+        if arg.lower() in special:
+            return special[arg.lower()]
+        return Output(_port(arg, "output"))
+    if low == "push_vlan":
+        tpid = parse_int(arg or "0x8100", 16, "push_vlan")
+        if tpid not in (0x8100, 0x88A8):
+            raise ValueError(f"push_vlan: ethertype {tpid:#x} is not 0x8100 or 0x88a8")
+        return PushVlan(tpid)
+    if low in MOD_ACTIONS:
+        if not arg:
+            raise ValueError(f"{low} needs a value ({low}:VALUE)")
+        return _set_field(MOD_ACTIONS[low], arg, low)
+    if low == "set_field":
+        if not arg or "->" not in arg:
+            raise ValueError("set_field needs VALUE->FIELD (e.g. set_field:10.0.0.1->ip_dst)")
+        value, _, target = arg.rpartition("->")
+        sf = _set_field(target, value, target)
+        return sf
+    if low == "resubmit":
+        if paren is not None:
+            parts = paren.split(",")
+            if len(parts) != 2:
+                raise ValueError("resubmit takes (PORT,TABLE), e.g. resubmit(,1)")
+            port = _port(parts[0], "resubmit port") if parts[0].strip() else None
+            return Resubmit(port, _table(parts[1], "resubmit table") if parts[1].strip() else None)
+        if not arg:
+            raise ValueError("resubmit needs a port or (PORT,TABLE)")
+        return Resubmit(_port(arg, "resubmit port"), None)
+    if low == "goto_table":
+        if not arg:
+            raise ValueError("goto_table needs a table (goto_table:N)")
+        return GotoTable(_table(arg, "goto_table"))
+    if low == "normal":
+        raise ValueError("normal (the L2 learning switch) is not supported: write the forwarding rules")
+    raise ValueError(f"unknown action {name!r} (one of {', '.join(ACTION_NAMES)})")
+
+
+def split_actions(text: str) -> list[tuple[str, int]]:
+    """Top-level comma-separated items with their offsets (commas inside parentheses stay)."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text + ","):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "," and depth == 0:
+            raw = text[start:i]
+            stripped = raw.strip()
+            if stripped:
+                items.append((stripped, start + len(raw) - len(raw.lstrip())))
+            start = i + 1
+    return items
+
+
+def parse_actions(text: str, full_text: str | None = None, offset: int = 0) -> list[OfAction]:
+    """An action list; errors point at the bad action in full_text (default: text)."""
+    full = text if full_text is None else full_text
+    out: list[OfAction] = []
+    items = split_actions(text)
+    if not items:
+        raise FlowSyntaxError("no actions: write actions=drop to drop", full, offset, 1)
+    for item, pos in items:
+        try:
+            a = parse_one(item)
+        except ValueError as e:
+            raise FlowSyntaxError(str(e), full, offset + pos, len(item)) from None
+        if a is not None:
+            out.append(a)
+        if any(isinstance(x, GotoTable) for x in out[:-1]):
+            raise FlowSyntaxError("goto_table must be the last action", full, offset + pos, len(item))
+        if item.lower() == "drop" and len(items) > 1:
+            raise FlowSyntaxError("drop cannot be combined with other actions", full, offset + pos, len(item))
+    return out
+
+
+def format_actions(actions: list[OfAction]) -> str:
+    return ",".join(str(a) for a in actions) if actions else "drop"

@@ -1,0 +1,557 @@
+"""The OpenFlow tables: rules in ovs-ofctl syntax, flow-mods, and the classifier that finds the megaflow.
+
+``OpenFlowTables`` holds tables 0..254. Each ``Table`` is a classifier organised as OVS's is
+(lib/classifier.c): rules grouped into subtables by mask, subtables visited in order of their highest
+priority and the walk stopped as soon as no later subtable can beat the best match, each subtable looked
+up in stages (metadata, L2, L3, L4) so that a miss in an early stage leaves the later fields wildcarded,
+and prefix tries on the IPv4/IPv6 addresses (and the transport ports of the last stage) so that a miss
+un-wildcards only the leading bits that decided it.
+
+``Table.lookup(flow, wc)`` returns the rule and ORs into ``wc`` every bit it consulted: that is the
+megaflow mask. It is also the oracle the tests compare the caches against.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctl.ofactions import N_TABLES, GotoTable, OfAction, format_actions, parse_actions
+from ctl.ofmatch import (
+    FIELD_BITS,
+    FULL,
+    PREFIX_FIELDS,
+    STAGES,
+    Flow,
+    FlowSyntaxError,
+    Match,
+    format_match,
+    parse_int,
+    parse_match_tokens,
+    prefix_len,
+    prefix_mask,
+    tokens,
+)
+
+DEFAULT_PRIORITY = 32768
+MISS_ACTIONS = ("drop", "continue", "controller")
+
+
+# --- flow text -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowSpec:
+    """One line of ovs-ofctl flow text: where, match, actions and the numbers around them."""
+
+    match: Match
+    actions: list[OfAction] = field(default_factory=list)
+    table: int | None = None
+    priority: int = DEFAULT_PRIORITY
+    cookie: int = 0
+    cookie_mask: int = 0   # for del-flows/dump-flows filters: cookie=V/M
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    has_priority: bool = False
+    has_actions: bool = False
+
+
+def parse_flow(text: str, *, actions: bool = True) -> FlowSpec:
+    """A flow as add-flow takes it (actions=... required) or, with actions=False, a filter as del-flows
+    and dump-flows take it (no actions; cookie may carry a mask)."""
+    apos = text.find("actions=")
+    if apos < 0 and actions:
+        raise FlowSyntaxError("missing actions=... (e.g. actions=output:2, actions=drop)", text, len(text.rstrip()), 1)
+    if apos >= 0 and not actions:
+        raise FlowSyntaxError("no actions here: this command takes a match only", text, apos, 8)
+    head_end = apos if apos >= 0 else len(text)
+    spec = FlowSpec(Match())
+    rest = []
+    for t in tokens(text, 0, head_end):
+        try:
+            if t.key == "table":
+                spec.table = _table_arg(t.value)
+            elif t.key == "priority":
+                spec.priority = parse_int(t.value or "", 16, "priority")
+                spec.has_priority = True
+            elif t.key == "cookie":
+                v, _, m = (t.value or "").partition("/")
+                spec.cookie = parse_int(v, 64, "cookie")
+                if m:
+                    if actions:
+                        raise ValueError("cookie masks are for del-flows and dump-flows")
+                    spec.cookie_mask = parse_int(m, 64, "cookie mask")
+                elif not actions:
+                    spec.cookie_mask = (1 << 64) - 1
+            elif t.key in ("idle_timeout", "hard_timeout"):
+                setattr(spec, t.key, parse_int(t.value or "", 16, t.key))
+            else:
+                rest.append(t)
+        except ValueError as e:
+            at = t.vpos if t.value else t.pos
+            raise FlowSyntaxError(str(e), text, at, len(t.value or t.key)) from None
+    spec.match = parse_match_tokens(rest, text)
+    if apos >= 0:
+        start = apos + len("actions=")
+        spec.actions = parse_actions(text[start:], text, start)
+        spec.has_actions = True
+        tid = spec.table or 0
+        for a in spec.actions:
+            if isinstance(a, GotoTable) and a.table <= tid:
+                at = text.find("goto_table", start)
+                raise FlowSyntaxError(f"goto_table:{a.table} from table {tid}: goto_table must go to a later table",
+                                      text, at, len(str(a)))
+    return spec
+
+
+def _table_arg(value: str | None) -> int:
+    v = parse_int(value or "", 8, "table")
+    if v >= N_TABLES:
+        raise ValueError(f"table {v} is out of range 0..{N_TABLES - 1}")
+    return v
+
+
+# --- rules ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Rule:
+    table: int
+    priority: int
+    match: Match
+    actions: list[OfAction]
+    cookie: int = 0
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    created: float = field(default_factory=time.monotonic)
+    n_packets: int = 0
+    n_bytes: int = 0
+    seq: int = 0           # insertion order: ties between equal priorities go to the older rule
+
+    def credit(self, packets: int, nbytes: int) -> None:
+        self.n_packets += packets
+        self.n_bytes += nbytes
+
+    def to_text(self) -> str:
+        """The rule as add-flow text (what the state file keeps)."""
+        parts = [f"table={self.table}", f"priority={self.priority}"]
+        if self.cookie:
+            parts.append(f"cookie={self.cookie:#x}")
+        if self.idle_timeout:
+            parts.append(f"idle_timeout={self.idle_timeout}")
+        if self.hard_timeout:
+            parts.append(f"hard_timeout={self.hard_timeout}")
+        m = format_match(self.match)
+        return ",".join(parts + ([m] if m else [])) + f",actions={format_actions(self.actions)}"
+
+    def format(self, now: float | None = None) -> str:
+        """As ovs-ofctl dump-flows prints it."""
+        now = time.monotonic() if now is None else now
+        head = (f" cookie={self.cookie:#x}, duration={now - self.created:.3f}s, table={self.table}, "
+                f"n_packets={self.n_packets}, n_bytes={self.n_bytes}, ")
+        if self.idle_timeout:
+            head += f"idle_timeout={self.idle_timeout}, "
+        if self.hard_timeout:
+            head += f"hard_timeout={self.hard_timeout}, "
+        m = format_match(self.match, self.priority)
+        return f"{head}{m}{' ' if m else ''}actions={format_actions(self.actions)}"
+
+    def to_json(self, now: float | None = None) -> dict[str, object]:
+        now = time.monotonic() if now is None else now
+        return {"cookie": f"{self.cookie:#x}", "duration": round(now - self.created, 3), "table": self.table,
+                "n_packets": self.n_packets, "n_bytes": self.n_bytes, "idle_timeout": self.idle_timeout,
+                "hard_timeout": self.hard_timeout, "priority": self.priority, "match": format_match(self.match),
+                "actions": format_actions(self.actions)}
+
+
+# --- the classifier ------------------------------------------------------------------------------------------
+
+
+def _masked_tuple(flow: Flow, fields: tuple[str, ...], mask: dict[str, int]) -> tuple[int, ...]:
+    return tuple(flow[f] & mask[f] for f in fields)
+
+
+class Subtable:
+    """Rules that share one mask, indexed stage by stage (OVS: struct cls_subtable)."""
+
+    def __init__(self, mask: dict[str, int]) -> None:
+        self.mask = mask
+        self.fields = tuple(f for f in FIELD_BITS if mask.get(f))
+        # the non-empty stages, each the cumulative field list up to and including it
+        stages = [tuple(f for f in s if mask.get(f)) for s in STAGES]
+        stages = [s for s in stages if s]
+        self.stage_fields = stages
+        self.cumulative = [tuple(f for s in stages[: i + 1] for f in s) for i in range(len(stages))]
+        self.indices: list[dict[tuple[int, ...], int]] = [{} for _ in stages[:-1]]
+        self.rules: dict[tuple[int, ...], list[Rule]] = {}
+        self.max_priority = -1
+        self.trie_plen = {f: (prefix_len(mask[f], FIELD_BITS[f]) or 0) for f in PREFIX_FIELDS if mask.get(f)}
+        pm = (mask.get("tp_src", 0) << 16) | mask.get("tp_dst", 0)
+        self.ports_mask = pm
+        self.ports_values: list[int] = []   # sorted masked (tp_src << 16 | tp_dst) of the rules
+        self.seq = 0
+
+    def key_of(self, match: Match) -> tuple[int, ...]:
+        return tuple(match.fields[f][0] for f in self.fields)
+
+    def insert(self, rule: Rule) -> None:
+        flow = {f: v for f, (v, _m) in rule.match.fields.items()}
+        for i, fs in enumerate(self.cumulative[:-1]):
+            k = _masked_tuple(flow, fs, self.mask)
+            self.indices[i][k] = self.indices[i].get(k, 0) + 1
+        rules = self.rules.setdefault(self.key_of(rule.match), [])
+        rules.append(rule)
+        rules.sort(key=lambda r: (-r.priority, r.seq))
+        self.max_priority = max(self.max_priority, rule.priority)
+        if self.ports_mask and self.stage_fields[-1][0].startswith("tp_"):
+            bisect.insort(self.ports_values, (flow.get("tp_src", 0) << 16 | flow.get("tp_dst", 0)) & self.ports_mask)
+
+    def remove(self, rule: Rule) -> None:
+        flow = {f: v for f, (v, _m) in rule.match.fields.items()}
+        for i, fs in enumerate(self.cumulative[:-1]):
+            k = _masked_tuple(flow, fs, self.mask)
+            self.indices[i][k] -= 1
+            if not self.indices[i][k]:
+                del self.indices[i][k]
+        key = self.key_of(rule.match)
+        self.rules[key].remove(rule)
+        if not self.rules[key]:
+            del self.rules[key]
+        self.max_priority = max((r.priority for rs in self.rules.values() for r in rs), default=-1)
+        if self.ports_mask and self.stage_fields[-1][0].startswith("tp_"):
+            v = (flow.get("tp_src", 0) << 16 | flow.get("tp_dst", 0)) & self.ports_mask
+            self.ports_values.pop(bisect.bisect_left(self.ports_values, v))
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rules.values())
+
+    def find(self, flow: Flow, wc: Flow, tries: _TrieCtx) -> Rule | None:
+        """The best rule of this subtable for flow, folding what was consulted into wc (find_match_wc)."""
+        consulted: list[str] = []
+        last = len(self.stage_fields) - 1
+        for i, stage in enumerate(self.stage_fields):
+            if tries.skip(self, stage, flow, wc):
+                self._fold(wc, consulted)
+                return None
+            if i == last:
+                break
+            consulted.extend(stage)
+            if _masked_tuple(flow, self.cumulative[i], self.mask) not in self.indices[i]:
+                self._fold(wc, consulted)
+                return None
+        rules = self.rules.get(_masked_tuple(flow, self.fields, self.mask))
+        if rules is None and self.ports_mask and self.stage_fields[last][0].startswith("tp_"):
+            # the last stage has the ports: un-wildcard only the leading port bits that tell this packet
+            # apart from every rule (OVS's ports trie)
+            value = (flow["tp_src"] << 16 | flow["tp_dst"]) & self.ports_mask
+            bits = _bits_to_decide(value, self.ports_values, 32)
+            pm = self.ports_mask & prefix_mask(bits, 32)
+            wc["tp_src"] |= pm >> 16
+            wc["tp_dst"] |= pm & 0xFFFF
+            self._fold(wc, consulted)
+            return None
+        self._fold(wc, self.fields)
+        return rules[0] if rules else None
+
+    def _fold(self, wc: Flow, fields: Iterable[str]) -> None:
+        for f in fields:
+            wc[f] |= self.mask[f]
+
+
+def _common_bits(a: int, b: int, bits: int) -> int:
+    return bits - (a ^ b).bit_length()
+
+
+def _bits_to_decide(value: int, sorted_values: list[int], bits: int) -> int:
+    """How many leading bits of value tell it apart from every value in sorted_values (all of full length):
+    one past the longest common prefix with any of them (the neighbours in sorted order hold the longest)."""
+    if not sorted_values:
+        return 0
+    i = bisect.bisect_left(sorted_values, value)
+    best = 0
+    for j in (i - 1, i):
+        if 0 <= j < len(sorted_values):
+            best = max(best, min(_common_bits(value, sorted_values[j], bits) + 1, bits))
+    return best
+
+
+class _Trie:
+    """The prefixes (value, length) that a table's rules hold on one address field (OVS: a prefix trie),
+    kept per length as sorted lists so one lookup costs a bisection per distinct length."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.by_len: dict[int, list[int]] = {}     # plen -> sorted prefix values (top plen bits)
+        self.count: dict[tuple[int, int], int] = {}
+
+    def add(self, value: int, plen: int) -> None:
+        k = (value >> (self.bits - plen), plen)
+        self.count[k] = self.count.get(k, 0) + 1
+        if self.count[k] == 1:
+            bisect.insort(self.by_len.setdefault(plen, []), k[0])
+
+    def remove(self, value: int, plen: int) -> None:
+        k = (value >> (self.bits - plen), plen)
+        self.count[k] -= 1
+        if not self.count[k]:
+            del self.count[k]
+            lst = self.by_len[plen]
+            lst.pop(bisect.bisect_left(lst, k[0]))
+            if not lst:
+                del self.by_len[plen]
+
+    def lookup(self, addr: int) -> tuple[set[int], int]:
+        """(the prefix lengths with a rule prefix that matches addr, the leading bits a trie walk for addr
+        examines). The second is OVS's trie_lookup() result: for each prefix, the bits in common with addr
+        plus the first differing one, capped at the prefix's length; the most over all prefixes."""
+        plens: set[int] = set()
+        maskbits = 0
+        for plen, values in self.by_len.items():
+            top = addr >> (self.bits - plen)
+            i = bisect.bisect_left(values, top)
+            if i < len(values) and values[i] == top:
+                plens.add(plen)
+                maskbits = max(maskbits, plen)
+                continue
+            for j in (i - 1, i):
+                if 0 <= j < len(values):
+                    maskbits = max(maskbits, min(_common_bits(top, values[j], plen) + 1, plen))
+        return plens, maskbits
+
+
+class _TrieCtx:
+    """One lookup's trie results, computed on demand (OVS: struct trie_ctx)."""
+
+    def __init__(self, tries: dict[str, _Trie]) -> None:
+        self.tries = tries
+        self.done: dict[str, tuple[set[int], int]] = {}
+
+    def skip(self, st: Subtable, stage: tuple[str, ...], flow: Flow, wc: Flow) -> bool:
+        """OVS's check_tries(): can the subtable be skipped because no rule prefix of its length on a trie
+        field in this stage matches? If so, the trie's examined bits go into wc."""
+        for f in stage:
+            plen = st.trie_plen.get(f)
+            if not plen:
+                continue
+            res = self.done.get(f)
+            if res is None:
+                res = self.done[f] = self.tries[f].lookup(flow[f])
+            plens, maskbits = res
+            if plen in plens:
+                continue
+            bits = FIELD_BITS[f]
+            if maskbits <= plen:
+                wc[f] |= prefix_mask(maskbits, bits)
+                return True
+            pm = prefix_mask(maskbits, bits)
+            if wc[f] & pm == pm:
+                return True
+        return False
+
+
+class Table:
+    """One OpenFlow table: a classifier of rules (OVS: struct classifier)."""
+
+    def __init__(self, table_id: int) -> None:
+        self.id = table_id
+        self.subtables: dict[tuple[tuple[str, int], ...], Subtable] = {}
+        self.order: list[Subtable] = []     # by max priority, highest first
+        self.tries = {f: _Trie(FIELD_BITS[f]) for f in PREFIX_FIELDS}
+        self.miss = "drop"
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.subtables.values())
+
+    def rules(self) -> Iterator[Rule]:
+        for st in self.subtables.values():
+            for rs in st.rules.values():
+                yield from rs
+
+    def find_exact(self, match: Match, priority: int) -> Rule | None:
+        st = self.subtables.get(_mask_key(match))
+        if st is None:
+            return None
+        return next((r for r in st.rules.get(st.key_of(match), []) if r.priority == priority), None)
+
+    def insert(self, rule: Rule) -> None:
+        mk = _mask_key(rule.match)
+        st = self.subtables.get(mk)
+        if st is None:
+            st = self.subtables[mk] = Subtable({f: rule.match.mask(f) for f in FIELD_BITS})
+            self._seq += 1
+            st.seq = self._seq
+        self._seq += 1
+        rule.seq = self._seq
+        st.insert(rule)
+        for f, plen in st.trie_plen.items():
+            if plen:
+                self.tries[f].add(rule.match.fields[f][0], plen)
+        self._sort()
+
+    def remove(self, rule: Rule) -> None:
+        mk = _mask_key(rule.match)
+        st = self.subtables[mk]
+        st.remove(rule)
+        for f, plen in st.trie_plen.items():
+            if plen:
+                self.tries[f].remove(rule.match.fields[f][0], plen)
+        if not len(st):
+            del self.subtables[mk]
+        self._sort()
+
+    def _sort(self) -> None:
+        self.order = sorted(self.subtables.values(), key=lambda s: (-s.max_priority, s.seq))
+
+    def lookup(self, flow: Flow, wc: Flow) -> Rule | None:
+        """The highest-priority rule matching flow; every bit consulted is ORed into wc."""
+        best: Rule | None = None
+        ctx = _TrieCtx(self.tries)
+        for st in self.order:
+            if best is not None and st.max_priority <= best.priority:
+                break
+            r = st.find(flow, wc, ctx)
+            if r is not None and (best is None or r.priority > best.priority
+                                  or (r.priority == best.priority and r.seq < best.seq)):
+                best = r
+        return best
+
+
+def _mask_key(match: Match) -> tuple[tuple[str, int], ...]:
+    return tuple((f, m) for f, (_v, m) in sorted(match.fields.items()))
+
+
+# --- all tables, flow-mods, the state file --------------------------------------------------------------------
+
+
+class OpenFlowTables:
+    """Tables 0..254 with flow-mods as ovs-ofctl issues them. ``version`` grows with every change."""
+
+    def __init__(self) -> None:
+        self.tables = [Table(i) for i in range(N_TABLES)]
+        self.version = 0
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.tables)
+
+    def rules(self, table: int | None = None) -> list[Rule]:
+        ts = self.tables if table is None else [self.tables[table]]
+        return sorted((r for t in ts for r in t.rules()), key=lambda r: (r.table, -r.priority, r.seq))
+
+    def add(self, spec: FlowSpec) -> Rule:
+        """add-flow: a rule with the same match and priority in the same table is replaced."""
+        tid = spec.table or 0
+        table = self.tables[tid]
+        old = table.find_exact(spec.match, spec.priority)
+        if old is not None:
+            table.remove(old)
+        rule = Rule(tid, spec.priority, spec.match, list(spec.actions), spec.cookie, spec.idle_timeout,
+                    spec.hard_timeout)
+        table.insert(rule)
+        self.version += 1
+        return rule
+
+    def add_many(self, specs: Iterable[FlowSpec]) -> list[Rule]:
+        return [self.add(s) for s in specs]
+
+    def select(self, spec: FlowSpec, strict: bool = False) -> list[Rule]:
+        """The rules a del-flows/dump-flows filter picks: loosely (the filter covers the rule's match) or
+        strictly (same match and priority)."""
+        out = []
+        for r in self.rules(spec.table):
+            if spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask:
+                continue
+            if strict:
+                if r.match == spec.match and r.priority == spec.priority:
+                    out.append(r)
+            elif spec.match.covers(r.match):
+                out.append(r)
+        return out
+
+    def delete(self, spec: FlowSpec, strict: bool = False) -> list[Rule]:
+        gone = self.select(spec, strict)
+        for r in gone:
+            self.tables[r.table].remove(r)
+        if gone:
+            self.version += 1
+        return gone
+
+    def clear(self) -> None:
+        for t in self.tables:
+            for r in list(t.rules()):
+                t.remove(r)
+        self.version += 1
+
+    def set_miss(self, table: int, action: str) -> None:
+        if action not in MISS_ACTIONS:
+            raise ValueError(f"table-miss {action!r}: one of {', '.join(MISS_ACTIONS)}")
+        if action == "continue" and table == N_TABLES - 1:
+            raise ValueError(f"table {table} is the last: a miss there cannot continue")
+        self.tables[table].miss = action
+        self.version += 1
+
+    # --- the state file ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": 1, "flows": [r.to_text() for r in self.rules()],
+                "table_miss": {str(t.id): t.miss for t in self.tables if t.miss != "drop"}}
+
+    def load_json(self, data: dict[str, object]) -> None:
+        """Replace everything with the contents of a state file; on any error nothing changes."""
+        flows = data.get("flows", [])
+        misses = data.get("table_miss", {})
+        if not isinstance(flows, list) or not isinstance(misses, dict):
+            raise ValueError("state file: 'flows' must be a list and 'table_miss' a map")
+        specs = [parse_flow(str(t)) for t in flows]
+        fresh = OpenFlowTables()
+        for tid, action in misses.items():
+            fresh.set_miss(int(tid), str(action))
+        fresh.add_many(specs)
+        self.tables = fresh.tables
+        self.version += 1
+
+    def save(self, path: Path) -> None:
+        """Write the state file atomically: a temporary file in the same directory, fsync, rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> OpenFlowTables:
+        t = cls()
+        t.load_json(json.loads(path.read_text()))
+        return t
+
+
+def parse_flows_file(text: str) -> list[FlowSpec]:
+    """add-flows input: one flow per line; blank lines and # comments are skipped. Errors name the line."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            out.append(parse_flow(s))
+        except FlowSyntaxError as e:
+            raise FlowSyntaxError(f"line {n}: {e.msg}", e.text, e.pos, e.length) from None
+    return out
+
+
+__all__ = ["FULL", "DEFAULT_PRIORITY", "FlowSpec", "OpenFlowTables", "Rule", "Table", "parse_flow",
+           "parse_flows_file"]

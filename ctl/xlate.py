@@ -1,0 +1,332 @@
+"""Translation: run a packet through the OpenFlow pipeline and get its datapath actions and megaflow mask.
+
+As OVS's ofproto-dpif-xlate does: the packet's flow is walked through the tables (goto_table, resubmit,
+table-miss); actions change a working copy of the flow; each output first "commits" the changes made
+since the last one as datapath set actions. Every field the walk looked at goes into the wildcard mask,
+except bits that an earlier action set to a constant (they no longer depend on the packet).
+
+Always matched, as OVS does: ``in_port`` (an output to the ingress port is dropped) and ``dl_type``.
+The result says whether the fast path can run the actions (modifications, then outputs) or whether the
+megaflow must send each packet to user space (``slow_path``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from ctl import dpif
+from ctl import ofactions as of
+from ctl.flowkey import VLAN_CFI, mac_str
+from ctl.ofmatch import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    FIELDS,
+    FULL,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    Flow,
+    Match,
+    format_flow,
+)
+from ctl.openflow_tables import OpenFlowTables, Rule
+
+MAX_RESUBMIT_DEPTH = 64  # as OVS
+ALWAYS_EXACT = ("in_port", "dl_type")
+
+
+@dataclass
+class TraceStep:
+    depth: int
+    table: int
+    rule: Rule | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Translation:
+    flow: Flow                      # the packet as it came in
+    final_flow: Flow                # after the actions
+    wc: Flow                        # the megaflow mask: every bit consulted
+    actions: list[dpif.Action]      # datapath actions
+    rules: list[Rule]               # every rule the packet went through (for their counters)
+    steps: list[TraceStep]
+    slow_path: str = ""             # why the fast path cannot run the actions ("" when it can)
+    controller: bool = False        # the pipeline sent it to the controller
+
+    def megaflow(self) -> Match:
+        return Match.from_masked(self.flow, self.wc)
+
+    def format_trace(self, bridge: str = "xdpswitch") -> str:
+        """The trace in the shape of ``ovs-appctl ofproto/trace``."""
+        lines = [f"Flow: {format_flow(self.flow)}", "", f'bridge("{bridge}")', "-" * (len(bridge) + 10)]
+        for s in self.steps:
+            pad = "    " * s.depth
+            if s.rule is None:
+                lines.append(f"{pad} {s.table}. No match.")
+            else:
+                r = s.rule
+                m = f"{r.match.format()}, priority {r.priority}" if r.match.fields else f"priority {r.priority}"
+                lines.append(f"{pad} {s.table}. {m}{', cookie ' + hex(r.cookie) if r.cookie else ''}")
+            for n in s.notes:
+                lines.append(f"{pad}    {n}")
+        lines.append("")
+        final = "unchanged" if self.final_flow == self.flow else format_flow(self.final_flow)
+        lines.append(f"Final flow: {final}")
+        lines.append(f"Megaflow: {self.megaflow().format()}")
+        lines.append(f"Datapath actions: {dpif.format_actions(self.actions)}")
+        if self.slow_path:
+            lines.append(f"This flow is handled by the userspace slow path because it {self.slow_path}.")
+        return "\n".join(lines)
+
+
+class _Ctx:
+    def __init__(self, tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None) -> None:
+        self.tables = tables
+        self.orig = dict(flow)
+        self.flow = dict(flow)
+        self.base = dict(flow)          # the packet as the datapath actions so far leave it
+        self.wc = {f: 0 for f in FIELDS}
+        self.set_bits = {f: 0 for f in FIELDS}
+        self.ttl_changed = False
+        self.dirty: set[str] = set()    # fields written since the last commit
+        self.vlan_tpid = 0x8100
+        self.ports = ports
+        self.actions: list[dpif.Action] = []
+        self.rules: list[Rule] = []
+        self.steps: list[TraceStep] = []
+        self.controller = False
+        self.error = ""
+        self.depth = 0
+        for f in ALWAYS_EXACT:
+            self.wc[f] = FULL[f]
+
+    # --- the mask ---------------------------------------------------------------------------------
+
+    def consult(self, f: str, bits: int) -> None:
+        """The translation depended on these bits of the packet's field f."""
+        if f == "nw_ttl" and self.ttl_changed and bits:
+            bits = FULL[f]  # the packet's TTL went through a decrement: all of it matters
+        self.wc[f] |= bits & ~self.set_bits[f]
+
+    def set(self, f: str, value: int, mask: int) -> None:
+        self.flow[f] = (self.flow[f] & ~mask) | (value & mask)
+        self.set_bits[f] |= mask
+        self.dirty.add(f)
+
+    # --- the pipeline --------------------------------------------------------------------------------
+
+    def run_table(self, tid: int, in_port: int | None = None) -> None:
+        if self.depth >= MAX_RESUBMIT_DEPTH:
+            self.error = f"went deeper than {MAX_RESUBMIT_DEPTH} resubmits"
+            return
+        while True:
+            table = self.tables.tables[tid]
+            look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
+            scratch = {f: 0 for f in FIELDS}
+            rule = table.lookup(look, scratch)
+            for f, m in scratch.items():
+                if m and not (f == "in_port" and in_port is not None):
+                    self.consult(f, m)
+            step = TraceStep(self.depth, tid, rule)
+            self.steps.append(step)
+            if rule is None:
+                if table.miss == "continue":
+                    step.notes.append(f"table-miss: continue to table {tid + 1}")
+                    tid += 1
+                    in_port = None
+                    continue
+                if table.miss == "controller":
+                    step.notes.append("table-miss: controller")
+                    self.controller = True
+                else:
+                    step.notes.append("table-miss: drop")
+                return
+            self.rules.append(rule)
+            nxt = self.do_actions(rule.actions, step, tid)
+            if nxt is None:
+                return
+            tid, in_port = nxt, None
+
+    def do_actions(self, actions: list[of.OfAction], step: TraceStep, tid: int) -> int | None:
+        """Run a rule's actions; returns the goto_table target, if any."""
+        for a in actions:
+            if self.error:
+                return None
+            step.notes.append(str(a))
+            if isinstance(a, of.GotoTable):
+                return a.table
+            if isinstance(a, of.Resubmit):
+                self.depth += 1
+                self.run_table(tid if a.table is None else a.table, a.port)
+                self.depth -= 1
+            else:
+                note = self.do_action(a)
+                if note:
+                    step.notes.append(f"    -> {note}")
+        return None
+
+    def do_action(self, a: of.OfAction) -> str:
+        fl = self.flow
+        in_port = self.orig["in_port"]
+        if isinstance(a, of.Output):
+            if a.port == in_port:
+                return "skipped: output to the input port is dropped (use in_port)"
+            if self.ports is not None and a.port not in self.ports:
+                return f"skipped: no port {a.port}"
+            self.commit()
+            self.actions.append(dpif.Output(a.port))
+        elif isinstance(a, of.InPort):
+            self.commit()
+            self.actions.append(dpif.Output(in_port))
+        elif isinstance(a, of.Flood):
+            self.commit()
+            self.actions.append(dpif.Flood())
+        elif isinstance(a, of.Controller):
+            self.controller = True
+            return "counted as a drop (reason controller) until the OpenFlow channel exists"
+        elif isinstance(a, of.DecTtl):
+            if fl["dl_type"] not in (ETH_P_IP, ETH_P_IPV6):
+                return "skipped: not IP"
+            self.commit()
+            self.actions.append(dpif.DecTtl())
+            self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
+            self.base["nw_ttl"] = self.flow["nw_ttl"]
+            self.ttl_changed = True
+            return "the datapath drops the packet if its TTL is 1 or 0"
+        elif isinstance(a, of.PushVlan):
+            self.consult("vlan_tci", VLAN_CFI)
+            if fl["vlan_tci"] & VLAN_CFI:
+                self.error = "pushes a second VLAN tag (double tagging is not supported)"
+                return self.error
+            self.vlan_tpid = a.tpid
+            self.set("vlan_tci", VLAN_CFI, 0xFFFF)
+        elif isinstance(a, of.StripVlan):
+            self.consult("vlan_tci", VLAN_CFI)
+            if not fl["vlan_tci"] & VLAN_CFI:
+                return "skipped: no VLAN tag"
+            self.set("vlan_tci", 0, 0xFFFF)
+        elif isinstance(a, of.SetField):
+            return self.set_field(a)
+        return ""
+
+    def set_field(self, a: of.SetField) -> str:
+        fl = self.flow
+        f = a.field
+        dl_type = fl["dl_type"]
+        if f == "vlan_tci":
+            self.consult("vlan_tci", VLAN_CFI)
+            if not fl["vlan_tci"] & VLAN_CFI:
+                # OpenFlow 1.0's mod_vlan_vid/pcp on an untagged packet pushes a tag
+                self.set("vlan_tci", VLAN_CFI | (a.value & a.mask), 0xFFFF)
+                return "pushes a tag: the packet had none"
+            self.set(f, a.value, a.mask)
+            return ""
+        if f in ("nw_src", "nw_dst") and dl_type != ETH_P_IP:
+            return "skipped: not IPv4"
+        if f in ("ipv6_src", "ipv6_dst") and dl_type != ETH_P_IPV6:
+            return "skipped: not IPv6"
+        if f == "nw_tos" and dl_type not in (ETH_P_IP, ETH_P_IPV6):
+            return "skipped: not IP"
+        if f in ("tp_src", "tp_dst"):
+            if dl_type not in (ETH_P_IP, ETH_P_IPV6):
+                return "skipped: not IP"
+            self.consult("nw_proto", 0xFF)
+            self.consult("nw_frag", 2)
+            if fl["nw_proto"] not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) or fl["nw_frag"] & 2:
+                return "skipped: no TCP, UDP or SCTP header"
+        self.set(f, a.value, a.mask)
+        return ""
+
+    # --- datapath actions ------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Datapath set actions for the fields actions wrote since the last commit (OVS:
+        commit_odp_actions). A written field is rewritten even when the value happens to be the packet's
+        own, so the actions never depend on the packet's value of a field they set."""
+        fl, base, out, dirty = self.flow, self.base, self.actions, self.dirty
+        for f, act in (("dl_src", dpif.SetEthSrc), ("dl_dst", dpif.SetEthDst)):
+            if f in dirty:
+                out.append(act(mac_str(fl[f].to_bytes(6, "big"))))
+        if "vlan_tci" in dirty:
+            tci, was_tagged = fl["vlan_tci"], base["vlan_tci"] & VLAN_CFI
+            if not tci & VLAN_CFI:
+                if was_tagged:
+                    out.append(dpif.PopVlan())
+            else:
+                self.consult("vlan_tci", 0xE000)  # SetVlan/PushVlan write the PCP too
+                out.append(dpif.SetVlan(tci & 0x0FFF, tci >> 13) if was_tagged
+                           else dpif.PushVlan(tci & 0x0FFF, tci >> 13, self.vlan_tpid))
+        for f, act4 in (("nw_src", dpif.SetIpv4Src), ("nw_dst", dpif.SetIpv4Dst)):
+            if f in dirty:
+                out.append(act4(str(ipaddress.IPv4Address(fl[f]))))
+        for f, act6 in (("ipv6_src", dpif.SetIpv6Src), ("ipv6_dst", dpif.SetIpv6Dst)):
+            if f in dirty:
+                out.append(act6(str(ipaddress.IPv6Address(fl[f]))))
+        if "nw_tos" in dirty:
+            out.append(dpif.SetDscp(fl["nw_tos"] >> 2))
+        for f, actp in (("tp_src", dpif.SetTpSrc), ("tp_dst", dpif.SetTpDst)):
+            if f in dirty:
+                out.append(actp(fl[f]))
+        self.base = dict(fl)
+        dirty.clear()
+
+    def finish(self) -> Translation:
+        acts = self.actions
+        outputs = [a for a in acts if isinstance(a, dpif.Output | dpif.Flood)]
+        if self.error:
+            acts = [dpif.Drop(dpif.DropReason.UNSUPPORTED)]
+        elif not outputs:
+            acts = [dpif.Drop(dpif.DropReason.CONTROLLER if self.controller else 0)]
+        else:
+            if any(isinstance(a, dpif.Flood) for a in outputs):
+                # flood reaches every port but the ingress: explicit outputs to other ports add nothing
+                # when no change was made between them
+                first = acts.index(next(a for a in acts if isinstance(a, dpif.Output | dpif.Flood)))
+                tail = acts[first:]
+                if all(isinstance(a, dpif.Flood) or (isinstance(a, dpif.Output) and a.port != self.orig["in_port"])
+                       for a in tail):
+                    acts = acts[:first] + [dpif.Flood()]
+            # anything after the last output changes nothing that leaves
+            last = max(i for i, a in enumerate(acts) if isinstance(a, dpif.Output | dpif.Flood))
+            acts = acts[: last + 1]
+            if self.controller:
+                acts = acts + [dpif.Controller()]
+        if self.orig["nw_proto"] in (IPPROTO_ICMP, IPPROTO_ICMPV6) and self.orig["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
+            # ICMP type and code are 8 bits: the high bytes of tp_src/tp_dst are always zero (OVS does this too)
+            self.wc["tp_src"] &= 0xFF
+            self.wc["tp_dst"] &= 0xFF
+        if self.orig["dl_type"] not in (ETH_P_IP, ETH_P_IPV6) or (
+                self.wc["nw_proto"] == 0xFF and self.orig["nw_proto"] != IPPROTO_TCP):
+            # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
+            self.wc["tcp_flags"] = 0
+        slow = _slow_reason(acts)
+        return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.controller)
+
+
+def _slow_reason(acts: list[dpif.Action]) -> str:
+    """Why the fast path cannot run acts ("" if it can): it changes a packet, then emits it once."""
+    seen_out = False
+    for a in acts:
+        if isinstance(a, dpif.Output | dpif.Flood):
+            seen_out = True
+        elif isinstance(a, dpif.Controller) and seen_out:
+            return "sends to the controller as well as to ports"
+        elif seen_out:
+            return "changes the packet between two outputs"
+    outs = [a for a in acts if isinstance(a, dpif.Output | dpif.Flood)]
+    if any(isinstance(a, dpif.Flood) for a in outs) and len(outs) > 1:
+        return "floods and outputs with changes in between"
+    return ""
+
+
+def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None) -> Translation:
+    """Run flow through the pipeline from table 0. ports: the switch's port numbers (outputs elsewhere
+    are skipped); None skips that check."""
+    ctx = _Ctx(tables, flow, ports)
+    ctx.run_table(0)
+    return ctx.finish()
