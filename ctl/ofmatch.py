@@ -514,8 +514,8 @@ def format_match(match: Match, priority: int | None = None) -> str:
         out.append(f"nw_ttl={_fmt_int(*f.pop('nw_ttl'), 0xFF)}")
     if "nw_frag" in f:
         v, m = f.pop("nw_frag")
-        name = _frag_name(v, m)
-        out.append(f"nw_frag={name}" if name else f"nw_frag={v:#x}/{m:#x}")
+        frag = _frag_name(v, m)
+        out.append(f"nw_frag={frag}" if frag else f"nw_frag={v:#x}/{m:#x}")
     icmp = proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
     v6 = "v6" if proto == IPPROTO_ICMPV6 else ""
     for name, label in (("tp_src", f"icmp{v6}_type" if icmp else "tp_src"),
