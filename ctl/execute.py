@@ -1,0 +1,252 @@
+"""Datapath actions run in user space on one frame (OVS: odp-execute), for upcalls and slow-path flows.
+
+The same actions and the same checksum arithmetic as ``xdp/actions.h`` (incremental RFC 1624 updates),
+so a packet leaves identically whichever side ran its actions; ``tests/unit/test_execute.py`` runs the
+fast path's own action table through this module. Unlike the fast path, the executor emits the packet at
+every output as it is at that point, so changes between outputs work here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ctl import dpif
+from ctl.dpif import DropReason
+from ctl.flowkey import IPV6_EXT_HEADERS, IPV6_MAX_EXT, mac_bytes
+
+FLOOD = -1  # the port of a flooded emission
+
+
+@dataclass
+class Result:
+    emits: list[tuple[int, bytes]] = field(default_factory=list)  # (port or FLOOD, frame)
+    drop: int = 0               # a DropReason when the packet was dropped (no emission after it)
+    controller: bool = False
+
+
+class _Pkt:
+    def __init__(self, frame: bytes) -> None:
+        self.b = bytearray(frame)
+        self.tagged = False
+        self.dl_type = 0
+        self.l3 = 0
+        self.l4 = 0
+        self.proto = 0
+        self.layout()
+
+    def layout(self) -> None:
+        """Offsets as xdp/parser.h finds them: l3 and l4 are 0 when the header is absent or cut short."""
+        b = self.b
+        self.l3 = self.l4 = self.proto = 0
+        if len(b) < 14:
+            return
+        t = struct.unpack_from("!H", b, 12)[0]
+        off = 14
+        self.tagged = t == 0x8100
+        if self.tagged:
+            if len(b) < 18:
+                return
+            t = struct.unpack_from("!H", b, 16)[0]
+            off = 18
+        self.dl_type = t
+        if t == 0x0800 and len(b) - off >= 20:
+            ihl = (b[off] & 0x0F) * 4
+            tot = struct.unpack_from("!H", b, off + 2)[0]
+            if b[off] >> 4 != 4 or ihl < 20 or tot < ihl or off + tot > len(b):
+                return
+            self.l3 = off
+            self.proto = b[off + 9]
+            if struct.unpack_from("!H", b, off + 6)[0] & 0x1FFF:
+                return
+            self._l4(off + ihl, ipv6=False)
+        elif t == 0x86DD and len(b) - off >= 40:
+            if b[off] >> 4 != 6 or off + 40 + struct.unpack_from("!H", b, off + 4)[0] > len(b):
+                return
+            self.l3 = off
+            nh, p = b[off + 6], off + 40
+            for _ in range(IPV6_MAX_EXT):
+                if nh not in IPV6_EXT_HEADERS or len(b) - p < 8:
+                    break
+                if nh == 44:
+                    if struct.unpack_from("!H", b, p + 2)[0] & 0xFFF8:
+                        self.proto = b[p]
+                        return
+                    nh, p = b[p], p + 8
+                else:
+                    ln = (b[p + 1] + 2) * 4 if nh == 51 else (b[p + 1] + 1) * 8
+                    nh, p = b[p], p + ln
+            self.proto = nh
+            if nh not in IPV6_EXT_HEADERS:
+                self._l4(p, ipv6=True)
+
+    def _l4(self, off: int, ipv6: bool) -> None:
+        rest, p = len(self.b) - off, self.proto
+        need = {6: 20, 17: 8, 132: 12}.get(p, 8 if (p == 1 and not ipv6) or (p == 58 and ipv6) else 0)
+        if not need or rest < need:
+            return
+        if p == 6:
+            doff = (self.b[off + 12] >> 4) * 4
+            if doff < 20 or doff > rest:
+                return
+        self.l4 = off
+
+    def u16(self, off: int) -> int:
+        return int(struct.unpack_from("!H", self.b, off)[0])
+
+    def put16(self, off: int, v: int) -> None:
+        struct.pack_into("!H", self.b, off, v & 0xFFFF)
+
+
+def _diff16(old: int, new: int) -> int:
+    return (~old & 0xFFFF) + new
+
+
+def _diff_bytes(old: bytes, new: bytes) -> int:
+    return sum(_diff16(int.from_bytes(old[i : i + 2], "big"), int.from_bytes(new[i : i + 2], "big"))
+               for i in range(0, len(old), 2))
+
+
+def _apply(csum: int, diff: int) -> int:
+    s = (~csum & 0xFFFF) + diff
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _l4_fix(p: _Pkt, diff: int) -> None:
+    if not p.l4:
+        return
+    if p.proto == 6:
+        p.put16(p.l4 + 16, _apply(p.u16(p.l4 + 16), diff))
+    elif p.proto == 17:
+        c = p.u16(p.l4 + 6)
+        if c or p.dl_type == 0x86DD:
+            c = _apply(c, diff)
+            p.put16(p.l4 + 6, c or 0xFFFF)
+    elif p.proto == 58 and p.dl_type == 0x86DD:
+        p.put16(p.l4 + 2, _apply(p.u16(p.l4 + 2), diff))
+
+
+def _set_ipv4(p: _Pkt, off: int, addr: str) -> int:
+    if p.dl_type != 0x0800 or not p.l3:
+        return DropReason.BAD_ACTION
+    new = ipaddress.IPv4Address(addr).packed
+    old = bytes(p.b[p.l3 + off : p.l3 + off + 4])
+    diff = _diff_bytes(old, new)
+    p.b[p.l3 + off : p.l3 + off + 4] = new
+    p.put16(p.l3 + 10, _apply(p.u16(p.l3 + 10), diff))
+    _l4_fix(p, diff)
+    return 0
+
+
+def _set_ipv6(p: _Pkt, off: int, addr: str) -> int:
+    if p.dl_type != 0x86DD or not p.l3:
+        return DropReason.BAD_ACTION
+    new = ipaddress.IPv6Address(addr).packed
+    old = bytes(p.b[p.l3 + off : p.l3 + off + 16])
+    p.b[p.l3 + off : p.l3 + off + 16] = new
+    _l4_fix(p, _diff_bytes(old, new))
+    return 0
+
+
+def _set_tp(p: _Pkt, off: int, port: int) -> int:
+    if not p.l4:
+        return DropReason.BAD_ACTION
+    if p.proto == 132:
+        return DropReason.UNSUPPORTED
+    if p.proto not in (6, 17):
+        return DropReason.BAD_ACTION
+    old = p.u16(p.l4 + off)
+    p.put16(p.l4 + off, port)
+    _l4_fix(p, _diff16(old, port))
+    return 0
+
+
+def _one(p: _Pkt, a: dpif.Action) -> int:
+    """Apply one modification; a DropReason (non-zero) when it cannot."""
+    b = p.b
+    if isinstance(a, dpif.SetEthSrc | dpif.SetEthDst):
+        if len(b) < 14:
+            return DropReason.BAD_ACTION
+        off = 6 if isinstance(a, dpif.SetEthSrc) else 0
+        b[off : off + 6] = mac_bytes(a.mac)
+    elif isinstance(a, dpif.PushVlan):
+        if len(b) < 14:
+            return DropReason.BAD_ACTION
+        b[12:12] = struct.pack("!HH", a.tpid, (a.pcp << 13) | a.vid)
+        p.layout()
+        p.tagged = True
+    elif isinstance(a, dpif.PopVlan):
+        if len(b) < 18 or not p.tagged:
+            return DropReason.BAD_ACTION
+        del b[12:16]
+        p.layout()
+    elif isinstance(a, dpif.SetVlan):
+        if len(b) < 18 or not p.tagged:
+            return DropReason.BAD_ACTION
+        p.put16(14, (a.pcp << 13) | a.vid)
+    elif isinstance(a, dpif.SetIpv4Src | dpif.SetIpv4Dst):
+        return _set_ipv4(p, 12 if isinstance(a, dpif.SetIpv4Src) else 16, a.addr)
+    elif isinstance(a, dpif.SetIpv6Src | dpif.SetIpv6Dst):
+        return _set_ipv6(p, 8 if isinstance(a, dpif.SetIpv6Src) else 24, a.addr)
+    elif isinstance(a, dpif.SetTpSrc | dpif.SetTpDst):
+        return _set_tp(p, 0 if isinstance(a, dpif.SetTpSrc) else 2, a.port)
+    elif isinstance(a, dpif.SetDscp):
+        if p.dl_type == 0x0800 and p.l3:
+            old = p.u16(p.l3)
+            b[p.l3 + 1] = (a.dscp << 2) | (b[p.l3 + 1] & 3)
+            p.put16(p.l3 + 10, _apply(p.u16(p.l3 + 10), _diff16(old, p.u16(p.l3))))
+        elif p.dl_type == 0x86DD and p.l3:
+            tc = ((b[p.l3] & 0x0F) << 4) | (b[p.l3 + 1] >> 4)
+            tc = (a.dscp << 2) | (tc & 3)
+            b[p.l3] = (b[p.l3] & 0xF0) | (tc >> 4)
+            b[p.l3 + 1] = (b[p.l3 + 1] & 0x0F) | ((tc << 4) & 0xF0)
+        else:
+            return DropReason.BAD_ACTION
+    elif isinstance(a, dpif.DecTtl):
+        if p.dl_type == 0x0800 and p.l3:
+            if b[p.l3 + 8] <= 1:
+                return DropReason.TTL_EXPIRED
+            old = p.u16(p.l3 + 8)
+            b[p.l3 + 8] -= 1
+            p.put16(p.l3 + 10, _apply(p.u16(p.l3 + 10), _diff16(old, p.u16(p.l3 + 8))))
+        elif p.dl_type == 0x86DD and p.l3:
+            if b[p.l3 + 7] <= 1:
+                return DropReason.TTL_EXPIRED
+            b[p.l3 + 7] -= 1
+        else:
+            return DropReason.BAD_ACTION
+    else:
+        return DropReason.BAD_ACTION
+    return 0
+
+
+def execute(frame: bytes, actions: Sequence[dpif.Action]) -> Result:
+    """Run actions on frame. Outputs emit the frame as it is at that point; a failing action or an
+    explicit drop ends the run (emissions before it stand). No outputs at all is a drop (reason ACTION)."""
+    p = _Pkt(frame)
+    res = Result()
+    for a in actions:
+        if isinstance(a, dpif.Output):
+            res.emits.append((a.port, bytes(p.b)))
+        elif isinstance(a, dpif.Flood):
+            res.emits.append((FLOOD, bytes(p.b)))
+        elif isinstance(a, dpif.Controller):
+            res.controller = True
+        elif isinstance(a, dpif.Drop):
+            res.drop = a.reason or DropReason.ACTION
+            return res
+        elif isinstance(a, dpif.Upcall):
+            res.drop = DropReason.BAD_ACTION
+            return res
+        else:
+            r = _one(p, a)
+            if r:
+                res.drop = r
+                return res
+    if not res.emits:
+        res.drop = DropReason.CONTROLLER if res.controller else DropReason.ACTION
+    return res
