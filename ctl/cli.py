@@ -1,12 +1,17 @@
 """The xdpswitch command line: one typer app whose sub-commands mirror the OVS tools.
 
+    xdpswitch start --port IF[=N] ... [--flows FILE]   the switch, in the foreground
+    xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
+    xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
+    xdpswitch upcall show                               (ovs-appctl upcall/show)
+    xdpswitch dpctl show|dump-flows                     (ovs-appctl dpctl/*)
+    xdpswitch stats                                     (ovs-appctl dpif-netdev/pmd-stats-show)
     xdpswitch demo
-    xdpswitch dpctl show        [--name NAME] [--format text|json]
-    xdpswitch dpctl dump-flows  [--name NAME] [--format text|json]
-    xdpswitch stats             [--name NAME] [--format text|json]
 
-dpctl and stats open a running datapath's pinned maps by its name (default "xdpswitch"). Errors go to
-stderr with a non-zero exit, never a traceback.
+ofctl, trace and upcall talk to the running daemon over its control socket; dpctl and stats open the
+datapath's pinned maps directly, so they work even while the daemon restarts. Every command takes
+--name (default "xdpswitch"); every dump takes --format json. Errors go to stderr with a non-zero exit,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -30,6 +35,11 @@ app = typer.Typer(help="An Open vSwitch-style switch with an XDP fast path.", no
 dpctl = typer.Typer(help="The datapath: ports, megaflows (like ovs-dpctl / ovs-appctl dpctl/*).",
                     no_args_is_help=True)
 app.add_typer(dpctl, name="dpctl")
+ofctl = typer.Typer(help="OpenFlow tables in ovs-ofctl syntax (like ovs-ofctl).", no_args_is_help=True)
+app.add_typer(ofctl, name="ofctl")
+upcall = typer.Typer(help="The upcall path: handlers, ukeys, counters (like ovs-appctl upcall/*).",
+                     no_args_is_help=True)
+app.add_typer(upcall, name="upcall")
 out = Console()
 err = Console(stderr=True)
 
@@ -91,12 +101,22 @@ def dump_flows(dp: Datapath, fmt: Format = Format.text) -> None:
 
 def show_stats(dp: Datapath, fmt: Format = Format.text) -> None:
     st = dp.stats()
-    rows = {
+    rows: dict[str, object] = {
         "packets received": st.packets, "emc hits": st.emc_hits, "megaflow hits": st.megaflow_hits,
         "avg. subtable lookups per megaflow hit": round(st.avg_subtable_lookups, 2),
-        "mask hint hits": st.hint_hits, "miss with success upcall": st.misses,
-        "lost": st.lost, "emc inserts": st.emc_inserts,
+        "mask hint hits": st.hint_hits,
     }
+    try:
+        from ctl.daemon import ControlError, request
+
+        up = request(dp.name, "upcall-show", timeout=5)
+        rows["miss with success upcall"] = up["ok"]
+        rows["miss with failed upcall"] = up["failed"]
+        rows["lost"] = st.lost + up["socket_drops"]
+    except (ControlError, OSError):
+        rows["miss (sent to user space)"] = st.misses  # no daemon to say how the upcalls went
+        rows["lost"] = st.lost
+    rows["emc inserts"] = st.emc_inserts
     if fmt == Format.json:
         out.print_json(json.dumps({**rows, "drops": st.drops}))
         return
@@ -137,6 +157,185 @@ def stats(name: str = NAME, fmt: Format = FORMAT) -> None:
     """
     with _open(name) as dp:
         show_stats(dp, fmt)
+
+
+def _fail(msg: str) -> typer.Exit:
+    err.print(f"xdpswitch: {msg}", highlight=False, markup=False)
+    return typer.Exit(1)
+
+
+def _request(name: str, cmd: str, **args: Any) -> Any:
+    from ctl.daemon import ControlError, request
+    from ctl.ofmatch import FlowSyntaxError
+
+    try:
+        return request(name, cmd, **args)
+    except FlowSyntaxError as e:
+        raise _fail(str(e)) from None
+    except ControlError as e:
+        raise _fail(str(e)) from None
+
+
+@app.command("start")
+def start(
+    port: list[str] = typer.Option(..., "--port", "-p",
+                                   help="IF or IF=N; repeat for each port (numbers 1..N in order)."),
+    flows: str = typer.Option(None, "--flows", help="Replace the saved OpenFlow tables with this add-flows file."),
+    name: str = NAME,
+    state_dir: str = typer.Option("/var/lib/xdpswitch", "--state-dir", help="Where NAME/flows.json is kept."),
+    flow_limit: int = typer.Option(200000, "--flow-limit", help="Megaflows installed at most (OVS's flow-limit)."),
+    handlers: int = typer.Option(1, "--handlers", help="Upcall handler threads."),
+    mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
+    emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
+                                            help="Insert into the EMC on 1 in N megaflow hits (0: never)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
+) -> None:
+    """Run the switch in the foreground until SIGTERM or Ctrl-C (then every port is detached).
+
+    Needs root. The OpenFlow tables persist in STATE_DIR/NAME/flows.json across restarts.
+
+    Example: sudo xdpswitch start --port veth1 --port veth2 --flows my.flows
+    """
+    from pathlib import Path
+
+    from ctl.daemon import Switch, parse_ports
+    from ctl.datapath import DatapathConfig, DatapathError
+    from ctl.ofmatch import FlowSyntaxError
+
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        specs = parse_ports(port)
+        if handlers < 1 or flow_limit < 0:
+            raise ValueError("--handlers must be at least 1 and --flow-limit at least 0")
+        sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
+                    flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
+                    say=lambda m: out.print(m, highlight=False, markup=False))
+        sw.start()
+    except FlowSyntaxError as e:
+        raise _fail(str(e)) from None
+    except (ValueError, DatapathError, OSError) as e:
+        raise _fail(str(e)) from None
+    try:
+        sw.run()
+    finally:
+        sw.shutdown()
+
+
+@ofctl.command("add-flow")
+def ofctl_add_flow(flow: str = typer.Argument(..., help="A flow in ovs-ofctl syntax."), name: str = NAME) -> None:
+    """Add one flow (a flow with the same table, match and priority is replaced).
+
+    Example: xdpswitch ofctl add-flow "table=0,priority=100,ip,nw_dst=10.0.0.2,actions=output:2"
+    """
+    _request(name, "add-flows", flows=[flow])
+
+
+@ofctl.command("add-flows")
+def ofctl_add_flows(file: str = typer.Argument(..., help="One flow per line; # comments; - for stdin."),
+                    name: str = NAME) -> None:
+    """Add every flow of a file, all or none.
+
+    Example: xdpswitch ofctl add-flows my.flows
+    """
+    import sys
+
+    from ctl.ofmatch import FlowSyntaxError
+    from ctl.openflow_tables import parse_flows_file
+
+    try:
+        text = sys.stdin.read() if file == "-" else open(file).read()
+        parse_flows_file(text)  # errors with the line number before anything is sent
+    except FlowSyntaxError as e:
+        raise _fail(f"{file}: {e}") from None
+    except OSError as e:
+        raise _fail(f"{file}: {e.strerror}") from None
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
+    _request(name, "add-flows", flows=lines)
+
+
+@ofctl.command("del-flows")
+def ofctl_del_flows(flow: str = typer.Argument("", help="A match (no actions); empty: every flow."),
+                    strict: bool = typer.Option(False, "--strict", help="Same match and priority only."),
+                    name: str = NAME) -> None:
+    """Delete the flows a match covers (with --strict: exactly that match and priority).
+
+    Example: xdpswitch ofctl del-flows "table=0,ip,nw_dst=10.0.0.0/8"
+    """
+    _request(name, "del-flows", filter=flow, strict=strict)
+
+
+@ofctl.command("dump-flows")
+def ofctl_dump_flows(flow: str = typer.Argument("", help="A match to filter by (no actions)."),
+                     strict: bool = typer.Option(False, "--strict"), name: str = NAME,
+                     fmt: Format = FORMAT) -> None:
+    """Every flow with its cookie, duration, table, counters, priority, match and actions (as ovs-ofctl).
+
+    Example: xdpswitch ofctl dump-flows "table=1" --format json
+    """
+    rules = _request(name, "dump-flows", filter=flow, strict=strict)
+    assert isinstance(rules, list)
+    if fmt == Format.json:
+        out.print_json(json.dumps([{k: v for k, v in r.items() if k != "line"} for r in rules]))
+        return
+    for r in rules:
+        out.print(r["line"], highlight=False, markup=False, soft_wrap=True)
+
+
+@ofctl.command("mod-table")
+def ofctl_mod_table(table: int = typer.Argument(..., help="Table 0..254."),
+                    miss: str = typer.Argument(..., help="drop (default), continue (next table) or controller."),
+                    name: str = NAME) -> None:
+    """Set what a table does with a packet no rule matches (OpenFlow 1.1's table-miss config).
+
+    Example: xdpswitch ofctl mod-table 0 continue
+    """
+    _request(name, "mod-table", table=table, miss=miss)
+
+
+@app.command("trace")
+def trace(flow: str = typer.Argument(..., help="A packet in match syntax: in_port=1,tcp,nw_dst=10.0.0.2,tp_dst=80"),
+          name: str = NAME, fmt: Format = FORMAT) -> None:
+    """Follow a packet through the OpenFlow tables: every table, the rule matched, the final actions and
+    the megaflow that would be installed (like `ovs-appctl ofproto/trace`).
+
+    Example: xdpswitch trace "in_port=1,icmp,nw_src=10.0.0.1,nw_dst=10.0.0.2"
+    """
+    res = _request(name, "trace", flow=flow)
+    assert isinstance(res, dict)
+    if fmt == Format.json:
+        out.print_json(json.dumps({k: v for k, v in res.items() if k != "text"}))
+        return
+    out.print(res["text"], highlight=False, markup=False, soft_wrap=True)
+
+
+@upcall.command("show")
+def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
+    """Handlers, flows against the flow-limit, and the upcall counters (like `ovs-appctl upcall/show`).
+
+    Example: xdpswitch upcall show --format json
+    """
+    st = _request(name, "upcall-show")
+    assert isinstance(st, dict)
+    if fmt == Format.json:
+        out.print_json(json.dumps(st))
+        return
+    lines = [
+        f"{st['name']}:",
+        f"  flows         : (current {st['flows']}) (limit {st['flow_limit']}) (ukeys {st['ukeys']})",
+        f"  handlers      : {st['handlers']} (restarted {st['handler_restarts']} times)",
+        f"  upcalls       : received {st['received']}, ok {st['ok']}, failed {st['failed']}, "
+        f"lost {st['fast_path_lost'] + st['socket_drops']}",
+        "  reasons       : " + ", ".join(f"{k} {v}" for k, v in st["by_reason"].items()),
+        f"  megaflows     : installed {st['installed']} (slow path {st['slow_path']}), existing {st['existing']}, "
+        f"over flow-limit {st['over_flow_limit']}, install failed {st['install_failed']}, "
+        f"flushes {st['flushes']}",
+        f"  transmitted   : {st['tx_packets']} (dropped {st['tx_dropped']})",
+        f"  controller    : {st['controller']} (dropped: no OpenFlow channel yet)",
+    ]
+    if st["drops"]:
+        lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
+    out.print("\n".join(lines), highlight=False, markup=False)
 
 
 @app.command("demo")

@@ -415,6 +415,11 @@ class Datapath:
                 packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
         return out
 
+    def flow_stats(self, idx: int) -> tuple[int, int, int]:
+        """(packets, bytes, last used ns) of megaflow slot idx, summed over CPUs. A deleted megaflow's
+        totals stay readable until its slot is reused (oldest freed first, long after)."""
+        return self._flow_stats(idx)
+
     @property
     def n_flows(self) -> int:
         return len(self._flows)

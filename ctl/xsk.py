@@ -1,28 +1,35 @@
-"""A pure-Python AF_XDP socket (receive side), as measured in shared/FACTS.md: no package needed.
+"""A pure-Python AF_XDP socket (receive and transmit), as measured in shared/FACTS.md: no package needed.
 
 Setup order matters: socket, UMEM_REG, ring sizes, XDP_MMAP_OFFSETS, mmap the rings, then bind (through
 libc: Python's bind rejects family 44) with XDP_COPY | XDP_USE_NEED_WAKEUP (veth has no zero-copy).
 Ring work is done per batch: read the producer once, handle every descriptor, write the consumer once.
 The fast path writes ``struct upcall_meta`` just before each frame (bpf_xdp_adjust_meta); AF_XDP copies
 it into the UMEM in front of the frame, where ``recv()`` reads it.
+
+``send()`` transmits frames out of the bound device (copy mode: inside the ``sendto`` kick, at most 32
+per call, EAGAIN meaning "call again"); sent frames return to the free list through the completion ring.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import select
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 AF_XDP = 44
 SOL_XDP = 283
 XDP_MMAP_OFFSETS, XDP_RX_RING, XDP_TX_RING, XDP_UMEM_REG = 1, 2, 3, 4
-XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING = 5, 6
+XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_STATISTICS = 5, 6, 7
 XDP_PGOFF_RX_RING = 0
+XDP_PGOFF_TX_RING = 0x80000000
 XDP_UMEM_PGOFF_FILL_RING = 0x100000000
+XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000
 XDP_COPY = 1 << 1
 XDP_USE_NEED_WAKEUP = 1 << 3
 UPCALL_META = struct.Struct("<HHI")  # struct upcall_meta: reason, in_port, hash
@@ -57,7 +64,8 @@ class Upcall:
 
 
 class XskSocket:
-    """An AF_XDP socket bound to (ifname, queue) in copy mode, receiving upcalls."""
+    """An AF_XDP socket bound to (ifname, queue) in copy mode: receives upcalls, transmits frames.
+    ``send()`` may be called from several threads; ``recv()`` from one."""
 
     def __init__(self, ifname: str, queue: int = 0, frames: int = 4096, frame_size: int = 2048,
                  ring_size: int = 2048) -> None:
@@ -70,12 +78,21 @@ class XskSocket:
         addr = ctypes.addressof(ctypes.c_char.from_buffer(self.umem))
         reg = struct.pack("<QQIIII", addr, frames * frame_size, frame_size, 0, 0, 0)
         self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
-        for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING):
+        for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
             self.sock.setsockopt(SOL_XDP, opt, struct.pack("<I", ring_size))
         off = struct.unpack("<16Q", self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, 128))
         self.rx = _Ring(fd, XDP_PGOFF_RX_RING, off[0:4], ring_size, 16)
+        self.tx = _Ring(fd, XDP_PGOFF_TX_RING, off[4:8], ring_size, 16)
         self.fill = _Ring(fd, XDP_UMEM_PGOFF_FILL_RING, off[8:12], ring_size, 8)
-        self._free = list(range(0, frames * frame_size, frame_size))
+        self.comp = _Ring(fd, XDP_UMEM_PGOFF_COMPLETION_RING, off[12:16], ring_size, 8)
+        all_frames = list(range(0, frames * frame_size, frame_size))
+        # receive frames feed the fill ring; transmit frames are kept apart so sending never starves receiving
+        n_tx = max(1, (frames - ring_size) // 2)
+        self._free = all_frames[n_tx:]
+        self._tx_free = all_frames[:n_tx]
+        self._tx_lock = threading.Lock()
+        self.tx_sent = 0
+        self.tx_dropped = 0
         self._refill()
         sxdp = struct.pack("<HHIII", AF_XDP, XDP_COPY | XDP_USE_NEED_WAKEUP, socket.if_nametoindex(ifname),
                            queue, 0)
@@ -86,6 +103,15 @@ class XskSocket:
             raise OSError(err, f"binding AF_XDP to {ifname} queue {queue}: {os.strerror(err)}")
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
+
+    def stats(self) -> dict[str, int]:
+        """The kernel's counters for this socket (XDP_STATISTICS): rx_dropped and rx_ring_full are
+        upcalls the fast path redirected here that never reached the ring."""
+        raw = self.sock.getsockopt(SOL_XDP, XDP_STATISTICS, 48)
+        names = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full", "rx_fill_ring_empty_descs",
+                 "tx_ring_empty_descs")
+        vals = struct.unpack("<6Q", raw.ljust(48, b"\0"))
+        return dict(zip(names, vals, strict=True))
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -117,8 +143,51 @@ class XskSocket:
         self._refill()
         return out
 
+    def _reap(self) -> None:
+        """Take transmitted frames back from the completion ring."""
+        ring = self.comp
+        cons, prod = ring.consumer.value, ring.producer.value
+        n = (prod - cons) % (1 << 32)
+        for i in range(n):
+            self._tx_free.append(struct.unpack_from("<Q", ring.map, ring.desc + ((cons + i) & ring.mask) * 8)[0])
+        ring.consumer.value = (cons + n) % (1 << 32)
+
+    def send(self, frames: list[bytes]) -> int:
+        """Transmit frames out of the bound device; returns how many were queued. Frames that do not fit a
+        UMEM frame, or find no free frame or ring slot, are counted in tx_dropped."""
+        if not frames:
+            return 0
+        with self._tx_lock:
+            self._reap()
+            ring = self.tx
+            prod = ring.producer.value
+            room = ring.mask + 1 - (prod - ring.consumer.value) % (1 << 32)
+            n = 0
+            for f in frames:
+                if n >= room or not self._tx_free or len(f) > self.frame_size:
+                    self.tx_dropped += 1
+                    continue
+                addr = self._tx_free.pop()
+                self.umem[addr : addr + len(f)] = f
+                struct.pack_into("<QII", ring.map, ring.desc + ((prod + n) & ring.mask) * 16, addr, len(f), 0)
+                n += 1
+            ring.producer.value = (prod + n) % (1 << 32)
+            for _ in range(64):  # copy mode sends inside the kick, 32 frames at a time
+                try:
+                    self.sock.send(b"", socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as e:
+                    if e.errno not in (errno.EBUSY, errno.ENOBUFS):
+                        raise
+                if ring.consumer.value == ring.producer.value:
+                    break
+            self._reap()
+            self.tx_sent += n
+            return n
+
     def close(self) -> None:
-        for ring in ("rx", "fill"):
+        for ring in ("rx", "tx", "fill", "comp"):
             if hasattr(self, ring):
                 getattr(self, ring).close()
         self.sock.close()

@@ -11,7 +11,6 @@ from ctl import dpif
 from ctl.execute import FLOOD, execute
 from tests.action_cases import CASES, XDP_REDIRECT, Case
 
-
 # "userspace" is the fast path's way up to the handlers; the executor never runs it
 EXEC_CASES = [c for c in CASES if not any(isinstance(a, dpif.Upcall) for a in c.actions)]
 

@@ -1,0 +1,380 @@
+"""``xdpswitch start``: the switch daemon, in the foreground (systemd-friendly: logs to stderr, stops on
+SIGTERM or SIGINT, detaching every port and saying so).
+
+It loads the fast path, attaches the ports (OpenFlow port numbers 1..N in the order given, or ``IF=N``),
+binds one AF_XDP socket per port and receive queue for upcalls, loads the OpenFlow tables from its state
+file (or from ``--flows``), and runs:
+ - handler threads (``ctl/upcall.py``) reading the upcall sockets; a handler that dies is restarted, and
+   the fast path keeps forwarding what it has cached meanwhile;
+ - a control socket (``/run/xdpswitch/NAME.ctl``, root only) for ``xdpswitch ofctl``, ``trace`` and
+   ``upcall show``: one JSON request per connection;
+ - once a second: the subtables re-ranked by hits (as dpcls does) and megaflow counters credited to rules.
+
+The OpenFlow tables are saved to the state file (atomically) after every change, so a restart comes back
+with the same rules. Megaflows are not kept across a restart yet: the daemon starts with empty caches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctl.datapath import RUN_DIR, Datapath, DatapathConfig, DatapathError
+from ctl.ofmatch import FlowSyntaxError, flow_from_text
+from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
+from ctl.upcall import DEFAULT_FLOW_LIMIT, Udpif
+from ctl.xlate import translate
+from ctl.xsk import XskSocket
+
+log = logging.getLogger("xdpswitch")
+
+STATE_ROOT = Path("/var/lib/xdpswitch")
+MAX_REQUEST = 16 << 20
+
+
+class ControlError(RuntimeError):
+    """A control request failed; the message is for the user."""
+
+
+def control_path(name: str) -> Path:
+    return RUN_DIR / f"{name}.ctl"
+
+
+@dataclass
+class PortSpec:
+    name: str
+    port_no: int
+
+
+def parse_ports(args: list[str]) -> list[PortSpec]:
+    """``IF`` or ``IF=N`` in order: unnumbered ports take the lowest free numbers, starting at 1."""
+    out: list[PortSpec] = []
+    fixed: dict[int, str] = {}
+    for a in args:
+        name, _, num = a.partition("=")
+        if not name:
+            raise ValueError(f"bad port {a!r}: IF or IF=N")
+        if num:
+            if not num.isdigit() or not 0 < int(num) < 0xFF00:
+                raise ValueError(f"bad port number in {a!r}: 1..65279")
+            if int(num) in fixed:
+                raise ValueError(f"port number {num} given twice ({fixed[int(num)]} and {name})")
+            fixed[int(num)] = name
+    n = 1
+    for a in args:
+        name, _, num = a.partition("=")
+        if any(p.name == name for p in out):
+            raise ValueError(f"port {name} given twice")
+        if num:
+            out.append(PortSpec(name, int(num)))
+            continue
+        while n in fixed or any(p.port_no == n for p in out):
+            n += 1
+        out.append(PortSpec(name, n))
+    return out
+
+
+def rx_queues(ifname: str) -> int:
+    try:
+        return max(1, len(list(Path(f"/sys/class/net/{ifname}/queues").glob("rx-*"))))
+    except OSError:
+        return 1
+
+
+class Handler(threading.Thread):
+    """Reads its upcall sockets in batches and hands them to the Udpif (OVS: a handler thread)."""
+
+    def __init__(self, hid: int, udpif: Udpif, sockets: list[XskSocket], stop: threading.Event,
+                 batch: int = 64) -> None:
+        super().__init__(name=f"handler{hid}", daemon=True)
+        self.hid, self.udpif, self.sockets, self.stop, self.batch = hid, udpif, sockets, stop, batch
+
+    def run(self) -> None:
+        poller = select.poll()
+        by_fd = {s.fileno(): s for s in self.sockets}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        while not self.stop.is_set():
+            ready = poller.poll(100)
+            for fd, _ev in ready:
+                ups = by_fd[fd].recv(timeout_ms=0, max_batch=self.batch)
+                if ups:
+                    self.udpif.handle(ups)
+
+
+@dataclass
+class Switch:
+    name: str
+    ports: list[PortSpec]
+    state_file: Path
+    flows_file: Path | None = None
+    flow_limit: int = DEFAULT_FLOW_LIMIT
+    n_handlers: int = 1
+    mode: str = "auto"
+    config: DatapathConfig = field(default_factory=DatapathConfig)
+    say: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.dp: Datapath | None = None
+        self.sockets: dict[tuple[int, int], XskSocket] = {}
+        self.handlers: list[Handler] = []
+        self.handler_restarts = 0
+        self.tables = OpenFlowTables()
+        self.udpif: Udpif | None = None
+        self._ctl: socket.socket | None = None
+        self._ctl_thread: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.state_file.exists():
+            self.tables = OpenFlowTables.load(self.state_file)
+            self.say(f"loaded {len(self.tables)} flows from {self.state_file}")
+        if self.flows_file is not None:
+            specs = parse_flows_file(self.flows_file.read_text())
+            self.tables.clear()
+            self.tables.add_many(specs)
+            self.say(f"loaded {len(specs)} flows from {self.flows_file} (replacing the saved ones)")
+        self.save()
+        self.say(f"loading the fast path for {self.name} (bcc compiles xdp/*.c)")
+        dp = self.dp = Datapath(self.name, self.config)
+        dropped = dp.flush_flows()
+        dp.flush_emc()
+        if dropped:
+            self.say(f"dropped {dropped} megaflows left by an earlier run")
+        try:
+            for spec in self.ports:
+                port = dp.add_port(spec.name, spec.port_no, self.mode)
+                queues = min(rx_queues(spec.name), self.config.max_queues)
+                for q in range(queues):
+                    xs = XskSocket(spec.name, q)
+                    self.sockets[(port.port_no, q)] = xs
+                    dp.set_upcall_socket(port.port_no, q, xs.fileno())
+                self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s))")
+        except Exception:
+            self.shutdown()
+            raise
+        self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit)
+        for h in range(self.n_handlers):
+            self._start_handler(h)
+        self._serve_control()
+        self.say(f"{self.name}: {len(self.ports)} ports, {len(self.tables)} flows, {self.n_handlers} handler(s); "
+                 f"control socket {control_path(self.name)}")
+
+    def _start_handler(self, hid: int) -> None:
+        assert self.udpif is not None
+        mine = [s for i, s in enumerate(self.sockets.values()) if i % self.n_handlers == hid]
+        h = Handler(hid, self.udpif, mine, self.stop)
+        if hid < len(self.handlers):
+            self.handlers[hid] = h
+        else:
+            self.handlers.append(h)
+        h.start()
+
+    def run(self) -> None:
+        """Until SIGTERM/SIGINT: once a second re-rank subtables, credit rule counters, restart dead handlers."""
+        def on_signal(signum: int, _frame: object) -> None:
+            self.say(f"{signal.Signals(signum).name}: stopping")
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        while not self.stop.wait(1.0):
+            self.tick()
+
+    def tick(self) -> None:
+        assert self.dp is not None and self.udpif is not None
+        with self.udpif.lock:
+            self.dp.rank_masks()
+        self.udpif.push_stats()
+        for h in list(self.handlers):
+            if not h.is_alive() and not self.stop.is_set():
+                self.handler_restarts += 1
+                log.error("handler %d died; restarting it", h.hid)
+                self._start_handler(h.hid)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for h in self.handlers:
+            h.join(timeout=2)
+        if self._ctl is not None:
+            self._ctl.close()
+            control_path(self.name).unlink(missing_ok=True)
+        if self.dp is not None:
+            names = [p.name for p in self.dp.ports.values()]
+            for (port, q), xs in self.sockets.items():
+                try:
+                    self.dp.set_upcall_socket(port, q, None)
+                except DatapathError:
+                    pass
+                xs.close()
+            self.dp.close(unpin=True)
+            self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped")
+            self.dp = None
+
+    def save(self) -> None:
+        self.tables.save(self.state_file)
+
+    def _transmit(self, port: int, frames: list[bytes] | Any) -> int:
+        xs = self.sockets.get((port, 0))
+        if xs is None:
+            return 0
+        return xs.send(list(frames))
+
+    # --- the control socket -----------------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        path = control_path(self.name)
+        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        s.listen(8)
+        s.settimeout(0.5)
+        self._ctl = s
+        self._ctl_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._ctl_thread.start()
+
+    def _control_loop(self) -> None:
+        assert self._ctl is not None
+        while not self.stop.is_set():
+            try:
+                conn, _ = self._ctl.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    raw = _recv_all(conn)
+                    reply = self.control(json.loads(raw))
+                except Exception as e:  # a bad request must not take the daemon down
+                    reply = {"ok": False, "error": f"bad request: {e}"}
+                try:
+                    conn.sendall(json.dumps(reply).encode())
+                except OSError:
+                    pass
+
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run one control request; errors come back as {"ok": false, "error": ...}."""
+        cmd = req.get("cmd")
+        args = req.get("args") or {}
+        fn = getattr(self, f"_cmd_{str(cmd).replace('-', '_')}", None)
+        if fn is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        try:
+            return {"ok": True, "result": fn(**args)}
+        except FlowSyntaxError as e:
+            return {"ok": False, "error": e.msg, "text": e.text, "pos": e.pos, "length": e.length}
+        except (ValueError, ControlError, DatapathError, TypeError) as e:
+            return {"ok": False, "error": str(e)}
+
+    def _change(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
+        assert self.udpif is not None
+        result = self.udpif.tables_changed(fn)
+        self.save()
+        return result
+
+    def _cmd_add_flows(self, flows: list[str]) -> dict[str, int]:
+        specs = []
+        for n, text in enumerate(flows, 1):
+            try:
+                specs.append(parse_flow(text))
+            except FlowSyntaxError as e:
+                if len(flows) > 1:
+                    raise FlowSyntaxError(f"flow {n}: {e.msg}", e.text, e.pos, e.length) from None
+                raise
+        self._change(lambda t: t.add_many(specs))
+        return {"added": len(specs), "flows": len(self.tables)}
+
+    def _cmd_del_flows(self, filter: str = "", strict: bool = False) -> dict[str, int]:
+        spec = parse_flow(filter, actions=False)
+        gone = self._change(lambda t: t.delete(spec, strict))
+        return {"deleted": len(gone), "flows": len(self.tables)}
+
+    def _cmd_mod_table(self, table: int, miss: str) -> dict[str, object]:
+        self._change(lambda t: t.set_miss(int(table), miss))
+        return {"table": table, "miss": miss}
+
+    def _cmd_dump_flows(self, filter: str = "", strict: bool = False) -> list[dict[str, object]]:
+        assert self.udpif is not None
+        self.udpif.push_stats()
+        spec = parse_flow(filter, actions=False)
+        now = time.monotonic()
+        with self.udpif.lock:
+            rules = self.tables.select(spec, strict)
+            return [{**r.to_json(now), "line": r.format(now)} for r in rules]
+
+    def _cmd_trace(self, flow: str) -> dict[str, object]:
+        assert self.udpif is not None and self.dp is not None
+        f = flow_from_text(flow)
+        with self.udpif.lock:
+            tr = translate(self.tables, f, set(self.dp.ports))
+        return {"text": tr.format_trace(self.name), "megaflow": tr.megaflow().format(),
+                "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
+                "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
+
+    def _cmd_upcall_show(self) -> dict[str, object]:
+        assert self.udpif is not None and self.dp is not None
+        lost = sum(xs.stats()["rx_dropped"] + xs.stats()["rx_ring_full"] for xs in self.sockets.values())
+        return {"name": self.name, "flows": self.dp.n_flows, "flow_limit": self.flow_limit,
+                "ukeys": len(self.udpif.ukeys), "handlers": len(self.handlers),
+                "handler_restarts": self.handler_restarts, "socket_drops": lost,
+                "fast_path_lost": self.dp.stats().lost, "uptime_s": round(time.monotonic() - self.started, 1),
+                **self.udpif.stats.to_json()}
+
+
+def _recv_all(conn: socket.socket) -> bytes:
+    chunks = []
+    total = 0
+    while True:
+        b = conn.recv(65536)
+        if not b:
+            break
+        chunks.append(b)
+        total += len(b)
+        if total > MAX_REQUEST:
+            raise ValueError("request too large")
+    return b"".join(chunks)
+
+
+def request(name: str, cmd: str, *, timeout: float = 30.0, **args: Any) -> Any:
+    """Send one request to a running daemon; returns its result or raises ControlError (FlowSyntaxError
+    for bad flow text, with its position)."""
+    path = control_path(name)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except FileNotFoundError:
+        raise ControlError(f"no switch named {name!r} is running (no {path}); start one with xdpswitch start") from None
+    except PermissionError:
+        raise ControlError(f"{path} is for root only") from None
+    except OSError as e:
+        raise ControlError(f"cannot reach {path}: {e.strerror}") from None
+    with s:
+        s.sendall(json.dumps({"cmd": cmd, "args": args}).encode())
+        s.shutdown(socket.SHUT_WR)
+        reply = json.loads(_recv_all(s) or b"{}")
+    if not reply.get("ok"):
+        if "pos" in reply:
+            raise FlowSyntaxError(reply["error"], reply.get("text", ""), reply["pos"], reply.get("length", 1))
+        raise ControlError(reply.get("error", "no reply"))
+    return reply.get("result")

@@ -1,0 +1,255 @@
+"""Upcall handling: a miss comes up from the fast path, the pipeline decides, a megaflow goes down.
+
+Names as in OVS's ofproto-dpif-upcall: ``Udpif`` owns the ukeys (user space's record of every installed
+megaflow: its match, actions and the rules it went through) and handles batches of upcalls; ``Handler``
+threads read the AF_XDP sockets and feed it.
+
+For each upcall in a batch: the flow key is parsed from the frame (the fast path sends the ingress port
+in the metadata in front of it); a ukey that already covers the key is reused (identical upcalls in one
+batch, or packets that were queued before their megaflow went in); otherwise the pipeline translates it
+(``ctl/xlate.py``) and the megaflow is installed, unless the flow-limit is reached. Actions the fast path
+cannot run are installed as ``userspace`` (slow path): each packet of that megaflow comes up and the
+handler runs its actions. Either way the packet itself is executed in user space (``ctl/execute.py``) and
+transmitted through the output port's AF_XDP socket.
+
+Every flow-table change goes through ``Udpif.tables_changed()``, which deletes every megaflow (their EMC
+entries die with them) under the same lock that translations hold, so no megaflow computed from old
+tables survives the change. (The revalidators will do this flow by flow.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ctl import dpif
+from ctl.dpif import Action, ActionError, MapFull
+from ctl.execute import FLOOD, execute
+from ctl.flowkey import FlowKey, parse
+from ctl.ofmatch import flow_of, key_of
+from ctl.openflow_tables import OpenFlowTables, Rule
+from ctl.xlate import translate
+from ctl.xsk import Upcall
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLOW_LIMIT = 200000  # OVS's other_config:flow-limit default
+UPCALL_REASONS = {1: "miss", 2: "slow_path"}
+
+
+class DatapathOps(Protocol):
+    """What the upcall layer needs of a datapath (ctl.datapath.Datapath; a fake in the unit tier)."""
+
+    def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int: ...
+    def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
+    def flow_stats(self, idx: int) -> tuple[int, int, int]: ...
+    @property
+    def n_flows(self) -> int: ...
+
+
+Transmit = Callable[[int, Sequence[bytes]], int]  # (port, frames) -> frames sent
+
+
+@dataclass(eq=False)
+class Ukey:
+    """One installed megaflow as user space knows it (OVS: struct udpif_key)."""
+
+    key: FlowKey                # masked
+    mask: FlowKey
+    actions: list[Action]       # what the packet gets (run by the fast path, or here when slow)
+    rules: list[Rule]
+    slow_path: str = ""         # why the fast path sends its packets up ("" when it runs them)
+    idx: int = -1               # the fast path's flow slot; -1 when not installed
+    packets: int = 0            # fast-path totals already credited to the rules
+    bytes: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+
+class Ukeys:
+    """The ukeys, looked up as the fast path looks up megaflows: one dict per mask (tuple space search)."""
+
+    def __init__(self) -> None:
+        self.by_mask: dict[int, dict[int, Ukey]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.by_mask.values())
+
+    def __iter__(self) -> Iterator[Ukey]:
+        for d in self.by_mask.values():
+            yield from d.values()
+
+    def find(self, key: FlowKey) -> Ukey | None:
+        k = int.from_bytes(bytes(key), "little")
+        for m, d in self.by_mask.items():
+            u = d.get(k & m)
+            if u is not None:
+                return u
+        return None
+
+    def add(self, u: Ukey) -> None:
+        m = int.from_bytes(bytes(u.mask), "little")
+        self.by_mask.setdefault(m, {})[int.from_bytes(bytes(u.key), "little")] = u
+
+    def clear(self) -> list[Ukey]:
+        gone = [u for d in self.by_mask.values() for u in d.values()]
+        self.by_mask.clear()
+        return gone
+
+
+@dataclass
+class UpcallStats:
+    """Counters of the upcall path (``xdpswitch upcall show``)."""
+
+    received: int = 0
+    ok: int = 0                 # handled: the packet went through the pipeline and its actions ran
+    failed: int = 0             # could not be handled (a bug or a packet the pipeline chokes on): dropped
+    by_reason: dict[str, int] = field(default_factory=lambda: {r: 0 for r in UPCALL_REASONS.values()})
+    installed: int = 0          # megaflows put into the fast path
+    existing: int = 0           # upcalls answered by a megaflow already installed (same batch, or queued)
+    slow_path: int = 0          # megaflows installed as userspace because the fast path cannot run them
+    over_flow_limit: int = 0    # upcalls forwarded without installing: flow-limit reached
+    install_failed: int = 0     # the fast path refused the megaflow (full): forwarded without installing
+    controller: int = 0         # packets the pipeline sent to the controller: dropped until OpenFlow exists
+    tx_packets: int = 0
+    tx_dropped: int = 0         # emissions to ports with no socket, or refused by the socket
+    drops: dict[str, int] = field(default_factory=dict)  # packets the actions dropped, by reason
+    flushes: int = 0            # megaflow flushes after flow-table changes
+
+    def to_json(self) -> dict[str, object]:
+        return dict(vars(self))
+
+
+class Udpif:
+    """The upcall layer of one switch: ukeys, translation, installs and the flush on table changes."""
+
+    def __init__(self, dp: DatapathOps, tables: OpenFlowTables, transmit: Transmit,
+                 ports: Callable[[], Iterable[int]], flow_limit: int = DEFAULT_FLOW_LIMIT) -> None:
+        self.dp = dp
+        self.tables = tables
+        self.transmit = transmit
+        self.ports = ports
+        self.flow_limit = flow_limit
+        self.ukeys = Ukeys()
+        self.stats = UpcallStats()
+        self.lock = threading.RLock()   # tables, ukeys and fast-path flow writes change under it
+
+    # --- upcalls -----------------------------------------------------------------------------------
+
+    def handle(self, upcalls: Sequence[Upcall]) -> None:
+        """Handle one batch: decide and install under the lock, then execute and transmit outside it."""
+        work: list[tuple[Upcall, list[Action]]] = []
+        st = self.stats
+        with self.lock:
+            ports = set(self.ports())
+            for up in upcalls:
+                st.received += 1
+                reason = UPCALL_REASONS.get(up.reason, f"reason_{up.reason}")
+                st.by_reason[reason] = st.by_reason.get(reason, 0) + 1
+                try:
+                    work.append((up, self._decide(up, ports)))
+                except Exception:
+                    st.failed += 1
+                    log.exception("upcall from port %d failed", up.in_port)
+        out: dict[int, list[bytes]] = {}
+        for up, actions in work:
+            try:
+                res = execute(up.frame, actions)
+            except Exception:
+                st.failed += 1
+                log.exception("executing %s on an upcall failed", dpif.format_actions(actions))
+                continue
+            st.ok += 1
+            if res.controller:
+                st.controller += 1
+            if res.drop:
+                name = dpif.DropReason(res.drop).name.lower()
+                st.drops[name] = st.drops.get(name, 0) + 1
+            for port, frame in res.emits:
+                targets = [p for p in self.ports() if p != up.in_port] if port == FLOOD else [port]
+                for p in targets:
+                    out.setdefault(p, []).append(frame)
+        for port, frames in out.items():
+            sent = self.transmit(port, frames)
+            st.tx_packets += sent
+            st.tx_dropped += len(frames) - sent
+
+    def _decide(self, up: Upcall, ports: set[int]) -> list[Action]:
+        key = parse(up.frame, up.in_port)
+        u = self.ukeys.find(key)
+        if u is not None:
+            if not u.slow_path:
+                self.stats.existing += 1
+            for r in u.rules:
+                r.credit(1, len(up.frame))
+            return u.actions
+        tr = translate(self.tables, flow_of(key), ports)
+        for r in tr.rules:
+            r.credit(1, len(up.frame))
+        mask = key_of(tr.wc)
+        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path)
+        if self.dp.n_flows >= self.flow_limit:
+            self.stats.over_flow_limit += 1
+            return tr.actions
+        dp_actions: list[Action] = [dpif.Upcall()] if u.slow_path else tr.actions
+        try:
+            u.idx = self.dp.put_flow(key, mask, dp_actions)
+        except (ActionError, MapFull) as e:
+            if u.slow_path or (isinstance(e, MapFull) and "group" not in str(e)):
+                self.stats.install_failed += 1
+                log.warning("megaflow not installed: %s", e)
+                return tr.actions
+            u.slow_path = str(e)  # e.g. all output groups in use: the handler runs it instead
+            try:
+                u.idx = self.dp.put_flow(key, mask, [dpif.Upcall()])
+            except MapFull as e2:
+                self.stats.install_failed += 1
+                log.warning("megaflow not installed: %s", e2)
+                return tr.actions
+        self.stats.installed += 1
+        if u.slow_path:
+            self.stats.slow_path += 1
+        self.ukeys.add(u)
+        return tr.actions
+
+    # --- flow-table changes and rule counters ------------------------------------------------------------
+
+    def push_stats(self) -> None:
+        """Credit each megaflow's new fast-path packets and bytes to the rules it went through."""
+        with self.lock:
+            for u in self.ukeys:
+                self._credit(u)
+
+    def _credit(self, u: Ukey) -> None:
+        if u.idx < 0:
+            return
+        packets, nbytes, _used = self.dp.flow_stats(u.idx)
+        dp_, db = packets - u.packets, nbytes - u.bytes
+        if dp_ > 0:
+            if not u.slow_path:  # slow-path packets were credited when they came up
+                for r in u.rules:
+                    r.credit(dp_, db)
+            u.packets, u.bytes = packets, nbytes
+
+    def tables_changed(self, change: Callable[[OpenFlowTables], object]) -> object:
+        """Apply change to the tables, then delete every megaflow so none computed from the old tables
+        stays in use. The rules keep the counts of the megaflows that went."""
+        with self.lock:
+            result = change(self.tables)
+            self.flush()
+            return result
+
+    def flush(self) -> int:
+        """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
+        with self.lock:
+            gone = self.ukeys.clear()
+            for u in gone:
+                if u.idx >= 0:
+                    self.dp.del_flow(u.key, u.mask)
+            for u in gone:
+                self._credit(u)  # after the delete: no packet can hit it any more
+            self.stats.flushes += 1
+            return len(gone)
