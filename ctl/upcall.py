@@ -163,7 +163,7 @@ class Udpif:
                 log.exception("executing %s on an upcall failed", dpif.format_actions(actions))
                 continue
             st.ok += 1
-            if res.controller:
+            if res.controller or res.drop == dpif.DropReason.CONTROLLER:
                 st.controller += 1
             if res.drop:
                 name = dpif.DropReason(res.drop).name.lower()

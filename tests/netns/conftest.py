@@ -60,7 +60,8 @@ class Topo:
 
 
 @pytest.fixture(scope="module")
-def topo(module_net: Net) -> Iterator[Topo]:
+def hosts(module_net: Net) -> list[Host]:
+    """Three hosts with addresses and permanent neighbours; their switch ends are free for a datapath."""
     need_root()
     hosts = []
     for n in (1, 2, 3):
@@ -77,6 +78,11 @@ def topo(module_net: Net) -> Iterator[Topo]:
             if o is not h:
                 h.sh(f"ip neigh replace {o.ip} lladdr {o.mac} dev {h.ifname} nud permanent")
                 h.sh(f"ip -6 neigh replace {o.ip6} lladdr {o.mac} dev {h.ifname} nud permanent")
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def topo(hosts: list[Host]) -> Iterator[Topo]:
     dp = Datapath(unique("xsnet"), DatapathConfig(max_flows=4096, emc_insert_inv_prob=1))
     try:
         for h in hosts:

@@ -1,0 +1,89 @@
+"""The daemon's life: a restart comes back with its rules; `xdpswitch start` from the command line, driven
+by `xdpswitch ofctl` and `trace`, stops on SIGTERM and detaches. (Own module: its own hosts, as these tests
+attach and detach switches on them.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ctl.daemon import control_path, request
+from ctl.datapath import xdp_mode
+from tests.conftest import unique
+from tests.netns.conftest import Host
+from tests.netns.test_forwarding import ping
+from tests.netns.test_switch import L2, add, make_switch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rule_list(name: str) -> list[tuple[object, ...]]:
+    return [(r["table"], r["priority"], r["cookie"], r["match"], r["actions"]) for r in request(name, "dump-flows")]
+
+
+def test_restart_comes_back_with_its_rules(hosts: list[Host], tmp_path: Path) -> None:
+    h1, h2, _ = hosts
+    name, state = unique("xsrs"), tmp_path / "flows.json"
+    sw = make_switch(name, hosts, state)
+    try:
+        add(sw, *L2, "table=0,priority=5,cookie=0x42,arp,actions=flood")
+        request(sw.name, "mod-table", table=1, miss="continue")
+        before = rule_list(name)
+    finally:
+        sw.shutdown()
+    assert xdp_mode(h1.port) == "none"  # detached
+    assert not ping(h1, h2.ip, 1)
+    sw = make_switch(name, hosts, state)
+    try:
+        after = rule_list(name)
+        assert after == before and len(after) == 4
+        assert sw.tables.tables[1].miss == "continue"
+        time.sleep(0.5)
+        assert ping(h1, h2.ip, 2)
+    finally:
+        sw.shutdown()
+
+
+def test_cli_start_ofctl_and_sigterm(hosts: list[Host], tmp_path: Path) -> None:
+    name = unique("xscli")
+    flows = tmp_path / "start.flows"
+    flows.write_text("\n".join(L2) + "\n")
+    cli = [sys.executable, "-m", "ctl.cli"]
+    proc = subprocess.Popen([*cli, "start", "--name", name, "--state-dir", str(tmp_path), "--flows", str(flows),
+                             *[a for h in hosts for a in ("--port", f"{h.port}={h.port_no}")]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not control_path(name).exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert ping(hosts[0], hosts[1].ip, 2)
+        r = subprocess.run([*cli, "ofctl", "add-flow", "--name", name, "ip,nw_dst=10.0.0.1/33,actions=drop"],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 1 and "prefix length 33" in r.stderr and "^^^^" in r.stderr
+        assert "Traceback" not in r.stderr
+        r = subprocess.run([*cli, "ofctl", "dump-flows", "--name", name, "--format", "json"],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+        dumped = json.loads(r.stdout)
+        assert [d["match"] for d in dumped] == [f"dl_dst={h.mac}" for h in hosts]
+        assert dumped[0]["n_packets"] == 2 and dumped[1]["n_packets"] == 2
+        r = subprocess.run([*cli, "trace", "--name", name, f"in_port=1,icmp,dl_dst={hosts[1].mac}"],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+        assert f"Megaflow: ip,in_port=1,dl_dst={hosts[1].mac}" in r.stdout
+        assert "Datapath actions: 2" in r.stdout
+        saved = json.loads((tmp_path / name / "flows.json").read_text())
+        assert len(saved["flows"]) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "SIGTERM: stopping" in out and "detached from" in out
+    assert all(xdp_mode(h.port) == "none" for h in hosts)
+    assert not control_path(name).exists()
+    assert os.geteuid() == 0

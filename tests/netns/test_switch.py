@@ -1,0 +1,238 @@
+"""The whole switch: OpenFlow rules in, first packets up through AF_XDP, megaflows down, later packets in
+XDP. Real hosts in namespaces, the daemon's control socket, its state file and its restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ctl.daemon import PortSpec, Switch, control_path, request
+from ctl.datapath import DatapathConfig
+from ctl.ofmatch import FlowSyntaxError
+from tests.conftest import unique
+from tests.netns.conftest import Host
+from tests.netns.test_forwarding import ping, udp_recv, udp_send
+
+ROOT = Path(__file__).resolve().parents[2]
+
+L2 = [f"priority=10,dl_dst=02:00:00:00:00:0{n},actions=output:{n}" for n in (1, 2, 3)]
+
+
+def make_switch(name: str, hosts: list[Host], state: Path) -> Switch:
+    sw = Switch(name, [PortSpec(h.port, h.port_no) for h in hosts], state,
+                config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None)
+    sw.start()
+    return sw
+
+
+@pytest.fixture(scope="module")
+def switch(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Switch]:
+    sw = make_switch(unique("xssw"), hosts, tmp_path_factory.mktemp("state") / "flows.json")
+    try:
+        time.sleep(1.0)
+        yield sw
+    finally:
+        sw.shutdown()
+
+
+@pytest.fixture
+def sw(switch: Switch) -> Switch:
+    """The module's switch with no rules, no megaflows and fresh counters."""
+    request(switch.name, "del-flows")
+    assert switch.udpif is not None
+    switch.udpif.flush()
+    return switch
+
+
+def add(sw: Switch, *flows: str) -> None:
+    request(sw.name, "add-flows", flows=list(flows))
+
+
+def upcalls(sw: Switch) -> dict[str, int]:
+    st = request(sw.name, "upcall-show")
+    return {k: v for k, v in st.items() if isinstance(v, int)}
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def test_first_packet_is_an_upcall_later_ones_stay_in_xdp(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2)
+    assert sw.dp is not None
+    st0, up0 = sw.dp.stats(), upcalls(sw)
+    assert ping(h1, h2.ip, 10)
+    time.sleep(0.2)
+    d, u = sw.dp.stats().delta(st0), delta(upcalls(sw), up0)
+    # one megaflow each way: its first packet missed and came up, the other 18 never left XDP
+    assert (d.misses, u["installed"], u["ok"], u["failed"]) == (2, 2, 2, 0)
+    assert d.megaflow_hits + d.emc_hits == 18 and d.lost == 0 and d.emc_hits > 0
+    flows = {f.match(): (f.packets, [str(a) for a in f.actions]) for f in sw.dp.dump_flows()}
+    assert flows == {
+        f"in_port(1),eth(dst={h2.mac}),eth_type(0x0800)": (9, ["2"]),
+        f"in_port(2),eth(dst={h1.mac}),eth_type(0x0800)": (9, ["1"]),
+    }
+    sw.tick()  # credit the megaflows' packets to the rules
+    rules = {r["match"]: r["n_packets"] for r in request(sw.name, "dump-flows")}
+    assert rules == {f"dl_dst={h.mac}": n for h, n in zip(hosts, (10, 10, 0), strict=True)}
+
+
+def test_icmp_arp_udp_tcp_and_ipv6(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, h3 = hosts
+    add(sw, "priority=20,arp,actions=flood", *L2)
+    assert ping(h3, h1.ip6, 3)
+    # a real ARP exchange: forget h2's address on h1 for a moment
+    h1.sh(f"ip neigh del {h2.ip} dev {h1.ifname}")
+    try:
+        assert ping(h1, h2.ip, 2)
+        assert "lladdr " + h2.mac in h1.sh(f"ip neigh show {h2.ip}").stdout
+    finally:
+        h1.sh(f"ip neigh replace {h2.ip} lladdr {h2.mac} dev {h1.ifname} nud permanent")
+    rx = udp_recv(h3, 7100, 3)
+    time.sleep(0.3)
+    udp_send(h2, h3.ip, 7100, ["u1", "u2", "u3"])
+    assert rx.communicate(timeout=10)[0].split() == ["u1", "u2", "u3"]
+    # a TCP connection, both ways, 64 KiB echoed
+    server = h2.py("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                   "s.bind(('0.0.0.0', 7200)); s.listen(1); s.settimeout(10); c,_=s.accept(); c.settimeout(10)\n"
+                   "n=0\nwhile n < 65536:\n    b=c.recv(65536)\n    if not b: break\n    c.sendall(b); n+=len(b)\n"
+                   "print(n)")
+    time.sleep(0.3)
+    client = h1.py(f"import socket\nc=socket.create_connection(('{h2.ip}', 7200), timeout=10)\n"
+                   "c.sendall(bytes(range(256))*256); got=b''\n"
+                   "while len(got) < 65536:\n    b=c.recv(65536)\n    if not b: break\n    got+=b\n"
+                   "print(got == bytes(range(256))*256)")
+    assert client.communicate(timeout=20)[0].strip() == "True"
+    assert server.communicate(timeout=20)[0].strip() == "65536"
+    assert sw.dp is not None
+    st = sw.dp.stats()
+    assert st.megaflow_hits + st.emc_hits > 40  # the TCP exchange ran in XDP after its first packets
+
+
+def test_actions_rewrite_ttl_slow_path_and_controller(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, h3 = hosts
+    # a virtual IP on port 1 NATed to h3's address and port; dec_ttl on the way
+    add(sw, *L2, f"priority=30,udp,in_port=1,nw_dst=10.10.0.100,tp_dst=7000,actions=mod_dl_dst:{h3.mac},"
+        f"mod_nw_dst:{h3.ip},mod_tp_dst:7300,dec_ttl,output:3")
+    h1.sh(f"ip neigh replace 10.10.0.100 lladdr 02:00:00:00:00:64 dev {h1.ifname} nud permanent")
+    rx = udp_recv(h3, 7300, 3)
+    time.sleep(0.3)
+    udp_send(h1, "10.10.0.100", 7000, ["n1", "n2", "n3"])
+    assert rx.communicate(timeout=10)[0].split() == ["n1", "n2", "n3"]
+    assert sw.dp is not None
+    # a change between two outputs cannot run in XDP: every packet goes through the slow path
+    add(sw, f"priority=50,udp,in_port=1,tp_dst=7400,actions=output:2,mod_dl_dst:{h3.mac},output:3")
+    rx2, rx3 = udp_recv(h2, 7400, 3), udp_recv(h3, 7400, 3)
+    time.sleep(0.3)
+    up0 = upcalls(sw)
+    udp_send(h1, "10.10.0.255", 7400, ["s1", "s2", "s3"], broadcast=True)
+    assert rx2.communicate(timeout=10)[0].split() == ["s1", "s2", "s3"]
+    assert rx3.communicate(timeout=10)[0].split() == ["s1", "s2", "s3"]
+    u = delta(upcalls(sw), up0)
+    assert u["received"] == 3 and u["slow_path"] == 1 and u["installed"] == 1
+    # controller: dropped, counted under its own reason
+    add(sw, "priority=60,udp,tp_dst=7500,actions=controller")
+    up0 = upcalls(sw)
+    udp_send(h1, h2.ip, 7500, ["c1"])  # comes up, counted by the handler, installs drop(controller)
+    time.sleep(0.3)
+    before = sw.dp.stats()
+    udp_send(h1, h2.ip, 7500, ["c2", "c3"])  # dropped in XDP under the same reason
+    time.sleep(0.3)
+    assert sw.dp.stats().delta(before).drops["controller"] == 2
+    assert delta(upcalls(sw), up0)["controller"] == 1
+
+
+def test_ttl_expired_is_counted(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2, f"priority=40,icmp,nw_dst={h2.ip},actions=dec_ttl,output:2")
+    assert ping(h1, h2.ip, 1)  # warm: the megaflow is in
+    assert sw.dp is not None
+    before = sw.dp.stats()
+    r = h1.sh(f"ping -c 2 -i 0.1 -W 1 -t 1 {h2.ip}", check=False)
+    assert "0 received" in r.stdout
+    assert sw.dp.stats().delta(before).drops["ttl_expired"] == 2
+
+
+def test_flow_changes_while_traffic_runs(sw: Switch, hosts: list[Host]) -> None:
+    """Traffic keeps flowing while rules change; after each change, nothing forwards by the old rule."""
+    h1, h2, h3 = hosts
+    add(sw, *L2, "priority=100,udp,tp_dst=7600,actions=output:2")
+    sender = h1.py("import socket, time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                   "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\nend=time.time()+6\n"
+                   "while time.time() < end:\n    s.sendto(b'x', ('10.10.0.255', 7600)); time.sleep(0.002)\n")
+    try:
+        time.sleep(0.8)
+
+        def rx_rate(h: Host) -> int:
+            a = h.rx_packets()
+            time.sleep(0.4)
+            return h.rx_packets() - a
+
+        assert rx_rate(h2) > 50 and rx_rate(h3) == 0
+        add(sw, "priority=100,udp,tp_dst=7600,actions=output:3")  # changed
+        time.sleep(0.1)
+        assert rx_rate(h2) == 0 and rx_rate(h3) > 50
+        request(sw.name, "del-flows", filter="udp,tp_dst=7600")  # deleted: L2 has no rule for broadcast
+        time.sleep(0.1)
+        assert rx_rate(h2) == 0 and rx_rate(h3) == 0
+        add(sw, "priority=100,udp,tp_dst=7600,actions=flood")  # added
+        time.sleep(0.1)
+        assert rx_rate(h2) > 50 and rx_rate(h3) > 50
+    finally:
+        sender.kill()
+        sender.wait()
+
+
+def test_flow_limit_forwards_without_installing(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2)
+    assert sw.udpif is not None and sw.dp is not None
+    sw.udpif.flow_limit = 0
+    try:
+        up0 = upcalls(sw)
+        assert ping(h1, h2.ip, 3)
+        u = delta(upcalls(sw), up0)
+        assert u["over_flow_limit"] == 6 and u["ok"] == 6 and u["installed"] == 0
+        assert sw.dp.n_flows == 0
+    finally:
+        sw.udpif.flow_limit = 200000
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_dead_handler_is_restarted_and_cached_flows_keep_forwarding(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, h3 = hosts
+    add(sw, *L2)
+    assert ping(h1, h2.ip, 2)  # h1<->h2 megaflows are in
+    assert sw.udpif is not None
+    real = sw.udpif.handle
+
+    def boom(ups: object) -> None:
+        raise RuntimeError("handler bug")
+
+    sw.udpif.handle = boom  # type: ignore[method-assign]
+    try:
+        assert not ping(h1, h3.ip, 1)  # a new flow: its upcall kills the handler
+        time.sleep(0.3)
+        assert not sw.handlers[0].is_alive()
+        assert ping(h1, h2.ip, 3)  # cached megaflows forward with no handler at all
+    finally:
+        sw.udpif.handle = real  # type: ignore[method-assign]
+    sw.tick()
+    assert sw.handlers[0].is_alive() and request(sw.name, "upcall-show")["handler_restarts"] >= 1
+    assert ping(h1, h3.ip, 2)
+
+
+def test_control_socket_errors_and_permissions(sw: Switch) -> None:
+    path = control_path(sw.name)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(FlowSyntaxError) as e:
+        request(sw.name, "add-flows", flows=["ip,nw_dst=10.0.0.300,actions=drop"])
+    assert e.value.text[e.value.pos : e.value.pos + e.value.length] == "10.0.0.300"
+    add(sw, "priority=1,ip,actions=output:1")
+    with pytest.raises(FlowSyntaxError, match="flow 2"):
+        request(sw.name, "add-flows", flows=["priority=2,ip,actions=output:2", "ip,actions=fly"])
+    assert [r["priority"] for r in request(sw.name, "dump-flows")] == [1]  # all or nothing
