@@ -1,5 +1,6 @@
-"""`xdpswitch demo`: three hosts in network namespaces on one XDP switch, megaflows put through the
-datapath API, pings between every pair, then the caches and counters.
+"""`xdpswitch demo`: three hosts in network namespaces on one XDP switch running OpenFlow rules; pings
+between every pair (first packets go up to user space, the rest stay in XDP), a TCP-ish UDP burst, then
+the OpenFlow tables, the megaflows and the counters.
 
 Everything it makes (namespaces xsdemo-h1..3, veth pairs xsdemo1..3) is removed on the way out, also on
 Ctrl-C or an error."""
@@ -8,14 +9,28 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
+from ctl.daemon import PortSpec, Switch
 from ctl.datapath import Datapath, DatapathConfig
-from ctl.dpif import Flood, Output
-from ctl.flowkey import build, mask_for
+from ctl.ofmatch import flow_from_text
+from ctl.xlate import translate
+
+DEMO_FLOWS = """\
+# table 0: ARP is flooded; IPv4 goes to table 1; anything else is dropped (the table-miss)
+table=0,priority=100,arp,actions=flood
+table=0,priority=90,ip,actions=goto_table:1
+# table 1: deliver by destination MAC; h3 may not reach h1 by UDP port 9
+table=1,priority=200,udp,in_port=3,dl_dst=02:00:00:00:de:01,tp_dst=9,actions=drop
+table=1,priority=100,dl_dst=02:00:00:00:de:01,actions=output:1
+table=1,priority=100,dl_dst=02:00:00:00:de:02,actions=output:2
+table=1,priority=100,dl_dst=02:00:00:00:de:03,actions=output:3
+"""
 
 
 def _sh(cmd: str, ns: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -45,19 +60,26 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
             for _, _, _, _, mac, ip in hosts:
                 _sh(f"ip neigh replace {ip} lladdr {mac} dev {peer} nud permanent", ns)
 
-        console.print("[bold]loading the fast path[/] (bcc compiles xdp/emc.c and xdp/megaflow.c)")
+        console.print("[bold]starting the switch[/] (bcc compiles xdp/emc.c and xdp/megaflow.c)")
+        state = Path(tempfile.mkdtemp(prefix="xsdemo.")) / "flows.json"
+        flows = state.parent / "demo.flows"
+        flows.write_text(DEMO_FLOWS)
         # every megaflow hit fills the EMC here so the demo shows it (OVS inserts 1 in 100 by default)
-        dp = Datapath(name, DatapathConfig(max_flows=65536, emc_insert_inv_prob=1))
-        cleanups.append(lambda: dp.close(unpin=True))
-        for n, _, _, port, _, _ in hosts:
-            p = dp.add_port(port, n)
-            console.print(f"  port {p.port_no}: {p.name} ({p.mode} XDP)")
-
-        console.print("[bold]putting megaflows[/]: one per destination MAC, and flood for broadcast")
-        for n, _, _, _, mac, _ in hosts:
-            dp.put_flow(build(dl_dst=mac), mask_for("dl_dst"), [Output(n)])
-        dp.put_flow(build(dl_dst="ff:ff:ff:ff:ff:ff"), mask_for("dl_dst"), [Flood()])
-
+        sw = Switch(name, [PortSpec(port, n) for n, _, _, port, _, _ in hosts], state, flows,
+                    config=DatapathConfig(max_flows=65536, emc_insert_inv_prob=1),
+                    say=lambda m: console.print(f"  {m}", highlight=False))
+        cleanups.append(sw.shutdown)
+        sw.start()
+        dp = sw.dp
+        assert dp is not None
+        console.print("[bold]OpenFlow tables[/] (xdpswitch ofctl dump-flows)")
+        for rule in sw.tables.rules():
+            console.print(rule.format(), highlight=False, soft_wrap=True)
+        console.print("[bold]tracing[/] h1 -> h2 before any traffic (xdpswitch trace)")
+        tr = translate(sw.tables, flow_from_text("in_port=1,icmp,dl_dst=02:00:00:00:de:02,nw_src=10.77.0.1,"
+                                                 "nw_dst=10.77.0.2"), set(dp.ports))
+        console.print(tr.format_trace(name), highlight=False, soft_wrap=True)
+        console.print("[bold]pinging[/]: the first packet of each flow is an upcall, the rest stay in XDP")
         ok = True
         for (_, src_ns, _, _, _, _), (_, _, _, _, _, dst_ip) in ((hosts[0], hosts[1]), (hosts[1], hosts[2]),
                                                                   (hosts[2], hosts[0])):
@@ -66,6 +88,15 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
             console.print(f"  {src_ns} -> {dst_ip}: {line}", soft_wrap=True)
             ok &= r.returncode == 0
         time.sleep(0.2)
+        sw.tick()  # credit the megaflows' packets to the rules
+        console.rule("xdpswitch ofctl dump-flows")
+        for rule in sw.tables.rules():
+            console.print(rule.format(), highlight=False, soft_wrap=True)
+        assert sw.udpif is not None
+        st = sw.udpif.stats
+        console.rule("xdpswitch upcall show")
+        console.print(f"  upcalls: received {st.received}, ok {st.ok}, failed {st.failed}; megaflows installed "
+                      f"{st.installed}, existing {st.existing}", highlight=False)
         show(dp)
         return 0 if ok else 1
     finally:

@@ -1,0 +1,188 @@
+"""Upcall-path benchmark: flow setups per second and first-packet latency, beside the fast path's.
+
+    sudo .venv/bin/python -m bench.upcall [--json] [--quick]
+
+Topology (root namespace, nothing else touched): veth gen0<->port1 and port2<->sink0. The switch runs in
+this process (one handler thread) with a rule set of N exact UDP destination-port rules, so every new
+destination port is a new megaflow.
+
+Flow setups per second: a generator process floods gen0 with frames, each for a destination port not yet
+seen, faster than the handler can take them; the rate is megaflows installed per second while it runs.
+First-packet latency: one frame at a time from gen0 (AF_PACKET), timed until it arrives on sink0: for a new
+flow (a miss: upcall, translate, install, execute and AF_XDP transmit) and for the same flow again (a
+megaflow or EMC hit in XDP). p50 and p99 of each, and their ratio.
+
+Targets (not tests): >= 20k setups/s; first-packet p99 < 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ctl.daemon import PortSpec, Switch
+from ctl.datapath import DatapathConfig
+
+GEN, P1, P2, SINK = "xbgen0", "xbport1", "xbport2", "xbsink0"
+SRC, DST = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+
+
+def sh(cmd: str, check: bool = True) -> None:
+    subprocess.run(cmd, shell=True, check=check, capture_output=True)
+
+
+def frame(dport: int, sport: int = 1000) -> bytes:
+    """A 64-byte UDP/IPv4 frame (checksums zero: nobody checks them on this path)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + 18, 0) + b"x" * 18
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
+                     bytes([10, 0, 0, 2]))
+    return DST + SRC + b"\x08\x00" + ip + udp
+
+
+def setup() -> None:
+    teardown()
+    for a, b in ((GEN, P1), (P2, SINK)):
+        sh(f"ip link add {a} type veth peer name {b}")
+    for d in (GEN, P1, P2, SINK):
+        sh(f"ip link set {d} up")
+        sh(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1")
+        sh(f"ethtool -K {d} tx off tso off gso off")
+    sh(f"ethtool -K {SINK} gro on")  # so XDP redirects into port2 reach sink0's stack (AF_PACKET sees them)
+
+
+def teardown() -> None:
+    for d in (GEN, P2):
+        sh(f"ip link del {d}", check=False)
+
+
+GENERATOR = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+first, n, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+hdr = bytes.fromhex("020000000002020000000001") + b"\\x08\\x00"
+def frame(dport):
+    udp = struct.pack("!HHHH", 1000, dport, 26, 0) + b"x" * 18
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0, 64, 17, 0, bytes([10,0,0,1]), bytes([10,0,0,2]))
+    return hdr + ip + udp
+frames = [frame(first + i) for i in range(n)]
+end = time.time() + seconds
+sent = 0
+while time.time() < end and sent < n:
+    for f in frames[sent:sent + 256]:
+        try:
+            s.send(f)
+        except OSError:
+            pass
+    sent += 256
+print(sent)
+"""
+
+
+def setups_per_second(sw: Switch, first: int, n: int, seconds: float) -> dict[str, float]:
+    assert sw.udpif is not None
+    st = sw.udpif.stats
+    gen = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", GENERATOR, GEN, str(first), str(n),
+                            str(seconds)], stdout=subprocess.PIPE, text=True)
+    samples = []
+    t_end = time.time() + seconds + 1.0
+    while time.time() < t_end:
+        samples.append((time.perf_counter(), st.installed, st.received))
+        time.sleep(0.05)
+    offered = int(gen.communicate(timeout=30)[0] or 0)
+    # the busy window: from the first install to the last
+    active = [s for s in samples if samples[0][1] < s[1] < samples[-1][1]] or samples
+    t0 = next(s for s in samples if s[1] > samples[0][1])
+    t1 = next(s for s in samples if s[1] == samples[-1][1])
+    dt = max(t1[0] - t0[0], 1e-6)
+    installed = t1[1] - t0[1]
+    del active
+    return {"offered": offered, "installed": samples[-1][1] - samples[0][1], "upcalls": samples[-1][2] - samples[0][2],
+            "setups_per_s": installed / dt}
+
+
+def latencies(n: int, first: int) -> dict[str, list[float]]:
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    tx.bind((GEN, 0))
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    rx.bind((SINK, 0))
+    rx.settimeout(0.5)
+    out: dict[str, list[float]] = {"first packet (upcall)": [], "next packet (fast path)": []}
+    for i in range(n):
+        f = frame(first + i)
+        for label in out:
+            t0 = time.perf_counter_ns()
+            tx.send(f)
+            while True:
+                try:
+                    got = rx.recv(2048)
+                except TimeoutError:
+                    out[label].append(float("inf"))
+                    break
+                if got[36:38] == f[36:38]:
+                    out[label].append((time.perf_counter_ns() - t0) / 1000)
+                    break
+    return out
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer flows and probes (a smoke run)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench.upcall needs root", file=sys.stderr)
+        return 2
+    n_rules = 6000 if args.quick else 40000
+    probes = 200 if args.quick else 1000
+    setup()
+    with tempfile.TemporaryDirectory() as d:
+        state = Path(d) / "flows.json"
+        flows = Path(d) / "bench.flows"
+        flows.write_text("".join(f"priority=10,udp,tp_dst={p},actions=output:2\n" for p in range(1, n_rules + 1)))
+        sw = Switch("xsbench", [PortSpec(P1, 1), PortSpec(P2, 2)], state, flows,
+                    config=DatapathConfig(max_flows=65536, emc_insert_inv_prob=100), say=lambda m: None)
+        try:
+            sw.start()
+            os.sched_setaffinity(0, {1})
+            time.sleep(0.5)
+            lat = latencies(probes, 1)
+            rate = setups_per_second(sw, probes + 1, n_rules - probes, 2.0 if args.quick else 4.0)
+            up = sw.udpif.stats.to_json() if sw.udpif else {}
+        finally:
+            sw.shutdown()
+            teardown()
+    report = {
+        "flow_setups": rate,
+        "latency_us": {k: {"p50": pct(v, 50), "p99": pct(v, 99), "lost": sum(x == float("inf") for x in v)}
+                       for k, v in lat.items()},
+        "upcall_stats": {k: up[k] for k in ("received", "ok", "failed", "installed", "existing")} if up else {},
+    }
+    first, fast = report["latency_us"]["first packet (upcall)"], report["latency_us"]["next packet (fast path)"]
+    report["first_vs_fast_p50"] = first["p50"] / fast["p50"] if fast["p50"] else 0.0
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"flow setups: {rate['setups_per_s']:.0f}/s (target >= 20000) "
+          f"[offered {rate['offered']}, upcalls {rate['upcalls']}, installed {rate['installed']}]")
+    for k, v in report["latency_us"].items():
+        print(f"{k:26s} p50 {v['p50']:8.1f} us  p99 {v['p99']:8.1f} us  lost {v['lost']}")
+    print(f"first packet p50 / fast path p50: {report['first_vs_fast_p50']:.1f}x (target: first-packet p99 < 1000 us)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
