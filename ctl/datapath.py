@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bcc import BPF  # the only bcc import in the project
+from bcc.libbcc import lib as libbcc
 
 from ctl import dpif
 from ctl.dpif import Action, DpStats, MapFull, Megaflow, PortStats
@@ -167,6 +169,7 @@ class Datapath:
         self.pin_dir = pin_root / name / layout
         self._ensure_bpffs(pin_root)
         self.pin_dir.mkdir(parents=True, exist_ok=True)
+        reused_pins = any(self.pin_dir.iterdir())
         cflags += [f'-DDP_PIN_DIR="{self.pin_dir}"', "-Wno-unused-function"]
         try:
             self.bpf = BPF(text=src, cflags=cflags)
@@ -189,6 +192,11 @@ class Datapath:
         self._order_slot = 0
         self._mask_hits_seen: dict[int, int] = {}
         self._closed = False
+        self._gens: dict[int, int] = {}             # flow idx -> generation last written (a cache)
+        self._fresh = False                         # the slot _alloc_idx() gave last was never used
+        self._enc_cache: dict[tuple[Action, ...], list[bytes]] = {}  # action lists without groups, encoded
+        # flow slots at or above this index have all-zero counters (never used since the maps were made)
+        self._clean_from = self.config.max_flows if reused_pins else 0
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
         RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -343,8 +351,13 @@ class Datapath:
             return g
 
         try:
-            recs = dpif.encode_actions(actions, max_actions=self.config.max_actions,
-                                       max_port=self.config.max_ports, group_for=group_for)
+            acts = tuple(actions)
+            recs = self._enc_cache.get(acts)
+            if recs is None:
+                recs = dpif.encode_actions(acts, max_actions=self.config.max_actions,
+                                           max_port=self.config.max_ports, group_for=group_for)
+                if not group_taken and len(self._enc_cache) < 4096:
+                    self._enc_cache[acts] = recs  # no group reference taken: safe to reuse as is
             idx = self._alloc_idx()
         except Exception:
             for g in group_taken:
@@ -355,12 +368,12 @@ class Datapath:
             self._mask_refs[mid] += 1
         fkey = dpif.mf_key_bytes(mid, masked)
         old = self._flows.get(fkey)
-        gen = self._read_gen(idx)
+        gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
         self._write_entry(idx, dpif.encode_entry(gen, recs, self.config.max_actions))
         self._write_stats(idx, old[0] if old else None)
         try:
-            self._update("mf_flows", fkey, struct.pack("<I", idx))
+            self._raw_update("mf_flows", fkey, struct.pack("<I", idx))
         except MapFull:
             self._kill(idx)
             self._free_idx.append(idx)
@@ -385,11 +398,7 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
-        table = self.bpf["mf_flows"]
-        try:
-            del table[table.Key.from_buffer_copy(fkey)]
-        except KeyError:
-            pass
+        libbcc.bpf_delete_elem(self.bpf["mf_flows"].map_fd, ctypes.c_char_p(fkey))  # absent: nothing to do
         self._retire(found[0])
         self._mask_release(found[1])
         return True
@@ -514,14 +523,29 @@ class Datapath:
             raise DatapathError(f"writing {name} failed: {e}") from e
 
     def _read_gen(self, idx: int) -> int:
-        return int(self.bpf["mf_entries"][ctypes.c_uint32(idx)].gen)
+        gen = self._gens.get(idx)
+        if gen is None:
+            gen = self._gens[idx] = int(self.bpf["mf_entries"][ctypes.c_uint32(idx)].gen)
+        return gen
 
     def _write_entry(self, idx: int, raw: bytes) -> None:
-        table = self.bpf["mf_entries"]
-        table[ctypes.c_uint32(idx)] = table.Leaf.from_buffer_copy(raw)
+        self._raw_update("mf_entries", struct.pack("<I", idx), raw)
+        self._gens[idx] = struct.unpack_from("<I", raw)[0]
+
+    def _raw_update(self, name: str, key: bytes, value: bytes) -> None:
+        """One map update straight through libbpf: bcc's table objects cost more than the syscall."""
+        table = self.bpf[name]
+        r = libbcc.bpf_update_elem(table.map_fd, ctypes.c_char_p(key), ctypes.c_char_p(value), 0)
+        if r < 0:
+            err = -r if r != -1 else ctypes.get_errno()
+            if err in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC):
+                raise MapFull(f"{name} is full ({table.max_entries} entries)")
+            raise DatapathError(f"writing {name} failed: {os.strerror(err)}")
 
     def _write_stats(self, idx: int, carry_from: int | None) -> None:
         """Start flow idx's counters at zero, or at the totals of the flow it replaces."""
+        if carry_from is None and self._fresh:
+            return  # a slot never used since the maps were made: its counters are zero
         table = self.bpf["mf_stats"]
         vals = table.Leaf()
         if carry_from is not None:
@@ -536,6 +560,7 @@ class Datapath:
         if entry.gen & 1:
             entry.gen += 1
             table[ctypes.c_uint32(idx)] = entry
+        self._gens[idx] = int(entry.gen)
 
     def _retire(self, idx: int) -> None:
         self._kill(idx)
@@ -548,8 +573,10 @@ class Datapath:
         # reuse the oldest freed index only once the never-used ones are gone: the longest grace period
         if self._next_idx < self.config.max_flows:
             self._next_idx += 1
+            self._fresh = self._next_idx - 1 >= self._clean_from
             return self._next_idx - 1
         if self._free_idx:
+            self._fresh = False
             return self._free_idx.popleft()
         raise MapFull(f"all {self.config.max_flows} megaflow slots are in use")
 

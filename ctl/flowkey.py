@@ -86,7 +86,7 @@ class FlowKey(ctypes.BigEndianStructure):
         self.in_port_raw[:] = list(value.to_bytes(4, "little"))
 
     def __bytes__(self) -> bytes:
-        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+        return bytes(memoryview(self).cast("B"))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> FlowKey:
@@ -104,7 +104,8 @@ class FlowKey(ctypes.BigEndianStructure):
         return f"FlowKey({format_key(self)})"
 
     def masked(self, mask: FlowKey) -> FlowKey:
-        return FlowKey.from_bytes(bytes(a & b for a, b in zip(bytes(self), bytes(mask), strict=True)))
+        m = int.from_bytes(bytes(self), "little") & int.from_bytes(bytes(mask), "little")
+        return FlowKey.from_buffer_copy(m.to_bytes(FLOW_KEY_BYTES, "little"))
 
     def fields(self) -> dict[str, int | bytes]:
         """Every field by its C name, integers for scalars and bytes for arrays."""
@@ -116,7 +117,7 @@ class FlowKey(ctypes.BigEndianStructure):
         return out
 
 
-FLOW_KEY_SIZE = ctypes.sizeof(FlowKey)
+FLOW_KEY_SIZE = FLOW_KEY_BYTES = ctypes.sizeof(FlowKey)
 assert FLOW_KEY_SIZE == 88
 FIELD_NAMES = ["in_port"] + [f[0] for f in FlowKey._fields_[1:] if f[0] != "pad"]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ctl.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, FlowKey, build, mac_str
+from ctl.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, FlowKey, mac_str
 
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6 = 1, 6, 17, 132, 58
@@ -63,20 +64,31 @@ class FlowSyntaxError(ValueError):
 # --- flows (packets) ---------------------------------------------------------------------------------
 
 
+# struct flow_key after in_port (host order), every field big-endian; wide fields come out as bytes
+_KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s6x16s16s")
+_BODY_FIELDS = ("vlan_tci", "dl_type", "dl_dst", "dl_src", "nw_src", "nw_dst", "nw_proto", "nw_tos", "nw_ttl",
+                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "ipv6_src", "ipv6_dst")
+_WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if FIELD_BITS[f] > 32}
+
+
 def flow_of(key: FlowKey) -> Flow:
     """The packet fields of a flow key, every one an integer."""
-    return {k: (int.from_bytes(v, "big") if isinstance(v, bytes) else v) for k, v in key.fields().items()}
+    raw = bytes(key)
+    flow = {"in_port": int.from_bytes(raw[:4], "little")}
+    for f, v in zip(_BODY_FIELDS, _KEY_BODY.unpack_from(raw, 4), strict=True):
+        flow[f] = int.from_bytes(v, "big") if isinstance(v, bytes) else v
+    return flow
 
 
 def key_of(flow: Flow) -> FlowKey:
     """A FlowKey (or a mask) from integer fields; absent fields are zero."""
-    vals: dict[str, int | bytes] = {}
-    for f, v in flow.items():
-        if not v:
-            continue
-        bits = FIELD_BITS[f]
-        vals[f] = v.to_bytes(bits // 8, "big") if bits > 32 else v
-    return build(**vals)
+    vals: list[int | bytes] = [flow.get(f, 0) for f in _BODY_FIELDS]
+    for i, f in enumerate(_BODY_FIELDS):
+        n = _WIDE.get(f)
+        if n:
+            vals[i] = flow.get(f, 0).to_bytes(n, "big")
+    raw = flow.get("in_port", 0).to_bytes(4, "little") + _KEY_BODY.pack(*vals)
+    return FlowKey.from_buffer_copy(raw)
 
 
 # --- tokens --------------------------------------------------------------------------------------------

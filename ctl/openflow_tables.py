@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import operator
 import os
 import tempfile
 import time
@@ -174,7 +175,25 @@ class Rule:
 
 
 def _masked_tuple(flow: Flow, fields: tuple[str, ...], mask: dict[str, int]) -> tuple[int, ...]:
-    return tuple(flow[f] & mask[f] for f in fields)
+    return tuple([flow[f] & mask[f] for f in fields])
+
+
+class _Proj:
+    """Projects a flow onto some fields under a mask, as a tuple (the index key of a stage)."""
+
+    def __init__(self, fields: tuple[str, ...], mask: dict[str, int]) -> None:
+        self.get = operator.itemgetter(*fields) if fields else (lambda _f: ())
+        self.one = len(fields) == 1
+        self.masks = tuple(mask[f] for f in fields)
+        self.exact = all(mask[f] == FULL[f] for f in fields)
+
+    def __call__(self, flow: Flow) -> tuple[int, ...]:
+        v = self.get(flow)
+        if self.one:
+            v = (v,)
+        if self.exact:
+            return v  # type: ignore[no-any-return]
+        return tuple([a & m for a, m in zip(v, self.masks, strict=True)])
 
 
 class Subtable:
@@ -188,6 +207,8 @@ class Subtable:
         stages = [s for s in stages if s]
         self.stage_fields = stages
         self.cumulative = [tuple(f for s in stages[: i + 1] for f in s) for i in range(len(stages))]
+        self.proj = [_Proj(fs, mask) for fs in self.cumulative]
+        self.full_proj = _Proj(self.fields, mask)
         self.indices: list[dict[tuple[int, ...], int]] = [{} for _ in stages[:-1]]
         self.rules: dict[tuple[int, ...], list[Rule]] = {}
         self.max_priority = -1
@@ -242,10 +263,10 @@ class Subtable:
             if i == last:
                 break
             consulted.extend(stage)
-            if _masked_tuple(flow, self.cumulative[i], self.mask) not in self.indices[i]:
+            if self.proj[i](flow) not in self.indices[i]:
                 self._fold(wc, consulted)
                 return None
-        rules = self.rules.get(_masked_tuple(flow, self.fields, self.mask))
+        rules = self.rules.get(self.full_proj(flow))
         if rules is None and self.ports_mask and self.stage_fields[last][0].startswith("tp_"):
             # the last stage has the ports: un-wildcard only the leading port bits that tell this packet
             # apart from every rule (OVS's ports trie)

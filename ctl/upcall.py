@@ -186,7 +186,7 @@ class Udpif:
             for r in u.rules:
                 r.credit(1, len(up.frame))
             return u.actions
-        tr = translate(self.tables, flow_of(key), ports)
+        tr = translate(self.tables, flow_of(key), ports, trace=False)
         for r in tr.rules:
             r.credit(1, len(up.frame))
         mask = key_of(tr.wc)

@@ -85,7 +85,8 @@ class Translation:
 
 
 class _Ctx:
-    def __init__(self, tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None) -> None:
+    def __init__(self, tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None,
+                 tracing: bool = True) -> None:
         self.tables = tables
         self.orig = dict(flow)
         self.flow = dict(flow)
@@ -93,6 +94,8 @@ class _Ctx:
         self.wc = {f: 0 for f in FIELDS}
         self.set_bits = {f: 0 for f in FIELDS}
         self.ttl_changed = False
+        self.changed = False            # any field set or the TTL decremented: lookups need masking
+        self.tracing = tracing
         self.dirty: set[str] = set()    # fields written since the last commit
         self.vlan_tpid = 0x8100
         self.ports = ports
@@ -117,6 +120,7 @@ class _Ctx:
         self.flow[f] = (self.flow[f] & ~mask) | (value & mask)
         self.set_bits[f] |= mask
         self.dirty.add(f)
+        self.changed = True
 
     # --- the pipeline --------------------------------------------------------------------------------
 
@@ -126,14 +130,18 @@ class _Ctx:
             return
         while True:
             table = self.tables.tables[tid]
-            look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
-            scratch = {f: 0 for f in FIELDS}
-            rule = table.lookup(look, scratch)
-            for f, m in scratch.items():
-                if m and not (f == "in_port" and in_port is not None):
-                    self.consult(f, m)
+            if in_port is None and not self.changed:
+                rule = table.lookup(self.flow, self.wc)  # nothing changed yet: consulted bits go straight in
+            else:
+                look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
+                scratch = dict.fromkeys(FIELDS, 0)
+                rule = table.lookup(look, scratch)
+                for f, m in scratch.items():
+                    if m and not (f == "in_port" and in_port is not None):
+                        self.consult(f, m)
             step = TraceStep(self.depth, tid, rule)
-            self.steps.append(step)
+            if self.tracing:
+                self.steps.append(step)
             if rule is None:
                 if table.miss == "continue":
                     step.notes.append(f"table-miss: continue to table {tid + 1}")
@@ -157,7 +165,8 @@ class _Ctx:
         for a in actions:
             if self.error:
                 return None
-            step.notes.append(str(a))
+            if self.tracing:
+                step.notes.append(str(a))
             if isinstance(a, of.GotoTable):
                 return a.table
             if isinstance(a, of.Resubmit):
@@ -166,7 +175,7 @@ class _Ctx:
                 self.depth -= 1
             else:
                 note = self.do_action(a)
-                if note:
+                if note and self.tracing:
                     step.notes.append(f"    -> {note}")
         return None
 
@@ -196,7 +205,7 @@ class _Ctx:
             self.actions.append(dpif.DecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
             self.base["nw_ttl"] = self.flow["nw_ttl"]
-            self.ttl_changed = True
+            self.ttl_changed = self.changed = True
             return "the datapath drops the packet if its TTL is 1 or 0"
         elif isinstance(a, of.PushVlan):
             self.consult("vlan_tci", VLAN_CFI)
@@ -324,9 +333,10 @@ def _slow_reason(acts: list[dpif.Action]) -> str:
     return ""
 
 
-def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None) -> Translation:
+def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,
+              trace: bool = True) -> Translation:
     """Run flow through the pipeline from table 0. ports: the switch's port numbers (outputs elsewhere
-    are skipped); None skips that check."""
-    ctx = _Ctx(tables, flow, ports)
+    are skipped); None skips that check. trace=False leaves the per-table steps out (the handlers' way)."""
+    ctx = _Ctx(tables, flow, ports, trace)
     ctx.run_table(0)
     return ctx.finish()

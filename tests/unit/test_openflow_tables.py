@@ -208,3 +208,21 @@ def test_megaflow_text_parses_back() -> None:
     t = _t("priority=100,ip,nw_dst=10.0.0.0/24,actions=output:2", "priority=50,tcp,tp_dst=80,actions=output:3")
     tr = translate(t, flow_from_text("in_port=1,tcp,nw_dst=192.168.1.1,tp_dst=443"))
     assert parse_match(tr.megaflow().format()) == tr.megaflow()
+
+
+def test_flow_of_and_key_of_round_trip() -> None:
+    from ctl.flowkey import build
+    from ctl.ofmatch import flow_of, key_of
+
+    k = build(in_port=7, vlan_tci=0x1005, dl_type=0x86DD, dl_src="02:00:00:00:00:01", dl_dst="ff:ff:ff:ff:ff:ff",
+              nw_proto=6, nw_tos=0x21, nw_ttl=64, tp_src=1, tp_dst=65535, tcp_flags=0x12, ipv6_src="fd00::1",
+              ipv6_dst="2001:db8::ffff", arp_sha="02:00:00:00:00:09")
+    f = flow_of(k)
+    assert f["in_port"] == 7 and f["dl_src"] == 0x020000000001 and f["ipv6_dst"] == int(ip6("2001:db8::ffff"))
+    assert bytes(key_of(f)) == bytes(k)
+
+
+def ip6(text: str) -> int:
+    import ipaddress
+
+    return int(ipaddress.IPv6Address(text))

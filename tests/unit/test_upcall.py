@@ -1,0 +1,116 @@
+"""The upcall layer's logic with an in-memory datapath: installs, reuse of ukeys, the slow path, the
+flow-limit, failures counted, and the flush on table changes crediting rule counters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from ctl import dpif
+from ctl.dpif import Action, MapFull
+from ctl.flowkey import FlowKey
+from ctl.openflow_tables import OpenFlowTables, parse_flow
+from ctl.upcall import Udpif
+from ctl.xsk import Upcall
+
+
+class FakeDatapath:
+    """Megaflows in a dict; a megaflow's packet counter is set by the test (as the fast path would)."""
+
+    def __init__(self, max_flows: int = 100) -> None:
+        self.flows: dict[tuple[bytes, bytes], tuple[int, list[Action]]] = {}
+        self.stats: dict[int, tuple[int, int, int]] = {}
+        self.max_flows = max_flows
+        self.next = 0
+
+    def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int:
+        if len(self.flows) >= self.max_flows:
+            raise MapFull("full")
+        dpif.encode_actions(actions, max_actions=8, max_port=256, group_for=lambda ports: 0)
+        self.next += 1
+        self.flows[(bytes(key.masked(mask)), bytes(mask))] = (self.next, list(actions))
+        return self.next
+
+    def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
+        return self.flows.pop((bytes(key.masked(mask)), bytes(mask)), None) is not None
+
+    def flow_stats(self, idx: int) -> tuple[int, int, int]:
+        return self.stats.get(idx, (0, 0, 0))
+
+    @property
+    def n_flows(self) -> int:
+        return len(self.flows)
+
+
+def frame(dport: int, dst: str = "02:00:00:00:00:02") -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst=dst) / IP(src="10.0.0.1", dst="10.0.0.2")
+                 / UDP(sport=1, dport=dport) / b"payload")
+
+
+def up(dport: int, in_port: int = 1, reason: int = 1) -> Upcall:
+    return Upcall(reason, in_port, 0, frame(dport))
+
+
+def make(*flows: str, max_flows: int = 100) -> tuple[Udpif, FakeDatapath, dict[int, list[bytes]]]:
+    t = OpenFlowTables()
+    t.add_many(parse_flow(f) for f in flows)
+    dp = FakeDatapath(max_flows)
+    sent: dict[int, list[bytes]] = {}
+
+    def tx(port: int, frames: Sequence[bytes]) -> int:
+        sent.setdefault(port, []).extend(frames)
+        return len(frames)
+
+    return Udpif(dp, t, tx, lambda: [1, 2, 3]), dp, sent
+
+
+def test_identical_upcalls_in_a_batch_install_one_megaflow_and_all_are_sent() -> None:
+    u, dp, sent = make("udp,actions=output:2")
+    u.handle([up(53), up(53), up(54)])
+    assert len(dp.flows) == 1  # the megaflow (udp from port 1) covers all three
+    assert (u.stats.installed, u.stats.existing, u.stats.ok) == (1, 2, 3)
+    assert len(sent[2]) == 3 and sent[2][0] == frame(53)
+
+
+def test_slow_path_megaflow_and_flood_transmit() -> None:
+    u, dp, sent = make("udp,actions=output:2,mod_dl_dst:02:00:00:00:00:09,output:3", "priority=1,actions=flood")
+    u.handle([up(53)])
+    (idx, acts), = dp.flows.values()
+    assert acts == [dpif.Upcall()] and u.stats.slow_path == 1
+    assert Ether(sent[3][0]).dst == "02:00:00:00:00:09" and Ether(sent[2][0]).dst == "02:00:00:00:00:02"
+    u.handle([Upcall(1, 1, 0, bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP() / b"x"))])
+    assert len(sent[2]) == 2 and len(sent[3]) == 2 and 1 not in sent  # flood: every port but the ingress
+
+
+def test_flow_limit_and_full_datapath_still_forward() -> None:
+    u, dp, sent = make("udp,tp_dst=53,actions=output:2", "udp,tp_dst=54,actions=output:2", max_flows=1)
+    u.flow_limit = 0
+    u.handle([up(53)])
+    assert u.stats.over_flow_limit == 1 and not dp.flows and len(sent[2]) == 1
+    u.flow_limit = 100
+    u.handle([up(53), up(54)])
+    assert u.stats.install_failed == 1 and len(dp.flows) == 1 and len(sent[2]) == 3
+
+
+def test_bad_packets_are_counted_not_fatal() -> None:
+    u, dp, sent = make("actions=output:2")
+    u.handle([Upcall(1, 1, 0, b"\x01\x02"), up(53)])  # a runt is still a packet: it forwards
+    assert u.stats.failed == 0 and u.stats.ok == 2
+
+
+def test_table_change_flushes_and_credits_rules() -> None:
+    u, dp, sent = make("udp,actions=output:2")
+    u.handle([up(53)])
+    rule = u.tables.rules()[0]
+    (idx, _), = dp.flows.values()
+    dp.stats[idx] = (10, 1000, 0)       # ten hits in the fast path since
+    u.push_stats()
+    assert (rule.n_packets, rule.n_bytes) == (11, 1000 + len(frame(53)))
+    dp.stats[idx] = (15, 1500, 0)
+    u.tables_changed(lambda t: t.add(parse_flow("priority=40000,udp,actions=output:3")))
+    assert not dp.flows and not len(u.ukeys)
+    assert rule.n_packets == 16          # the last hits before the flush were credited
+    u.handle([up(53)])
+    assert list(dp.flows.values())[0][1] == [dpif.Output(3)]
