@@ -296,8 +296,9 @@ def ofctl_mod_table(table: int = typer.Argument(..., help="Table 0..254."),
 @app.command("trace")
 def trace(flow: str = typer.Argument(..., help="A packet in match syntax: in_port=1,tcp,nw_dst=10.0.0.2,tp_dst=80"),
           name: str = NAME, fmt: Format = FORMAT) -> None:
-    """Follow a packet through the OpenFlow tables: every table, the rule matched, the final actions and
-    the megaflow that would be installed (like `ovs-appctl ofproto/trace`).
+    """Follow a packet through the OpenFlow tables and show the megaflow it would get (like ofproto/trace).
+
+    Every table visited, the rule matched, the final datapath actions and the Megaflow: line.
 
     Example: xdpswitch trace "in_port=1,icmp,nw_src=10.0.0.1,nw_dst=10.0.0.2"
     """
@@ -340,7 +341,7 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
 
 @app.command("demo")
 def demo() -> None:
-    """Three hosts in namespaces on one XDP switch: put megaflows, ping every pair, show the caches.
+    """Three hosts in namespaces on the switch with a small rule set: trace, ping every pair, show the caches.
 
     Needs root. Everything the demo creates is removed when it ends.
 
