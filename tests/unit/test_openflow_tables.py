@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctl import dpif
 from ctl.ofmatch import FlowSyntaxError, flow_from_text, parse_match
@@ -226,3 +228,23 @@ def ip6(text: str) -> int:
     import ipaddress
 
     return int(ipaddress.IPv6Address(text))
+
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz_0123456789:=,/.()->+ x"
+_WORDS = ["ip", "tcp", "udp6", "nw_dst=", "tp_dst=", "actions=", "output:", "resubmit(,", "goto_table:", "set_field:",
+          "->", "ip_dst", "dl_vlan=", "tcp_flags=+syn", "priority=", "table=", "0x", "/", "10.0.0.1", "fd00::1", ","]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS) | st.text(_ALPHABET, max_size=6), max_size=14))
+def test_any_flow_text_parses_or_fails_cleanly(parts: list[str]) -> None:
+    """Random flow text never escapes as anything but FlowSyntaxError, and what parses round-trips."""
+    text = "".join(parts)
+    try:
+        spec = parse_flow(text)
+    except FlowSyntaxError as e:
+        assert 0 <= e.pos <= len(text) and e.msg
+        return
+    t = OpenFlowTables()
+    rule = t.add(spec)
+    assert parse_flow(rule.to_text()).match == spec.match
