@@ -188,6 +188,8 @@ def start(
     mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
                                             help="Insert into the EMC on 1 in N megaflow hits (0: never)."),
+    metrics_address: str = typer.Option("127.0.0.1:9640", "--metrics-address",
+                                         help="Serve Prometheus /metrics here (HOST:PORT); 'none' to turn off."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
 ) -> None:
     """Run the switch in the foreground until SIGTERM or Ctrl-C (then every port is detached).
@@ -210,7 +212,12 @@ def start(
             raise ValueError("--handlers must be at least 1 and --flow-limit at least 0")
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
-                    say=lambda m: out.print(m, highlight=False, markup=False))
+                    say=lambda m: out.print(m, highlight=False, markup=False),
+                    metrics_address=None if metrics_address.lower() == "none" else metrics_address)
+        if sw.metrics_address:
+            from exporters.collector import parse_address
+
+            parse_address(sw.metrics_address)
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None

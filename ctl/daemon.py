@@ -124,6 +124,7 @@ class Switch:
     mode: str = "auto"
     config: DatapathConfig = field(default_factory=DatapathConfig)
     say: Callable[[str], None] = print
+    metrics_address: str | None = None   # HOST:PORT for /metrics; None: not served
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -135,6 +136,7 @@ class Switch:
         self.udpif: Udpif | None = None
         self._ctl: socket.socket | None = None
         self._ctl_thread: threading.Thread | None = None
+        self._metrics: Any = None
         self.started = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -171,6 +173,12 @@ class Switch:
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._serve_control()
+        if self.metrics_address:
+            from exporters.collector import serve
+
+            self._metrics = serve(self.metrics_snapshot, self.metrics_address)
+            host, port = self._metrics.server_address[:2]
+            self.say(f"metrics on http://{host}:{port}/metrics")
         self.say(f"{self.name}: {len(self.ports)} ports, {len(self.tables)} flows, {self.n_handlers} handler(s); "
                  f"control socket {control_path(self.name)}")
 
@@ -210,6 +218,9 @@ class Switch:
         self.stop.set()
         for h in self.handlers:
             h.join(timeout=2)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
         if self._ctl is not None:
             self._ctl.close()
             control_path(self.name).unlink(missing_ok=True)
@@ -224,6 +235,10 @@ class Switch:
             self.dp.close(unpin=True)
             self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped")
             self.dp = None
+
+    def metrics_snapshot(self) -> Any:
+        """What a Prometheus scrape reports (exporters.collector.Snapshot), read now."""
+        return _snapshot_of(self)
 
     def save(self) -> None:
         self.tables.save(self.state_file)
@@ -339,6 +354,28 @@ class Switch:
                 "handler_restarts": self.handler_restarts, "socket_drops": lost,
                 "fast_path_lost": self.dp.stats().lost, "uptime_s": round(time.monotonic() - self.started, 1),
                 **self.udpif.stats.to_json()}
+
+
+def _snapshot_of(sw: Switch) -> Any:
+    from ctl.upcall import HANDLING_BOUNDS
+    from exporters.collector import PortSample, Snapshot
+
+    dp, up = sw.dp, sw.udpif
+    if dp is None or up is None:
+        raise RuntimeError("the datapath is not running")
+    st = up.stats
+    lost = sum(x.stats()["rx_dropped"] + x.stats()["rx_ring_full"] for x in sw.sockets.values())
+    cum, buckets = 0, []
+    for bound, n in zip(HANDLING_BOUNDS, st.handling_counts, strict=True):
+        cum += n
+        buckets.append((bound, cum))
+    return Snapshot(
+        datapath=sw.name, dp=dp.stats(),
+        ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no)) for p in dp.ports.values()],
+        maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=len(sw.tables), ukeys=len(up.ukeys),
+        upcalls={"ok": st.ok, "failed": st.failed, "lost": lost + dp.stats().lost},
+        upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
+        handling_buckets=buckets, handling_sum=st.handling_sum)
 
 
 def _recv_all(conn: socket.socket) -> bytes:

@@ -38,6 +38,7 @@ from ctl.xsk import Upcall
 log = logging.getLogger(__name__)
 
 DEFAULT_FLOW_LIMIT = 200000  # OVS's other_config:flow-limit default
+HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, float("inf"))
 UPCALL_REASONS = {1: "miss", 2: "slow_path"}
 
 
@@ -118,9 +119,20 @@ class UpcallStats:
     tx_dropped: int = 0         # emissions to ports with no socket, or refused by the socket
     drops: dict[str, int] = field(default_factory=dict)  # packets the actions dropped, by reason
     flushes: int = 0            # megaflow flushes after flow-table changes
+    deleted: dict[str, int] = field(default_factory=dict)  # megaflows deleted, by reason
+    # upcall handling time: counts per bucket of HANDLING_BOUNDS (not cumulative), and the sum in seconds
+    handling_counts: list[int] = field(default_factory=lambda: [0] * len(HANDLING_BOUNDS))
+    handling_sum: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))
+
+    def observe(self, seconds_each: float, n: int) -> None:
+        for i, bound in enumerate(HANDLING_BOUNDS):
+            if seconds_each <= bound:
+                self.handling_counts[i] += n
+                break
+        self.handling_sum += seconds_each * n
 
 
 class Udpif:
@@ -143,6 +155,7 @@ class Udpif:
         """Handle one batch: decide and install under the lock, then execute and transmit outside it."""
         work: list[tuple[Upcall, list[Action]]] = []
         st = self.stats
+        t0 = time.perf_counter()
         with self.lock:
             ports = set(self.ports())
             for up in upcalls:
@@ -176,6 +189,8 @@ class Udpif:
             sent = self.transmit(port, frames)
             st.tx_packets += sent
             st.tx_dropped += len(frames) - sent
+        if upcalls:
+            st.observe((time.perf_counter() - t0) / len(upcalls), len(upcalls))
 
     def _decide(self, up: Upcall, ports: set[int]) -> list[Action]:
         key = parse(up.frame, up.in_port)
@@ -252,4 +267,5 @@ class Udpif:
             for u in gone:
                 self._credit(u)  # after the delete: no packet can hit it any more
             self.stats.flushes += 1
+            self.stats.deleted["flush"] = self.stats.deleted.get("flush", 0) + sum(u.idx >= 0 for u in gone)
             return len(gone)

@@ -1,3 +1,2 @@
-"""Prometheus exporter of the fast path's counters: a custom Collector that reads the BPF maps at scrape
-time. It arrives with the revalidator issue; the counters it will read are Datapath.stats(),
-Datapath.port_stats() and Datapath.map_usage()."""
+"""Prometheus exporter: ``exporters.collector`` reads the switch's counters at scrape time; the daemon
+serves it on ``--metrics-address`` (127.0.0.1:9640 by default)."""

@@ -23,7 +23,8 @@ L2 = [f"priority=10,dl_dst=02:00:00:00:00:0{n},actions=output:{n}" for n in (1, 
 
 def make_switch(name: str, hosts: list[Host], state: Path) -> Switch:
     sw = Switch(name, [PortSpec(h.port, h.port_no) for h in hosts], state,
-                config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None)
+                config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None,
+                metrics_address="127.0.0.1:0")
     sw.start()
     return sw
 
@@ -236,3 +237,23 @@ def test_control_socket_errors_and_permissions(sw: Switch) -> None:
     with pytest.raises(FlowSyntaxError, match="flow 2"):
         request(sw.name, "add-flows", flows=["priority=2,ip,actions=output:2", "ip,actions=fly"])
     assert [r["priority"] for r in request(sw.name, "dump-flows")] == [1]  # all or nothing
+
+
+def test_metrics_endpoint_reads_the_live_counters(sw: Switch, hosts: list[Host]) -> None:
+    import urllib.request
+
+    h1, h2, _ = hosts
+    add(sw, *L2)
+    assert ping(h1, h2.ip, 5)
+    port = sw._metrics.server_address[1]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+              if line and not line.startswith("#")}
+    assert sw.dp is not None
+    st = sw.dp.stats()
+    lookups = {r: values[f'xdpswitch_lookups_total{{result="{r}"}}']
+               for r in ("emc_hit", "megaflow_hit", "miss", "lost")}
+    assert sum(lookups.values()) == st.packets and lookups["emc_hit"] == st.emc_hits
+    assert values['xdpswitch_flows{cache="megaflow"}'] == sw.dp.n_flows >= 2
+    assert values[f'xdpswitch_port_receive_packets_total{{name="{h1.port}",port="1"}}'] >= 5
+    assert values["xdpswitch_upcall_handling_seconds_count"] >= 2

@@ -1,0 +1,173 @@
+"""The Prometheus exporter: a custom Collector that reads the switch's counters at scrape time.
+
+Nothing is mirrored into global counters: every scrape calls ``snapshot()`` (the daemon's
+``Switch.metrics_snapshot``, which reads the BPF maps and the upcall counters) and turns it into metric
+families, prometheus-client's documented pattern for proxied counters. If the snapshot fails (the
+datapath is restarting), the scrape fails and nothing else does.
+
+Names: one prefix (``xdpswitch_``), base units (seconds, bytes), ``_total`` on counters, labels whose
+values sum to something meaningful (``lookups_total`` by result partitions every packet), never a flow key
+or an address as a label.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from ctl.dpif import DpStats, PortStats
+
+VERSION = "0.1.0"
+DEFAULT_ADDRESS = "127.0.0.1:9640"
+
+
+@dataclass
+class PortSample:
+    port_no: int
+    name: str
+    stats: PortStats
+
+
+@dataclass
+class Snapshot:
+    """Everything one scrape reports, read at scrape time."""
+
+    datapath: str
+    dp: DpStats
+    ports: list[PortSample]
+    maps: dict[str, tuple[int, int]]          # map -> (entries, max entries)
+    megaflows: int
+    masks: int
+    rules: int
+    ukeys: int
+    upcalls: dict[str, int]                   # result -> count: ok, failed, lost
+    upcall_reasons: dict[str, int]            # miss, slow_path
+    megaflows_installed: int
+    megaflows_deleted: dict[str, int]         # reason -> count
+    handling_buckets: list[tuple[float, int]] = field(default_factory=list)  # (upper bound s, cumulative)
+    handling_sum: float = 0.0
+
+
+class SwitchCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily]:
+        s = self.snapshot()
+        dp = s.dp
+        yield InfoMetricFamily("xdpswitch_build", "Version of xdpswitch.", value={"version": VERSION})
+        c = CounterMetricFamily("xdpswitch_lookups", "Packets by fast-path lookup result; the results partition "
+                                "every packet the fast path saw.", labels=["result"])
+        for result, v in (("emc_hit", dp.emc_hits), ("megaflow_hit", dp.megaflow_hits), ("miss", dp.misses),
+                          ("lost", dp.lost)):
+            c.add_metric([result], v)
+        yield c
+        yield CounterMetricFamily("xdpswitch_subtable_lookups", "Megaflow subtables looked up (hits and misses).",
+                                  value=dp.mask_lookups)
+        yield CounterMetricFamily("xdpswitch_mask_hint_hits", "Megaflow hits found in the hinted subtable.",
+                                  value=dp.hint_hits)
+        yield CounterMetricFamily("xdpswitch_emc_inserts", "Exact-match cache inserts.", value=dp.emc_inserts)
+        d = CounterMetricFamily("xdpswitch_drops", "Packets the fast path dropped, by reason.", labels=["reason"])
+        for reason, v in sorted(dp.drops.items()):
+            d.add_metric([reason], v)
+        yield d
+        g = GaugeMetricFamily("xdpswitch_flows", "Flows held, by cache.", labels=["cache"])
+        g.add_metric(["megaflow"], s.megaflows)
+        g.add_metric(["ukey"], s.ukeys)
+        g.add_metric(["openflow"], s.rules)
+        yield g
+        yield GaugeMetricFamily("xdpswitch_megaflow_masks", "Megaflow subtables (distinct masks).", value=s.masks)
+        e = GaugeMetricFamily("xdpswitch_map_entries", "Entries in use per fast-path map.", labels=["map"])
+        m = GaugeMetricFamily("xdpswitch_map_max_entries", "Capacity per fast-path map.", labels=["map"])
+        for name, (used, cap) in sorted(s.maps.items()):
+            e.add_metric([name], used)
+            m.add_metric([name], cap)
+        yield e
+        yield m
+        u = CounterMetricFamily("xdpswitch_upcalls", "Upcalls by result.", labels=["result"])
+        for result in ("ok", "failed", "lost"):
+            u.add_metric([result], s.upcalls.get(result, 0))
+        yield u
+        r = CounterMetricFamily("xdpswitch_upcall_reasons", "Upcalls received, by reason.", labels=["reason"])
+        for reason, v in sorted(s.upcall_reasons.items()):
+            r.add_metric([reason], v)
+        yield r
+        yield CounterMetricFamily("xdpswitch_megaflows_installed", "Megaflows installed by the handlers.",
+                                  value=s.megaflows_installed)
+        dl = CounterMetricFamily("xdpswitch_megaflows_deleted", "Megaflows deleted, by reason.", labels=["reason"])
+        for reason, v in sorted(s.megaflows_deleted.items()):
+            dl.add_metric([reason], v)
+        yield dl
+        h = HistogramMetricFamily("xdpswitch_upcall_handling_seconds", "Time to handle one upcall (translate, "
+                                  "install, execute, transmit).", unit="")
+        h.add_metric([], buckets=[(_le(b), n) for b, n in s.handling_buckets], sum_value=s.handling_sum)
+        yield h
+        for direction, what, done in (("receive", "rx", "received"), ("transmit", "tx", "transmitted")):
+            pk = CounterMetricFamily(f"xdpswitch_port_{direction}_packets", f"Packets {done} per port (in XDP).",
+                                     labels=["port", "name"])
+            by = CounterMetricFamily(f"xdpswitch_port_{direction}_bytes", f"Bytes {done} per port (in XDP).",
+                                     labels=["port", "name"])
+            for p in s.ports:
+                pk.add_metric([str(p.port_no), p.name], getattr(p.stats, f"{what}_packets"))
+                by.add_metric([str(p.port_no), p.name], getattr(p.stats, f"{what}_bytes"))
+            yield pk
+            yield by
+        pd = CounterMetricFamily("xdpswitch_port_drops", "Packets dropped per ingress port.", labels=["port", "name"])
+        for p in s.ports:
+            pd.add_metric([str(p.port_no), p.name], p.stats.drops)
+        yield pd
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def registry_for(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SwitchCollector(snapshot))
+    return reg
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        raise ValueError(f"bad metrics address {text!r}: HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    return host.strip("[]"), int(port)
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics is here")
+            return
+        try:
+            body = generate_latest(self.registry)
+        except Exception as e:  # the switch could not answer (e.g. restarting): this scrape fails, not the daemon
+            self.send_error(503, f"scrape failed: {e}")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet: one line per scrape is noise
+        pass
+
+
+def serve(snapshot: Callable[[], Snapshot], address: str = DEFAULT_ADDRESS) -> ThreadingHTTPServer:
+    """Serve /metrics on address in a daemon thread; returns the server (call shutdown() to stop)."""
+    host, port = parse_address(address)
+    handler = type("Handler", (_MetricsHandler,), {"registry": registry_for(snapshot)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
