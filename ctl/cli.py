@@ -40,6 +40,8 @@ app.add_typer(ofctl, name="ofctl")
 upcall = typer.Typer(help="The upcall path: handlers, ukeys, counters (like ovs-appctl upcall/*).",
                      no_args_is_help=True)
 app.add_typer(upcall, name="upcall")
+revalidator = typer.Typer(help="The revalidator (like ovs-appctl revalidator/*).", no_args_is_help=True)
+app.add_typer(revalidator, name="revalidator")
 out = Console()
 err = Console(stderr=True)
 
@@ -188,6 +190,8 @@ def start(
     mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
                                             help="Insert into the EMC on 1 in N megaflow hits (0: never)."),
+    max_idle: int = typer.Option(10000, "--max-idle", help="Delete megaflows idle this long (ms)."),
+    max_revalidator: int = typer.Option(500, "--max-revalidator", help="Revalidate at least this often (ms)."),
     metrics_address: str = typer.Option("127.0.0.1:9640", "--metrics-address",
                                          help="Serve Prometheus /metrics here (HOST:PORT); 'none' to turn off."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
@@ -213,7 +217,11 @@ def start(
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
                     say=lambda m: out.print(m, highlight=False, markup=False),
-                    metrics_address=None if metrics_address.lower() == "none" else metrics_address)
+                    metrics_address=None if metrics_address.lower() == "none" else metrics_address,
+                    max_idle_ms=max_idle, max_revalidator_ms=max_revalidator)
+        from ctl.revalidator import check_settings
+
+        check_settings(flow_limit, max_idle, max_revalidator)
         if sw.metrics_address:
             from exporters.collector import parse_address
 
@@ -330,20 +338,49 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         return
     lines = [
         f"{st['name']}:",
-        f"  flows         : (current {st['flows']}) (limit {st['flow_limit']}) (ukeys {st['ukeys']})",
+        f"  flows         : (current {st['flows']}) (avg {st['avg_flows']}) (max {st['max_flows']}) "
+        f"(limit {st['flow_limit']})",
+        f"  dump duration : {st['dump_duration_ms']:.0f}ms",
+        f"  settings      : flow-limit {st['flow_limit_configured']}, max-idle {st['max_idle']}ms, "
+        f"max-revalidator {st['max_revalidator']}ms",
+        f"  ukeys         : {st['ukeys']}",
         f"  handlers      : {st['handlers']} (restarted {st['handler_restarts']} times)",
         f"  upcalls       : received {st['received']}, ok {st['ok']}, failed {st['failed']}, "
         f"lost {st['fast_path_lost'] + st['socket_drops']}",
         "  reasons       : " + ", ".join(f"{k} {v}" for k, v in st["by_reason"].items()),
         f"  megaflows     : installed {st['installed']} (slow path {st['slow_path']}), existing {st['existing']}, "
-        f"over flow-limit {st['over_flow_limit']}, install failed {st['install_failed']}, "
-        f"flushes {st['flushes']}",
+        f"over flow-limit {st['over_flow_limit']}, install failed {st['install_failed']}",
+        "  deleted       : " + (", ".join(f"{k} {v}" for k, v in st["deleted"].items()) or "none"),
+        "  rules expired : " + ", ".join(f"{k} {v}" for k, v in st["rules_expired"].items()),
         f"  transmitted   : {st['tx_packets']} (dropped {st['tx_dropped']})",
         f"  controller    : {st['controller']} (dropped: no OpenFlow channel yet)",
     ]
     if st["drops"]:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
     out.print("\n".join(lines), highlight=False, markup=False)
+
+
+@upcall.command("set")
+def upcall_set(flow_limit: int = typer.Option(None, "--flow-limit", help="Megaflows installed at most."),
+               max_idle: int = typer.Option(None, "--max-idle", help="Idle megaflows go after this (ms)."),
+               max_revalidator: int = typer.Option(None, "--max-revalidator", help="Revalidation period (ms)."),
+               name: str = NAME) -> None:
+    """Change the flow-limit, max-idle or max-revalidator of a running switch (OVS: other_config).
+
+    Example: xdpswitch upcall set --flow-limit 50000 --max-idle 2000
+    """
+    res = _request(name, "set", flow_limit=flow_limit, max_idle=max_idle, max_revalidator=max_revalidator)
+    out.print(", ".join(f"{k.replace('_', '-')} {v}" for k, v in res.items()), highlight=False)
+
+
+@revalidator.command("purge")
+def revalidator_purge(name: str = NAME) -> None:
+    """Delete every megaflow now (like `ovs-appctl revalidator/purge`); they come back on the next packets.
+
+    Example: xdpswitch revalidator purge
+    """
+    res = _request(name, "revalidator-purge")
+    out.print(f"deleted {res['deleted']} megaflows", highlight=False)
 
 
 @app.command("demo")

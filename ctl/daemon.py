@@ -33,6 +33,7 @@ from typing import Any
 from ctl.datapath import RUN_DIR, Datapath, DatapathConfig, DatapathError
 from ctl.ofmatch import FlowSyntaxError, flow_from_text
 from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
+from ctl.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator
 from ctl.upcall import DEFAULT_FLOW_LIMIT, Udpif
 from ctl.xlate import translate
 from ctl.xsk import XskSocket
@@ -125,6 +126,8 @@ class Switch:
     config: DatapathConfig = field(default_factory=DatapathConfig)
     say: Callable[[str], None] = print
     metrics_address: str | None = None   # HOST:PORT for /metrics; None: not served
+    max_idle_ms: int = DEFAULT_MAX_IDLE_MS
+    max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -134,6 +137,7 @@ class Switch:
         self.handler_restarts = 0
         self.tables = OpenFlowTables()
         self.udpif: Udpif | None = None
+        self.revalidator: Revalidator | None = None
         self._ctl: socket.socket | None = None
         self._ctl_thread: threading.Thread | None = None
         self._metrics: Any = None
@@ -170,6 +174,11 @@ class Switch:
             self.shutdown()
             raise
         self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit)
+        self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports))
+        self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
+        self.udpif.revalidator = self.revalidator
+        self.udpif.on_expired = lambda rules: self.save()
+        self.revalidator.start()
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._serve_control()
@@ -207,7 +216,9 @@ class Switch:
         assert self.dp is not None and self.udpif is not None
         with self.udpif.lock:
             self.dp.rank_masks()
-        self.udpif.push_stats()
+        if self.revalidator is not None and not self.revalidator.is_alive() and not self.stop.is_set():
+            log.error("the revalidator died; restarting it")
+            self.revalidator.start()
         for h in list(self.handlers):
             if not h.is_alive() and not self.stop.is_set():
                 self.handler_restarts += 1
@@ -216,6 +227,8 @@ class Switch:
 
     def shutdown(self) -> None:
         self.stop.set()
+        if self.revalidator is not None:
+            self.revalidator.stop()
         for h in self.handlers:
             h.join(timeout=2)
         if self._metrics is not None:
@@ -346,14 +359,34 @@ class Switch:
                 "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
                 "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
 
+    def _cmd_set(self, flow_limit: int | None = None, max_idle: int | None = None,
+                 max_revalidator: int | None = None) -> dict[str, object]:
+        assert self.revalidator is not None
+        self.revalidator.configure(flow_limit, max_idle, max_revalidator)
+        return {"flow_limit": self.revalidator.configured_limit, "max_idle": self.revalidator.max_idle_ms,
+                "max_revalidator": self.revalidator.max_revalidator_ms}
+
+    def _cmd_revalidator_purge(self) -> dict[str, int]:
+        assert self.udpif is not None
+        with self.udpif.lock:
+            keys = list(self.udpif.ukeys)
+            for k in keys:
+                self.udpif.delete_ukey(k, "purge")
+        return {"deleted": len(keys)}
+
     def _cmd_upcall_show(self) -> dict[str, object]:
-        assert self.udpif is not None and self.dp is not None
+        assert self.udpif is not None and self.dp is not None and self.revalidator is not None
+        rv = self.revalidator
         lost = sum(xs.stats()["rx_dropped"] + xs.stats()["rx_ring_full"] for xs in self.sockets.values())
-        return {"name": self.name, "flows": self.dp.n_flows, "flow_limit": self.flow_limit,
+        return {"name": self.name, "flows": self.dp.n_flows, "flow_limit": self.udpif.flow_limit,
                 "ukeys": len(self.udpif.ukeys), "handlers": len(self.handlers),
                 "handler_restarts": self.handler_restarts, "socket_drops": lost,
                 "fast_path_lost": self.dp.stats().lost, "uptime_s": round(time.monotonic() - self.started, 1),
-                **self.udpif.stats.to_json()}
+                **self.udpif.stats.to_json(),
+                "flow_limit_configured": rv.configured_limit, "max_idle": rv.max_idle_ms,
+                "max_revalidator": rv.max_revalidator_ms, "avg_flows": round(rv.stats.avg_flows),
+                "max_flows": rv.stats.max_flows, "dump_duration_ms": round(rv.stats.last_dump_ms, 1),
+                "dumps": rv.stats.dumps, "rules_expired": dict(rv.stats.rules_expired)}
 
 
 def _snapshot_of(sw: Switch) -> Any:

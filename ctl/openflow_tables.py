@@ -134,10 +134,16 @@ class Rule:
     n_packets: int = 0
     n_bytes: int = 0
     seq: int = 0           # insertion order: ties between equal priorities go to the older rule
+    last_used: float = 0.0  # monotonic time of the last packet credited (idle_timeout); creation at first
+
+    def __post_init__(self) -> None:
+        self.last_used = self.created
 
     def credit(self, packets: int, nbytes: int) -> None:
         self.n_packets += packets
         self.n_bytes += nbytes
+        if packets:
+            self.last_used = time.monotonic()
 
     def to_text(self) -> str:
         """The rule as add-flow text (what the state file keeps)."""
@@ -502,6 +508,15 @@ class OpenFlowTables:
         if gone:
             self.version += 1
         return gone
+
+    def remove_rule(self, rule: Rule) -> bool:
+        """Remove one rule (e.g. expired); False if it is no longer there."""
+        table = self.tables[rule.table]
+        if table.find_exact(rule.match, rule.priority) is not rule:
+            return False
+        table.remove(rule)
+        self.version += 1
+        return True
 
     def clear(self) -> None:
         for t in self.tables:

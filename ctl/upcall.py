@@ -42,6 +42,10 @@ HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10
 UPCALL_REASONS = {1: "miss", 2: "slow_path"}
 
 
+class RevalidatorLike(Protocol):
+    def request(self, timeout: float = 5.0) -> bool: ...
+
+
 class DatapathOps(Protocol):
     """What the upcall layer needs of a datapath (ctl.datapath.Datapath; a fake in the unit tier)."""
 
@@ -68,6 +72,10 @@ class Ukey:
     packets: int = 0            # fast-path totals already credited to the rules
     bytes: int = 0
     created: float = field(default_factory=time.monotonic)
+    flow: dict[str, int] = field(default_factory=dict)  # the packet that made it: revalidation translates it again
+    version: int = 0            # the tables' version it was translated at
+    created_ns: int = field(default_factory=dpif.now_ns)
+    dead: bool = False
 
 
 class Ukeys:
@@ -94,6 +102,14 @@ class Ukeys:
     def add(self, u: Ukey) -> None:
         m = int.from_bytes(bytes(u.mask), "little")
         self.by_mask.setdefault(m, {})[int.from_bytes(bytes(u.key), "little")] = u
+
+    def remove(self, u: Ukey) -> None:
+        m = int.from_bytes(bytes(u.mask), "little")
+        d = self.by_mask.get(m)
+        if d is not None:
+            d.pop(int.from_bytes(bytes(u.key), "little"), None)
+            if not d:
+                del self.by_mask[m]
 
     def clear(self) -> list[Ukey]:
         gone = [u for d in self.by_mask.values() for u in d.values()]
@@ -148,6 +164,8 @@ class Udpif:
         self.ukeys = Ukeys()
         self.stats = UpcallStats()
         self.lock = threading.RLock()   # tables, ukeys and fast-path flow writes change under it
+        self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
+        self.on_expired: Callable[[list[Rule]], None] | None = None
 
     # --- upcalls -----------------------------------------------------------------------------------
 
@@ -201,11 +219,12 @@ class Udpif:
             for r in u.rules:
                 r.credit(1, len(up.frame))
             return u.actions
-        tr = translate(self.tables, flow_of(key), ports, trace=False)
+        flow = flow_of(key)
+        tr = translate(self.tables, flow, ports, trace=False)
         for r in tr.rules:
             r.credit(1, len(up.frame))
         mask = key_of(tr.wc)
-        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path)
+        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version)
         if self.dp.n_flows >= self.flow_limit:
             self.stats.over_flow_limit += 1
             return tr.actions
@@ -242,6 +261,10 @@ class Udpif:
         if u.idx < 0:
             return
         packets, nbytes, _used = self.dp.flow_stats(u.idx)
+        self.credit_to(u, packets, nbytes)
+
+    def credit_to(self, u: Ukey, packets: int, nbytes: int) -> None:
+        """Credit the megaflow's totals (as read from the fast path) beyond what was credited already."""
         dp_, db = packets - u.packets, nbytes - u.bytes
         if dp_ > 0:
             if not u.slow_path:  # slow-path packets were credited when they came up
@@ -250,18 +273,40 @@ class Udpif:
             u.packets, u.bytes = packets, nbytes
 
     def tables_changed(self, change: Callable[[OpenFlowTables], object]) -> object:
-        """Apply change to the tables, then delete every megaflow so none computed from the old tables
-        stays in use. The rules keep the counts of the megaflows that went."""
+        """Apply change to the tables. With a revalidator, wait for a pass that re-translates every
+        megaflow made from older tables (deleting or updating it); without one, delete every megaflow.
+        Either way no megaflow computed from the old tables stays in use once this returns."""
         with self.lock:
             result = change(self.tables)
+            if self.revalidator is None:
+                self.flush()
+                return result
+        if not self.revalidator.request():
+            log.warning("the revalidator did not finish a pass in time; flushing every megaflow")
             self.flush()
-            return result
+        return result
+
+    def change_tables(self, change: Callable[[OpenFlowTables], object]) -> object:
+        """Apply change under the lock, leaving the megaflows to the revalidator's next pass."""
+        with self.lock:
+            return change(self.tables)
+
+    def delete_ukey(self, u: Ukey, reason: str) -> None:
+        """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""
+        with self.lock:
+            u.dead = True
+            self.ukeys.remove(u)
+            if u.idx >= 0:
+                self.dp.del_flow(u.key, u.mask)
+                self._credit(u)
+                self.stats.deleted[reason] = self.stats.deleted.get(reason, 0) + 1
 
     def flush(self) -> int:
         """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
         with self.lock:
             gone = self.ukeys.clear()
             for u in gone:
+                u.dead = True
                 if u.idx >= 0:
                     self.dp.del_flow(u.key, u.mask)
             for u in gone:

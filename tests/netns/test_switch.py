@@ -191,8 +191,8 @@ def test_flow_changes_while_traffic_runs(sw: Switch, hosts: list[Host]) -> None:
 def test_flow_limit_forwards_without_installing(sw: Switch, hosts: list[Host]) -> None:
     h1, h2, _ = hosts
     add(sw, *L2)
-    assert sw.udpif is not None and sw.dp is not None
-    sw.udpif.flow_limit = 0
+    assert sw.udpif is not None and sw.dp is not None and sw.revalidator is not None
+    request(sw.name, "set", flow_limit=0)
     try:
         up0 = upcalls(sw)
         assert ping(h1, h2.ip, 3)
@@ -200,7 +200,7 @@ def test_flow_limit_forwards_without_installing(sw: Switch, hosts: list[Host]) -
         assert u["over_flow_limit"] == 6 and u["ok"] == 6 and u["installed"] == 0
         assert sw.dp.n_flows == 0
     finally:
-        sw.udpif.flow_limit = 200000
+        request(sw.name, "set", flow_limit=200000)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -1,0 +1,247 @@
+"""The revalidator: keeps the megaflows true to the OpenFlow tables, counted, and within bounds.
+
+As OVS's revalidator threads do, every ``max_revalidator`` (default 500 ms), or at once after a flow-table
+change, one pass dumps every ukey's fast-path counters and then sweeps:
+ - the new packets and bytes of each megaflow are credited to the rules it went through;
+ - a megaflow idle longer than ``max_idle`` (default 10 s; 100 ms while over the flow-limit) is deleted;
+ - after a flow-table change, each megaflow is translated again from the packet that created it: if the
+   new translation needs no bit the megaflow's mask lacks, it stays (its actions updated in place if they
+   changed); otherwise it is deleted ("stale"). There is no global flush;
+ - OpenFlow rules whose idle_timeout or hard_timeout has passed are deleted (and their megaflows with
+   them, on the same pass);
+ - the flow-limit adapts as OVS's does: cut when a dump is slow, raised by 1000 when it is fast, never
+   above the configured limit; above twice the limit every megaflow is purged.
+
+Deleting a megaflow turns its generation even, so EMC entries and mask hints that still point at it stop
+matching at once (see ctl/datapath.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ctl import dpif
+from ctl.dpif import ActionError, MapFull
+from ctl.flowkey import FlowKey
+from ctl.ofmatch import key_of
+from ctl.openflow_tables import OpenFlowTables, Rule
+from ctl.upcall import Udpif, Ukey
+from ctl.xlate import translate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_IDLE_MS = 10000
+DEFAULT_MAX_REVALIDATOR_MS = 500
+MIN_FLOW_LIMIT = 1000
+
+
+@dataclass
+class RevalidatorStats:
+    dumps: int = 0
+    last_dump_ms: float = 0.0
+    avg_flows: float = 0.0
+    max_flows: int = 0
+    deleted: dict[str, int] = field(default_factory=lambda: {"idle": 0, "stale": 0, "flow_limit": 0, "purge": 0})
+    updated: int = 0                # megaflows whose actions changed in place
+    rules_expired: dict[str, int] = field(default_factory=lambda: {"idle_timeout": 0, "hard_timeout": 0})
+
+
+def check_settings(flow_limit: int | None, max_idle_ms: int | None, max_revalidator_ms: int | None) -> None:
+    """ValueError naming the first setting out of range."""
+    if flow_limit is not None and not 0 <= flow_limit <= 10_000_000:
+        raise ValueError(f"flow-limit {flow_limit} is out of range 0..10000000")
+    if max_idle_ms is not None and not 100 <= max_idle_ms <= 3_600_000:
+        raise ValueError(f"max-idle {max_idle_ms} ms is out of range 100..3600000")
+    if max_revalidator_ms is not None and not 50 <= max_revalidator_ms <= 60_000:
+        raise ValueError(f"max-revalidator {max_revalidator_ms} ms is out of range 50..60000")
+
+
+class Revalidator:
+    """One revalidator thread for a Udpif (OVS runs several; one is plenty for a Python handler's rate)."""
+
+    def __init__(self, udpif: Udpif, flow_limit: int, max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
+                 max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS, ports: Callable[[], set[int]] = set,
+                 clock: Callable[[], float] = time.monotonic, now_ns: Callable[[], int] = dpif.now_ns) -> None:
+        self.udpif = udpif
+        self.configured_limit = flow_limit
+        self.max_idle_ms = max_idle_ms
+        self.max_revalidator_ms = max_revalidator_ms
+        self.ports = ports
+        self.clock = clock
+        self.now_ns = now_ns
+        self.stats = RevalidatorStats()
+        self.wake = threading.Event()
+        self.pass_done = threading.Condition()
+        self.passes = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- settings ------------------------------------------------------------------------------------
+
+    def configure(self, flow_limit: int | None = None, max_idle_ms: int | None = None,
+                  max_revalidator_ms: int | None = None) -> None:
+        """Change settings at run time; out-of-range values raise ValueError and change nothing."""
+        check_settings(flow_limit, max_idle_ms, max_revalidator_ms)
+        if flow_limit is not None:
+            self.configured_limit = flow_limit
+            self.udpif.flow_limit = flow_limit
+        if max_idle_ms is not None:
+            self.max_idle_ms = max_idle_ms
+        if max_revalidator_ms is not None:
+            self.max_revalidator_ms = max_revalidator_ms
+        self.wake.set()
+
+    # --- the thread ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="revalidator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(self.max_revalidator_ms / 1000)
+            self.wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.revalidate()
+            except Exception:  # a failed pass (e.g. a map read) is retried next period; nothing was deleted on it
+                log.exception("revalidation pass failed")
+
+    def request(self, timeout: float = 5.0) -> bool:
+        """Wake the revalidator and wait for a whole pass that started after this call."""
+        with self.pass_done:
+            target = self.passes + 2 if self._busy else self.passes + 1
+            self.wake.set()
+            return self.pass_done.wait_for(lambda: self.passes >= target, timeout)
+
+    _busy = False
+
+    # --- one pass ------------------------------------------------------------------------------------------
+
+    def revalidate(self) -> None:
+        u = self.udpif
+        t0 = self.clock()
+        self._busy = True
+        try:
+            self._expire_rules()
+            with u.lock:
+                ukeys = list(u.ukeys)
+                version = u.tables.version
+            n = len(ukeys)
+            over = n > u.flow_limit
+            max_idle_ns = (100 if over else self.max_idle_ms) * 1_000_000
+            if n > 2 * u.flow_limit:
+                self._delete(ukeys, "purge")
+                ukeys = []
+            now = self.now_ns()
+            samples = [(k, self._read(k)) for k in ukeys]  # dump: read everything first, then sweep
+            with u.lock:
+                for k, st in samples:
+                    if st is None or k.dead:
+                        continue
+                    packets, nbytes, used = st
+                    u.credit_to(k, packets, nbytes)
+                    last = max(used, k.created_ns)
+                    if now - last > max_idle_ns:
+                        self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
+                                     else "idle")
+                        continue
+                    if k.version != version:
+                        self._revalidate_one(k, version)
+            dump_ms = (self.clock() - t0) * 1000
+            self._adapt_limit(dump_ms, n)
+            s = self.stats
+            s.dumps += 1
+            s.last_dump_ms = dump_ms
+            s.avg_flows = (s.avg_flows * (s.dumps - 1) + n) / s.dumps
+            s.max_flows = max(s.max_flows, n)
+        finally:
+            self._busy = False
+            with self.pass_done:
+                self.passes += 1
+                self.pass_done.notify_all()
+
+    def _read(self, k: Ukey) -> tuple[int, int, int] | None:
+        if k.idx < 0:
+            return (k.packets, k.bytes, 0)
+        try:
+            return self.udpif.dp.flow_stats(k.idx)
+        except Exception:
+            return None  # read failed: leave this megaflow alone until the next pass
+
+    def _revalidate_one(self, k: Ukey, version: int) -> None:
+        tr = translate(self.udpif.tables, k.flow, self.ports(), trace=False)
+        new_mask = int.from_bytes(bytes(_mask_of(tr.wc)), "little")
+        old_mask = int.from_bytes(bytes(k.mask), "little")
+        if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
+            self._delete([k], "stale")
+            return
+        if tr.actions != k.actions:
+            try:
+                if k.idx >= 0 and not k.slow_path:
+                    k.idx = self.udpif.dp.put_flow(k.key, k.mask, tr.actions)
+            except (ActionError, MapFull):
+                self._delete([k], "stale")
+                return
+            k.actions = tr.actions
+            self.stats.updated += 1
+        k.rules = tr.rules
+        k.version = version
+
+    def _delete(self, keys: list[Ukey], reason: str) -> None:
+        u = self.udpif
+        with u.lock:
+            for k in keys:
+                if not k.dead:
+                    u.delete_ukey(k, reason)
+                    self.stats.deleted[reason] = self.stats.deleted.get(reason, 0) + 1
+
+    def _adapt_limit(self, dump_ms: float, n: int) -> None:
+        """OVS's udpif_revalidator flow-limit rules."""
+        u = self.udpif
+        limit = u.flow_limit
+        if dump_ms > 2000:
+            limit = int(limit / (dump_ms / 1000))
+        elif dump_ms > 1300:
+            limit = limit * 3 // 4
+        elif dump_ms < 1000 and n > 2000 and limit < n * 1000 / max(dump_ms, 1):
+            limit += 1000
+        u.flow_limit = max(min(limit, self.configured_limit), min(MIN_FLOW_LIMIT, self.configured_limit))
+
+    def _expire_rules(self) -> None:
+        now = self.clock()
+        u = self.udpif
+        expired: list[tuple[Rule, str]] = []
+        with u.lock:
+            for r in u.tables.rules():
+                if r.hard_timeout and now - r.created >= r.hard_timeout:
+                    expired.append((r, "hard_timeout"))
+                elif r.idle_timeout and now - r.last_used >= r.idle_timeout:
+                    expired.append((r, "idle_timeout"))
+            if expired:
+                def drop(t: OpenFlowTables) -> None:
+                    for r, _why in expired:
+                        t.remove_rule(r)
+                u.change_tables(drop)
+        for _r, why in expired:
+            self.stats.rules_expired[why] += 1
+        if expired and u.on_expired is not None:
+            u.on_expired([r for r, _ in expired])
+
+
+def _mask_of(wc: dict[str, int]) -> FlowKey:
+    return key_of(wc)
