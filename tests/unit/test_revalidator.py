@@ -1,0 +1,109 @@
+"""The revalidator's sweep with an in-memory datapath and a fake clock: counters credited, idle megaflows
+deleted, table changes revalidated flow by flow (kept, updated in place or deleted as stale), rule
+timeouts, the flow-limit's adaptation and the purge above twice the limit."""
+
+from __future__ import annotations
+
+from ctl import dpif
+from ctl.openflow_tables import parse_flow
+from ctl.revalidator import Revalidator
+from tests.unit.test_upcall import FakeDatapath, make, up
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def ns(self) -> int:
+        return int(self.t * 1e9)
+
+
+def setup(*flows: str) -> tuple[Revalidator, FakeDatapath, Clock]:
+    u, dp, _sent = make(*flows)
+    clock = Clock()
+    rv = Revalidator(u, 200000, max_idle_ms=10000, ports=lambda: {1, 2, 3}, clock=clock, now_ns=clock.ns)
+    return rv, dp, clock
+
+
+def test_counters_credited_exactly() -> None:
+    rv, dp, clock = setup("udp,actions=output:2")
+    rv.udpif.handle([up(53)])
+    rule = rv.udpif.tables.rules()[0]
+    (idx, _), = dp.flows.values()
+    dp.stats[idx] = (99, 9900, clock.ns())
+    rv.revalidate()
+    rv.revalidate()  # nothing new: nothing added
+    assert rule.n_packets == 100
+
+
+def test_idle_megaflows_go(monkeypatch: object) -> None:
+    rv, dp, clock = setup("udp,tp_dst=53,actions=output:2", "udp,tp_dst=54,actions=output:3")
+    for k in [up(53), up(54)]:
+        rv.udpif.handle([k])
+    for u in rv.udpif.ukeys:
+        u.created_ns = clock.ns()
+    busy = next(idx for idx, a in dp.flows.values() if a == [dpif.Output(2)])
+    clock.t += 11
+    dp.stats[busy] = (5, 500, clock.ns() - 1_000_000)  # used a millisecond ago
+    rv.revalidate()
+    assert [a for _i, a in dp.flows.values()] == [[dpif.Output(2)]]
+    assert rv.stats.deleted["idle"] == 1
+
+
+def test_table_change_keeps_unaffected_updates_and_deletes_stale() -> None:
+    rv, dp, clock = setup("priority=10,udp,tp_dst=53,actions=output:2", "priority=10,udp,tp_dst=54,actions=output:2",
+                          "priority=10,udp,tp_dst=55,actions=output:2")
+    u = rv.udpif
+    for p, port in ((53, 1), (54, 1), (55, 2)):
+        u.handle([up(p, in_port=port)])
+    before = set(dp.flows)
+    assert len(before) == 3
+    u.change_tables(lambda t: t.add(parse_flow("priority=10,udp,tp_dst=54,actions=output:3")))  # same match
+    # a rule for port 2 only: port 1's packets leave its subtable at the in_port stage, port 2's need nw_src
+    u.change_tables(lambda t: t.add(parse_flow("priority=20,in_port=2,udp,nw_src=10.0.0.0/8,actions=drop")))
+    rv.revalidate()
+    acts = sorted((str(a), k in before) for k, (_i, a) in dp.flows.items())
+    # 53 untouched, 54 updated in place (same key and mask), 55 (port 2) needs nw_src now: deleted as stale
+    assert acts == [("[Output(port=2)]", True), ("[Output(port=3)]", True)]
+    assert rv.stats.deleted["stale"] == 1 and rv.stats.updated == 1
+    assert u.stats.deleted.get("flush", 0) == 0  # no global flush
+
+
+def test_rule_timeouts_expire_rules_and_their_megaflows() -> None:
+    rv, dp, clock = setup("hard_timeout=5,udp,tp_dst=53,actions=output:2", "idle_timeout=3,udp,tp_dst=54,actions=output:2",
+                          "priority=1,actions=drop")
+    u = rv.udpif
+    for r in u.tables.rules():
+        r.created = r.last_used = clock.t
+    clock.t += 4
+    rv.revalidate()
+    assert sorted(r.to_text() for r in u.tables.rules()) == sorted(
+        ["table=0,priority=32768,hard_timeout=5,udp,tp_dst=53,actions=output:2", "table=0,priority=1,actions=drop"])
+    clock.t += 2
+    rv.revalidate()
+    assert [r.priority for r in u.tables.rules()] == [1]
+    assert rv.stats.rules_expired == {"idle_timeout": 1, "hard_timeout": 1}
+
+
+def test_flow_limit_adapts_and_purges() -> None:
+    rv, dp, clock = setup("udp,actions=output:2")
+    rv._adapt_limit(2500, 5000)
+    assert rv.udpif.flow_limit == 80000          # slow dump: divided by its seconds
+    rv._adapt_limit(1500, 5000)
+    assert rv.udpif.flow_limit == 60000          # cut by a quarter
+    rv._adapt_limit(10, 5000)
+    assert rv.udpif.flow_limit == 61000          # fast: raised by 1000
+    rv.udpif.handle([up(53), up(54, in_port=2), up(55, in_port=3)])
+    assert len(dp.flows) == 3
+    rv.configure(flow_limit=1)
+    rv.udpif.handle([up(56, in_port=1, reason=1)])  # covered by the in_port=1 megaflow: nothing new
+    for u in rv.udpif.ukeys:
+        u.created_ns = clock.ns()
+    rv.revalidate()  # three megaflows, more than twice the limit of one: purge
+    assert not dp.flows and rv.stats.deleted["purge"] == 3
+    rv.configure(flow_limit=0)
+    rv.udpif.handle([up(57)])
+    assert not dp.flows and rv.udpif.stats.over_flow_limit == 1  # the handlers stop at the limit
