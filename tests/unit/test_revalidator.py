@@ -39,7 +39,7 @@ def test_counters_credited_exactly() -> None:
     assert rule.n_packets == 100
 
 
-def test_idle_megaflows_go(monkeypatch: object) -> None:
+def test_idle_megaflows_go() -> None:
     rv, dp, clock = setup("udp,tp_dst=53,actions=output:2", "udp,tp_dst=54,actions=output:3")
     for k in [up(53), up(54)]:
         rv.udpif.handle([k])
@@ -73,8 +73,8 @@ def test_table_change_keeps_unaffected_updates_and_deletes_stale() -> None:
 
 
 def test_rule_timeouts_expire_rules_and_their_megaflows() -> None:
-    rv, dp, clock = setup("hard_timeout=5,udp,tp_dst=53,actions=output:2", "idle_timeout=3,udp,tp_dst=54,actions=output:2",
-                          "priority=1,actions=drop")
+    rv, dp, clock = setup("hard_timeout=5,udp,tp_dst=53,actions=output:2",
+                          "idle_timeout=3,udp,tp_dst=54,actions=output:2", "priority=1,actions=drop")
     u = rv.udpif
     for r in u.tables.rules():
         r.created = r.last_used = clock.t
