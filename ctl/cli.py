@@ -3,7 +3,8 @@
     xdpswitch start --port IF[=N] ... [--flows FILE]   the switch, in the foreground
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
-    xdpswitch upcall show                               (ovs-appctl upcall/show)
+    xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
+    xdpswitch revalidator purge                         (ovs-appctl revalidator/purge)
     xdpswitch dpctl show|dump-flows                     (ovs-appctl dpctl/*)
     xdpswitch stats                                     (ovs-appctl dpif-netdev/pmd-stats-show)
     xdpswitch demo

@@ -408,7 +408,9 @@ def _snapshot_of(sw: Switch) -> Any:
         maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=len(sw.tables), ukeys=len(up.ukeys),
         upcalls={"ok": st.ok, "failed": st.failed, "lost": lost + dp.stats().lost},
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
-        handling_buckets=buckets, handling_sum=st.handling_sum)
+        handling_buckets=buckets, handling_sum=st.handling_sum,
+        revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,
+        flow_limit=up.flow_limit)
 
 
 def _recv_all(conn: socket.socket) -> bytes:

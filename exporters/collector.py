@@ -52,6 +52,8 @@ class Snapshot:
     megaflows_deleted: dict[str, int]         # reason -> count
     handling_buckets: list[tuple[float, int]] = field(default_factory=list)  # (upper bound s, cumulative)
     handling_sum: float = 0.0
+    revalidator_dump_seconds: float = 0.0     # how long the last dump-and-sweep pass took
+    flow_limit: int = 0                       # the flow-limit in force (adapted by the revalidator)
 
 
 class SwitchCollector(Collector):
@@ -108,6 +110,10 @@ class SwitchCollector(Collector):
                                   "install, execute, transmit).", unit="")
         h.add_metric([], buckets=[(_le(b), n) for b, n in s.handling_buckets], sum_value=s.handling_sum)
         yield h
+        yield GaugeMetricFamily("xdpswitch_revalidator_dump_duration_seconds", "Duration of the last revalidator "
+                                "pass (dump and sweep).", value=s.revalidator_dump_seconds)
+        yield GaugeMetricFamily("xdpswitch_flow_limit", "Megaflows the handlers may install (adapted by the "
+                                "revalidator).", value=s.flow_limit)
         for direction, what, done in (("receive", "rx", "received"), ("transmit", "tx", "transmitted")):
             pk = CounterMetricFamily(f"xdpswitch_port_{direction}_packets", f"Packets {done} per port (in XDP).",
                                      labels=["port", "name"])

@@ -257,3 +257,63 @@ def test_metrics_endpoint_reads_the_live_counters(sw: Switch, hosts: list[Host])
     assert values['xdpswitch_flows{cache="megaflow"}'] == sw.dp.n_flows >= 2
     assert values[f'xdpswitch_port_receive_packets_total{{name="{h1.port}",port="1"}}'] >= 5
     assert values["xdpswitch_upcall_handling_seconds_count"] >= 2
+
+
+def test_revalidator_credits_rules_exactly(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2)
+    assert ping(h1, h2.ip, 25)
+    assert sw.revalidator is not None and sw.revalidator.request()
+    by_match = {r.match.format(): r.n_packets for r in sw.tables.rules()}
+    assert by_match[f"dl_dst={h2.mac}"] == 25 and by_match[f"dl_dst={h1.mac}"] == 25
+
+
+def test_idle_megaflows_expire(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2)
+    request(sw.name, "set", max_idle=300, max_revalidator=100)
+    try:
+        before = upcalls(sw)
+        assert ping(h1, h2.ip, 2)
+        assert sw.dp is not None and sw.dp.n_flows == 2
+        time.sleep(1.5)
+        assert sw.dp.n_flows == 0
+        assert sw.udpif is not None and sw.udpif.stats.deleted.get("idle", 0) >= 2
+        assert delta(upcalls(sw), before)["installed"] == 2
+    finally:
+        request(sw.name, "set", max_idle=10000, max_revalidator=500)
+
+
+def test_rule_change_keeps_established_megaflows(sw: Switch, hosts: list[Host]) -> None:
+    """Changing the rule for h3 revalidates h3's megaflows; h1<->h2's stay in the fast path (no flush)."""
+    h1, h2, h3 = hosts
+    add(sw, *L2)
+    assert ping(h1, h2.ip, 2) and ping(h1, h3.ip, 2)
+    assert sw.dp is not None
+    keep = {f.match() for f in sw.dp.dump_flows() if h3.mac not in f.match()}
+    up0 = upcalls(sw)
+    add(sw, f"priority=10,dl_dst={h3.mac},actions=drop")  # same match: the rule's actions change
+    now = {f.match(): [str(a) for a in f.actions] for f in sw.dp.dump_flows()}
+    assert keep <= set(now)  # h1<->h2 kept
+    assert now[f"in_port(1),eth(dst={h3.mac}),eth_type(0x0800)"] == ["drop"]  # updated in place
+    assert not ping(h1, h3.ip, 1)
+    assert ping(h1, h2.ip, 2)
+    assert delta(upcalls(sw), up0)["received"] == 0  # nothing had to come up again
+
+
+def test_flow_limit_holds_under_many_new_flows(sw: Switch, hosts: list[Host]) -> None:
+    h1, h2, _ = hosts
+    add(sw, *L2, *[f"priority=20,udp,tp_dst={p},actions=output:2" for p in range(8000, 8050)])
+    request(sw.name, "set", flow_limit=5)
+    try:
+        before = h2.rx_packets()  # nothing listens on those ports: count at h2's interface
+        code = ("import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"[s.sendto(b'x', ('{h2.ip}', p)) for p in range(8000, 8050)]")
+        p = h1.py(code)
+        assert p.wait(10) == 0
+        time.sleep(0.5)
+        assert sw.dp is not None and sw.dp.n_flows <= 5
+        assert h2.rx_packets() - before >= 50  # every packet still forwarded (ICMP port-unreachable replies aside)
+        assert upcalls(sw)["over_flow_limit"] >= 45
+    finally:
+        request(sw.name, "set", flow_limit=200000)
