@@ -10,6 +10,11 @@ if ! command -v vagrant >/dev/null; then
   echo "test: installing vagrant (to validate the Vagrantfile)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq vagrant >/dev/null
 fi
+# a real Prometheus server scrapes the daemon in tests/netns/test_prometheus.py (its service is not started)
+if ! command -v prometheus >/dev/null; then
+  echo "test: installing prometheus (a real server scrapes the switch in the netns tier)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 py=${XDPSWITCH_VENV:-$here/.venv}/bin/python
 echo "== ruff";  "$py" -m ruff check ctl exporters tests bench
 echo "== mypy";  "$py" -m mypy ctl exporters bench
