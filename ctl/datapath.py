@@ -429,6 +429,41 @@ class Datapath:
         totals stay readable until its slot is reused (oldest freed first, long after)."""
         return self._flow_stats(idx)
 
+    def flow_stats_all(self, chunk: int = 16384) -> dict[int, tuple[int, int, int]]:
+        """(packets, bytes, last used) of every slot in use, read in batches (BPF_MAP_LOOKUP_BATCH): a few
+        syscalls for 200k megaflows instead of one each. Slots never used are left out."""
+        table = self.bpf["mf_stats"]
+        ncpu = len(table.Leaf())
+        rec = struct.Struct("<QQQ")
+        out: dict[int, tuple[int, int, int]] = {}
+        hi = self._next_idx
+        in_batch = ctypes.c_uint(0)
+        out_batch = ctypes.c_uint(0)
+        first = True
+        while True:
+            n = min(chunk, max(hi, 1))
+            keys = (ctypes.c_uint * n)()
+            vals = ctypes.create_string_buffer(n * ncpu * rec.size)
+            count = ctypes.c_uint(n)
+            r = libbcc.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(in_batch),
+                                        ctypes.byref(out_batch), keys, vals, ctypes.byref(count))
+            err = -r if r < -1 else (ctypes.get_errno() if r == -1 else 0)
+            words = memoryview(vals.raw).cast("Q")  # per key: ncpu x (packets, bytes, used)
+            step = 3 * ncpu
+            for i in range(count.value):
+                k = keys[i]
+                if k >= hi:
+                    continue
+                w = words[i * step : (i + 1) * step]
+                out[k] = (sum(w[0::3]), sum(w[1::3]), max(w[2::3]))
+            if err == errno.ENOENT or count.value == 0 or (keys[count.value - 1] + 1 >= hi if count.value else True):
+                break
+            if err:
+                raise DatapathError(f"reading mf_stats failed: {os.strerror(err)}")
+            in_batch.value = out_batch.value
+            first = False
+        return out
+
     @property
     def n_flows(self) -> int:
         return len(self._flows)

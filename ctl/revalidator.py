@@ -148,14 +148,15 @@ class Revalidator:
                 self._delete(ukeys, "purge")
                 ukeys = []
             now = self.now_ns()
-            samples = [(k, self._read(k)) for k in ukeys]  # dump: read everything first, then sweep
+            samples = self._dump(ukeys)  # dump: read everything first, then sweep
             with u.lock:
                 for k, st in samples:
                     if st is None or k.dead:
                         continue
                     packets, nbytes, used = st
-                    u.credit_to(k, packets, nbytes)
-                    last = max(used, k.created_ns)
+                    if packets != k.packets:
+                        u.credit_to(k, packets, nbytes)
+                    last = used if used > k.created_ns else k.created_ns
                     if now - last > max_idle_ns:
                         self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
                                      else "idle")
@@ -174,6 +175,15 @@ class Revalidator:
             with self.pass_done:
                 self.passes += 1
                 self.pass_done.notify_all()
+
+    def _dump(self, ukeys: list[Ukey]) -> list[tuple[Ukey, tuple[int, int, int] | None]]:
+        """Every ukey's fast-path counters: in batches when the datapath can (a failed batch read fails the
+        pass, so nothing is deleted on partial data), else one read each."""
+        read_all = getattr(self.udpif.dp, "flow_stats_all", None)
+        if read_all is None:
+            return [(k, self._read(k)) for k in ukeys]
+        stats = read_all()
+        return [(k, stats.get(k.idx, (0, 0, 0)) if k.idx >= 0 else (k.packets, k.bytes, 0)) for k in ukeys]
 
     def _read(self, k: Ukey) -> tuple[int, int, int] | None:
         if k.idx < 0:

@@ -107,3 +107,35 @@ def test_flow_limit_adapts_and_purges() -> None:
     rv.configure(flow_limit=0)
     rv.udpif.handle([up(57)])
     assert not dp.flows and rv.udpif.stats.over_flow_limit == 1  # the handlers stop at the limit
+
+
+def test_settings_out_of_range_change_nothing() -> None:
+    import pytest
+
+    rv, _dp, _clock = setup("udp,actions=output:2")
+    for kw, msg in (({"flow_limit": -1}, "flow-limit"), ({"max_idle_ms": 5}, "max-idle"),
+                    ({"max_revalidator_ms": 10**9}, "max-revalidator")):
+        with pytest.raises(ValueError, match=msg):
+            rv.configure(**kw)
+    assert (rv.configured_limit, rv.max_idle_ms, rv.max_revalidator_ms) == (200000, 10000, 500)
+
+
+def test_failed_stats_read_deletes_nothing() -> None:
+    rv, dp, clock = setup("udp,actions=output:2")
+    rv.udpif.handle([up(53)])
+    for u in rv.udpif.ukeys:
+        u.created_ns = clock.ns()
+    clock.t += 3600  # everything looks idle
+
+    def broken() -> dict[int, tuple[int, int, int]]:
+        raise OSError("map read failed")
+
+    dp.flow_stats_all = broken  # type: ignore[attr-defined]
+    try:
+        rv.revalidate()
+    except OSError:
+        pass
+    assert len(dp.flows) == 1 and rv.stats.deleted["idle"] == 0
+    del dp.flow_stats_all  # type: ignore[attr-defined]
+    rv.revalidate()  # the next period reads fine and acts
+    assert not dp.flows and rv.stats.deleted["idle"] == 1
