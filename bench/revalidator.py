@@ -8,7 +8,7 @@ ukeys as the handlers make them), then timed:
     and process CPU time;
   - a pass after a flow-table change (every megaflow translated again), at 10k only (the same work per
     flow at any size).
-At the largest size: BPF map memory (memlock of every map of the datapath) and this process's RSS.
+At the largest size: BPF map memory (memlock of every map this process holds) and this process's RSS.
 
 Target (not a test): a 200k-megaflow dump well under OVS's 1.3 s slow-dump threshold.
 """
@@ -33,18 +33,20 @@ from ctl.upcall import Udpif, Ukey
 from ctl.xlate import translate
 
 
-def map_memory(dp: Datapath) -> int:
-    """Bytes of locked memory of every map of the datapath (from /proc/self/fdinfo)."""
-    total = 0
-    for name in dp.bpf.tables if hasattr(dp.bpf, "tables") else []:
+def map_memory() -> int:
+    """Bytes of locked memory of every BPF map this process holds (the datapath loads them all), from
+    /proc/self/fdinfo, each map counted once."""
+    seen: dict[int, int] = {}
+    for fd in Path("/proc/self/fd").iterdir():
         try:
-            fd = dp.bpf[name].map_fd
-        except Exception:
+            if os.readlink(fd) != "anon_inode:bpf-map":
+                continue
+            info = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd.name}").read_text().splitlines()
+                        if ":" in line)
+        except OSError:
             continue
-        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-            if line.startswith("memlock:"):
-                total += int(line.split()[1])
-    return total
+        seen[int(info["map_id"])] = int(info["memlock"])
+    return sum(seen.values())
 
 
 def rss_bytes() -> int:
@@ -107,7 +109,7 @@ def main() -> int:
                 tables.add(parse_flow("priority=5,ip,actions=drop"))  # a change: every megaflow re-translated
                 row["retranslate_ms"] = round(timed(rv)[0], 1)
             rows.append(row)
-        mem = {"megaflows": have, "bpf_map_bytes": map_memory(dp), "rss_bytes": rss_bytes(),
+        mem = {"megaflows": have, "bpf_map_bytes": map_memory(), "rss_bytes": rss_bytes(),
                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     finally:
         dp.close(unpin=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 from ctl.daemon import PortSpec, Switch
 from ctl.datapath import DatapathConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 GEN, P1, P2, SINK = "xbgen0", "xbport1", "xbport2", "xbsink0"
 SRC, DST = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
@@ -64,16 +65,12 @@ def teardown() -> None:
 
 
 GENERATOR = """
-import socket, struct, sys, time
+import socket, sys, time
+from bench.upcall import frame
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((sys.argv[1], 0))
 first, n, seconds = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 rate = n / seconds  # paced: the offered load lasts the whole window
-hdr = bytes.fromhex("020000000002020000000001") + b"\\x08\\x00"
-def frame(dport):
-    udp = struct.pack("!HHHH", 1000, dport, 26, 0) + b"x" * 18
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0, 64, 17, 0, bytes([10,0,0,1]), bytes([10,0,0,2]))
-    return hdr + ip + udp
 frames = [frame(first + i) for i in range(n)]
 start = time.time()
 sent = 0
@@ -94,7 +91,7 @@ def setups_per_second(sw: Switch, first: int, n: int, seconds: float) -> dict[st
     assert sw.udpif is not None
     st = sw.udpif.stats
     gen = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", GENERATOR, GEN, str(first), str(n),
-                            str(seconds)], stdout=subprocess.PIPE, text=True)
+                            str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     samples = []
     t_end = time.time() + seconds + 1.0
     while time.time() < t_end:

@@ -213,20 +213,11 @@ def start(
         logging.getLogger().setLevel(logging.INFO)
     try:
         specs = parse_ports(port)
-        if handlers < 1 or flow_limit < 0:
-            raise ValueError("--handlers must be at least 1 and --flow-limit at least 0")
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator)
-        from ctl.revalidator import check_settings
-
-        check_settings(flow_limit, max_idle, max_revalidator)
-        if sw.metrics_address:
-            from exporters.collector import parse_address
-
-            parse_address(sw.metrics_address)
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None

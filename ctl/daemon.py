@@ -8,7 +8,10 @@ file (or from ``--flows``), and runs:
    the fast path keeps forwarding what it has cached meanwhile;
  - a control socket (``/run/xdpswitch/NAME.ctl``, root only) for ``xdpswitch ofctl``, ``trace`` and
    ``upcall show``: one JSON request per connection;
- - once a second: the subtables re-ranked by hits (as dpcls does) and megaflow counters credited to rules.
+ - the revalidator (``ctl/revalidator.py``): counters credited to rules, idle megaflows expired, megaflows
+   revalidated after table changes, rule timeouts, the flow-limit;
+ - once a second: the subtables re-ranked by hits (as dpcls does), dead threads restarted;
+ - Prometheus ``/metrics`` on ``metrics_address`` (``exporters/collector.py``).
 
 The OpenFlow tables are saved to the state file (atomically) after every change, so a restart comes back
 with the same rules. Megaflows are not kept across a restart yet: the daemon starts with empty caches.
@@ -25,7 +28,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,11 @@ from typing import Any
 from ctl.datapath import RUN_DIR, Datapath, DatapathConfig, DatapathError
 from ctl.ofmatch import FlowSyntaxError, flow_from_text
 from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
-from ctl.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator
-from ctl.upcall import DEFAULT_FLOW_LIMIT, Udpif
+from ctl.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
+from ctl.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
 from ctl.xlate import translate
 from ctl.xsk import XskSocket
+from exporters.collector import PortSample, Snapshot, parse_address, serve
 
 log = logging.getLogger("xdpswitch")
 
@@ -130,6 +134,12 @@ class Switch:
     max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS
 
     def __post_init__(self) -> None:
+        # settings are checked before the fast path is compiled, so a mistake costs no time
+        check_settings(self.flow_limit, self.max_idle_ms, self.max_revalidator_ms)
+        if self.n_handlers < 1:
+            raise ValueError(f"handlers must be at least 1, got {self.n_handlers}")
+        if self.metrics_address:
+            parse_address(self.metrics_address)
         self.stop = threading.Event()
         self.dp: Datapath | None = None
         self.sockets: dict[tuple[int, int], XskSocket] = {}
@@ -183,8 +193,6 @@ class Switch:
             self._start_handler(h)
         self._serve_control()
         if self.metrics_address:
-            from exporters.collector import serve
-
             self._metrics = serve(self.metrics_snapshot, self.metrics_address)
             host, port = self._metrics.server_address[:2]
             self.say(f"metrics on http://{host}:{port}/metrics")
@@ -202,7 +210,7 @@ class Switch:
         h.start()
 
     def run(self) -> None:
-        """Until SIGTERM/SIGINT: once a second re-rank subtables, credit rule counters, restart dead handlers."""
+        """Until SIGTERM/SIGINT: once a second re-rank subtables, restart a dead handler or revalidator."""
         def on_signal(signum: int, _frame: object) -> None:
             self.say(f"{signal.Signals(signum).name}: stopping")
             self.stop.set()
@@ -249,18 +257,26 @@ class Switch:
             self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped")
             self.dp = None
 
-    def metrics_snapshot(self) -> Any:
+    def metrics_snapshot(self) -> Snapshot:
         """What a Prometheus scrape reports (exporters.collector.Snapshot), read now."""
         return _snapshot_of(self)
 
     def save(self) -> None:
         self.tables.save(self.state_file)
 
-    def _transmit(self, port: int, frames: list[bytes] | Any) -> int:
+    def _transmit(self, port: int, frames: Sequence[bytes]) -> int:
         xs = self.sockets.get((port, 0))
         if xs is None:
             return 0
         return xs.send(list(frames))
+
+    def socket_drops(self) -> int:
+        """Upcalls XDP redirected to a socket whose ring was full (or that dropped them)."""
+        total = 0
+        for xs in self.sockets.values():
+            st = xs.stats()
+            total += st["rx_dropped"] + st["rx_ring_full"]
+        return total
 
     # --- the control socket -----------------------------------------------------------------------
 
@@ -377,10 +393,9 @@ class Switch:
     def _cmd_upcall_show(self) -> dict[str, object]:
         assert self.udpif is not None and self.dp is not None and self.revalidator is not None
         rv = self.revalidator
-        lost = sum(xs.stats()["rx_dropped"] + xs.stats()["rx_ring_full"] for xs in self.sockets.values())
         return {"name": self.name, "flows": self.dp.n_flows, "flow_limit": self.udpif.flow_limit,
                 "ukeys": len(self.udpif.ukeys), "handlers": len(self.handlers),
-                "handler_restarts": self.handler_restarts, "socket_drops": lost,
+                "handler_restarts": self.handler_restarts, "socket_drops": self.socket_drops(),
                 "fast_path_lost": self.dp.stats().lost, "uptime_s": round(time.monotonic() - self.started, 1),
                 **self.udpif.stats.to_json(),
                 "flow_limit_configured": rv.configured_limit, "max_idle": rv.max_idle_ms,
@@ -390,23 +405,21 @@ class Switch:
 
 
 def _snapshot_of(sw: Switch) -> Any:
-    from ctl.upcall import HANDLING_BOUNDS
-    from exporters.collector import PortSample, Snapshot
+    from exporters.collector import Snapshot
 
     dp, up = sw.dp, sw.udpif
     if dp is None or up is None:
         raise RuntimeError("the datapath is not running")
-    st = up.stats
-    lost = sum(x.stats()["rx_dropped"] + x.stats()["rx_ring_full"] for x in sw.sockets.values())
+    st, dps = up.stats, dp.stats()
     cum, buckets = 0, []
     for bound, n in zip(HANDLING_BOUNDS, st.handling_counts, strict=True):
         cum += n
         buckets.append((bound, cum))
     return Snapshot(
-        datapath=sw.name, dp=dp.stats(),
+        datapath=sw.name, dp=dps,
         ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no)) for p in dp.ports.values()],
         maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=len(sw.tables), ukeys=len(up.ukeys),
-        upcalls={"ok": st.ok, "failed": st.failed, "lost": lost + dp.stats().lost},
+        upcalls={"ok": st.ok, "failed": st.failed, "lost": sw.socket_drops() + dps.lost},
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
         handling_buckets=buckets, handling_sum=st.handling_sum,
         revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,

@@ -414,27 +414,22 @@ class Datapath:
         entries = self.bpf["mf_entries"]
         out = []
         masks = {mid: FlowKey.from_bytes(raw) for raw, mid in self._masks.items()}
+        stats = self.flow_stats_all()
         for fkey, (idx, mid) in self._flows.items():
             raw = bytes(entries[ctypes.c_uint32(idx)])
             _gen, recs = dpif.decode_entry(raw)
-            packets, nbytes, used = self._flow_stats(idx)
+            packets, nbytes, used = stats.get(idx, (0, 0, 0))
             out.append(Megaflow(
                 key=FlowKey.from_bytes(fkey[8:]), mask=masks[mid],
                 actions=dpif.decode_actions(recs, self._group_ports),
                 packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
         return out
 
-    def flow_stats(self, idx: int) -> tuple[int, int, int]:
-        """(packets, bytes, last used ns) of megaflow slot idx, summed over CPUs. A deleted megaflow's
-        totals stay readable until its slot is reused (oldest freed first, long after)."""
-        return self._flow_stats(idx)
-
     def flow_stats_all(self, chunk: int = 16384) -> dict[int, tuple[int, int, int]]:
         """(packets, bytes, last used) of every slot in use, read in batches (BPF_MAP_LOOKUP_BATCH): a few
         syscalls for 200k megaflows instead of one each. Slots never used are left out."""
         table = self.bpf["mf_stats"]
         ncpu = len(table.Leaf())
-        rec = struct.Struct("<QQQ")
         out: dict[int, tuple[int, int, int]] = {}
         hi = self._next_idx
         in_batch = ctypes.c_uint(0)
@@ -443,7 +438,7 @@ class Datapath:
         while True:
             n = min(chunk, max(hi, 1))
             keys = (ctypes.c_uint * n)()
-            vals = ctypes.create_string_buffer(n * ncpu * rec.size)
+            vals = ctypes.create_string_buffer(n * ncpu * ctypes.sizeof(table.Leaf()[0]))
             count = ctypes.c_uint(n)
             r = libbcc.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(in_batch),
                                         ctypes.byref(out_batch), keys, vals, ctypes.byref(count))
@@ -541,21 +536,11 @@ class Datapath:
         table = self.bpf[name]
         return {k: sum(int(v) for v in table.getvalue(ctypes.c_uint32(k))) for k in keys}
 
-    def _flow_stats(self, idx: int) -> tuple[int, int, int]:
+    def flow_stats(self, idx: int) -> tuple[int, int, int]:
+        """(packets, bytes, last used ns) of megaflow slot idx, summed over CPUs. A deleted megaflow's
+        totals stay readable until its slot is reused (oldest freed first, long after)."""
         vals = self.bpf["mf_stats"].getvalue(ctypes.c_uint32(idx))
         return (sum(v.packets for v in vals), sum(v.bytes for v in vals), max(v.used_ns for v in vals))
-
-    def _update(self, name: str, key: bytes, value: bytes) -> None:
-        table = self.bpf[name]
-        k = table.Key.from_buffer_copy(key)
-        v = table.Leaf.from_buffer_copy(value)
-        try:
-            table[k] = v
-        except Exception as e:
-            err = ctypes.get_errno()
-            if err in (errno.E2BIG, errno.ENOMEM, errno.ENOSPC) or "Argument list too long" in str(e):
-                raise MapFull(f"{name} is full ({table.max_entries} entries)") from e
-            raise DatapathError(f"writing {name} failed: {e}") from e
 
     def _read_gen(self, idx: int) -> int:
         gen = self._gens.get(idx)
@@ -584,7 +569,7 @@ class Datapath:
         table = self.bpf["mf_stats"]
         vals = table.Leaf()
         if carry_from is not None:
-            p, b, u = self._flow_stats(carry_from)
+            p, b, u = self.flow_stats(carry_from)
             vals[0].packets, vals[0].bytes, vals[0].used_ns = p, b, u
         table[ctypes.c_uint32(idx)] = vals
 
@@ -650,7 +635,7 @@ class Datapath:
         if g is None:
             free = [i for i in range(N_GROUPS) if i not in self._group_refs]
             if not free:
-                raise MapFull(f"all {N_GROUPS} output groups are in use")
+                raise dpif.GroupsFull(f"all {N_GROUPS} output groups are in use")
             g = free[0]
             table = self.bpf[f"dp_group{g}"]
             for p in self._devmap_ports(table):

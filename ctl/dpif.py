@@ -84,6 +84,10 @@ class MapFull(RuntimeError):
     """A fast-path map (or the mask, flow or group space) is full; nothing was installed."""
 
 
+class GroupsFull(MapFull):
+    """Every output group is in use: a multi-port output cannot run in the fast path now."""
+
+
 # --- actions ---------------------------------------------------------------------------------------
 
 
@@ -244,6 +248,24 @@ def _check(cond: bool, msg: str) -> None:
         raise ActionError(msg)
 
 
+def fast_path_error(actions: Sequence[Action]) -> str:
+    """Why the fast path cannot run actions, or "" when it can. It emits a packet once, so modifications
+    come first and one output step ends the list: outputs only (one port, or a group of ports), or one
+    flood, userspace, drop or controller."""
+    acts = list(actions)
+    for i, a in enumerate(acts):
+        if isinstance(a, TERMINAL):
+            rest = acts[i + 1 :]
+            if isinstance(a, Output):
+                if not all(isinstance(r, Output) for r in rest):
+                    return (f"'{format_actions(rest)}' after an output: the fast path emits a packet once, so "
+                            "modifications must come before the outputs")
+            elif rest:
+                return f"'{format_actions(rest)}' after '{a}': nothing may follow it"
+            break
+    return ""
+
+
 def encode_actions(
     actions: Sequence[Action], *, max_actions: int, max_port: int, group_for: Callable[[frozenset[int]], int]
 ) -> list[bytes]:
@@ -251,18 +273,15 @@ def encode_actions(
 
     The fast path emits a packet once, so modifications come first and one terminal action ends the
     list: an output, several outputs (a group: the same bytes to each port, the ingress port excluded),
-    flood, userspace or drop. Anything else raises ActionError naming the problem."""
-    recs: list[bytes] = []
-    i = 0
+    flood, userspace or drop. Anything else raises ActionError naming the problem (fast_path_error)."""
     acts = list(actions)
-    while i < len(acts):
-        a = acts[i]
+    err = fast_path_error(acts)
+    _check(not err, err)
+    recs: list[bytes] = []
+    for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):
             rest = acts[i + 1 :]
             if isinstance(a, Output):
-                _check(all(isinstance(r, Output) for r in rest),
-                       f"'{format_actions(rest)}' after an output: the fast path emits a packet once, "
-                       "so modifications must come before the outputs")
                 ports = [a.port] + [r.port for r in rest if isinstance(r, Output)]
                 for p in ports:
                     _check(0 < p < max_port, f"output port {p} is out of range 1..{max_port - 1}")
@@ -272,15 +291,12 @@ def encode_actions(
                     g = group_for(frozenset(ports))
                     recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
             elif isinstance(a, Drop | Controller):
-                _check(not rest, f"'{format_actions(rest)}' after '{a}': nothing may follow it")
                 reason = DropReason.CONTROLLER if isinstance(a, Controller) else a.reason
                 recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", reason)))
             else:
-                _check(not rest, f"'{format_actions(rest)}' after '{a}': nothing may follow it")
                 recs.append(_rec({Flood: ActType.FLOOD, Upcall: ActType.UPCALL}[type(a)]))
             break
         recs.append(_encode_mod(a))
-        i += 1
     _check(len(recs) <= max_actions, f"{len(recs)} datapath actions; the fast path runs at most {max_actions}")
     return recs
 

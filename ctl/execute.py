@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ctl import dpif
 from ctl.dpif import DropReason
-from ctl.flowkey import IPV6_EXT_HEADERS, IPV6_MAX_EXT, mac_bytes
+from ctl.flowkey import mac_bytes, parse_layout
 
 FLOOD = -1  # the port of a flooded emission
 
@@ -38,60 +38,11 @@ class _Pkt:
         self.layout()
 
     def layout(self) -> None:
-        """Offsets as xdp/parser.h finds them: l3 and l4 are 0 when the header is absent or cut short."""
-        b = self.b
-        self.l3 = self.l4 = self.proto = 0
-        if len(b) < 14:
-            return
-        t = struct.unpack_from("!H", b, 12)[0]
-        off = 14
-        self.tagged = t == 0x8100
-        if self.tagged:
-            if len(b) < 18:
-                return
-            t = struct.unpack_from("!H", b, 16)[0]
-            off = 18
-        self.dl_type = t
-        if t == 0x0800 and len(b) - off >= 20:
-            ihl = (b[off] & 0x0F) * 4
-            tot = struct.unpack_from("!H", b, off + 2)[0]
-            if b[off] >> 4 != 4 or ihl < 20 or tot < ihl or off + tot > len(b):
-                return
-            self.l3 = off
-            self.proto = b[off + 9]
-            if struct.unpack_from("!H", b, off + 6)[0] & 0x1FFF:
-                return
-            self._l4(off + ihl, ipv6=False)
-        elif t == 0x86DD and len(b) - off >= 40:
-            if b[off] >> 4 != 6 or off + 40 + struct.unpack_from("!H", b, off + 4)[0] > len(b):
-                return
-            self.l3 = off
-            nh, p = b[off + 6], off + 40
-            for _ in range(IPV6_MAX_EXT):
-                if nh not in IPV6_EXT_HEADERS or len(b) - p < 8:
-                    break
-                if nh == 44:
-                    if struct.unpack_from("!H", b, p + 2)[0] & 0xFFF8:
-                        self.proto = b[p]
-                        return
-                    nh, p = b[p], p + 8
-                else:
-                    ln = (b[p + 1] + 2) * 4 if nh == 51 else (b[p + 1] + 1) * 8
-                    nh, p = b[p], p + ln
-            self.proto = nh
-            if nh not in IPV6_EXT_HEADERS:
-                self._l4(p, ipv6=True)
-
-    def _l4(self, off: int, ipv6: bool) -> None:
-        rest, p = len(self.b) - off, self.proto
-        need = {6: 20, 17: 8, 132: 12}.get(p, 8 if (p == 1 and not ipv6) or (p == 58 and ipv6) else 0)
-        if not need or rest < need:
-            return
-        if p == 6:
-            doff = (self.b[off + 12] >> 4) * 4
-            if doff < 20 or doff > rest:
-                return
-        self.l4 = off
+        """Offsets as the parser (ctl/flowkey.py, the mirror of xdp/parser.h) finds them."""
+        key, self.l3, self.l4 = parse_layout(bytes(self.b))
+        self.tagged = bool(key.vlan_tci)
+        self.dl_type = key.dl_type
+        self.proto = key.nw_proto if self.l3 else 0
 
     def u16(self, off: int) -> int:
         return int(struct.unpack_from("!H", self.b, off)[0])

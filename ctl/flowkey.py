@@ -150,39 +150,43 @@ def key_hash(key: FlowKey) -> int:
 # --- the parser ------------------------------------------------------------------------------------
 
 
-def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> None:
-    """Fill the L4 fields (left zero when the header is missing or truncated)."""
+def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> int:
+    """Fill the L4 fields (left zero when the header is missing or truncated); the L4 offset, or 0."""
     rest = len(p) - off
     if proto == 6:
         if rest < 20:
-            return
+            return 0
         doff = (p[off + 12] >> 4) * 4
         if doff < 20 or doff > rest:
-            return
+            return 0
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
         key.tcp_flags = struct.unpack_from("!H", p, off + 12)[0] & 0x0FFF
     elif proto == 17:
         if rest < 8:
-            return
+            return 0
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
     elif proto == 132:
         if rest < 12:
-            return
+            return 0
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
     elif (proto == 1 and not ipv6) or (proto == 58 and ipv6):
         if rest < 8:
-            return
+            return 0
         key.tp_src, key.tp_dst = p[off], p[off + 1]
+    else:
+        return 0
+    return off
 
 
-def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> None:
+def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> tuple[int, int]:
+    """Fill the IPv4 and L4 fields; (L3 offset, L4 offset), 0 for a header missing or refused."""
     if len(p) - off < 20:
-        return
+        return 0, 0
     vihl = p[off]
     ihl = (vihl & 0x0F) * 4
     tot = struct.unpack_from("!H", p, off + 2)[0]
     if vihl >> 4 != 4 or ihl < 20 or tot < ihl or off + tot > len(p):
-        return
+        return 0, 0
     key.nw_tos = p[off + 1]
     frag_off = struct.unpack_from("!H", p, off + 6)[0]
     key.nw_ttl, key.nw_proto = p[off + 8], p[off + 9]
@@ -191,15 +195,17 @@ def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> None:
         key.nw_frag = FLOW_NW_FRAG_ANY
         if frag_off & 0x1FFF:
             key.nw_frag |= FLOW_NW_FRAG_LATER
-            return
-    return _parse_l4(p, off + ihl, key.nw_proto, False, key)
+            return off, 0
+    return off, _parse_l4(p, off + ihl, key.nw_proto, False, key)
 
 
-def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> None:
+def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
+    """Fill the IPv6 and L4 fields; (L3 offset, L4 offset), 0 for a header missing or refused."""
+    off = l3
     if len(p) - off < 40:
-        return
+        return 0, 0
     if p[off] >> 4 != 6 or off + 40 + struct.unpack_from("!H", p, off + 4)[0] > len(p):
-        return
+        return 0, 0
     key.ipv6_src[:] = list(p[off + 8 : off + 24])
     key.ipv6_dst[:] = list(p[off + 24 : off + 40])
     key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
@@ -220,7 +226,7 @@ def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> None:
             if offlg & 0xFFF8:
                 key.nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER
                 key.nw_proto = nh
-                return
+                return l3, 0
             if offlg & 0x0001:
                 key.nw_frag = FLOW_NW_FRAG_ANY
         else:
@@ -230,17 +236,22 @@ def _parse_ipv6(p: bytes, off: int, key: FlowKey) -> None:
     if not done:
         done = nh not in IPV6_EXT_HEADERS
     key.nw_proto = nh
-    if done:
-        _parse_l4(p, off, nh, True, key)
+    return l3, (_parse_l4(p, off, nh, True, key) if done else 0)
 
 
 def parse(frame: bytes, in_port: int = 0) -> FlowKey:
     """The flow key of a frame received on datapath port in_port, exactly as the XDP parser builds it."""
+    return parse_layout(frame, in_port)[0]
+
+
+def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
+    """The flow key and the L3 and L4 offsets as xdp/parser.h finds them (0: the header is absent, cut
+    short, refused, or, for L4, a later fragment's)."""
     p = bytes(frame)
     key = FlowKey()
     key.in_port = in_port
     if len(p) < 14:
-        return key
+        return key, 0, 0
     key.dl_dst[:] = list(p[0:6])
     key.dl_src[:] = list(p[6:12])
     dl_type = struct.unpack_from("!H", p, 12)[0]
@@ -248,19 +259,19 @@ def parse(frame: bytes, in_port: int = 0) -> FlowKey:
     if dl_type == ETH_P_8021Q:
         if len(p) < 18:
             key.dl_type = dl_type
-            return key
+            return key, 0, 0
         tci, dl_type = struct.unpack_from("!HH", p, 14)
         key.vlan_tci = tci | VLAN_CFI
         off = 18
     if dl_type < 0x600:
         key.dl_type = FLOW_DL_TYPE_NONE
-        return key
+        return key, 0, 0
     key.dl_type = dl_type
     if dl_type == ETH_P_IP:
-        _parse_ipv4(p, off, key)
-    elif dl_type == ETH_P_IPV6:
-        _parse_ipv6(p, off, key)
-    elif dl_type == ETH_P_ARP:
+        return (key, *_parse_ipv4(p, off, key))
+    if dl_type == ETH_P_IPV6:
+        return (key, *_parse_ipv6(p, off, key))
+    if dl_type == ETH_P_ARP:
         if len(p) - off >= 28:
             htype, ptype, hlen, plen = struct.unpack_from("!HHBB", p, off)
             if htype == 1 and ptype == ETH_P_IP and hlen == 6 and plen == 4:
@@ -270,7 +281,7 @@ def parse(frame: bytes, in_port: int = 0) -> FlowKey:
                 key.nw_src = struct.unpack_from("!I", p, off + 14)[0]
                 key.arp_tha[:] = list(p[off + 18 : off + 24])
                 key.nw_dst = struct.unpack_from("!I", p, off + 24)[0]
-    return key
+    return key, 0, 0
 
 
 # --- text, as ovs-dpctl prints datapath flows -----------------------------------------------------------

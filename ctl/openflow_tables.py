@@ -180,10 +180,6 @@ class Rule:
 # --- the classifier ------------------------------------------------------------------------------------------
 
 
-def _masked_tuple(flow: Flow, fields: tuple[str, ...], mask: dict[str, int]) -> tuple[int, ...]:
-    return tuple([flow[f] & mask[f] for f in fields])
-
-
 class _Proj:
     """Projects a flow onto some fields under a mask, as a tuple (the index key of a stage)."""
 
@@ -219,41 +215,43 @@ class Subtable:
         self.rules: dict[tuple[int, ...], list[Rule]] = {}
         self.max_priority = -1
         self.trie_plen = {f: (prefix_len(mask[f], FIELD_BITS[f]) or 0) for f in PREFIX_FIELDS if mask.get(f)}
-        pm = (mask.get("tp_src", 0) << 16) | mask.get("tp_dst", 0)
-        self.ports_mask = pm
+        # the ports are the last stage (L4) whenever the mask has them
+        self.ports_mask = (mask.get("tp_src", 0) << 16) | mask.get("tp_dst", 0)
         self.ports_values: list[int] = []   # sorted masked (tp_src << 16 | tp_dst) of the rules
         self.seq = 0
 
     def key_of(self, match: Match) -> tuple[int, ...]:
-        return tuple(match.fields[f][0] for f in self.fields)
+        return self.full_proj(_values(match))
+
+    def _ports(self, flow: Flow) -> int:
+        return (flow.get("tp_src", 0) << 16 | flow.get("tp_dst", 0)) & self.ports_mask
 
     def insert(self, rule: Rule) -> None:
-        flow = {f: v for f, (v, _m) in rule.match.fields.items()}
-        for i, fs in enumerate(self.cumulative[:-1]):
-            k = _masked_tuple(flow, fs, self.mask)
-            self.indices[i][k] = self.indices[i].get(k, 0) + 1
-        rules = self.rules.setdefault(self.key_of(rule.match), [])
+        flow = _values(rule.match)
+        for i, idx in enumerate(self.indices):
+            k = self.proj[i](flow)
+            idx[k] = idx.get(k, 0) + 1
+        rules = self.rules.setdefault(self.full_proj(flow), [])
         rules.append(rule)
         rules.sort(key=lambda r: (-r.priority, r.seq))
         self.max_priority = max(self.max_priority, rule.priority)
-        if self.ports_mask and self.stage_fields[-1][0].startswith("tp_"):
-            bisect.insort(self.ports_values, (flow.get("tp_src", 0) << 16 | flow.get("tp_dst", 0)) & self.ports_mask)
+        if self.ports_mask:
+            bisect.insort(self.ports_values, self._ports(flow))
 
     def remove(self, rule: Rule) -> None:
-        flow = {f: v for f, (v, _m) in rule.match.fields.items()}
-        for i, fs in enumerate(self.cumulative[:-1]):
-            k = _masked_tuple(flow, fs, self.mask)
-            self.indices[i][k] -= 1
-            if not self.indices[i][k]:
-                del self.indices[i][k]
-        key = self.key_of(rule.match)
+        flow = _values(rule.match)
+        for i, idx in enumerate(self.indices):
+            k = self.proj[i](flow)
+            idx[k] -= 1
+            if not idx[k]:
+                del idx[k]
+        key = self.full_proj(flow)
         self.rules[key].remove(rule)
         if not self.rules[key]:
             del self.rules[key]
         self.max_priority = max((r.priority for rs in self.rules.values() for r in rs), default=-1)
-        if self.ports_mask and self.stage_fields[-1][0].startswith("tp_"):
-            v = (flow.get("tp_src", 0) << 16 | flow.get("tp_dst", 0)) & self.ports_mask
-            self.ports_values.pop(bisect.bisect_left(self.ports_values, v))
+        if self.ports_mask:
+            self.ports_values.pop(bisect.bisect_left(self.ports_values, self._ports(flow)))
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rules.values())
@@ -273,11 +271,10 @@ class Subtable:
                 self._fold(wc, consulted)
                 return None
         rules = self.rules.get(self.full_proj(flow))
-        if rules is None and self.ports_mask and self.stage_fields[last][0].startswith("tp_"):
+        if rules is None and self.ports_mask:
             # the last stage has the ports: un-wildcard only the leading port bits that tell this packet
             # apart from every rule (OVS's ports trie)
-            value = (flow["tp_src"] << 16 | flow["tp_dst"]) & self.ports_mask
-            bits = _bits_to_decide(value, self.ports_values, 32)
+            bits = _bits_to_decide(self._ports(flow), self.ports_values, 32)
             pm = self.ports_mask & prefix_mask(bits, 32)
             wc["tp_src"] |= pm >> 16
             wc["tp_dst"] |= pm & 0xFFFF
@@ -289,6 +286,11 @@ class Subtable:
     def _fold(self, wc: Flow, fields: Iterable[str]) -> None:
         for f in fields:
             wc[f] |= self.mask[f]
+
+
+def _values(match: Match) -> Flow:
+    """A match's values as a (partial) flow: its subtable's projections read them like a packet's."""
+    return {f: v for f, (v, _m) in match.fields.items()}
 
 
 def _common_bits(a: int, b: int, bits: int) -> int:
@@ -392,6 +394,7 @@ class Table:
         self.tries = {f: _Trie(FIELD_BITS[f]) for f in PREFIX_FIELDS}
         self.miss = "drop"
         self._seq = 0
+        self.timed: set[Rule] = set()   # rules with an idle or hard timeout (the revalidator checks only these)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.subtables.values())
@@ -420,12 +423,15 @@ class Table:
         for f, plen in st.trie_plen.items():
             if plen:
                 self.tries[f].add(rule.match.fields[f][0], plen)
+        if rule.idle_timeout or rule.hard_timeout:
+            self.timed.add(rule)
         self._sort()
 
     def remove(self, rule: Rule) -> None:
         mk = _mask_key(rule.match)
         st = self.subtables[mk]
         st.remove(rule)
+        self.timed.discard(rule)
         for f, plen in st.trie_plen.items():
             if plen:
                 self.tries[f].remove(rule.match.fields[f][0], plen)
@@ -509,6 +515,10 @@ class OpenFlowTables:
             self.version += 1
         return gone
 
+    def timed_rules(self) -> list[Rule]:
+        """The rules that have an idle or hard timeout."""
+        return [r for t in self.tables if t.timed for r in t.timed]
+
     def remove_rule(self, rule: Rule) -> bool:
         """Remove one rule (e.g. expired); False if it is no longer there."""
         table = self.tables[rule.table]
@@ -589,5 +599,4 @@ def parse_flows_file(text: str) -> list[FlowSpec]:
     return out
 
 
-__all__ = ["FULL", "DEFAULT_PRIORITY", "FlowSpec", "OpenFlowTables", "Rule", "Table", "parse_flow",
-           "parse_flows_file"]
+__all__ = ["DEFAULT_PRIORITY", "FlowSpec", "OpenFlowTables", "Rule", "Table", "parse_flow", "parse_flows_file"]

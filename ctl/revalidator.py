@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 from ctl import dpif
 from ctl.dpif import ActionError, MapFull
-from ctl.flowkey import FlowKey
 from ctl.ofmatch import key_of
 from ctl.openflow_tables import OpenFlowTables, Rule
 from ctl.upcall import Udpif, Ukey
@@ -45,7 +44,6 @@ class RevalidatorStats:
     last_dump_ms: float = 0.0
     avg_flows: float = 0.0
     max_flows: int = 0
-    deleted: dict[str, int] = field(default_factory=lambda: {"idle": 0, "stale": 0, "flow_limit": 0, "purge": 0})
     updated: int = 0                # megaflows whose actions changed in place
     rules_expired: dict[str, int] = field(default_factory=lambda: {"idle_timeout": 0, "hard_timeout": 0})
 
@@ -77,6 +75,7 @@ class Revalidator:
         self.wake = threading.Event()
         self.pass_done = threading.Condition()
         self.passes = 0
+        self._busy = False  # a pass is running (it may have read the tables before a change): under pass_done
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -128,14 +127,13 @@ class Revalidator:
             self.wake.set()
             return self.pass_done.wait_for(lambda: self.passes >= target, timeout)
 
-    _busy = False
-
     # --- one pass ------------------------------------------------------------------------------------------
 
     def revalidate(self) -> None:
         u = self.udpif
         t0 = self.clock()
-        self._busy = True
+        with self.pass_done:
+            self._busy = True
         try:
             self._expire_rules()
             with u.lock:
@@ -148,10 +146,10 @@ class Revalidator:
                 self._delete(ukeys, "purge")
                 ukeys = []
             now = self.now_ns()
-            samples = self._dump(ukeys)  # dump: read everything first, then sweep
+            samples = u.dump_stats(ukeys)  # dump: read everything first (a failed read fails the pass)
             with u.lock:
                 for k, st in samples:
-                    if st is None or k.dead:
+                    if k.dead:
                         continue
                     packets, nbytes, used = st
                     if packets != k.packets:
@@ -171,31 +169,14 @@ class Revalidator:
             s.avg_flows = (s.avg_flows * (s.dumps - 1) + n) / s.dumps
             s.max_flows = max(s.max_flows, n)
         finally:
-            self._busy = False
             with self.pass_done:
+                self._busy = False
                 self.passes += 1
                 self.pass_done.notify_all()
 
-    def _dump(self, ukeys: list[Ukey]) -> list[tuple[Ukey, tuple[int, int, int] | None]]:
-        """Every ukey's fast-path counters: in batches when the datapath can (a failed batch read fails the
-        pass, so nothing is deleted on partial data), else one read each."""
-        read_all = getattr(self.udpif.dp, "flow_stats_all", None)
-        if read_all is None:
-            return [(k, self._read(k)) for k in ukeys]
-        stats = read_all()
-        return [(k, stats.get(k.idx, (0, 0, 0)) if k.idx >= 0 else (k.packets, k.bytes, 0)) for k in ukeys]
-
-    def _read(self, k: Ukey) -> tuple[int, int, int] | None:
-        if k.idx < 0:
-            return (k.packets, k.bytes, 0)
-        try:
-            return self.udpif.dp.flow_stats(k.idx)
-        except Exception:
-            return None  # read failed: leave this megaflow alone until the next pass
-
     def _revalidate_one(self, k: Ukey, version: int) -> None:
         tr = translate(self.udpif.tables, k.flow, self.ports(), trace=False)
-        new_mask = int.from_bytes(bytes(_mask_of(tr.wc)), "little")
+        new_mask = int.from_bytes(bytes(key_of(tr.wc)), "little")
         old_mask = int.from_bytes(bytes(k.mask), "little")
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
             self._delete([k], "stale")
@@ -213,12 +194,12 @@ class Revalidator:
         k.version = version
 
     def _delete(self, keys: list[Ukey], reason: str) -> None:
+        """Delete megaflows; the Udpif counts them by reason (UpcallStats.deleted)."""
         u = self.udpif
         with u.lock:
             for k in keys:
                 if not k.dead:
                     u.delete_ukey(k, reason)
-                    self.stats.deleted[reason] = self.stats.deleted.get(reason, 0) + 1
 
     def _adapt_limit(self, dump_ms: float, n: int) -> None:
         """OVS's udpif_revalidator flow-limit rules."""
@@ -237,7 +218,7 @@ class Revalidator:
         u = self.udpif
         expired: list[tuple[Rule, str]] = []
         with u.lock:
-            for r in u.tables.rules():
+            for r in u.tables.timed_rules():
                 if r.hard_timeout and now - r.created >= r.hard_timeout:
                     expired.append((r, "hard_timeout"))
                 elif r.idle_timeout and now - r.last_used >= r.idle_timeout:
@@ -252,6 +233,3 @@ class Revalidator:
         if expired and u.on_expired is not None:
             u.on_expired([r for r, _ in expired])
 
-
-def _mask_of(wc: dict[str, int]) -> FlowKey:
-    return key_of(wc)

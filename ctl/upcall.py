@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ctl import dpif
-from ctl.dpif import Action, ActionError, MapFull
+from ctl.dpif import Action, ActionError, GroupsFull, MapFull
 from ctl.execute import FLOOD, execute
 from ctl.flowkey import FlowKey, parse
 from ctl.ofmatch import flow_of, key_of
@@ -52,6 +52,7 @@ class DatapathOps(Protocol):
     def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int: ...
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
     def flow_stats(self, idx: int) -> tuple[int, int, int]: ...
+    def flow_stats_all(self) -> dict[int, tuple[int, int, int]]: ...
     @property
     def n_flows(self) -> int: ...
 
@@ -71,7 +72,6 @@ class Ukey:
     idx: int = -1               # the fast path's flow slot; -1 when not installed
     packets: int = 0            # fast-path totals already credited to the rules
     bytes: int = 0
-    created: float = field(default_factory=time.monotonic)
     flow: dict[str, int] = field(default_factory=dict)  # the packet that made it: revalidation translates it again
     version: int = 0            # the tables' version it was translated at
     created_ns: int = field(default_factory=dpif.now_ns)
@@ -134,7 +134,6 @@ class UpcallStats:
     tx_packets: int = 0
     tx_dropped: int = 0         # emissions to ports with no socket, or refused by the socket
     drops: dict[str, int] = field(default_factory=dict)  # packets the actions dropped, by reason
-    flushes: int = 0            # megaflow flushes after flow-table changes
     deleted: dict[str, int] = field(default_factory=dict)  # megaflows deleted, by reason
     # upcall handling time: counts per bucket of HANDLING_BOUNDS (not cumulative), and the sum in seconds
     handling_counts: list[int] = field(default_factory=lambda: [0] * len(HANDLING_BOUNDS))
@@ -228,34 +227,39 @@ class Udpif:
         if self.dp.n_flows >= self.flow_limit:
             self.stats.over_flow_limit += 1
             return tr.actions
-        dp_actions: list[Action] = [dpif.Upcall()] if u.slow_path else tr.actions
         try:
-            u.idx = self.dp.put_flow(key, mask, dp_actions)
+            u.idx = self._install(key, mask, u)
         except (ActionError, MapFull) as e:
-            if u.slow_path or (isinstance(e, MapFull) and "group" not in str(e)):
-                self.stats.install_failed += 1
-                log.warning("megaflow not installed: %s", e)
-                return tr.actions
-            u.slow_path = str(e)  # e.g. all output groups in use: the handler runs it instead
-            try:
-                u.idx = self.dp.put_flow(key, mask, [dpif.Upcall()])
-            except MapFull as e2:
-                self.stats.install_failed += 1
-                log.warning("megaflow not installed: %s", e2)
-                return tr.actions
+            self.stats.install_failed += 1
+            log.warning("megaflow not installed: %s", e)
+            return tr.actions
         self.stats.installed += 1
         if u.slow_path:
             self.stats.slow_path += 1
         self.ukeys.add(u)
         return tr.actions
 
+    def _install(self, key: FlowKey, mask: FlowKey, u: Ukey) -> int:
+        """Put u's megaflow: its actions if the fast path can run them, else userspace (slow path)."""
+        if not u.slow_path:
+            try:
+                return self.dp.put_flow(key, mask, u.actions)
+            except (ActionError, GroupsFull) as e:
+                u.slow_path = str(e)  # e.g. every output group in use: the handler runs the actions instead
+        return self.dp.put_flow(key, mask, [dpif.Upcall()])
+
     # --- flow-table changes and rule counters ------------------------------------------------------------
+
+    def dump_stats(self, ukeys: Sequence[Ukey]) -> list[tuple[Ukey, tuple[int, int, int]]]:
+        """Each ukey with its megaflow's (packets, bytes, last used), all read in one batched dump."""
+        stats = self.dp.flow_stats_all()
+        return [(u, stats.get(u.idx, (0, 0, 0)) if u.idx >= 0 else (u.packets, u.bytes, 0)) for u in ukeys]
 
     def push_stats(self) -> None:
         """Credit each megaflow's new fast-path packets and bytes to the rules it went through."""
         with self.lock:
-            for u in self.ukeys:
-                self._credit(u)
+            for u, (packets, nbytes, _used) in self.dump_stats(list(self.ukeys)):
+                self.credit_to(u, packets, nbytes)
 
     def _credit(self, u: Ukey) -> None:
         if u.idx < 0:
@@ -311,6 +315,5 @@ class Udpif:
                     self.dp.del_flow(u.key, u.mask)
             for u in gone:
                 self._credit(u)  # after the delete: no packet can hit it any more
-            self.stats.flushes += 1
             self.stats.deleted["flush"] = self.stats.deleted.get("flush", 0) + sum(u.idx >= 0 for u in gone)
             return len(gone)

@@ -80,7 +80,7 @@ class Translation:
         lines.append(f"Megaflow: {self.megaflow().format()}")
         lines.append(f"Datapath actions: {dpif.format_actions(self.actions)}")
         if self.slow_path:
-            lines.append(f"This flow is handled by the userspace slow path because it {self.slow_path}.")
+            lines.append(f"This flow is handled by the userspace slow path: {self.slow_path}.")
         return "\n".join(lines)
 
 
@@ -90,7 +90,7 @@ class _Ctx:
         self.tables = tables
         self.orig = dict(flow)
         self.flow = dict(flow)
-        self.base = dict(flow)          # the packet as the datapath actions so far leave it
+        self.dp_tagged = bool(flow["vlan_tci"] & VLAN_CFI)  # the packet carries a tag after the actions so far
         self.wc = {f: 0 for f in FIELDS}
         self.set_bits = {f: 0 for f in FIELDS}
         self.ttl_changed = False
@@ -204,7 +204,6 @@ class _Ctx:
             self.commit()
             self.actions.append(dpif.DecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
-            self.base["nw_ttl"] = self.flow["nw_ttl"]
             self.ttl_changed = self.changed = True
             return "the datapath drops the packet if its TTL is 1 or 0"
         elif isinstance(a, of.PushVlan):
@@ -257,12 +256,12 @@ class _Ctx:
         """Datapath set actions for the fields actions wrote since the last commit (OVS:
         commit_odp_actions). A written field is rewritten even when the value happens to be the packet's
         own, so the actions never depend on the packet's value of a field they set."""
-        fl, base, out, dirty = self.flow, self.base, self.actions, self.dirty
+        fl, out, dirty = self.flow, self.actions, self.dirty
         for f, act in (("dl_src", dpif.SetEthSrc), ("dl_dst", dpif.SetEthDst)):
             if f in dirty:
                 out.append(act(mac_str(fl[f].to_bytes(6, "big"))))
         if "vlan_tci" in dirty:
-            tci, was_tagged = fl["vlan_tci"], base["vlan_tci"] & VLAN_CFI
+            tci, was_tagged = fl["vlan_tci"], self.dp_tagged
             if not tci & VLAN_CFI:
                 if was_tagged:
                     out.append(dpif.PopVlan())
@@ -281,7 +280,7 @@ class _Ctx:
         for f, actp in (("tp_src", dpif.SetTpSrc), ("tp_dst", dpif.SetTpDst)):
             if f in dirty:
                 out.append(actp(fl[f]))
-        self.base = dict(fl)
+        self.dp_tagged = bool(fl["vlan_tci"] & VLAN_CFI)
         dirty.clear()
 
     def finish(self) -> Translation:
@@ -313,24 +312,8 @@ class _Ctx:
                 self.wc["nw_proto"] == 0xFF and self.orig["nw_proto"] != IPPROTO_TCP):
             # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
             self.wc["tcp_flags"] = 0
-        slow = _slow_reason(acts)
+        slow = dpif.fast_path_error(acts)
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.controller)
-
-
-def _slow_reason(acts: list[dpif.Action]) -> str:
-    """Why the fast path cannot run acts ("" if it can): it changes a packet, then emits it once."""
-    seen_out = False
-    for a in acts:
-        if isinstance(a, dpif.Output | dpif.Flood):
-            seen_out = True
-        elif isinstance(a, dpif.Controller) and seen_out:
-            return "sends to the controller as well as to ports"
-        elif seen_out:
-            return "changes the packet between two outputs"
-    outs = [a for a in acts if isinstance(a, dpif.Output | dpif.Flood)]
-    if any(isinstance(a, dpif.Flood) for a in outs) and len(outs) > 1:
-        return "floods and outputs with changes in between"
-    return ""
 
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,

@@ -252,3 +252,16 @@ def test_native_ports_detach_on_close(net: Net) -> None:
         dp.close(unpin=True)
     assert xdp_mode(a) == "none"
     assert not dp.pin_dir.exists()
+
+
+def test_batched_stats_dump_agrees_with_single_reads(tb: Bench) -> None:
+    """flow_stats_all (BPF_MAP_LOOKUP_BATCH, the revalidator's dump) reads what one-by-one reads read."""
+    idxs = []
+    for port in range(100, 140):
+        frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / UDP(dport=port) / b"x")
+        idxs.append(tb.dp.put_flow(parse(frame, 1), mask_for("in_port", "dl_type", "nw_proto", "tp_dst"), [Drop()]))
+        for _ in range(port % 5):
+            tb.run(frame)
+    batched = tb.dp.flow_stats_all(chunk=16)  # several batches
+    assert {i: batched[i] for i in idxs} == {i: tb.dp.flow_stats(i) for i in idxs}
+    assert [batched[i][0] for i in idxs] == [p % 5 for p in range(100, 140)]

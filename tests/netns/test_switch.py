@@ -114,7 +114,7 @@ def test_icmp_arp_udp_tcp_and_ipv6(sw: Switch, hosts: list[Host]) -> None:
     assert st.megaflow_hits + st.emc_hits > 40  # the TCP exchange ran in XDP after its first packets
 
 
-def test_actions_rewrite_ttl_slow_path_and_controller(sw: Switch, hosts: list[Host]) -> None:
+def test_nat_slow_path_and_controller(sw: Switch, hosts: list[Host]) -> None:
     h1, h2, h3 = hosts
     # a virtual IP on port 1 NATed to h3's address and port; dec_ttl on the way
     add(sw, *L2, f"priority=30,udp,in_port=1,nw_dst=10.10.0.100,tp_dst=7000,actions=mod_dl_dst:{h3.mac},"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
@@ -38,6 +39,9 @@ class FakeDatapath:
 
     def flow_stats(self, idx: int) -> tuple[int, int, int]:
         return self.stats.get(idx, (0, 0, 0))
+
+    def flow_stats_all(self) -> dict[int, tuple[int, int, int]]:
+        return {idx: self.flow_stats(idx) for idx, _a in self.flows.values()}
 
     @property
     def n_flows(self) -> int:
@@ -94,10 +98,26 @@ def test_flow_limit_and_full_datapath_still_forward() -> None:
     assert u.stats.install_failed == 1 and len(dp.flows) == 1 and len(sent[2]) == 3
 
 
-def test_bad_packets_are_counted_not_fatal() -> None:
+def test_runt_packets_are_handled() -> None:
     u, dp, sent = make("actions=output:2")
     u.handle([Upcall(1, 1, 0, b"\x01\x02"), up(53)])  # a runt is still a packet: it forwards
-    assert u.stats.failed == 0 and u.stats.ok == 2
+    assert u.stats.failed == 0 and u.stats.ok == 2 and len(sent[2]) == 2
+
+
+def test_an_upcall_that_fails_is_counted_and_the_batch_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctl.upcall
+
+    real = ctl.upcall.translate
+
+    def translate(tables: object, flow: dict[str, int], *a: object, **kw: object) -> object:
+        if flow["tp_dst"] == 66:
+            raise RuntimeError("pipeline bug")
+        return real(tables, flow, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ctl.upcall, "translate", translate)
+    u, dp, sent = make("udp,tp_dst=53,actions=output:2", "udp,tp_dst=66,actions=output:2")
+    u.handle([up(66), up(53)])
+    assert (u.stats.failed, u.stats.ok, len(sent[2])) == (1, 1, 1)
 
 
 def test_table_change_flushes_and_credits_rules() -> None:
