@@ -33,9 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctl import ofactions as of
+from ctl import ofcodec as oc
+from ctl.connmgr import ChannelConfig, ConnManager
 from ctl.datapath import RUN_DIR, Datapath, DatapathConfig, DatapathError
+from ctl.flowkey import mac_str
+from ctl.mac_learning import DEFAULT_MAX_AGE, MacLearning
 from ctl.ofmatch import FlowSyntaxError, flow_from_text
-from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
+from ctl.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
+from ctl.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file
 from ctl.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
 from ctl.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
 from ctl.xlate import translate
@@ -132,10 +138,16 @@ class Switch:
     metrics_address: str | None = None   # HOST:PORT for /metrics; None: not served
     max_idle_ms: int = DEFAULT_MAX_IDLE_MS
     max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    mac_aging_s: int = DEFAULT_MAX_AGE
 
     def __post_init__(self) -> None:
         # settings are checked before the fast path is compiled, so a mistake costs no time
         check_settings(self.flow_limit, self.max_idle_ms, self.max_revalidator_ms)
+        self._targets = self.channel.targets()
+        self.mac = MacLearning(self.mac_aging_s)
+        self.datapath_id = self.channel.datapath_id or _default_dpid(self.name)
+        self.connmgr: ConnManager | None = None
         if self.n_handlers < 1:
             raise ValueError(f"handlers must be at least 1, got {self.n_handlers}")
         if self.metrics_address:
@@ -156,7 +168,8 @@ class Switch:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.state_file.exists():
+        fresh = not self.state_file.exists()
+        if not fresh:
             self.tables = OpenFlowTables.load(self.state_file)
             self.say(f"loaded {len(self.tables)} flows from {self.state_file}")
         if self.flows_file is not None:
@@ -164,6 +177,10 @@ class Switch:
             self.tables.clear()
             self.tables.add_many(specs)
             self.say(f"loaded {len(specs)} flows from {self.flows_file} (replacing the saved ones)")
+        elif fresh and not self._targets[0] and self.channel.fail_mode == "standalone":
+            # as a new OVS bridge without a controller: one flow that makes it a learning switch
+            self.tables.add(parse_flow("priority=0,actions=NORMAL"))
+            self.say("no controller and fail-mode standalone: added priority=0,actions=NORMAL (a learning switch)")
         self.save()
         self.say(f"loading the fast path for {self.name} (bcc compiles xdp/*.c)")
         dp = self.dp = Datapath(self.name, self.config)
@@ -183,15 +200,30 @@ class Switch:
         except Exception:
             self.shutdown()
             raise
-        self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit)
+        self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac)
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports))
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
         self.udpif.revalidator = self.revalidator
-        self.udpif.on_expired = lambda rules: self.save()
+        self.udpif.on_expired = self._expired
         self.revalidator.start()
+        controllers, listeners = self._targets
+        self.connmgr = ConnManager(self, controllers, listeners, self.channel.fail_mode, self.channel.probe_interval,
+                                   on_fail_open=self.udpif.set_fail_open)
+        self.udpif.packet_in = self.connmgr.packet_in
+        try:
+            self.connmgr.start()
+        except OSError:
+            self.shutdown()
+            raise
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._serve_control()
+        for host, lport in self.connmgr.listen_addresses():
+            self.say(f"OpenFlow 1.3: listening on ptcp:{lport}:{host} "
+                     f"(ovs-ofctl -O OpenFlow13 show tcp:{host}:{lport})")
+        for t in controllers:
+            self.say(f"OpenFlow 1.3: controller {t} (fail-mode {self.channel.fail_mode}, "
+                     f"datapath id {self.datapath_id:016x})")
         if self.metrics_address:
             self._metrics = serve(self.metrics_snapshot, self.metrics_address)
             host, port = self._metrics.server_address[:2]
@@ -235,6 +267,8 @@ class Switch:
 
     def shutdown(self) -> None:
         self.stop.set()
+        if self.connmgr is not None:
+            self.connmgr.stop()
         if self.revalidator is not None:
             self.revalidator.stop()
         for h in self.handlers:
@@ -263,6 +297,43 @@ class Switch:
 
     def save(self) -> None:
         self.tables.save(self.state_file)
+
+    def _expired(self, rules: list[tuple[Rule, str]]) -> None:
+        self.save()
+        if self.connmgr is not None:
+            for r, why in rules:
+                self.connmgr.ofproto.flow_removed(r, RR_IDLE_TIMEOUT if why == "idle_timeout" else RR_HARD_TIMEOUT)
+
+    # --- what the OpenFlow channel needs (ctl.ofproto.SwitchOps) ---------------------------------------
+
+    def change_tables(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
+        return self._change(fn)
+
+    def read_tables(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
+        assert self.udpif is not None
+        self.udpif.push_stats()
+        with self.udpif.lock:
+            return fn(self.tables)
+
+    def port_numbers(self) -> set[int]:
+        return set(self.dp.ports) if self.dp is not None else set()
+
+    def port_descs(self) -> list[oc.PortDesc]:
+        return [_port_desc(p.port_no, p.name) for p in (self.dp.ports.values() if self.dp is not None else [])]
+
+    def port_counters(self) -> list[oc.PortCounters]:
+        assert self.dp is not None and self.udpif is not None
+        out = []
+        for p in self.dp.ports.values():
+            st = self.dp.port_stats(p.port_no)
+            utx = self.udpif.port_tx.get(p.port_no, (0, 0))
+            out.append(oc.PortCounters(p.port_no, st.rx_packets, st.tx_packets + utx[0], st.rx_bytes,
+                                       st.tx_bytes + utx[1], st.drops, 0, time.monotonic() - self.started))
+        return out
+
+    def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None:
+        assert self.udpif is not None
+        self.udpif.packet_out(in_port, actions, data)
 
     def _transmit(self, port: int, frames: Sequence[bytes]) -> int:
         xs = self.sockets.get((port, 0))
@@ -390,6 +461,20 @@ class Switch:
                 self.udpif.delete_ukey(k, "purge")
         return {"deleted": len(keys)}
 
+    def _cmd_fdb_show(self) -> list[dict[str, object]]:
+        return [{"port": p, "vlan": v, "mac": mac_str(m.to_bytes(6, "big")), "age": int(age)}
+                for p, v, m, age in self.mac.dump()]
+
+    def _cmd_channel_show(self) -> dict[str, object]:
+        cm = self.connmgr
+        assert cm is not None
+        return {"datapath_id": f"{self.datapath_id:016x}", "fail_mode": cm.fail_mode, "fail_open": cm.fail_open,
+                "controllers": [str(t) for t in cm.controllers],
+                "listening": [f"ptcp:{p}:{h}" for h, p in cm.listen_addresses()],
+                "connections": cm.show(), "flow_mods": cm.ofproto.stats.flow_mods,
+                "packet_outs": cm.ofproto.stats.packet_outs, "mac_entries": len(self.mac),
+                "mac": vars(self.mac.stats)}
+
     def _cmd_upcall_show(self) -> dict[str, object]:
         assert self.udpif is not None and self.dp is not None and self.revalidator is not None
         rv = self.revalidator
@@ -402,6 +487,33 @@ class Switch:
                 "max_revalidator": rv.max_revalidator_ms, "avg_flows": round(rv.stats.avg_flows),
                 "max_flows": rv.stats.max_flows, "dump_duration_ms": round(rv.stats.last_dump_ms, 1),
                 "dumps": rv.stats.dumps, "rules_expired": dict(rv.stats.rules_expired)}
+
+
+def _default_dpid(name: str) -> int:
+    """A stable 48-bit datapath id from the switch name (OVS derives it from the bridge's MAC)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:6], "big") or 1
+
+
+def _sysfs(ifname: str, attr: str) -> str:
+    try:
+        return Path(f"/sys/class/net/{ifname}/{attr}").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _port_desc(port_no: int, ifname: str) -> oc.PortDesc:
+    """An OpenFlow port description from the kernel's view of the interface."""
+    mac = _sysfs(ifname, "address") or "00:00:00:00:00:00"
+    flags = int(_sysfs(ifname, "flags") or "0", 16)
+    admin_up = bool(flags & 1)
+    carrier = _sysfs(ifname, "carrier") == "1" if admin_up else False
+    speed = _sysfs(ifname, "speed")
+    mbps = int(speed) if speed.lstrip("-").isdigit() and int(speed) > 0 else 0
+    curr = {10: 1 << 1, 100: 1 << 3, 1000: 1 << 5, 10000: 1 << 6, 40000: 1 << 7, 100000: 1 << 8}.get(mbps, 0)
+    return oc.PortDesc(port_no, bytes.fromhex(mac.replace(":", "")), ifname, 0 if admin_up else 1,
+                       4 if carrier else 1, curr | (1 << 11 if curr else 0), mbps * 1000)
 
 
 def _snapshot_of(sw: Switch) -> Any:

@@ -113,13 +113,24 @@ class Drop:
         return f"drop({DropReason(self.reason).name.lower()})" if self.reason else "drop"
 
 
+PACKET_IN_REASONS = {0: "no_match", 1: "action", 2: "invalid_ttl"}
+
+
 @dataclass(frozen=True)
 class Controller:
-    """Send to the controller. Alone it is encoded as a drop counted under DropReason.CONTROLLER (the
-    OpenFlow channel comes later); beside outputs it cannot run in the fast path."""
+    """Send the packet, as it is at this point, to the controllers as a PACKET_IN (OVS: the userspace
+    action's controller cookie). The fast path never runs it: a megaflow with it goes to the slow path.
+    max_len -1: the connection's miss_send_len (a table-miss without a flow)."""
+
+    reason: int = 1                      # OFPR_ACTION; 0 OFPR_NO_MATCH
+    max_len: int = 0xFFFF
+    table_id: int = 0
+    cookie: int = 0xFFFFFFFFFFFFFFFF
 
     def __str__(self) -> str:
-        return "controller"
+        why = PACKET_IN_REASONS.get(self.reason, str(self.reason))
+        ml = "miss_send_len" if self.max_len < 0 else str(self.max_len)
+        return f"controller(reason={why},max_len={ml},table={self.table_id},cookie={self.cookie:#x})"
 
 
 @dataclass(frozen=True)
@@ -236,7 +247,7 @@ Action = (
     Output | Flood | Drop | Controller | Upcall | SetEthSrc | SetEthDst | PushVlan | PopVlan | SetVlan | SetIpv4Src
     | SetIpv4Dst | SetDscp | DecTtl | SetIpv6Src | SetIpv6Dst | SetTpSrc | SetTpDst
 )
-TERMINAL = (Output, Flood, Drop, Controller, Upcall)
+TERMINAL = (Output, Flood, Drop, Upcall)
 
 
 def format_actions(actions: Sequence[Action]) -> str:
@@ -251,8 +262,10 @@ def _check(cond: bool, msg: str) -> None:
 def fast_path_error(actions: Sequence[Action]) -> str:
     """Why the fast path cannot run actions, or "" when it can. It emits a packet once, so modifications
     come first and one output step ends the list: outputs only (one port, or a group of ports), or one
-    flood, userspace, drop or controller."""
+    flood, userspace or drop. Packets for the controller always take the slow path."""
     acts = list(actions)
+    if any(isinstance(a, Controller) for a in acts):
+        return "it sends packets to the controller"
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):
             rest = acts[i + 1 :]
@@ -290,9 +303,8 @@ def encode_actions(
                 else:
                     g = group_for(frozenset(ports))
                     recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
-            elif isinstance(a, Drop | Controller):
-                reason = DropReason.CONTROLLER if isinstance(a, Controller) else a.reason
-                recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", reason)))
+            elif isinstance(a, Drop):
+                recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", a.reason)))
             else:
                 recs.append(_rec({Flood: ActType.FLOOD, Upcall: ActType.UPCALL}[type(a)]))
             break

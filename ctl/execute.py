@@ -24,7 +24,7 @@ FLOOD = -1  # the port of a flooded emission
 class Result:
     emits: list[tuple[int, bytes]] = field(default_factory=list)  # (port or FLOOD, frame)
     drop: int = 0               # a DropReason when the packet was dropped (no emission after it)
-    controller: bool = False
+    controller: list[tuple[dpif.Controller, bytes]] = field(default_factory=list)  # packet-ins, the frame then
 
 
 class _Pkt:
@@ -186,7 +186,7 @@ def execute(frame: bytes, actions: Sequence[dpif.Action]) -> Result:
         elif isinstance(a, dpif.Flood):
             res.emits.append((FLOOD, bytes(p.b)))
         elif isinstance(a, dpif.Controller):
-            res.controller = True
+            res.controller.append((a, bytes(p.b)))
         elif isinstance(a, dpif.Drop):
             res.drop = a.reason or DropReason.ACTION
             return res
@@ -198,6 +198,6 @@ def execute(frame: bytes, actions: Sequence[dpif.Action]) -> Result:
             if r:
                 res.drop = r
                 return res
-    if not res.emits:
-        res.drop = DropReason.CONTROLLER if res.controller else DropReason.ACTION
+    if not res.emits and not res.controller:
+        res.drop = DropReason.ACTION
     return res

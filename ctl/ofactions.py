@@ -41,8 +41,28 @@ class InPort:
 
 @dataclass(frozen=True)
 class Controller:
+    """Send the packet to the controllers (a PACKET_IN), at most max_len bytes of it (65535: all)."""
+
+    max_len: int = 0xFFFF
+
     def __str__(self) -> str:
-        return "CONTROLLER:65535"
+        return f"CONTROLLER:{self.max_len}"
+
+
+@dataclass(frozen=True)
+class Normal:
+    """The L2 learning switch (ctl/mac_learning.py): learn the source, forward or flood by destination."""
+
+    def __str__(self) -> str:
+        return "NORMAL"
+
+
+@dataclass(frozen=True)
+class Table:
+    """output:TABLE, for PACKET_OUT only: run the packet through the pipeline from table 0."""
+
+    def __str__(self) -> str:
+        return "TABLE"
 
 
 @dataclass(frozen=True)
@@ -100,9 +120,10 @@ class GotoTable:
         return f"goto_table:{self.table}"
 
 
-OfAction = Output | Flood | InPort | Controller | SetField | PushVlan | StripVlan | DecTtl | Resubmit | GotoTable
+OfAction = (Output | Flood | InPort | Controller | Normal | Table | SetField | PushVlan | StripVlan | DecTtl | Resubmit
+            | GotoTable)
 
-ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "mod_dl_src", "mod_dl_dst",
+ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
                 "mod_nw_tos", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "resubmit", "goto_table")
 
@@ -122,6 +143,11 @@ MOD_ACTIONS = {
     "mod_nw_src": "ip_src", "mod_nw_dst": "ip_dst", "mod_nw_tos": "nw_tos", "mod_tp_src": "tp_src",
     "mod_tp_dst": "tp_dst",
 }
+
+
+def parse_set_field(target: str, text: str) -> SetField:
+    """set_field:TEXT->TARGET as one action (ValueError if it is not one we can do)."""
+    return _set_field(target, text, target)
 
 
 def _set_field(target: str, text: str, written: str) -> SetField:
@@ -179,7 +205,7 @@ def parse_one(item: str) -> OfAction | None:
     if name.isdigit() and paren is None and arg is None:
         return Output(_port(name, "output"))
     low = name.lower()
-    if low in ("drop", "flood", "all", "in_port", "strip_vlan", "pop_vlan", "dec_ttl") and (paren or arg):
+    if low in ("drop", "flood", "all", "in_port", "normal", "strip_vlan", "pop_vlan", "dec_ttl") and (paren or arg):
         raise ValueError(f"{low} takes no argument")
     if low == "drop":
         return None
@@ -189,8 +215,10 @@ def parse_one(item: str) -> OfAction | None:
         return Flood(all=True)
     if low == "in_port":
         return InPort()
-    if low == "controller":  # any max_len or reason argument is accepted: packet-ins come later
-        return Controller()
+    if low == "normal":
+        return Normal()
+    if low == "controller":
+        return _controller(paren if paren is not None else arg)
     if low in ("strip_vlan", "pop_vlan"):
         return StripVlan()
     if low == "dec_ttl":
@@ -199,7 +227,7 @@ def parse_one(item: str) -> OfAction | None:
         if arg is None:
             raise ValueError("output needs a port (output:N)")
         special: dict[str, OfAction] = {"in_port": InPort(), "flood": Flood(), "all": Flood(all=True),
-                                        "controller": Controller()}
+                                        "controller": Controller(), "normal": Normal()}
         if arg.lower() in special:
             return special[arg.lower()]
         return Output(_port(arg, "output"))
@@ -232,9 +260,23 @@ def parse_one(item: str) -> OfAction | None:
         if not arg:
             raise ValueError("goto_table needs a table (goto_table:N)")
         return GotoTable(_table(arg, "goto_table"))
-    if low == "normal":
-        raise ValueError("normal (the L2 learning switch) is not supported: write the forwarding rules")
     raise ValueError(f"unknown action {name!r} (one of {', '.join(ACTION_NAMES)})")
+
+
+def _controller(arg: str | None) -> Controller:
+    """controller, controller:MAX_LEN, controller(max_len=N) as ovs-actions(7) writes them."""
+    if not arg:
+        return Controller()
+    if arg.isdigit():
+        return Controller(parse_int(arg, 16, "controller max_len"))
+    max_len = 0xFFFF
+    for part in arg.split(","):
+        k, _, v = part.strip().partition("=")
+        if k == "max_len":
+            max_len = parse_int(v, 16, "controller max_len")
+        elif k not in ("reason", "id", "userdata", "pause"):
+            raise ValueError(f"controller: unknown argument {k!r} (max_len=N)")
+    return Controller(max_len)
 
 
 def split_actions(text: str) -> list[tuple[str, int]]:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctl.ofactions import N_TABLES, GotoTable, OfAction, format_actions, parse_actions
+from ctl.ofactions import N_TABLES, Controller, GotoTable, OfAction, format_actions, parse_actions
 from ctl.ofmatch import (
     FIELD_BITS,
     FULL,
@@ -42,6 +42,11 @@ from ctl.ofmatch import (
 
 DEFAULT_PRIORITY = 32768
 MISS_ACTIONS = ("drop", "continue", "controller")
+# flow-mod flags (OpenFlow 1.3's OFPFF_*), written in flow text by name as ovs-ofctl does
+SEND_FLOW_REM, CHECK_OVERLAP, RESET_COUNTS, NO_PKT_COUNTS, NO_BYT_COUNTS = 1, 2, 4, 8, 16
+FLAG_NAMES = {"send_flow_rem": SEND_FLOW_REM, "check_overlap": CHECK_OVERLAP, "reset_counts": RESET_COUNTS,
+              "no_packet_counts": NO_PKT_COUNTS, "no_byte_counts": NO_BYT_COUNTS}
+KEPT_FLAGS = SEND_FLOW_REM | NO_PKT_COUNTS | NO_BYT_COUNTS  # what a rule remembers (the others act once)
 
 
 # --- flow text -------------------------------------------------------------------------------------------
@@ -61,6 +66,7 @@ class FlowSpec:
     hard_timeout: int = 0
     has_priority: bool = False
     has_actions: bool = False
+    flags: int = 0          # SEND_FLOW_REM | CHECK_OVERLAP | RESET_COUNTS ...
 
 
 def parse_flow(text: str, *, actions: bool = True) -> FlowSpec:
@@ -92,6 +98,8 @@ def parse_flow(text: str, *, actions: bool = True) -> FlowSpec:
                     spec.cookie_mask = (1 << 64) - 1
             elif t.key in ("idle_timeout", "hard_timeout"):
                 setattr(spec, t.key, parse_int(t.value or "", 16, t.key))
+            elif t.key in FLAG_NAMES and t.value is None:
+                spec.flags |= FLAG_NAMES[t.key]
             else:
                 rest.append(t)
         except ValueError as e:
@@ -135,6 +143,7 @@ class Rule:
     n_bytes: int = 0
     seq: int = 0           # insertion order: ties between equal priorities go to the older rule
     last_used: float = 0.0  # monotonic time of the last packet credited (idle_timeout); creation at first
+    flags: int = 0          # KEPT_FLAGS bits (send_flow_rem ...)
 
     def __post_init__(self) -> None:
         self.last_used = self.created
@@ -154,6 +163,7 @@ class Rule:
             parts.append(f"idle_timeout={self.idle_timeout}")
         if self.hard_timeout:
             parts.append(f"hard_timeout={self.hard_timeout}")
+        parts += [n for n, b in FLAG_NAMES.items() if self.flags & b]
         m = format_match(self.match)
         return ",".join(parts + ([m] if m else [])) + f",actions={format_actions(self.actions)}"
 
@@ -166,6 +176,7 @@ class Rule:
             head += f"idle_timeout={self.idle_timeout}, "
         if self.hard_timeout:
             head += f"hard_timeout={self.hard_timeout}, "
+        head += "".join(f"{n}, " for n, b in FLAG_NAMES.items() if self.flags & b)
         m = format_match(self.match, self.priority)
         return f"{head}{m}{' ' if m else ''}actions={format_actions(self.actions)}"
 
@@ -395,6 +406,7 @@ class Table:
         self.miss = "drop"
         self._seq = 0
         self.timed: set[Rule] = set()   # rules with an idle or hard timeout (the revalidator checks only these)
+        self.n_missed = 0               # packets translated here that matched no rule (upcalls, packet-outs)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.subtables.values())
@@ -456,6 +468,20 @@ class Table:
         return best
 
 
+def _overlap(a: Match, b: Match) -> bool:
+    """Some packet matches both: every field's common mask bits agree."""
+    for f, (v, m) in a.fields.items():
+        ov, om = b.fields.get(f, (0, 0))
+        if (v ^ ov) & m & om:
+            return False
+    return True
+
+
+def _outputs_to(rule: Rule, out: OfAction) -> bool:
+    """The rule has an output to out (Output(n), or one of the reserved ports; any controller max_len)."""
+    return any(a == out or (isinstance(a, Controller) and isinstance(out, Controller)) for a in rule.actions)
+
+
 def _mask_key(match: Match) -> tuple[tuple[str, int], ...]:
     return tuple((f, m) for f, (_v, m) in sorted(match.fields.items()))
 
@@ -478,27 +504,54 @@ class OpenFlowTables:
         return sorted((r for t in ts for r in t.rules()), key=lambda r: (r.table, -r.priority, r.seq))
 
     def add(self, spec: FlowSpec) -> Rule:
-        """add-flow: a rule with the same match and priority in the same table is replaced."""
+        """add-flow: a rule with the same match and priority in the same table is replaced; its counters
+        carry over unless the flow-mod says reset_counts (OpenFlow 1.3, 6.4)."""
         tid = spec.table or 0
         table = self.tables[tid]
         old = table.find_exact(spec.match, spec.priority)
         if old is not None:
             table.remove(old)
         rule = Rule(tid, spec.priority, spec.match, list(spec.actions), spec.cookie, spec.idle_timeout,
-                    spec.hard_timeout)
+                    spec.hard_timeout, flags=spec.flags & KEPT_FLAGS)
+        if old is not None and not spec.flags & RESET_COUNTS:
+            rule.n_packets, rule.n_bytes = old.n_packets, old.n_bytes
         table.insert(rule)
         self.version += 1
         return rule
 
+    def overlaps(self, spec: FlowSpec) -> bool:
+        """check_overlap: a rule of the same priority in the same table that some packet could match as
+        well as spec's (a rule with the identical match is a replacement, not an overlap)."""
+        for r in self.tables[spec.table or 0].rules():
+            if r.priority != spec.priority or r.match == spec.match:
+                continue
+            if _overlap(r.match, spec.match):
+                return True
+        return False
+
+    def modify(self, spec: FlowSpec, strict: bool = False, out: OfAction | None = None) -> list[Rule]:
+        """OpenFlow modify/modify_strict: the selected rules take spec's actions (and zeroed counters with
+        reset_counts); their matches, priorities, cookies and timeouts stay."""
+        picked = self.select(spec, strict, out)
+        for r in picked:
+            r.actions = list(spec.actions)
+            if spec.flags & RESET_COUNTS:
+                r.n_packets = r.n_bytes = 0
+        if picked:
+            self.version += 1
+        return picked
+
     def add_many(self, specs: Iterable[FlowSpec]) -> list[Rule]:
         return [self.add(s) for s in specs]
 
-    def select(self, spec: FlowSpec, strict: bool = False) -> list[Rule]:
+    def select(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None) -> list[Rule]:
         """The rules a del-flows/dump-flows filter picks: loosely (the filter covers the rule's match) or
-        strictly (same match and priority)."""
+        strictly (same match and priority); with out_port, only rules with an output there."""
         out = []
         for r in self.rules(spec.table):
             if spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask:
+                continue
+            if out_port is not None and not _outputs_to(r, out_port):
                 continue
             if strict:
                 if r.match == spec.match and r.priority == spec.priority:
@@ -507,8 +560,8 @@ class OpenFlowTables:
                 out.append(r)
         return out
 
-    def delete(self, spec: FlowSpec, strict: bool = False) -> list[Rule]:
-        gone = self.select(spec, strict)
+    def delete(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None) -> list[Rule]:
+        gone = self.select(spec, strict, out_port)
         for r in gone:
             self.tables[r.table].remove(r)
         if gone:

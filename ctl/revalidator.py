@@ -137,6 +137,8 @@ class Revalidator:
         try:
             self._expire_rules()
             with u.lock:
+                if u.mac.expire():
+                    u.xlate_changed()
                 ukeys = list(u.ukeys)
                 version = u.tables.version
             n = len(ukeys)
@@ -154,6 +156,8 @@ class Revalidator:
                     packets, nbytes, used = st
                     if packets != k.packets:
                         u.credit_to(k, packets, nbytes)
+                        if k.normal:
+                            self._refresh_mac(k)
                     last = used if used > k.created_ns else k.created_ns
                     if now - last > max_idle_ns:
                         self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
@@ -174,8 +178,16 @@ class Revalidator:
                 self.passes += 1
                 self.pass_done.notify_all()
 
+    def _refresh_mac(self, k: Ukey) -> None:
+        """A NORMAL megaflow forwarded packets: its source MAC is alive (OVS learns from revalidated flows)."""
+        fl = k.flow
+        vlan = fl["vlan_tci"] & 0x0FFF if fl["vlan_tci"] & 0x1000 else 0
+        if not fl["dl_src"] >> 40 & 1 and self.udpif.mac.learn(vlan, fl["dl_src"], fl["in_port"]):
+            self.udpif.xlate_changed()
+
     def _revalidate_one(self, k: Ukey, version: int) -> None:
-        tr = translate(self.udpif.tables, k.flow, self.ports(), trace=False)
+        u = self.udpif
+        tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open)
         new_mask = int.from_bytes(bytes(key_of(tr.wc)), "little")
         old_mask = int.from_bytes(bytes(k.mask), "little")
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
@@ -231,5 +243,5 @@ class Revalidator:
         for _r, why in expired:
             self.stats.rules_expired[why] += 1
         if expired and u.on_expired is not None:
-            u.on_expired([r for r, _ in expired])
+            u.on_expired(expired)
 

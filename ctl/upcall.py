@@ -30,9 +30,11 @@ from ctl import dpif
 from ctl.dpif import Action, ActionError, GroupsFull, MapFull
 from ctl.execute import FLOOD, execute
 from ctl.flowkey import FlowKey, parse
+from ctl.mac_learning import MacLearning
+from ctl.ofactions import OfAction
 from ctl.ofmatch import flow_of, key_of
 from ctl.openflow_tables import OpenFlowTables, Rule
-from ctl.xlate import translate
+from ctl.xlate import translate, translate_actions
 from ctl.xsk import Upcall
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ UPCALL_REASONS = {1: "miss", 2: "slow_path"}
 
 
 class RevalidatorLike(Protocol):
+    wake: threading.Event
+
     def request(self, timeout: float = 5.0) -> bool: ...
 
 
@@ -58,6 +62,7 @@ class DatapathOps(Protocol):
 
 
 Transmit = Callable[[int, Sequence[bytes]], int]  # (port, frames) -> frames sent
+PacketIn = Callable[[dpif.Controller, int, bytes], None]  # (what the pipeline asked, in_port, frame)
 
 
 @dataclass(eq=False)
@@ -76,6 +81,7 @@ class Ukey:
     version: int = 0            # the tables' version it was translated at
     created_ns: int = field(default_factory=dpif.now_ns)
     dead: bool = False
+    normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
 
 
 class Ukeys:
@@ -130,7 +136,7 @@ class UpcallStats:
     slow_path: int = 0          # megaflows installed as userspace because the fast path cannot run them
     over_flow_limit: int = 0    # upcalls forwarded without installing: flow-limit reached
     install_failed: int = 0     # the fast path refused the megaflow (full): forwarded without installing
-    controller: int = 0         # packets the pipeline sent to the controller: dropped until OpenFlow exists
+    controller: int = 0         # packet-ins the pipeline asked for (sent to every controller that wants them)
     tx_packets: int = 0
     tx_dropped: int = 0         # emissions to ports with no socket, or refused by the socket
     drops: dict[str, int] = field(default_factory=dict)  # packets the actions dropped, by reason
@@ -154,17 +160,22 @@ class Udpif:
     """The upcall layer of one switch: ukeys, translation, installs and the flush on table changes."""
 
     def __init__(self, dp: DatapathOps, tables: OpenFlowTables, transmit: Transmit,
-                 ports: Callable[[], Iterable[int]], flow_limit: int = DEFAULT_FLOW_LIMIT) -> None:
+                 ports: Callable[[], Iterable[int]], flow_limit: int = DEFAULT_FLOW_LIMIT,
+                 mac: MacLearning | None = None) -> None:
         self.dp = dp
         self.tables = tables
         self.transmit = transmit
         self.ports = ports
         self.flow_limit = flow_limit
+        self.mac = mac if mac is not None else MacLearning()
+        self.fail_open = False          # fail-mode standalone with no controller: NORMAL for every packet
         self.ukeys = Ukeys()
         self.stats = UpcallStats()
         self.lock = threading.RLock()   # tables, ukeys and fast-path flow writes change under it
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
-        self.on_expired: Callable[[list[Rule]], None] | None = None
+        self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
+        self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/connmgr.py), when there is one
+        self.port_tx: dict[int, tuple[int, int]] = {}  # per port: (packets, bytes) sent from user space
 
     # --- upcalls -----------------------------------------------------------------------------------
 
@@ -186,28 +197,72 @@ class Udpif:
                     log.exception("upcall from port %d failed", up.in_port)
         out: dict[int, list[bytes]] = {}
         for up, actions in work:
-            try:
-                res = execute(up.frame, actions)
-            except Exception:
-                st.failed += 1
-                log.exception("executing %s on an upcall failed", dpif.format_actions(actions))
-                continue
-            st.ok += 1
-            if res.controller or res.drop == dpif.DropReason.CONTROLLER:
-                st.controller += 1
-            if res.drop:
-                name = dpif.DropReason(res.drop).name.lower()
-                st.drops[name] = st.drops.get(name, 0) + 1
-            for port, frame in res.emits:
-                targets = [p for p in self.ports() if p != up.in_port] if port == FLOOD else [port]
-                for p in targets:
-                    out.setdefault(p, []).append(frame)
+            if self._execute(up.frame, up.in_port, actions, out):
+                st.ok += 1
+        self._send(out)
+        if upcalls:
+            st.observe((time.perf_counter() - t0) / len(upcalls), len(upcalls))
+
+    def _execute(self, frame: bytes, in_port: int, actions: Sequence[Action], out: dict[int, list[bytes]]) -> bool:
+        """Run actions on one packet: emissions are queued in out by port, packet-ins sent now."""
+        st = self.stats
+        try:
+            res = execute(frame, actions)
+        except Exception:
+            st.failed += 1
+            log.exception("executing %s on a packet failed", dpif.format_actions(actions))
+            return False
+        for ctrl, data in res.controller:
+            st.controller += 1
+            if self.packet_in is not None:
+                self.packet_in(ctrl, in_port, data)
+        if res.drop:
+            name = dpif.DropReason(res.drop).name.lower()
+            st.drops[name] = st.drops.get(name, 0) + 1
+        for port, data in res.emits:
+            targets = [p for p in self.ports() if p != in_port] if port == FLOOD else [port]
+            for p in targets:
+                out.setdefault(p, []).append(data)
+        return True
+
+    def _send(self, out: dict[int, list[bytes]]) -> None:
+        st = self.stats
         for port, frames in out.items():
             sent = self.transmit(port, frames)
             st.tx_packets += sent
             st.tx_dropped += len(frames) - sent
-        if upcalls:
-            st.observe((time.perf_counter() - t0) / len(upcalls), len(upcalls))
+            p, b = self.port_tx.get(port, (0, 0))
+            self.port_tx[port] = (p + sent, b + sum(len(f) for f in frames[:sent]))
+
+    def packet_out(self, in_port: int, actions: list[OfAction], frame: bytes) -> list[Action]:
+        """A controller's PACKET_OUT: its actions on frame, as if it had come in on in_port (OFPP_CONTROLLER
+        for none). Returns the datapath actions it came to."""
+        with self.lock:
+            flow = flow_of(parse(frame, in_port))
+            tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac)
+            for r in tr.rules:
+                r.credit(1, len(frame))
+            if tr.learned:
+                self.xlate_changed()
+        out: dict[int, list[bytes]] = {}
+        self._execute(frame, in_port, tr.actions, out)
+        self._send(out)
+        return tr.actions
+
+    def xlate_changed(self) -> None:
+        """Something a translation reads besides the rules changed (the MAC table, fail-open): megaflows
+        made before must be translated again. The tables' version counts every such input; the caller
+        holds the lock."""
+        self.tables.version += 1
+        rv = self.revalidator
+        if rv is not None:
+            rv.wake.set()
+
+    def set_fail_open(self, on: bool) -> None:
+        with self.lock:
+            if self.fail_open != on:
+                self.fail_open = on
+                self.xlate_changed()
 
     def _decide(self, up: Upcall, ports: set[int]) -> list[Action]:
         key = parse(up.frame, up.in_port)
@@ -219,11 +274,14 @@ class Udpif:
                 r.credit(1, len(up.frame))
             return u.actions
         flow = flow_of(key)
-        tr = translate(self.tables, flow, ports, trace=False)
+        tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open)
         for r in tr.rules:
             r.credit(1, len(up.frame))
+        if tr.learned:
+            self.xlate_changed()
         mask = key_of(tr.wc)
-        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version)
+        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
+                 normal=tr.normal)
         if self.dp.n_flows >= self.flow_limit:
             self.stats.over_flow_limit += 1
             return tr.actions

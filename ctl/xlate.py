@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ctl import dpif
 from ctl import ofactions as of
 from ctl.flowkey import VLAN_CFI, mac_str
+from ctl.mac_learning import MacLearning
 from ctl.ofmatch import (
     ETH_P_IP,
     ETH_P_IPV6,
@@ -57,6 +58,8 @@ class Translation:
     steps: list[TraceStep]
     slow_path: str = ""             # why the fast path cannot run the actions ("" when it can)
     controller: bool = False        # the pipeline sent it to the controller
+    normal: bool = False            # NORMAL ran: the megaflow depends on the MAC learning table
+    learned: bool = False           # NORMAL learned (or moved) the source MAC
 
     def megaflow(self) -> Match:
         return Match.from_masked(self.flow, self.wc)
@@ -86,8 +89,12 @@ class Translation:
 
 class _Ctx:
     def __init__(self, tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None,
-                 tracing: bool = True) -> None:
+                 tracing: bool = True, mac: MacLearning | None = None, may_learn: bool = False) -> None:
         self.tables = tables
+        self.mac = mac
+        self.may_learn = may_learn
+        self.normal_used = False
+        self.learned = False
         self.orig = dict(flow)
         self.flow = dict(flow)
         self.dp_tagged = bool(flow["vlan_tci"] & VLAN_CFI)  # the packet carries a tag after the actions so far
@@ -143,6 +150,8 @@ class _Ctx:
             if self.tracing:
                 self.steps.append(step)
             if rule is None:
+                if self.may_learn:
+                    table.n_missed += 1
                 if table.miss == "continue":
                     step.notes.append(f"table-miss: continue to table {tid + 1}")
                     tid += 1
@@ -150,17 +159,17 @@ class _Ctx:
                     continue
                 if table.miss == "controller":
                     step.notes.append("table-miss: controller")
-                    self.controller = True
+                    self.to_controller(of.Controller(-1), None, tid)
                 else:
                     step.notes.append("table-miss: drop")
                 return
             self.rules.append(rule)
-            nxt = self.do_actions(rule.actions, step, tid)
+            nxt = self.do_actions(rule.actions, step, tid, rule)
             if nxt is None:
                 return
             tid, in_port = nxt, None
 
-    def do_actions(self, actions: list[of.OfAction], step: TraceStep, tid: int) -> int | None:
+    def do_actions(self, actions: list[of.OfAction], step: TraceStep, tid: int, rule: Rule | None) -> int | None:
         """Run a rule's actions; returns the goto_table target, if any."""
         for a in actions:
             if self.error:
@@ -173,6 +182,14 @@ class _Ctx:
                 self.depth += 1
                 self.run_table(tid if a.table is None else a.table, a.port)
                 self.depth -= 1
+            elif isinstance(a, of.Table):
+                self.depth += 1
+                self.run_table(0)
+                self.depth -= 1
+            elif isinstance(a, of.Controller):
+                note = self.to_controller(a, rule, tid)
+                if note and self.tracing:
+                    step.notes.append(f"    -> {note}")
             else:
                 note = self.do_action(a)
                 if note and self.tracing:
@@ -195,9 +212,8 @@ class _Ctx:
         elif isinstance(a, of.Flood):
             self.commit()
             self.actions.append(dpif.Flood())
-        elif isinstance(a, of.Controller):
-            self.controller = True
-            return "counted as a drop (reason controller) until the OpenFlow channel exists"
+        elif isinstance(a, of.Normal):
+            return self.normal()
         elif isinstance(a, of.DecTtl):
             if fl["dl_type"] not in (ETH_P_IP, ETH_P_IPV6):
                 return "skipped: not IP"
@@ -221,6 +237,46 @@ class _Ctx:
         elif isinstance(a, of.SetField):
             return self.set_field(a)
         return ""
+
+    def to_controller(self, a: of.Controller, rule: Rule | None, tid: int) -> str:
+        """A PACKET_IN of the packet as it is now: reason no_match for a table-miss (a miss with no rule,
+        or OpenFlow 1.3's table-miss rule: priority 0, empty match), action otherwise."""
+        self.commit()
+        miss = rule is None or (rule.priority == 0 and not rule.match.fields)
+        cookie = rule.cookie if rule is not None else 0xFFFFFFFFFFFFFFFF
+        self.actions.append(dpif.Controller(0 if miss else 1, a.max_len, tid, cookie))
+        self.controller = True
+        return "sent to the controller (a PACKET_IN; the megaflow takes the slow path)"
+
+    def normal(self) -> str:
+        """The L2 learning switch (OVS: xlate_normal): learn the source on the ingress port, then output to
+        where the destination was learned, or flood when it is unknown, broadcast or multicast. The
+        megaflow matches the MACs and the VLAN, so a new source or destination comes up to be learned."""
+        fl = self.flow
+        in_port = self.orig["in_port"]
+        self.normal_used = True
+        self.consult("dl_src", FULL["dl_src"])
+        self.consult("dl_dst", FULL["dl_dst"])
+        self.consult("vlan_tci", VLAN_CFI | 0x0FFF)
+        vlan = fl["vlan_tci"] & 0x0FFF if fl["vlan_tci"] & VLAN_CFI else 0
+        src, dst = fl["dl_src"], fl["dl_dst"]
+        if src >> 40 & 1:
+            return "dropped: the source MAC is multicast"
+        note = ""
+        if self.mac is not None and self.may_learn and 0 < in_port < 0xFF00 and self.mac.learn(vlan, src, in_port):
+            self.learned = True
+            note = f"learned {mac_str(src.to_bytes(6, 'big'))} on port {in_port} (vlan {vlan}); "
+        port = None if dst >> 40 & 1 or self.mac is None else self.mac.lookup(vlan, dst)
+        if port is None or (self.ports is not None and port not in self.ports):
+            self.commit()
+            self.actions.append(dpif.Flood())
+            return note + ("flood: broadcast or multicast destination" if dst >> 40 & 1
+                           else "flood: unknown destination")
+        if port == in_port:
+            return note + "dropped: the destination was learned on the input port"
+        self.commit()
+        self.actions.append(dpif.Output(port))
+        return note + f"forwarded to port {port}, where the destination was learned"
 
     def set_field(self, a: of.SetField) -> str:
         fl = self.flow
@@ -285,11 +341,12 @@ class _Ctx:
 
     def finish(self) -> Translation:
         acts = self.actions
-        outputs = [a for a in acts if isinstance(a, dpif.Output | dpif.Flood)]
+        emitting = (dpif.Output, dpif.Flood, dpif.Controller)
+        outputs = [a for a in acts if isinstance(a, emitting)]
         if self.error:
             acts = [dpif.Drop(dpif.DropReason.UNSUPPORTED)]
         elif not outputs:
-            acts = [dpif.Drop(dpif.DropReason.CONTROLLER if self.controller else 0)]
+            acts = [dpif.Drop(0)]
         else:
             if any(isinstance(a, dpif.Flood) for a in outputs):
                 # flood reaches every port but the ingress: explicit outputs to other ports add nothing
@@ -300,10 +357,8 @@ class _Ctx:
                        for a in tail):
                     acts = acts[:first] + [dpif.Flood()]
             # anything after the last output changes nothing that leaves
-            last = max(i for i, a in enumerate(acts) if isinstance(a, dpif.Output | dpif.Flood))
+            last = max(i for i, a in enumerate(acts) if isinstance(a, emitting))
             acts = acts[: last + 1]
-            if self.controller:
-                acts = acts + [dpif.Controller()]
         if self.orig["nw_proto"] in (IPPROTO_ICMP, IPPROTO_ICMPV6) and self.orig["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
             # ICMP type and code are 8 bits: the high bytes of tp_src/tp_dst are always zero (OVS does this too)
             self.wc["tp_src"] &= 0xFF
@@ -313,13 +368,35 @@ class _Ctx:
             # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
             self.wc["tcp_flags"] = 0
         slow = dpif.fast_path_error(acts)
-        return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.controller)
+        return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.controller,
+                           self.normal_used, self.learned)
 
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,
-              trace: bool = True) -> Translation:
+              trace: bool = True, *, mac: MacLearning | None = None, may_learn: bool = False,
+              fail_open: bool = False) -> Translation:
     """Run flow through the pipeline from table 0. ports: the switch's port numbers (outputs elsewhere
-    are skipped); None skips that check. trace=False leaves the per-table steps out (the handlers' way)."""
-    ctx = _Ctx(tables, flow, ports, trace)
-    ctx.run_table(0)
+    are skipped); None skips that check. trace=False leaves the per-table steps out (the handlers' way).
+    mac: the table NORMAL uses; may_learn: NORMAL may add to it (a real packet, not a revalidation or a
+    trace). fail_open: no controller is connected in fail-mode standalone, so every packet takes NORMAL
+    whatever the tables say (OVS's fail-open flow)."""
+    ctx = _Ctx(tables, flow, ports, trace, mac, may_learn)
+    if fail_open:
+        step = TraceStep(0, 0, None, ["fail-open: no controller is connected, so NORMAL handles every packet"])
+        ctx.steps.append(step)
+        note = ctx.normal()
+        if trace:
+            step.notes.append(f"    -> {note}")
+    else:
+        ctx.run_table(0)
+    return ctx.finish()
+
+
+def translate_actions(tables: OpenFlowTables, flow: Flow, actions: list[of.OfAction],
+                      ports: Collection[int] | None = None, *, mac: MacLearning | None = None) -> Translation:
+    """A PACKET_OUT's actions on its packet (output:TABLE runs the pipeline from table 0)."""
+    ctx = _Ctx(tables, flow, ports, True, mac, True)
+    step = TraceStep(0, 0, None, ["packet-out"])
+    ctx.steps.append(step)
+    ctx.do_actions(actions, step, 0, None)
     return ctx.finish()

@@ -43,6 +43,9 @@ def test_emits_at_each_output_with_changes_between() -> None:
     assert Ether(bytes(fresh))[IP].chksum == second[IP].chksum
 
 
-def test_controller_alone_is_a_counted_drop() -> None:
-    res = execute(bytes(Ether() / IP()), [dpif.Controller()])
-    assert res.controller and res.drop == dpif.DropReason.CONTROLLER and not res.emits
+def test_controller_takes_the_packet_as_modified_so_far() -> None:
+    ctrl = dpif.Controller(reason=0, max_len=128, table_id=3, cookie=7)
+    res = execute(bytes(Ether() / IP()), [dpif.SetEthDst("02:00:00:00:00:09"), ctrl, dpif.Output(2)])
+    assert [c for c, _ in res.controller] == [ctrl] and not res.drop
+    assert Ether(res.controller[0][1]).dst == "02:00:00:00:00:09"
+    assert [p for p, _ in res.emits] == [2]

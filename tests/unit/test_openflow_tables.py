@@ -63,7 +63,7 @@ def test_dump_format_matches_ovs_ofctl() -> None:
     ("ip,actions=goto_table:3,output:1", "goto_table must be the last", "output:1"),
     ("ip,actions=set_field:1.2.3.4->ip_foo", "cannot set 'ip_foo'", "set_field:1.2.3.4->ip_foo"),
     ("ip,actions=mod_vlan_vid:5000", "out of range", "mod_vlan_vid:5000"),
-    ("ip,actions=normal", "not supported", "normal"),
+        ("ip,actions=normal:3", "takes no argument", "normal:3"),
     ("ip,actions=drop,output:1", "drop cannot be combined", "drop"),
     ("ip", "missing actions", ""),
     ("ip,actions=", "no actions", ""),
@@ -157,7 +157,10 @@ def test_table_miss_default_drop_continue_and_controller() -> None:
     t.set_miss(0, "continue")
     assert translate(t, pkt).actions == [dpif.Output(2)]
     t.set_miss(0, "controller")
-    assert translate(t, pkt).actions == [dpif.Drop(dpif.DropReason.CONTROLLER)]
+    tr = translate(t, pkt)
+    # a table-miss without a rule: reason no_match, the connection's miss_send_len, no cookie; slow path
+    assert tr.actions == [dpif.Controller(reason=0, max_len=-1, table_id=0, cookie=(1 << 64) - 1)]
+    assert tr.slow_path
 
 
 def test_output_to_ingress_is_dropped_unless_in_port() -> None:

@@ -1,0 +1,102 @@
+"""The MAC learning table behind the NORMAL action (OVS: lib/mac-learning.c).
+
+Entries are keyed by (VLAN, MAC) and point at the port the MAC was last seen on. An entry not refreshed for
+``max_age`` seconds (default 300, OVS's) expires; when the table is full the least recently used entry
+goes. ``version`` grows with every change a translation could depend on (a new entry, a move, an expiry,
+a flush), so the revalidator knows when megaflows made by NORMAL must be translated again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_MAX_AGE = 300
+DEFAULT_MAX_ENTRIES = 8192
+
+
+@dataclass
+class MacStats:
+    learned: int = 0
+    moved: int = 0
+    expired: int = 0
+    evicted: int = 0
+
+
+class MacLearning:
+    def __init__(self, max_age: float = DEFAULT_MAX_AGE, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 1 <= max_age <= 86400:
+            raise ValueError(f"mac-aging-time {max_age} s is out of range 1..86400")
+        if max_entries < 1:
+            raise ValueError(f"mac-table-size {max_entries} must be at least 1")
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self.clock = clock
+        # (vlan, mac) -> [port, last seen], least recently used first
+        self.entries: OrderedDict[tuple[int, int], list[float]] = OrderedDict()
+        self.version = 0
+        self.stats = MacStats()
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def learn(self, vlan: int, mac: int, port: int) -> bool:
+        """mac was seen on port: True when that changes where packets to it go (new or moved)."""
+        with self.lock:
+            key = (vlan, mac)
+            e = self.entries.get(key)
+            now = self.clock()
+            if e is not None:
+                self.entries.move_to_end(key)
+                e[1] = now
+                if int(e[0]) == port:
+                    return False
+                e[0] = port
+                self.stats.moved += 1
+            else:
+                if len(self.entries) >= self.max_entries:
+                    self.entries.popitem(last=False)
+                    self.stats.evicted += 1
+                self.entries[key] = [port, now]
+                self.stats.learned += 1
+            self.version += 1
+            return True
+
+    def lookup(self, vlan: int, mac: int) -> int | None:
+        e = self.entries.get((vlan, mac))
+        if e is None or self.clock() - e[1] >= self.max_age:
+            return None
+        return int(e[0])
+
+    def expire(self) -> int:
+        """Drop entries older than max_age; how many went."""
+        now = self.clock()
+        with self.lock:
+            old = [k for k, (_p, used) in self.entries.items() if now - used >= self.max_age]
+            for k in old:
+                del self.entries[k]
+            if old:
+                self.stats.expired += len(old)
+                self.version += 1
+            return len(old)
+
+    def flush(self, port: int | None = None) -> int:
+        """Forget every entry (or those on one port, e.g. when its link goes down)."""
+        with self.lock:
+            gone = [k for k, (p, _u) in self.entries.items() if port is None or int(p) == port]
+            for k in gone:
+                del self.entries[k]
+            if gone:
+                self.version += 1
+            return len(gone)
+
+    def dump(self) -> list[tuple[int, int, int, float]]:
+        """(port, vlan, mac, age in seconds) for every entry, as ovs-appctl fdb/show lists them."""
+        now = self.clock()
+        with self.lock:
+            return [(int(p), v, m, now - used) for (v, m), (p, used) in self.entries.items()]
