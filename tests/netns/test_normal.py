@@ -1,0 +1,65 @@
+"""NORMAL: the switch with no controller in fail-mode standalone is a learning switch, and what it learns
+becomes megaflows like any other action."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ctl.daemon import PortSpec, Switch, request
+from ctl.datapath import DatapathConfig
+from tests.conftest import unique
+from tests.netns.conftest import Host
+from tests.netns.test_forwarding import ping, udp_recv, udp_send
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def lsw(hosts: list[Host], tmp_path: Path) -> Iterator[Switch]:
+    sw = Switch(unique("xsl2"), [PortSpec(h.port, h.port_no) for h in hosts], tmp_path / "flows.json",
+                config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None)
+    sw.start()
+    try:
+        time.sleep(0.5)
+        yield sw
+    finally:
+        sw.shutdown()
+
+
+def test_a_new_switch_learns_floods_then_forwards_in_xdp(lsw: Switch, hosts: list[Host]) -> None:
+    h1, h2, h3 = hosts
+    rules = request(lsw.name, "dump-flows")
+    assert [(r["priority"], r["match"], r["actions"]) for r in rules] == [(0, "", "NORMAL")]
+    # h2 is unknown: h1's first packet floods, so h3 sees it too
+    rx3 = h3.rx_packets()
+    assert ping(h1, h2.ip, 1)
+    assert h3.rx_packets() - rx3 >= 1
+    fdb = {(e["port"], e["mac"]) for e in request(lsw.name, "fdb-show")}
+    assert {(h1.port_no, h1.mac), (h2.port_no, h2.mac)} <= fdb
+    time.sleep(0.8)  # the revalidator turns the flooding megaflow into an output once h2 is learned
+    assert lsw.dp is not None
+    st0, rx3 = lsw.dp.stats(), h3.rx_packets()
+    assert ping(h1, h2.ip, 10)
+    d = lsw.dp.stats().delta(st0)
+    assert d.misses == 0 and d.megaflow_hits + d.emc_hits == 20, d
+    assert h3.rx_packets() == rx3, "learned destinations are not flooded"
+    flows = {f.match(): [str(a) for a in f.actions] for f in lsw.dp.dump_flows()}
+    key = f"in_port(1),eth(src={h1.mac},dst={h2.mac}),eth_type(0x0800)"
+    assert any(k.startswith(f"in_port({h1.port_no})") and f"dst={h2.mac}" in k and v == [str(h2.port_no)]
+               for k, v in flows.items()), (key, flows)
+
+
+def test_broadcast_floods_to_every_port_but_the_ingress(lsw: Switch, hosts: list[Host]) -> None:
+    h1, h2, h3 = hosts
+    r2, r3 = udp_recv(h2, 7001, 1), udp_recv(h3, 7001, 1)
+    time.sleep(0.3)
+    h1.sh(f"ip neigh replace 10.10.0.255 lladdr ff:ff:ff:ff:ff:ff dev {h1.ifname} nud permanent")
+    rx1 = h1.rx_packets()
+    udp_send(h1, "10.10.0.255", 7001, ["bcast"], broadcast=True)
+    assert r2.communicate(timeout=10)[0].strip() == "bcast"
+    assert r3.communicate(timeout=10)[0].strip() == "bcast"
+    assert h1.rx_packets() == rx1, "never back out of the ingress port"
