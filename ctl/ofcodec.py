@@ -357,6 +357,11 @@ def _unpack(raw: bytes, what: str) -> Any:
 def _flow_mod(raw: bytes, xid: int) -> FlowMod:
     if len(raw) < 56:
         raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"FLOW_MOD is at least 56 bytes, got {len(raw)}")
+    command, flags = raw[25], int.from_bytes(raw[44:46], "big")
+    if command > 4:
+        raise OfError(ET.FLOW_MOD_FAILED, FMFC_BAD_COMMAND, f"flow-mod command {command}")
+    if flags & ~0x1F:
+        raise OfError(ET.FLOW_MOD_FAILED, FMFC_BAD_FLAGS, f"flow-mod flags {flags:#x}")
     match, end = _match_at(raw, 48)
     _check_instructions(raw, end)
     m = _unpack(raw, "FLOW_MOD")
@@ -733,9 +738,8 @@ def _actions(acts: Iterable[Any], raw: bytes | None) -> list[of.OfAction]:
 
 
 def _nx_action(a: Any) -> of.OfAction:
-    body = bytes(getattr(a, "body", b"") or b"")
-    if hasattr(body, "value"):
-        body = bytes(body.value)
+    raw = getattr(a, "body", b"")
+    body = bytes(getattr(raw, "value", raw) or b"")
     # experimenter payload after the vendor id: subtype(2) in_port(2) table(1) pad(3)
     if len(body) < 8:
         raise OfError(ET.BAD_ACTION, BAC_BAD_LEN, "Nicira action too short")
