@@ -1,6 +1,6 @@
 """The xdpswitch command line: one typer app whose sub-commands mirror the OVS tools.
 
-    xdpswitch start --port IF[=N] ... [--flows FILE]   the switch, in the foreground
+    xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen ptcp:P]   the switch
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
@@ -43,6 +43,8 @@ upcall = typer.Typer(help="The upcall path: handlers, ukeys, counters (like ovs-
 app.add_typer(upcall, name="upcall")
 revalidator = typer.Typer(help="The revalidator (like ovs-appctl revalidator/*).", no_args_is_help=True)
 app.add_typer(revalidator, name="revalidator")
+fdb = typer.Typer(help="The MAC learning table of the NORMAL action (like ovs-appctl fdb/*).", no_args_is_help=True)
+app.add_typer(fdb, name="fdb")
 out = Console()
 err = Console(stderr=True)
 
@@ -195,16 +197,31 @@ def start(
     max_revalidator: int = typer.Option(500, "--max-revalidator", help="Revalidate at least this often (ms)."),
     metrics_address: str = typer.Option("127.0.0.1:9640", "--metrics-address",
                                          help="Serve Prometheus /metrics here (HOST:PORT); 'none' to turn off."),
+    controller: list[str] = typer.Option([], "--controller",
+                                         help="An OpenFlow 1.3 controller to connect to: tcp:HOST[:PORT] (repeat)."),
+    listen: list[str] = typer.Option([], "--listen",
+                                     help="Accept OpenFlow connections (ovs-ofctl): ptcp:PORT[:IP], loopback "
+                                          "unless IP is given (repeat)."),
+    fail_mode: str = typer.Option("standalone", "--fail-mode",
+                                  help="Without a controller: standalone (NORMAL, a learning switch) or secure "
+                                       "(installed flows only)."),
+    datapath_id: str = typer.Option(None, "--datapath-id", help="The OpenFlow datapath id (hex); default: from "
+                                                                "the name."),
+    inactivity_probe: float = typer.Option(5.0, "--inactivity-probe",
+                                           help="Seconds of silence before an echo probe (twice: disconnect)."),
+    mac_aging_time: int = typer.Option(300, "--mac-aging-time", help="Seconds a learned MAC lives unseen."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
 ) -> None:
     """Run the switch in the foreground until SIGTERM or Ctrl-C (then every port is detached).
 
     Needs root. The OpenFlow tables persist in STATE_DIR/NAME/flows.json across restarts.
 
-    Example: sudo xdpswitch start --port veth1 --port veth2 --flows my.flows
+    Examples: sudo xdpswitch start --port veth1 --port veth2 --flows my.flows
+              sudo xdpswitch start -p veth1 -p veth2 --controller tcp:127.0.0.1:6653 --listen ptcp:6654
     """
     from pathlib import Path
 
+    from ctl.connmgr import ChannelConfig
     from ctl.daemon import Switch, parse_ports
     from ctl.datapath import DatapathConfig, DatapathError
     from ctl.ofmatch import FlowSyntaxError
@@ -213,11 +230,17 @@ def start(
         logging.getLogger().setLevel(logging.INFO)
     try:
         specs = parse_ports(port)
+        try:
+            dpid = int(datapath_id, 16) if datapath_id else None
+        except ValueError:
+            raise ValueError(f"--datapath-id {datapath_id!r} is not hexadecimal") from None
+        channel = ChannelConfig(list(controller), list(listen), fail_mode, inactivity_probe, dpid)
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
-                    max_idle_ms=max_idle, max_revalidator_ms=max_revalidator)
+                    max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,
+                    mac_aging_s=mac_aging_time)
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None
@@ -315,6 +338,45 @@ def trace(flow: str = typer.Argument(..., help="A packet in match syntax: in_por
         out.print_json(json.dumps({k: v for k, v in res.items() if k != "text"}))
         return
     out.print(res["text"], highlight=False, markup=False, soft_wrap=True)
+
+
+@ofctl.command("show")
+def ofctl_show(name: str = NAME, fmt: Format = FORMAT) -> None:
+    """The OpenFlow channel: datapath id, fail mode, controllers, listeners and connections.
+
+    Example: xdpswitch ofctl show
+    """
+    st = _request(name, "channel-show")
+    assert isinstance(st, dict)
+    if fmt == Format.json:
+        out.print_json(json.dumps(st))
+        return
+    mode = st["fail_mode"] + (" (fail-open: NORMAL)" if st["fail_open"] else "")
+    lines = [f"dpid:{st['datapath_id']}  fail-mode {mode}",
+             "  controllers : " + (", ".join(st["controllers"]) or "none"),
+             "  listening   : " + (", ".join(st["listening"]) or "no"),
+             f"  flow-mods {st['flow_mods']}, packet-outs {st['packet_outs']}, MACs learned {st['mac_entries']}"]
+    for c in st["connections"]:
+        lines.append(f"  {c['type']:10s} {c['peer']:22s} role {c['role']:6s} up {c['connected_s']}s  "
+                     f"rx {c['rx_msgs']} tx {c['tx_msgs']} packet-ins {c['packet_ins']} "
+                     f"(dropped {c['packet_ins_dropped']}) errors sent {c['errors_sent']}")
+    out.print("\n".join(lines), highlight=False, markup=False)
+
+
+@fdb.command("show")
+def fdb_show(name: str = NAME, fmt: Format = FORMAT) -> None:
+    """The MAC learning table of NORMAL: port, VLAN, MAC, age (like `ovs-appctl fdb/show`).
+
+    Example: xdpswitch fdb show
+    """
+    entries = _request(name, "fdb-show")
+    assert isinstance(entries, list)
+    if fmt == Format.json:
+        out.print_json(json.dumps(entries))
+        return
+    lines = [" port  VLAN  MAC                Age"]
+    lines += [f"{e['port']:5d}  {e['vlan']:4d}  {e['mac']}  {e['age']:4d}" for e in entries]
+    out.print("\n".join(lines), highlight=False, markup=False)
 
 
 @upcall.command("show")

@@ -15,6 +15,25 @@ if ! command -v prometheus >/dev/null; then
   echo "test: installing prometheus (a real server scrapes the switch in the netns tier)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# OpenFlow peers for the netns tier: ovs-ofctl (Debian), and os-ken's manager in a venv of its own with the
+# unmodified simple_switch_13.py of the os-ken 1.4.1 wheel (3.1.1 has the manager but no sample apps)
+if ! command -v ovs-ofctl >/dev/null; then
+  echo "test: installing openvswitch-common (ovs-ofctl drives the switch's OpenFlow listener)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-common >/dev/null
+fi
+osken=$here/.cache/osken
+if [ ! -x "$osken/bin/osken-manager" ] || [ ! -f "$here/.cache/simple_switch_13.py" ]; then
+  echo "test: installing os-ken 3.1.1 and simple_switch_13.py (os-ken 1.4.1) under .cache/"
+  /usr/bin/python3 -m venv "$osken"
+  "$osken/bin/pip" install -q --disable-pip-version-check os-ken==3.1.1
+  "$osken/bin/pip" download -q --disable-pip-version-check --no-deps os-ken==1.4.1 -d "$here/.cache/osken-wheel"
+  "$osken/bin/python" - "$here/.cache" <<'PY'
+import pathlib, sys, zipfile
+cache = pathlib.Path(sys.argv[1])
+whl = next((cache / "osken-wheel").glob("os_ken-1.4.1-*.whl"))
+(cache / "simple_switch_13.py").write_bytes(zipfile.ZipFile(whl).read("os_ken/app/simple_switch_13.py"))
+PY
+fi
 py=${XDPSWITCH_VENV:-$here/.venv}/bin/python
 echo "== ruff";  "$py" -m ruff check ctl exporters tests bench
 echo "== mypy";  "$py" -m mypy ctl exporters bench
