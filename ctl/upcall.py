@@ -267,6 +267,11 @@ class Udpif:
     def _decide(self, up: Upcall, ports: set[int]) -> list[Action]:
         key = parse(up.frame, up.in_port)
         u = self.ukeys.find(key)
+        if u is not None and u.slow_path and u.version != self.tables.version:
+            # a slow-path megaflow made before the last change: translate this packet afresh rather than
+            # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
+            self.delete_ukey(u, "stale")
+            u = None
         if u is not None:
             if not u.slow_path:
                 self.stats.existing += 1
