@@ -1,7 +1,7 @@
 """OpenFlow actions in ovs-ofctl syntax: parse and format.
 
 Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, ``all``, ``in_port``,
-``controller``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
+``controller[:MAX_LEN]``, ``normal``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
 ``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
 ``mod_tp_src``/``mod_tp_dst``, ``set_field:V->F``, ``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``,
 ``goto_table:T`` (last). What they do to a packet is ``ctl/xlate.py``'s business.

@@ -203,6 +203,7 @@ class Revalidator:
             k.actions = tr.actions
             self.stats.updated += 1
         k.rules = tr.rules
+        k.normal = tr.normal
         k.version = version
 
     def _delete(self, keys: list[Ukey], reason: str) -> None:
