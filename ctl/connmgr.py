@@ -45,6 +45,13 @@ FAIL_MODES = ("standalone", "secure")
 OFP_TCP_PORT = 6653
 
 
+def check_channel(fail_mode: str, probe_interval: float) -> None:
+    if fail_mode not in FAIL_MODES:
+        raise ValueError(f"fail-mode {fail_mode!r}: one of {', '.join(FAIL_MODES)}")
+    if not 1 <= probe_interval <= 3600:
+        raise ValueError(f"inactivity probe {probe_interval} s is out of range 1..3600")
+
+
 @dataclass(frozen=True)
 class Target:
     """tcp:HOST[:PORT] (connect) or ptcp:[PORT][:IP] (listen), as ovs-vsctl set-controller writes them."""
@@ -155,10 +162,7 @@ class ConnManager:
                  fail_mode: str = "standalone", probe_interval: float = DEFAULT_PROBE_INTERVAL,
                  max_backoff: float = MAX_BACKOFF,
                  on_fail_open: Callable[[bool], None] | None = None) -> None:
-        if fail_mode not in FAIL_MODES:
-            raise ValueError(f"fail-mode {fail_mode!r}: one of {', '.join(FAIL_MODES)}")
-        if not 1 <= probe_interval <= 3600:
-            raise ValueError(f"inactivity probe {probe_interval} s is out of range 1..3600")
+        check_channel(fail_mode, probe_interval)
         self.sw = switch
         self.controllers = controllers
         self.listener_targets = listeners
@@ -490,10 +494,8 @@ class ChannelConfig:
     datapath_id: int | None = None
 
     def targets(self) -> tuple[list[Target], list[Target]]:
-        if self.fail_mode not in FAIL_MODES:
-            raise ValueError(f"fail-mode {self.fail_mode!r}: one of {', '.join(FAIL_MODES)}")
-        if not 1 <= self.probe_interval <= 3600:
-            raise ValueError(f"inactivity probe {self.probe_interval} s is out of range 1..3600")
+        """(controllers, listeners), every setting checked (ValueError naming the first bad one)."""
+        check_channel(self.fail_mode, self.probe_interval)
         if self.datapath_id is not None and not 0 < self.datapath_id < 1 << 64:
             raise ValueError(f"datapath id {self.datapath_id:#x} is out of range 1..2^64-1")
         return ([parse_target(t, False) for t in self.controllers], [parse_target(t, True) for t in self.listen])

@@ -318,12 +318,10 @@ class Switch:
         it wakes brings the megaflows up to date (slow-path ones on their next packet), and the state file
         is written by the next tick, so a controller's flow-mods cost neither a pass nor an fsync each."""
         assert self.udpif is not None
-        with self.udpif.lock:
-            version = self.tables.version
-            result = fn(self.tables)
-            if self.tables.version != version:
-                self.udpif.xlate_changed()
-                self._dirty = True
+        version = self.tables.version
+        result = self.udpif.change_tables(fn)
+        if self.tables.version != version:
+            self._dirty = True
         return result
 
     def read_tables(self, fn: Callable[[OpenFlowTables], Any]) -> Any:

@@ -14,8 +14,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ctl.flowkey import VLAN_CFI
+
 DEFAULT_MAX_AGE = 300
 DEFAULT_MAX_ENTRIES = 8192
+
+
+def vlan_of(vlan_tci: int) -> int:
+    """The VLAN a flow key's vlan_tci puts the packet in (0: untagged)."""
+    return vlan_tci & 0x0FFF if vlan_tci & VLAN_CFI else 0
+
+
+def is_multicast(mac: int) -> bool:
+    """The group bit of a 48-bit MAC (broadcast included)."""
+    return bool(mac >> 40 & 1)
 
 
 @dataclass
@@ -44,6 +56,11 @@ class MacLearning:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def learn_flow(self, flow: dict[str, int]) -> bool:
+        """learn() the source of a packet (a flow key as a dict), unless the source is multicast."""
+        return not is_multicast(flow["dl_src"]) and self.learn(vlan_of(flow["vlan_tci"]), flow["dl_src"],
+                                                                 flow["in_port"])
 
     def learn(self, vlan: int, mac: int, port: int) -> bool:
         """mac was seen on port: True when that changes where packets to it go (new or moved)."""

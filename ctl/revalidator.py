@@ -180,9 +180,7 @@ class Revalidator:
 
     def _refresh_mac(self, k: Ukey) -> None:
         """A NORMAL megaflow forwarded packets: its source MAC is alive (OVS learns from revalidated flows)."""
-        fl = k.flow
-        vlan = fl["vlan_tci"] & 0x0FFF if fl["vlan_tci"] & 0x1000 else 0
-        if not fl["dl_src"] >> 40 & 1 and self.udpif.mac.learn(vlan, fl["dl_src"], fl["in_port"]):
+        if self.udpif.mac.learn_flow(k.flow):
             self.udpif.xlate_changed()
 
     def _revalidate_one(self, k: Ukey, version: int) -> None:

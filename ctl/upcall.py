@@ -354,9 +354,14 @@ class Udpif:
         return result
 
     def change_tables(self, change: Callable[[OpenFlowTables], object]) -> object:
-        """Apply change under the lock, leaving the megaflows to the revalidator's next pass."""
+        """Apply change under the lock without waiting: if the tables changed, the revalidator is woken to
+        bring the megaflows up to date (slow-path ones are translated afresh on their next packet)."""
         with self.lock:
-            return change(self.tables)
+            version = self.tables.version
+            result = change(self.tables)
+            if self.tables.version != version and self.revalidator is not None:
+                self.revalidator.wake.set()
+            return result
 
     def delete_ukey(self, u: Ukey, reason: str) -> None:
         """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ctl import dpif
 from ctl import ofactions as of
 from ctl.flowkey import VLAN_CFI, mac_str
-from ctl.mac_learning import MacLearning
+from ctl.mac_learning import MacLearning, is_multicast, vlan_of
 from ctl.ofmatch import (
     ETH_P_IP,
     ETH_P_IPV6,
@@ -57,7 +57,6 @@ class Translation:
     rules: list[Rule]               # every rule the packet went through (for their counters)
     steps: list[TraceStep]
     slow_path: str = ""             # why the fast path cannot run the actions ("" when it can)
-    controller: bool = False        # the pipeline sent it to the controller
     normal: bool = False            # NORMAL ran: the megaflow depends on the MAC learning table
     learned: bool = False           # NORMAL learned (or moved) the source MAC
 
@@ -109,7 +108,6 @@ class _Ctx:
         self.actions: list[dpif.Action] = []
         self.rules: list[Rule] = []
         self.steps: list[TraceStep] = []
-        self.controller = False
         self.error = ""
         self.depth = 0
         for f in ALWAYS_EXACT:
@@ -245,7 +243,6 @@ class _Ctx:
         miss = rule is None or (rule.priority == 0 and not rule.match.fields)
         cookie = rule.cookie if rule is not None else 0xFFFFFFFFFFFFFFFF
         self.actions.append(dpif.Controller(0 if miss else 1, a.max_len, tid, cookie))
-        self.controller = True
         return "sent to the controller (a PACKET_IN; the megaflow takes the slow path)"
 
     def normal(self) -> str:
@@ -258,19 +255,19 @@ class _Ctx:
         self.consult("dl_src", FULL["dl_src"])
         self.consult("dl_dst", FULL["dl_dst"])
         self.consult("vlan_tci", VLAN_CFI | 0x0FFF)
-        vlan = fl["vlan_tci"] & 0x0FFF if fl["vlan_tci"] & VLAN_CFI else 0
+        vlan = vlan_of(fl["vlan_tci"])
         src, dst = fl["dl_src"], fl["dl_dst"]
-        if src >> 40 & 1:
+        if is_multicast(src):
             return "dropped: the source MAC is multicast"
         note = ""
         if self.mac is not None and self.may_learn and 0 < in_port < 0xFF00 and self.mac.learn(vlan, src, in_port):
             self.learned = True
             note = f"learned {mac_str(src.to_bytes(6, 'big'))} on port {in_port} (vlan {vlan}); "
-        port = None if dst >> 40 & 1 or self.mac is None else self.mac.lookup(vlan, dst)
+        port = None if is_multicast(dst) or self.mac is None else self.mac.lookup(vlan, dst)
         if port is None or (self.ports is not None and port not in self.ports):
             self.commit()
             self.actions.append(dpif.Flood())
-            return note + ("flood: broadcast or multicast destination" if dst >> 40 & 1
+            return note + ("flood: broadcast or multicast destination" if is_multicast(dst)
                            else "flood: unknown destination")
         if port == in_port:
             return note + "dropped: the destination was learned on the input port"
@@ -368,8 +365,8 @@ class _Ctx:
             # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
             self.wc["tcp_flags"] = 0
         slow = dpif.fast_path_error(acts)
-        return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.controller,
-                           self.normal_used, self.learned)
+        return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
+                           self.learned)
 
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,

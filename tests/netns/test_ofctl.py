@@ -138,3 +138,14 @@ def test_bad_flow_is_refused_and_changes_nothing(sw: Switch) -> None:
     r = ofctl(sw, "add-flow", "table=3,priority=8,ip,actions=goto_table:2", check=False)
     assert r.returncode != 0
     assert len(flows(sw)) == 1
+
+
+def test_nicira_and_onf_fields_round_trip_through_ovs_ofctl(sw: Switch) -> None:
+    """ovs-ofctl writes tcp_flags as ONF's experimenter OXM and nw_ttl, ip_frag as Nicira fields in 1.3."""
+    ofctl(sw, "add-flow", "priority=4,tcp,tcp_flags=+syn-ack,actions=output:1")
+    ofctl(sw, "add-flow", "priority=5,ip,nw_ttl=3,ip_frag=no,actions=output:2")
+    mine = {r["priority"]: r["match"] for r in request(sw.name, "dump-flows")}
+    assert mine == {4: "tcp,tcp_flags=+syn-ack", 5: "ip,nw_ttl=3,nw_frag=no"}
+    lines = flows(sw)
+    assert any("tcp_flags=+syn-ack actions=output:1" in ln for ln in lines), lines
+    assert any("nw_ttl=3" in ln and "nw_frag=no" in ln for ln in lines), lines

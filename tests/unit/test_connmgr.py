@@ -18,6 +18,7 @@ from ctl import ofcodec as oc
 from ctl.connmgr import ConnManager, Target, parse_target
 from ctl.ofcodec import ET, T
 from ctl.ofmatch import parse_match
+from ctl.openflow_tables import parse_flow
 from tests.unit.ofhelpers import FakeSwitch, flow_mod, msg
 
 
@@ -154,7 +155,7 @@ def test_active_connection_reconnects_with_backoff() -> None:
     finally:
         cm.stop()
         srv.close()
-    assert opened == [False] or opened == [], "fail-open needs three probe intervals without a controller"
+    assert opened == [], "fail-open needs three probe intervals without a controller"
 
 
 def test_standalone_goes_fail_open_without_a_controller() -> None:
@@ -189,7 +190,8 @@ def test_port_status_on_a_link_change(mgr: tuple[ConnManager, FakeSwitch]) -> No
 def test_fuzzed_stream_never_changes_the_tables_nor_stops_the_channel(
         mgr: tuple[ConnManager, FakeSwitch], junk: list[tuple[int, bytes]]) -> None:
     cm, sw = mgr
-    sw.tables.add_many([])
+    if not len(sw.tables):
+        sw.tables.add(parse_flow("priority=5,ip,actions=output:2"))
     before = [r.to_text() for r in sw.tables.rules()]
     p = connect(cm)
     p.handshake()

@@ -106,6 +106,7 @@ def _fm_with_oxms(oxms: bytes, insts: bytes = b"") -> bytes:
     (_oxm(13, b"\0\x50"), b"", ET.BAD_MATCH, oc.BMC_BAD_PREREQ),                         # tcp_dst without tcp
     (_oxm(5, b"\x08\0") + _oxm(5, b"\x08\0"), b"", ET.BAD_MATCH, oc.BMC_DUP_FIELD),
     (_oxm(38, b"\0" * 8), b"", ET.BAD_MATCH, oc.BMC_BAD_FIELD),                           # tunnel_id
+    (_oxm(42, b"\x00\x00\x23\x20\x00\x02", cls=0xFFFF), b"", ET.BAD_MATCH, oc.BMC_BAD_FIELD),  # not ONF's
     (_oxm(5, b"\x08"), b"", ET.BAD_MATCH, oc.BMC_BAD_LEN),
     (_oxm(5, b"\x08\0", mask=b"\xff\0"), b"", ET.BAD_MATCH, oc.BMC_BAD_MASK),
     (_oxm(3, b"\xff" * 6, mask=b"\0" * 6), b"", ET.BAD_MATCH, oc.BMC_BAD_VALUE),
