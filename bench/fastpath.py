@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from ctl.datapath import Datapath, DatapathConfig
-from ctl.dpif import Drop, Output
-from ctl.flowkey import FlowKey, build, mask_for, parse
-from ctl.progrun import run_xdp
+from ctl.datapath.dpif import DpDrop, DpOutput
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
+from ctl.datapath.flowkey import FlowKey, build, mask_for, parse
+from ctl.datapath.progrun import run_xdp
 
 FIELDS = ["dl_src", "dl_dst", "dl_type", "nw_src", "nw_dst", "nw_proto", "nw_tos", "tp_src", "tp_dst",
           "vlan_tci", "nw_ttl", "tcp_flags"]
@@ -122,7 +122,7 @@ def main() -> int:
         base = measure("baseline: parse + redirect", base_fd)
         measure("bare devmap redirect (no parse)", bare_fd)
 
-        dp.put_flow(key, mask_for("in_port", "dl_dst"), [Output(2)])
+        dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
         dp.set_emc_insert_inv_prob(1)
         run_xdp(dp.emc_prog_fd, frame, p1.ifindex)
         emc = measure("EMC hit")
@@ -134,8 +134,8 @@ def main() -> int:
             dp.flush_flows()
             dp.flush_emc()
             for m in decoy_masks(n - 1):
-                dp.put_flow(decoy, m, [Drop()])
-            dp.put_flow(key, mask_for("in_port", "dl_dst", "tp_dst"), [Output(2)])
+                dp.put_flow(decoy, m, [DpDrop()])
+            dp.put_flow(key, mask_for("in_port", "dl_dst", "tp_dst"), [DpOutput(2)])
             assert dp.n_masks == n and dp.mask_order()[-1] == dp.dump_flows()[-1].mask_id
             ns = measure(f"megaflow hit, {n} masks, hint hit")
             if n == 32:
@@ -145,7 +145,7 @@ def main() -> int:
             dp.set_mask_hints(True)
 
         dp.flush_flows()
-        dp.put_flow(decoy, mask_for("in_port", "nw_src"), [Drop()])
+        dp.put_flow(decoy, mask_for("in_port", "nw_src"), [DpDrop()])
         measure("miss (no upcall socket: lost)", note="1 mask")
 
         dp.flush_flows()
@@ -156,7 +156,7 @@ def main() -> int:
             t0, before = time.perf_counter(), installed
             while installed < count:
                 i = installed + 1
-                dp.put_flow(build(in_port=1, nw_src=(10 << 24) | i), m, [Output(2)])
+                dp.put_flow(build(in_port=1, nw_src=(10 << 24) | i), m, [DpOutput(2)])
                 installed += 1
             put_rate = (count - before) / max(time.perf_counter() - t0, 1e-9)
             f = frame_for(src="10.0.0.1")
@@ -176,7 +176,7 @@ def main() -> int:
         # end into port 1; port 1 runs either the switch (an EMC hit to port 2) or a bare redirect to
         # port 2; port 2's far end drops in XDP. Alternated, best of three each, all on one CPU.
         dp.flush_flows()
-        dp.put_flow(key, mask_for("in_port", "dl_dst"), [Output(2)])
+        dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
         dp.set_emc_insert_inv_prob(1)
         gen_fd = dp.load_program("xdp_gen_tx")
         gen_ifindex = socket.if_nametoindex(f"{tag}b1")

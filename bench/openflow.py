@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 from bench.upcall import GEN, P1, P2, SINK, pct, setup, teardown
-from ctl.connmgr import ChannelConfig
-from ctl.daemon import PortSpec, Switch
-from ctl.datapath import DatapathConfig
-from ctl.flowkey import parse
-from ctl.openflow_tables import parse_flow
+from ctl.daemon.switch import PortSpec, Switch
+from ctl.datapath.dpif_xdp import DatapathConfig
+from ctl.datapath.flowkey import parse
+from ctl.openflow.connmgr import ChannelConfig
+from ctl.pipeline.openflow_tables import parse_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 OSKEN = ROOT / ".cache" / "osken" / "bin" / "osken-manager"

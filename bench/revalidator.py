@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from bench.upcall import frame
-from ctl.datapath import Datapath, DatapathConfig
-from ctl.flowkey import parse
-from ctl.ofmatch import flow_of, key_of
-from ctl.openflow_tables import OpenFlowTables, parse_flow
-from ctl.revalidator import Revalidator
-from ctl.upcall import Udpif, Ukey
-from ctl.xlate import translate
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
+from ctl.datapath.flowkey import parse
+from ctl.pipeline.ofmatch import flow_of, key_of
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
+from ctl.pipeline.xlate import translate
+from ctl.udpif.revalidator import Revalidator
+from ctl.udpif.upcall import Udpif, Ukey
 
 
 def map_memory() -> int:

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ctl.daemon import PortSpec, Switch
-from ctl.datapath import DatapathConfig
+from ctl.daemon.switch import PortSpec, Switch
+from ctl.datapath.dpif_xdp import DatapathConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN, P1, P2, SINK = "xbgen0", "xbport1", "xbport2", "xbsink0"

@@ -26,10 +26,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ctl.dpif import now_ns
+from ctl.datapath.dpif import now_ns
 
 if TYPE_CHECKING:
-    from ctl.datapath import Datapath
+    from ctl.datapath.dpif_xdp import Datapath
 
 app = typer.Typer(help="An Open vSwitch-style switch with an XDP fast path.", no_args_is_help=True,
                   add_completion=False)
@@ -59,7 +59,7 @@ FORMAT = typer.Option(Format.text, "--format", "-f", help="text for people, json
 
 
 def _open(name: str) -> Datapath:
-    from ctl.datapath import Datapath, DatapathError
+    from ctl.datapath.dpif_xdp import Datapath, DatapathError
 
     try:
         return Datapath.reopen(name)
@@ -112,7 +112,7 @@ def show_stats(dp: Datapath, fmt: Format = Format.text) -> None:
         "mask hint hits": st.hint_hits,
     }
     try:
-        from ctl.daemon import ControlError, request
+        from ctl.daemon.switch import ControlError, request
 
         up = request(dp.name, "upcall-show", timeout=5)
         rows["miss with success upcall"] = up["ok"]
@@ -170,8 +170,8 @@ def _fail(msg: str) -> typer.Exit:
 
 
 def _request(name: str, cmd: str, **args: Any) -> Any:
-    from ctl.daemon import ControlError, request
-    from ctl.ofmatch import FlowSyntaxError
+    from ctl.daemon.switch import ControlError, request
+    from ctl.pipeline.ofmatch import FlowSyntaxError
 
     try:
         return request(name, cmd, **args)
@@ -221,10 +221,10 @@ def start(
     """
     from pathlib import Path
 
-    from ctl.connmgr import ChannelConfig
-    from ctl.daemon import Switch, parse_ports
-    from ctl.datapath import DatapathConfig, DatapathError
-    from ctl.ofmatch import FlowSyntaxError
+    from ctl.daemon.switch import Switch, parse_ports
+    from ctl.datapath.dpif_xdp import DatapathConfig, DatapathError
+    from ctl.openflow.connmgr import ChannelConfig
+    from ctl.pipeline.ofmatch import FlowSyntaxError
 
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
@@ -270,8 +270,8 @@ def ofctl_add_flows(file: str = typer.Argument(..., help="One flow per line; # c
     """
     import sys
 
-    from ctl.ofmatch import FlowSyntaxError
-    from ctl.openflow_tables import parse_flows_file
+    from ctl.pipeline.ofmatch import FlowSyntaxError
+    from ctl.pipeline.openflow_tables import parse_flows_file
 
     try:
         text = sys.stdin.read() if file == "-" else open(file).read()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ctl.daemon import PortSpec, Switch
-from ctl.datapath import Datapath, DatapathConfig
-from ctl.ofmatch import flow_from_text
-from ctl.xlate import translate
+from ctl.daemon.switch import PortSpec, Switch
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
+from ctl.pipeline.ofmatch import flow_from_text
+from ctl.pipeline.xlate import translate
 
 DEMO_FLOWS = """\
 # table 0: ARP is flooded; IPv4 goes to table 1; anything else is dropped (the table-miss)
@@ -74,7 +74,7 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
         assert dp is not None
         console.print("[bold]OpenFlow tables[/] (xdpswitch ofctl dump-flows)")
         for rule in sw.tables.rules():
-            console.print(rule.format(), highlight=False, soft_wrap=True)
+            console.print(rule.format(sw.tables.clock()), highlight=False, soft_wrap=True)
         console.print("[bold]tracing[/] h1 -> h2 before any traffic (xdpswitch trace)")
         tr = translate(sw.tables, flow_from_text("in_port=1,icmp,dl_dst=02:00:00:00:de:02,nw_src=10.77.0.1,"
                                                  "nw_dst=10.77.0.2"), set(dp.ports))
@@ -92,7 +92,7 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
         sw.udpif.push_stats()  # credit the megaflows' packets to the rules now (the revalidator would soon)
         console.rule("xdpswitch ofctl dump-flows")
         for rule in sw.tables.rules():
-            console.print(rule.format(), highlight=False, soft_wrap=True)
+            console.print(rule.format(sw.tables.clock()), highlight=False, soft_wrap=True)
         assert sw.udpif is not None
         st = sw.udpif.stats
         console.rule("xdpswitch upcall show")

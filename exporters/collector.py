@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from ctl.dpif import DpStats, PortStats
+from ctl.datapath.dpif import DpStats, PortStats
 
 VERSION = "0.1.0"
 DEFAULT_ADDRESS = "127.0.0.1:9640"

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from ctl import progrun
-from ctl.datapath import Datapath, DatapathConfig
-from ctl.dpif import DpStats, PortStats
+from ctl.datapath import progrun
+from ctl.datapath.dpif import DpStats, PortStats
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from tests.conftest import Net, need_root, unique
 
 CONFIG = DatapathConfig(max_flows=8192, emc_insert_inv_prob=1)

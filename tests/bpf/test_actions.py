@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ctl.dpif import Output
-from ctl.flowkey import mask_for, parse
-from ctl.progrun import XDP_DROP, XDP_REDIRECT
+from ctl.datapath.dpif import DpOutput
+from ctl.datapath.flowkey import mask_for, parse
+from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from tests.action_cases import CASES, Case
 from tests.bpf.conftest import Bench
 
@@ -28,7 +28,7 @@ def test_action(tb: Bench, case: Case) -> None:
     delta = tb.stats().delta(before)
     assert (delta.megaflow_hits, delta.packets) == (1, 1)
     assert {k: v for k, v in delta.drops.items() if v} == case.drops
-    outputs = [a.port for a in case.actions if isinstance(a, Output)]
+    outputs = [a.port for a in case.actions if isinstance(a, DpOutput)]
     tx = case.tx if case.tx is not None else (
         {outputs[0]: 1} if case.verdict == XDP_REDIRECT and len(outputs) == 1 else {})
     ports = tb.port_stats()

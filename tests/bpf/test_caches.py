@@ -11,10 +11,10 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from ctl.datapath import Datapath, DatapathConfig, DatapathError, xdp_mode
-from ctl.dpif import ActionError, Drop, MapFull, Output, SetEthDst, SetIpv4Dst
-from ctl.flowkey import mask_for, parse
-from ctl.progrun import XDP_DROP, XDP_REDIRECT
+from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError, xdp_mode
+from ctl.datapath.flowkey import mask_for, parse
+from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from tests.bpf.conftest import CONFIG, Bench
 from tests.conftest import Net
 
@@ -34,7 +34,7 @@ def test_miss_without_a_socket_is_lost(tb: Bench) -> None:
 
 
 def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
-    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [Output(2)])
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [DpOutput(2)])
     before = tb.stats()
     assert tb.run(udp()).verdict == XDP_REDIRECT
     assert tb.run(udp()).verdict == XDP_REDIRECT
@@ -47,7 +47,7 @@ def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
 
 def test_emc_insert_probability_zero_never_inserts(tb: Bench) -> None:
     tb.dp.set_emc_insert_inv_prob(0)
-    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [Output(2)])
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
     before = tb.stats()
     for _ in range(20):
         tb.run(udp())
@@ -57,7 +57,7 @@ def test_emc_insert_probability_zero_never_inserts(tb: Bench) -> None:
 
 def test_emc_insert_probability_is_about_one_in_n(tb: Bench) -> None:
     tb.dp.set_emc_insert_inv_prob(10)
-    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [Output(2)])
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
     before = tb.stats()
     for i in range(400):  # distinct flows: every one is a megaflow hit, some get EMC entries
         tb.run(udp(dport=i + 1, src=f"10.0.{i % 250}.{i // 250 + 1}"))
@@ -68,7 +68,7 @@ def test_emc_insert_probability_is_about_one_in_n(tb: Bench) -> None:
 
 def test_deleted_megaflow_never_runs_from_the_emc(tb: Bench) -> None:
     key = parse(udp(), 1)
-    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    tb.dp.put_flow(key, mask_for("in_port"), [DpOutput(2)])
     tb.run(udp())
     tb.run(udp())
     assert tb.stats().emc_hits >= 1
@@ -82,10 +82,10 @@ def test_deleted_megaflow_never_runs_from_the_emc(tb: Bench) -> None:
 
 def test_changed_megaflow_takes_effect_through_the_emc(tb: Bench) -> None:
     key = parse(udp(), 1)
-    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    tb.dp.put_flow(key, mask_for("in_port"), [DpOutput(2)])
     tb.run(udp())
     tb.run(udp())
-    tb.dp.put_flow(key, mask_for("in_port"), [SetIpv4Dst("10.0.0.99"), Output(3)])
+    tb.dp.put_flow(key, mask_for("in_port"), [DpSetIpv4Dst("10.0.0.99"), DpOutput(3)])
     before, ports_before = tb.stats(), tb.port_stats()
     r = tb.run(udp())
     assert IP(r.frame[14:]).dst == "10.0.0.99"
@@ -106,9 +106,9 @@ def test_tuple_space_search_hint_and_ranking(tb: Bench) -> None:
                   / UDP(sport=9, dport=7))
     others = [parse(other, 2)] * 4  # a flow whose masked keys the target packet matches in none of them
     for m, k in zip(masks[:4], others, strict=True):
-        tb.dp.put_flow(k, m, [Drop()])
+        tb.dp.put_flow(k, m, [DpDrop()])
     target = parse(udp(), 1)
-    tb.dp.put_flow(target, masks[4], [Output(2)])
+    tb.dp.put_flow(target, masks[4], [DpOutput(2)])
     assert tb.dp.n_masks == 5
 
     before = tb.stats()
@@ -121,7 +121,7 @@ def test_tuple_space_search_hint_and_ranking(tb: Bench) -> None:
     d = tb.stats().delta(before)
     assert (d.megaflow_hits, d.mask_lookups, d.hint_hits) == (1, 1, 1)
 
-    target_mask = next(f.mask_id for f in tb.dp.dump_flows() if f.actions == [Output(2)])
+    target_mask = next(f.mask_id for f in tb.dp.dump_flows() if f.actions == [DpOutput(2)])
     assert tb.dp.mask_order()[-1] == target_mask
     assert tb.dp.rank_masks()[0] == target_mask
     tb.dp.flush_emc()
@@ -139,11 +139,11 @@ def test_masks_are_bounded_and_a_full_mask_table_loses_nothing(tb: Bench) -> Non
     for bits in range(1, 1 << len(fields)):
         if n == CONFIG.max_masks:
             break
-        tb.dp.put_flow(key, mask_for(*[f for i, f in enumerate(fields) if bits >> i & 1]), [Output(2)])
+        tb.dp.put_flow(key, mask_for(*[f for i, f in enumerate(fields) if bits >> i & 1]), [DpOutput(2)])
         n += 1
     assert tb.dp.n_masks == CONFIG.max_masks
     with pytest.raises(MapFull, match="masks"):
-        tb.dp.put_flow(key, mask_for("nw_tos"), [Output(3)])
+        tb.dp.put_flow(key, mask_for("nw_tos"), [DpOutput(3)])
     assert tb.dp.n_flows == CONFIG.max_masks
     assert tb.run(udp()).verdict == XDP_REDIRECT
 
@@ -151,34 +151,34 @@ def test_masks_are_bounded_and_a_full_mask_table_loses_nothing(tb: Bench) -> Non
 def test_a_full_flow_table_loses_nothing(tb: Bench) -> None:
     m = mask_for("in_port", "nw_src")
     for i in range(CONFIG.max_flows):
-        tb.dp.put_flow(parse(udp(src=f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"), 1), m, [Output(2)])
+        tb.dp.put_flow(parse(udp(src=f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"), 1), m, [DpOutput(2)])
     with pytest.raises(MapFull, match="megaflow slots"):
-        tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [Output(3)])
+        tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [DpOutput(3)])
     assert tb.dp.n_flows == CONFIG.max_flows
     assert tb.run(udp(src="10.0.1.7")).verdict == XDP_REDIRECT
     assert tb.run(udp(src="11.0.0.0")).verdict == XDP_DROP  # not cached: a miss, counted lost
     assert tb.dp.del_flow(parse(udp(src="10.0.0.0"), 1), m)
-    tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [Output(3)])  # a freed slot is reused
+    tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [DpOutput(3)])  # a freed slot is reused
     assert tb.run(udp(src="11.0.0.0")).verdict == XDP_REDIRECT
 
 
 def test_bad_actions_change_nothing(tb: Bench) -> None:
     key = parse(udp(), 1)
-    tb.dp.put_flow(key, mask_for("in_port"), [Output(2)])
+    tb.dp.put_flow(key, mask_for("in_port"), [DpOutput(2)])
     with pytest.raises(ActionError):
-        tb.dp.put_flow(key, mask_for("in_port"), [Output(2), SetEthDst("02:00:00:00:00:09"), Output(3)])
+        tb.dp.put_flow(key, mask_for("in_port"), [DpOutput(2), DpSetEthDst("02:00:00:00:00:09"), DpOutput(3)])
     with pytest.raises(ActionError):
-        tb.dp.put_flow(key, mask_for("dl_type"), [Output(70000)])
+        tb.dp.put_flow(key, mask_for("dl_type"), [DpOutput(70000)])
     assert [str(a) for f in tb.dp.dump_flows() for a in f.actions] == ["2"]
     assert tb.dp.n_masks == 1
 
 
 def test_output_groups_are_shared_and_bounded(tb: Bench) -> None:
     m = mask_for("in_port", "tp_dst")
-    tb.dp.put_flow(parse(udp(dport=1), 1), m, [Output(2), Output(3)])
-    tb.dp.put_flow(parse(udp(dport=2), 1), m, [Output(3), Output(2)])
+    tb.dp.put_flow(parse(udp(dport=1), 1), m, [DpOutput(2), DpOutput(3)])
+    tb.dp.put_flow(parse(udp(dport=2), 1), m, [DpOutput(3), DpOutput(2)])
     assert tb.dp.map_usage()["dp_groups"][0] == 1
-    sets = [[Output(p), Output(p + 1)] for p in range(4, 20)]
+    sets = [[DpOutput(p), DpOutput(p + 1)] for p in range(4, 20)]
     installed = 0
     with pytest.raises(MapFull, match="groups"):
         for i, acts in enumerate(sets):
@@ -191,8 +191,8 @@ def test_output_groups_are_shared_and_bounded(tb: Bench) -> None:
 def test_the_four_results_partition_every_packet(tb: Bench) -> None:
     rng = random.Random(7)
     tb.dp.set_emc_insert_inv_prob(3)
-    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type", "nw_proto"), [Output(2)])
-    tb.dp.put_flow(parse(bytes(Ether(**MAC) / IPv6() / TCP()), 2), mask_for("dl_type"), [Drop()])
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type", "nw_proto"), [DpOutput(2)])
+    tb.dp.put_flow(parse(bytes(Ether(**MAC) / IPv6() / TCP()), 2), mask_for("dl_type"), [DpDrop()])
     frames = [udp(dport=rng.randrange(1, 60000)) for _ in range(60)] + [udp()] * 30
     frames += [bytes(Ether(**MAC) / IPv6() / TCP(sport=rng.randrange(65536))) for _ in range(40)]
     frames += [bytes(Ether(**MAC) / ARP()) for _ in range(20)]
@@ -207,8 +207,8 @@ def test_the_four_results_partition_every_packet(tb: Bench) -> None:
 
 def test_pinned_maps_reopen_in_another_datapath(tb: Bench) -> None:
     key = parse(udp(), 1)
-    tb.dp.put_flow(key, mask_for("in_port", "dl_dst"), [SetIpv4Dst("10.0.0.3"), Output(2), Output(3)])
-    tb.dp.put_flow(key, mask_for("tp_dst"), [Drop()])
+    tb.dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpSetIpv4Dst("10.0.0.3"), DpOutput(2), DpOutput(3)])
+    tb.dp.put_flow(key, mask_for("tp_dst"), [DpDrop()])
     tb.run(udp())
     again = Datapath(tb.dp.name, CONFIG)
     try:
@@ -259,7 +259,7 @@ def test_batched_stats_dump_agrees_with_single_reads(tb: Bench) -> None:
     idxs = []
     for port in range(100, 140):
         frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / UDP(dport=port) / b"x")
-        idxs.append(tb.dp.put_flow(parse(frame, 1), mask_for("in_port", "dl_type", "nw_proto", "tp_dst"), [Drop()]))
+        idxs.append(tb.dp.put_flow(parse(frame, 1), mask_for("in_port", "dl_type", "nw_proto", "tp_dst"), [DpDrop()]))
         for _ in range(port % 5):
             tb.run(frame)
     batched = tb.dp.flow_stats_all(chunk=16)  # several batches

@@ -4,8 +4,8 @@ bcc builds each map's key and value types from clang's own layout, so they are t
 
 import ctypes
 
-from ctl import dpif
-from ctl.flowkey import FlowKey, field_layout
+from ctl.datapath import dpif
+from ctl.datapath.flowkey import FlowKey, field_layout
 from tests.bpf.conftest import Bench
 
 

@@ -1,4 +1,4 @@
-"""The XDP parser and ctl/flowkey.py parse() agree on every packet: scapy-built packets of every kind,
+"""The XDP parser and ctl/datapath/flowkey.py parse() agree on every packet: scapy-built packets of every kind,
 their truncations, and random bytes (hypothesis), run through BPF_PROG_TEST_RUN.
 
 BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header (14 bytes), as no NIC delivers
@@ -19,7 +19,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
-from ctl.flowkey import FlowKey, format_key, key_hash, parse
+from ctl.datapath.flowkey import FlowKey, format_key, key_hash, parse
 from tests.bpf.conftest import Bench
 
 MIN_FRAME = 14

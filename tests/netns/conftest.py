@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ctl.datapath import Datapath, DatapathConfig
+from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from tests.conftest import Net, need_root, sh, unique
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from ctl.connmgr import ChannelConfig
-from ctl.daemon import PortSpec, Switch, request
-from ctl.datapath import DatapathConfig
+from ctl.daemon.switch import PortSpec, Switch, request
+from ctl.datapath.dpif_xdp import DatapathConfig
+from ctl.openflow.connmgr import ChannelConfig
 from tests.conftest import IN_CI, unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from ctl.dpif import Flood, Output, SetEthDst, SetIpv4Dst, SetTpDst
-from ctl.flowkey import build, key_hash, mask_for, parse
-from ctl.xsk import XskSocket
+from ctl.datapath.dpif import DpFlood, DpOutput, DpSetEthDst, DpSetIpv4Dst, DpSetTpDst
+from ctl.datapath.flowkey import build, key_hash, mask_for, parse
+from ctl.datapath.xsk import XskSocket
 from tests.netns.conftest import Host, Topo
 
 UPCALL_MISS = 1  # enum upcall_reason
@@ -18,7 +18,7 @@ L2 = mask_for("dl_dst")
 def l2_flows(t: Topo) -> None:
     """MAC forwarding: one megaflow per host, matching only the destination MAC."""
     for h in t.hosts:
-        t.dp.put_flow(build(dl_dst=h.mac), L2, [Output(h.port_no)])
+        t.dp.put_flow(build(dl_dst=h.mac), L2, [DpOutput(h.port_no)])
 
 
 def ping(src: Host, dst: str, count: int = 5) -> bool:
@@ -79,7 +79,7 @@ def test_rewrite_ip_mac_and_port_on_the_way(t: Topo) -> None:
     l2_flows(t)
     vip = build(in_port=1, dl_type=0x0800, nw_dst="10.10.0.100", nw_proto=17, tp_dst=7000)
     t.dp.put_flow(vip, mask_for("in_port", "dl_type", "nw_dst", "nw_proto", "tp_dst"),
-                  [SetEthDst(h2.mac), SetIpv4Dst(h2.ip), SetTpDst(9000), Output(2)])
+                  [DpSetEthDst(h2.mac), DpSetIpv4Dst(h2.ip), DpSetTpDst(9000), DpOutput(2)])
     h1.sh(f"ip neigh replace 10.10.0.100 lladdr 02:00:00:00:00:64 dev {h1.ifname} nud permanent")
     rx = udp_recv(h2, 9000, 3)
     time.sleep(0.3)
@@ -91,7 +91,7 @@ def test_rewrite_ip_mac_and_port_on_the_way(t: Topo) -> None:
 def test_flood_reaches_every_port_but_the_ingress(t: Topo) -> None:
     h1, h2, h3 = t.hosts
     l2_flows(t)
-    t.dp.put_flow(build(dl_dst="ff:ff:ff:ff:ff:ff"), L2, [Flood()])
+    t.dp.put_flow(build(dl_dst="ff:ff:ff:ff:ff:ff"), L2, [DpFlood()])
     receivers = [udp_recv(h, 6000, 2) for h in (h2, h3)]
     rx1_before = h1.rx_packets()
     time.sleep(0.3)
@@ -105,7 +105,7 @@ def test_flood_reaches_every_port_but_the_ingress(t: Topo) -> None:
 def test_several_output_ports(t: Topo) -> None:
     h1, h2, h3 = t.hosts
     t.dp.put_flow(build(in_port=1, dl_type=0x0800, nw_proto=17), mask_for("in_port", "dl_type", "nw_proto"),
-                  [Output(2), Output(3)])
+                  [DpOutput(2), DpOutput(3)])
     receiver = udp_recv(h2, 6100, 1)
     rx_before = [h.rx_packets() for h in t.hosts]
     time.sleep(0.3)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ctl.daemon import PortSpec, Switch, request
-from ctl.datapath import DatapathConfig
+from ctl.daemon.switch import PortSpec, Switch, request
+from ctl.datapath.dpif_xdp import DatapathConfig
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping, udp_recv, udp_send

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ctl.daemon import Switch, request
+from ctl.daemon.switch import Switch, request
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_switch import L2, make_switch

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ctl.daemon import PortSpec, Switch, control_path, request
-from ctl.datapath import DatapathConfig
-from ctl.ofmatch import FlowSyntaxError
+from ctl.daemon.switch import PortSpec, Switch, control_path, request
+from ctl.datapath.dpif_xdp import DatapathConfig
+from ctl.pipeline.ofmatch import FlowSyntaxError
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping, udp_recv, udp_send

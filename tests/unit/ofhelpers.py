@@ -7,10 +7,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.ofmatch import Match
-from ctl.openflow_tables import OpenFlowTables
+from ctl.openflow import codec as oc
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.ofmatch import Match
+from ctl.pipeline.openflow_tables import OpenFlowTables
 
 
 def msg(mtype: int, body: bytes = b"", xid: int = 1, version: int = 4) -> bytes:

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.connmgr import ConnManager, Target, parse_target
-from ctl.ofcodec import ET, T
-from ctl.ofmatch import parse_match
-from ctl.openflow_tables import parse_flow
+from ctl.openflow import codec as oc
+from ctl.openflow.codec import ET, T
+from ctl.openflow.connmgr import ConnManager, Target, parse_target
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.ofmatch import parse_match
+from ctl.pipeline.openflow_tables import parse_flow
 from tests.unit.ofhelpers import FakeSwitch, flow_mod, msg
 
 

@@ -2,27 +2,27 @@
 
 import pytest
 
-from ctl import dpif
-from ctl.dpif import (
+from ctl.datapath import dpif
+from ctl.datapath.dpif import (
     ActionError,
-    DecTtl,
+    DpDecTtl,
+    DpDrop,
+    DpFlood,
+    DpOutput,
+    DpPopVlan,
+    DpPushVlan,
+    DpSetDscp,
+    DpSetEthDst,
+    DpSetEthSrc,
+    DpSetIpv4Dst,
+    DpSetIpv4Src,
+    DpSetIpv6Dst,
+    DpSetIpv6Src,
+    DpSetTpDst,
+    DpSetTpSrc,
+    DpSetVlan,
     DpStats,
-    Drop,
-    Flood,
-    Output,
-    PopVlan,
-    PushVlan,
-    SetDscp,
-    SetEthDst,
-    SetEthSrc,
-    SetIpv4Dst,
-    SetIpv4Src,
-    SetIpv6Dst,
-    SetIpv6Src,
-    SetTpDst,
-    SetTpSrc,
-    SetVlan,
-    Upcall,
+    DpUpcall,
 )
 
 
@@ -33,17 +33,17 @@ def encode(actions, groups=None):  # type: ignore[no-untyped-def]
 
 
 ROUND_TRIP = [
-    [Output(2)],
-    [Drop()],
-    [Flood()],
-    [Upcall()],
-    [SetEthSrc("02:00:00:00:00:aa"), SetEthDst("02:00:00:00:00:bb"), Output(1)],
-    [PushVlan(100, 5), Output(3)],
-    [PushVlan(7, 0, 0x88A8), Output(3)],
-    [PopVlan(), SetVlan(20, 1), Output(3)],
-    [SetIpv4Src("192.0.2.1"), SetIpv4Dst("192.0.2.2"), SetDscp(46), DecTtl(), Output(4)],
-    [SetIpv6Src("2001:db8::1"), SetIpv6Dst("2001:db8::2"), SetTpSrc(1), SetTpDst(65535), Output(5)],
-    [SetEthDst("02:00:00:00:00:01"), Output(1), Output(2), Output(3)],
+    [DpOutput(2)],
+    [DpDrop()],
+    [DpFlood()],
+    [DpUpcall()],
+    [DpSetEthSrc("02:00:00:00:00:aa"), DpSetEthDst("02:00:00:00:00:bb"), DpOutput(1)],
+    [DpPushVlan(100, 5), DpOutput(3)],
+    [DpPushVlan(7, 0, 0x88A8), DpOutput(3)],
+    [DpPopVlan(), DpSetVlan(20, 1), DpOutput(3)],
+    [DpSetIpv4Src("192.0.2.1"), DpSetIpv4Dst("192.0.2.2"), DpSetDscp(46), DpDecTtl(), DpOutput(4)],
+    [DpSetIpv6Src("2001:db8::1"), DpSetIpv6Dst("2001:db8::2"), DpSetTpSrc(1), DpSetTpDst(65535), DpOutput(5)],
+    [DpSetEthDst("02:00:00:00:00:01"), DpOutput(1), DpOutput(2), DpOutput(3)],
 ]
 
 
@@ -61,23 +61,23 @@ def test_actions_round_trip(actions: list[dpif.Action]) -> None:
 
 def test_several_outputs_become_one_group() -> None:
     groups: dict[frozenset[int], int] = {}
-    recs = encode([Output(1), Output(2), Output(1)], groups)
+    recs = encode([DpOutput(1), DpOutput(2), DpOutput(1)], groups)
     assert len(recs) == 1 and groups == {frozenset({1, 2}): 0}
 
 
 @pytest.mark.parametrize("actions, message", [
-    ([Output(1), SetEthSrc("02:00:00:00:00:01"), Output(2)], "after an output"),
-    ([Drop(), Output(1)], "nothing may follow"),
-    ([Output(0)], "out of range"),
-    ([Output(256)], "out of range"),
-    ([PushVlan(4096), Output(1)], "VLAN id 4096"),
-    ([PushVlan(1, 8), Output(1)], "PCP 8"),
-    ([PushVlan(1, 0, 0x1234), Output(1)], "TPID"),
-    ([SetDscp(64), Output(1)], "DSCP 64"),
-    ([SetTpSrc(70000), Output(1)], "L4 port"),
-    ([SetIpv4Src("10.0.0.300"), Output(1)], "10.0.0.300"),
-    ([SetEthSrc("zz:00:00:00:00:00"), Output(1)], "bad MAC"),
-    ([DecTtl()] * 9, "at most 8"),
+    ([DpOutput(1), DpSetEthSrc("02:00:00:00:00:01"), DpOutput(2)], "after an output"),
+    ([DpDrop(), DpOutput(1)], "nothing may follow"),
+    ([DpOutput(0)], "out of range"),
+    ([DpOutput(256)], "out of range"),
+    ([DpPushVlan(4096), DpOutput(1)], "VLAN id 4096"),
+    ([DpPushVlan(1, 8), DpOutput(1)], "PCP 8"),
+    ([DpPushVlan(1, 0, 0x1234), DpOutput(1)], "TPID"),
+    ([DpSetDscp(64), DpOutput(1)], "DSCP 64"),
+    ([DpSetTpSrc(70000), DpOutput(1)], "L4 port"),
+    ([DpSetIpv4Src("10.0.0.300"), DpOutput(1)], "10.0.0.300"),
+    ([DpSetEthSrc("zz:00:00:00:00:00"), DpOutput(1)], "bad MAC"),
+    ([DpDecTtl()] * 9, "at most 8"),
 ])
 def test_bad_actions_are_refused_with_a_reason(actions: list[dpif.Action], message: str) -> None:
     with pytest.raises(ActionError, match=message):
@@ -85,7 +85,7 @@ def test_bad_actions_are_refused_with_a_reason(actions: list[dpif.Action], messa
 
 
 def test_format_actions_like_dpctl() -> None:
-    assert dpif.format_actions([SetIpv4Dst("10.0.0.9"), DecTtl(), Output(2)]) == \
+    assert dpif.format_actions([DpSetIpv4Dst("10.0.0.9"), DpDecTtl(), DpOutput(2)]) == \
         "set(ipv4(dst=10.0.0.9)),dec_ttl,2"
     assert dpif.format_actions([]) == "drop"
 

@@ -7,12 +7,12 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from ctl import dpif
-from ctl.execute import FLOOD, execute
+from ctl.datapath import dpif
+from ctl.datapath.execute import FLOOD, execute
 from tests.action_cases import CASES, XDP_REDIRECT, Case
 
 # "userspace" is the fast path's way up to the handlers; the executor never runs it
-EXEC_CASES = [c for c in CASES if not any(isinstance(a, dpif.Upcall) for a in c.actions)]
+EXEC_CASES = [c for c in CASES if not any(isinstance(a, dpif.DpUpcall) for a in c.actions)]
 
 
 @pytest.mark.parametrize("case", EXEC_CASES, ids=[c.desc for c in EXEC_CASES])
@@ -32,8 +32,8 @@ def test_executor_agrees_with_the_fast_path(case: Case) -> None:
 
 def test_emits_at_each_output_with_changes_between() -> None:
     frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(ttl=9) / UDP() / b"x")
-    res = execute(frame, [dpif.Output(2), dpif.SetEthDst("02:00:00:00:00:09"), dpif.DecTtl(), dpif.Output(3),
-                          dpif.Flood()])
+    res = execute(frame, [dpif.DpOutput(2), dpif.DpSetEthDst("02:00:00:00:00:09"), dpif.DpDecTtl(), dpif.DpOutput(3),
+                          dpif.DpFlood()])
     assert [p for p, _ in res.emits] == [2, 3, FLOOD]
     assert Ether(res.emits[0][1]).dst == "02:00:00:00:00:02"
     second = Ether(res.emits[1][1])
@@ -44,8 +44,8 @@ def test_emits_at_each_output_with_changes_between() -> None:
 
 
 def test_controller_takes_the_packet_as_modified_so_far() -> None:
-    ctrl = dpif.Controller(reason=0, max_len=128, table_id=3, cookie=7)
-    res = execute(bytes(Ether() / IP()), [dpif.SetEthDst("02:00:00:00:00:09"), ctrl, dpif.Output(2)])
+    ctrl = dpif.DpController(reason=0, max_len=128, table_id=3, cookie=7)
+    res = execute(bytes(Ether() / IP()), [dpif.DpSetEthDst("02:00:00:00:00:09"), ctrl, dpif.DpOutput(2)])
     assert [c for c, _ in res.controller] == [ctrl] and not res.drop
     assert Ether(res.controller[0][1]).dst == "02:00:00:00:00:09"
     assert [p for p, _ in res.emits] == [2]

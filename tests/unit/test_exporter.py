@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from ctl.dpif import DpStats, PortStats
+from ctl.datapath.dpif import DpStats, PortStats
 from exporters.collector import PortSample, Snapshot, parse_address, registry_for, serve
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "metrics.golden"

@@ -7,8 +7,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from ctl import flowkey
-from ctl.flowkey import FlowKey, build, format_key, key_hash, mask_for, parse
+from ctl.datapath import flowkey
+from ctl.datapath.flowkey import FlowKey, build, format_key, key_hash, mask_for, parse
 
 MACS = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctl.flowkey import VLAN_CFI
-from ctl.ofmatch import FIELD_BITS, FIELDS, flow_from_text, parse_match
-from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
-from ctl.xlate import translate
+from ctl.datapath.flowkey import VLAN_CFI
+from ctl.pipeline.ofmatch import FIELD_BITS, FIELDS, flow_from_text, parse_match
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
+from ctl.pipeline.xlate import translate
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "megaflow"
 RULESETS = sorted(p.stem for p in FIXTURES.glob("*.flows"))

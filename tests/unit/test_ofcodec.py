@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyof.v0x04.common.utils import unpack_message
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.ofcodec import ET, MP, OfError, T
-from ctl.ofmatch import parse_match
-from ctl.openflow_tables import parse_flow
+from ctl.openflow import codec as oc
+from ctl.openflow.codec import ET, MP, OfError, T
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.ofmatch import parse_match
+from ctl.pipeline.openflow_tables import parse_flow
 from tests.unit.ofhelpers import flow_mod, flow_stats_request, msg, multipart, packet_out
 
 FLOWS = [

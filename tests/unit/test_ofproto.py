@@ -7,12 +7,12 @@ import struct
 
 import pytest
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.ofcodec import ET, MP, OfError, T
-from ctl.ofmatch import parse_match
-from ctl.ofproto import ROLE_EQUAL, ROLE_MASTER, ROLE_SLAVE, ConnState, OfProto
-from ctl.openflow_tables import CHECK_OVERLAP, RESET_COUNTS, SEND_FLOW_REM
+from ctl.openflow import codec as oc
+from ctl.openflow.codec import ET, MP, OfError, T
+from ctl.openflow.ofproto import ROLE_EQUAL, ROLE_MASTER, ROLE_SLAVE, ConnState, OfProto
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.ofmatch import parse_match
+from ctl.pipeline.openflow_tables import CHECK_OVERLAP, RESET_COUNTS, SEND_FLOW_REM
 from tests.unit.ofhelpers import FakeSwitch, flow_mod, flow_stats_request, msg, multipart, packet_out
 
 
@@ -40,7 +40,7 @@ def test_add_replace_keeps_counters_unless_reset_counts(rig: Rig) -> None:
     m = parse_match("ip")
     rig.do(flow_mod(m, [of.Output(1)]))
     r = rig.sw.tables.rules()[0]
-    r.credit(5, 500)
+    r.credit(5, 500, 0.0)
     rig.do(flow_mod(m, [of.Output(2)]))
     r2 = rig.sw.tables.rules()[0]
     assert r2 is not r and r2.n_packets == 5 and r2.actions == [of.Output(2)]
@@ -115,7 +115,7 @@ def test_flow_and_aggregate_stats(rig: Rig) -> None:
     rig.do(flow_mod(parse_match("tcp"), [of.Output(1)], priority=3, cookie=0x10))
     rig.do(flow_mod(parse_match("udp"), [of.Output(2)], priority=3, cookie=0x20))
     for r in rig.sw.tables.rules():
-        r.credit(2, 200)
+        r.credit(2, 200, 0.0)
     [reply] = rig.do(flow_stats_request(cookie=0x10, cookie_mask=0xF0))
     assert reply[1] == T.MULTIPART_REPLY and struct.unpack_from("!H", reply, 8)[0] == MP.FLOW
     entry_len = struct.unpack_from("!H", reply, 16)[0]

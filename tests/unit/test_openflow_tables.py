@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctl import dpif
-from ctl.ofmatch import FlowSyntaxError, flow_from_text, parse_match
-from ctl.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
-from ctl.xlate import translate
+from ctl.datapath import dpif
+from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, parse_match
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
+from ctl.pipeline.xlate import translate
 
 
 @pytest.mark.parametrize("text", [
@@ -32,7 +32,7 @@ from ctl.xlate import translate
 def test_flow_text_round_trips_in_ovs_shape(text: str) -> None:
     t = OpenFlowTables()
     rule = t.add(parse_flow(text.replace(" actions=", ",actions=")))
-    line = rule.format()
+    line = rule.format(t.clock())
     assert line.startswith(" cookie=0x0, duration=") and ", table=0, n_packets=0, n_bytes=0, " in line
     assert line.split("n_bytes=0, ", 1)[1] == text
     again = OpenFlowTables()
@@ -153,28 +153,28 @@ def _t(*flows: str) -> OpenFlowTables:
 def test_table_miss_default_drop_continue_and_controller() -> None:
     t = _t("table=1,priority=1,actions=output:2")
     pkt = flow_from_text("in_port=1,ip,nw_dst=10.0.0.1")
-    assert translate(t, pkt).actions == [dpif.Drop()]
+    assert translate(t, pkt).actions == [dpif.DpDrop()]
     t.set_miss(0, "continue")
-    assert translate(t, pkt).actions == [dpif.Output(2)]
+    assert translate(t, pkt).actions == [dpif.DpOutput(2)]
     t.set_miss(0, "controller")
     tr = translate(t, pkt)
     # a table-miss without a rule: reason no_match, the connection's miss_send_len, no cookie; slow path
-    assert tr.actions == [dpif.Controller(reason=0, max_len=-1, table_id=0, cookie=(1 << 64) - 1)]
+    assert tr.actions == [dpif.DpController(reason=0, max_len=-1, table_id=0, cookie=(1 << 64) - 1)]
     assert tr.slow_path
 
 
 def test_output_to_ingress_is_dropped_unless_in_port() -> None:
     pkt = flow_from_text("in_port=1,ip")
-    assert translate(_t("actions=output:1"), pkt).actions == [dpif.Drop()]
-    assert translate(_t("actions=in_port"), pkt).actions == [dpif.Output(1)]
-    assert translate(_t("actions=output:7"), pkt, ports={1, 2}).actions == [dpif.Drop()]
+    assert translate(_t("actions=output:1"), pkt).actions == [dpif.DpDrop()]
+    assert translate(_t("actions=in_port"), pkt).actions == [dpif.DpOutput(1)]
+    assert translate(_t("actions=output:7"), pkt, ports={1, 2}).actions == [dpif.DpDrop()]
 
 
 def test_resubmit_sees_modified_fields_and_returns() -> None:
     t = _t("table=0,ip,actions=mod_nw_dst:10.0.0.9,resubmit(,1),output:3",
            "table=1,ip,nw_dst=10.0.0.9,actions=output:2")
     tr = translate(t, flow_from_text("in_port=1,ip,nw_dst=10.0.0.1"))
-    assert tr.actions == [dpif.SetIpv4Dst("10.0.0.9"), dpif.Output(2), dpif.Output(3)]
+    assert tr.actions == [dpif.DpSetIpv4Dst("10.0.0.9"), dpif.DpOutput(2), dpif.DpOutput(3)]
     assert tr.wc["nw_dst"] == 0  # decided by the action, not by the packet
     assert [r.table for r in tr.rules] == [0, 1]
     assert not tr.slow_path
@@ -184,19 +184,19 @@ def test_changes_between_outputs_go_to_the_slow_path() -> None:
     t = _t("ip,actions=output:2,mod_dl_dst:02:00:00:00:00:09,output:3")
     tr = translate(t, flow_from_text("in_port=1,ip"))
     assert tr.slow_path.startswith("'set(eth(dst=02:00:00:00:00:09)),3' after an output")
-    assert tr.actions == [dpif.Output(2), dpif.SetEthDst("02:00:00:00:00:09"), dpif.Output(3)]
+    assert tr.actions == [dpif.DpOutput(2), dpif.DpSetEthDst("02:00:00:00:00:09"), dpif.DpOutput(3)]
 
 
 def test_vlan_push_set_pop_and_their_masks() -> None:
     t = _t("in_port=1,actions=mod_vlan_vid:10,output:2", "in_port=2,actions=strip_vlan,output:1")
     untagged = translate(t, flow_from_text("in_port=1"))
-    assert untagged.actions == [dpif.PushVlan(10, 0), dpif.Output(2)]
+    assert untagged.actions == [dpif.DpPushVlan(10, 0), dpif.DpOutput(2)]
     assert untagged.wc["vlan_tci"] == 0x1000
     tagged = translate(t, flow_from_text("in_port=1,dl_vlan=5,dl_vlan_pcp=3"))
-    assert tagged.actions == [dpif.SetVlan(10, 3), dpif.Output(2)]
+    assert tagged.actions == [dpif.DpSetVlan(10, 3), dpif.DpOutput(2)]
     assert tagged.wc["vlan_tci"] == 0xF000  # tag present, and the PCP that SetVlan writes back
-    assert translate(t, flow_from_text("in_port=2,dl_vlan=5")).actions == [dpif.PopVlan(), dpif.Output(1)]
-    assert translate(t, flow_from_text("in_port=2")).actions == [dpif.Output(1)]
+    assert translate(t, flow_from_text("in_port=2,dl_vlan=5")).actions == [dpif.DpPopVlan(), dpif.DpOutput(1)]
+    assert translate(t, flow_from_text("in_port=2")).actions == [dpif.DpOutput(1)]
 
 
 def test_trace_shape() -> None:
@@ -216,8 +216,8 @@ def test_megaflow_text_parses_back() -> None:
 
 
 def test_flow_of_and_key_of_round_trip() -> None:
-    from ctl.flowkey import build
-    from ctl.ofmatch import flow_of, key_of
+    from ctl.datapath.flowkey import build
+    from ctl.pipeline.ofmatch import flow_of, key_of
 
     k = build(in_port=7, vlan_tci=0x1005, dl_type=0x86DD, dl_src="02:00:00:00:00:01", dl_dst="ff:ff:ff:ff:ff:ff",
               nw_proto=6, nw_tos=0x21, nw_ttl=64, tp_src=1, tp_dst=65535, tcp_flags=0x12, ipv6_src="fd00::1",

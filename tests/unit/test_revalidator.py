@@ -4,9 +4,9 @@ timeouts, the flow-limit's adaptation and the purge above twice the limit."""
 
 from __future__ import annotations
 
-from ctl import dpif
-from ctl.openflow_tables import parse_flow
-from ctl.revalidator import Revalidator
+from ctl.datapath import dpif
+from ctl.pipeline.openflow_tables import parse_flow
+from ctl.udpif.revalidator import Revalidator
 from tests.unit.test_upcall import FakeDatapath, make, up
 
 
@@ -22,9 +22,9 @@ class Clock:
 
 
 def setup(*flows: str) -> tuple[Revalidator, FakeDatapath, Clock]:
-    u, dp, _sent = make(*flows)
     clock = Clock()
-    rv = Revalidator(u, 200000, max_idle_ms=10000, ports=lambda: {1, 2, 3}, clock=clock, now_ns=clock.ns)
+    u, dp, _sent = make(*flows, clock=dpif.Clock(clock, clock.ns))  # the switch's clocks all start at 1000 s
+    rv = Revalidator(u, 200000, max_idle_ms=10000, ports=lambda: {1, 2, 3})
     return rv, dp, clock
 
 
@@ -45,11 +45,11 @@ def test_idle_megaflows_go() -> None:
         rv.udpif.handle([k])
     for u in rv.udpif.ukeys:
         u.created_ns = clock.ns()
-    busy = next(idx for idx, a in dp.flows.values() if a == [dpif.Output(2)])
+    busy = next(idx for idx, a in dp.flows.values() if a == [dpif.DpOutput(2)])
     clock.t += 11
     dp.stats[busy] = (5, 500, clock.ns() - 1_000_000)  # used a millisecond ago
     rv.revalidate()
-    assert [a for _i, a in dp.flows.values()] == [[dpif.Output(2)]]
+    assert [a for _i, a in dp.flows.values()] == [[dpif.DpOutput(2)]]
     assert rv.udpif.stats.deleted.get("idle", 0) == 1
 
 
@@ -67,7 +67,7 @@ def test_table_change_keeps_unaffected_updates_and_deletes_stale() -> None:
     rv.revalidate()
     acts = sorted((str(a), k in before) for k, (_i, a) in dp.flows.items())
     # 53 untouched, 54 updated in place (same key and mask), 55 (port 2) needs nw_src now: deleted as stale
-    assert acts == [("[Output(port=2)]", True), ("[Output(port=3)]", True)]
+    assert acts == [("[DpOutput(port=2)]", True), ("[DpOutput(port=3)]", True)]
     assert rv.udpif.stats.deleted.get("stale", 0) == 1 and rv.stats.updated == 1
     assert u.stats.deleted.get("flush", 0) == 0  # no global flush
 

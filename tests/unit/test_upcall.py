@@ -9,12 +9,12 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from ctl import dpif
-from ctl.dpif import Action, MapFull
-from ctl.flowkey import FlowKey
-from ctl.openflow_tables import OpenFlowTables, parse_flow
-from ctl.upcall import Udpif
-from ctl.xsk import Upcall
+from ctl.datapath import dpif
+from ctl.datapath.dpif import Action, MapFull
+from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.xsk import Upcall
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
+from ctl.udpif.upcall import Udpif
 
 
 class FakeDatapath:
@@ -57,8 +57,10 @@ def up(dport: int, in_port: int = 1, reason: int = 1) -> Upcall:
     return Upcall(reason, in_port, 0, frame(dport))
 
 
-def make(*flows: str, max_flows: int = 100) -> tuple[Udpif, FakeDatapath, dict[int, list[bytes]]]:
-    t = OpenFlowTables()
+def make(*flows: str, max_flows: int = 100,
+         clock: dpif.Clock | None = None) -> tuple[Udpif, FakeDatapath, dict[int, list[bytes]]]:
+    clock = clock or dpif.Clock()
+    t = OpenFlowTables(clock.monotonic)
     t.add_many(parse_flow(f) for f in flows)
     dp = FakeDatapath(max_flows)
     sent: dict[int, list[bytes]] = {}
@@ -67,7 +69,7 @@ def make(*flows: str, max_flows: int = 100) -> tuple[Udpif, FakeDatapath, dict[i
         sent.setdefault(port, []).extend(frames)
         return len(frames)
 
-    return Udpif(dp, t, tx, lambda: [1, 2, 3]), dp, sent
+    return Udpif(dp, t, tx, lambda: [1, 2, 3], clock=clock), dp, sent
 
 
 def test_identical_upcalls_in_a_batch_install_one_megaflow_and_all_are_sent() -> None:
@@ -82,7 +84,7 @@ def test_slow_path_megaflow_and_flood_transmit() -> None:
     u, dp, sent = make("udp,actions=output:2,mod_dl_dst:02:00:00:00:00:09,output:3", "priority=1,actions=flood")
     u.handle([up(53)])
     (idx, acts), = dp.flows.values()
-    assert acts == [dpif.Upcall()] and u.stats.slow_path == 1
+    assert acts == [dpif.DpUpcall()] and u.stats.slow_path == 1
     assert Ether(sent[3][0]).dst == "02:00:00:00:00:09" and Ether(sent[2][0]).dst == "02:00:00:00:00:02"
     u.handle([Upcall(1, 1, 0, bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP() / b"x"))])
     assert len(sent[2]) == 2 and len(sent[3]) == 2 and 1 not in sent  # flood: every port but the ingress
@@ -105,16 +107,16 @@ def test_runt_packets_are_handled() -> None:
 
 
 def test_an_upcall_that_fails_is_counted_and_the_batch_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ctl.upcall
+    import ctl.udpif.upcall
 
-    real = ctl.upcall.translate
+    real = ctl.udpif.upcall.translate
 
     def translate(tables: object, flow: dict[str, int], *a: object, **kw: object) -> object:
         if flow["tp_dst"] == 66:
             raise RuntimeError("pipeline bug")
         return real(tables, flow, *a, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ctl.upcall, "translate", translate)
+    monkeypatch.setattr(ctl.udpif.upcall, "translate", translate)
     u, dp, sent = make("udp,tp_dst=53,actions=output:2", "udp,tp_dst=66,actions=output:2")
     u.handle([up(66), up(53)])
     assert (u.stats.failed, u.stats.ok, len(sent[2])) == (1, 1, 1)
@@ -133,4 +135,4 @@ def test_table_change_flushes_and_credits_rules() -> None:
     assert not dp.flows and not len(u.ukeys)
     assert rule.n_packets == 16          # the last hits before the flush were credited
     u.handle([up(53)])
-    assert list(dp.flows.values())[0][1] == [dpif.Output(3)]
+    assert list(dp.flows.values())[0][1] == [dpif.DpOutput(3)]

@@ -1,7 +1,7 @@
 """What OpenFlow 1.3 messages do to the switch (OVS: ofproto/ofproto.c's handle_* functions).
 
-``OfProto.handle(conn, msg)`` takes one decoded message (``ctl/ofcodec.py``) from a connection
-(``ctl/connmgr.py``) and returns the replies to send on it. Everything it changes goes through the
+``OfProto.handle(conn, msg)`` takes one decoded message (``ctl/openflow/codec/``) from a connection
+(``ctl/openflow/connmgr.py``) and returns the replies to send on it. Everything it changes goes through the
 ``SwitchOps`` it is given: the daemon's switch, or a stand-in in the unit tier. Refusals raise
 ``OfError``; the connection turns them into OFPT_ERROR and lives on. A refused flow-mod changes nothing.
 """
@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.ofcodec import ET, MP, OfError, T
-from ctl.openflow_tables import (
+from ctl.openflow import codec as oc
+from ctl.openflow.codec import ET, MP, OfError, T
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.openflow_tables import (
     CHECK_OVERLAP,
     SEND_FLOW_REM,
     FlowSpec,
@@ -35,7 +35,7 @@ WRITES = {T.FLOW_MOD, T.PACKET_OUT, T.GROUP_MOD, T.PORT_MOD, T.TABLE_MOD, T.METE
 
 
 class SwitchOps(Protocol):
-    """What the OpenFlow channel needs of the switch (ctl.daemon.Switch; a stand-in in the unit tier)."""
+    """What the OpenFlow channel needs of the switch (ctl.daemon.switch.Switch; a stand-in in the unit tier)."""
 
     name: str
     datapath_id: int
@@ -72,9 +72,12 @@ class OfProtoStats:
 
 
 class OfProto:
-    def __init__(self, switch: SwitchOps, send_async: Callable[[str, int, bytes], None]) -> None:
-        """send_async(kind, reason, message): to every connection whose async config wants it."""
+    def __init__(self, switch: SwitchOps, send_async: Callable[[str, int, bytes], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """send_async(kind, reason, message): to every connection whose async config wants it. clock: the
+        tables' clock (rule durations)."""
         self.sw = switch
+        self.clock = clock
         self.send_async = send_async
         self.generation_id: int | None = None
         self.stats = OfProtoStats()
@@ -197,7 +200,7 @@ class OfProto:
         """FLOW_REMOVED for a rule that asked for it (send_flow_rem), to the connections that want it."""
         if not r.flags & SEND_FLOW_REM:
             return
-        msg = oc.flow_removed(r.cookie, r.priority, reason, r.table, time.monotonic() - r.created, r.idle_timeout,
+        msg = oc.flow_removed(r.cookie, r.priority, reason, r.table, self.clock() - r.created, r.idle_timeout,
                               r.hard_timeout, r.n_packets, r.n_bytes, r.match)
         self.send_async("flow_removed", reason, msg)
 
@@ -226,7 +229,7 @@ class OfProto:
         if req.mtype in (MP.FLOW, MP.AGGREGATE):
             assert req.flow is not None
             rules = self._select(req.flow)
-            now = time.monotonic()
+            now = self.clock()
             if req.mtype == MP.AGGREGATE:
                 return oc.aggregate_reply(x, sum(r.n_packets for r in rules), sum(r.n_bytes for r in rules),
                                           len(rules))

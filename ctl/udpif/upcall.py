@@ -7,9 +7,9 @@ threads read the AF_XDP sockets and feed it.
 For each upcall in a batch: the flow key is parsed from the frame (the fast path sends the ingress port
 in the metadata in front of it); a ukey that already covers the key is reused (identical upcalls in one
 batch, or packets that were queued before their megaflow went in); otherwise the pipeline translates it
-(``ctl/xlate.py``) and the megaflow is installed, unless the flow-limit is reached. Actions the fast path
+(``ctl/pipeline/xlate.py``) and the megaflow is installed, unless the flow-limit is reached. Actions the fast path
 cannot run are installed as ``userspace`` (slow path): each packet of that megaflow comes up and the
-handler runs its actions. Either way the packet itself is executed in user space (``ctl/execute.py``) and
+handler runs its actions. Either way the packet itself is executed in user space (``ctl/datapath/execute.py``) and
 transmitted through the output port's AF_XDP socket.
 
 Every flow-table change goes through ``Udpif.tables_changed()``, which deletes every megaflow (their EMC
@@ -26,16 +26,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ctl import dpif
-from ctl.dpif import Action, ActionError, GroupsFull, MapFull
-from ctl.execute import FLOOD, execute
-from ctl.flowkey import FlowKey, parse
-from ctl.mac_learning import MacLearning
-from ctl.ofactions import OfAction
-from ctl.ofmatch import flow_of, key_of
-from ctl.openflow_tables import OpenFlowTables, Rule
-from ctl.xlate import translate, translate_actions
-from ctl.xsk import Upcall
+from ctl.datapath import dpif
+from ctl.datapath.dpif import Action, ActionError, GroupsFull, MapFull
+from ctl.datapath.execute import FLOOD, execute
+from ctl.datapath.flowkey import FlowKey, parse
+from ctl.datapath.xsk import Upcall
+from ctl.pipeline.mac_learning import MacLearning
+from ctl.pipeline.ofactions import OfAction
+from ctl.pipeline.ofmatch import flow_of, key_of
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
+from ctl.pipeline.xlate import translate, translate_actions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RevalidatorLike(Protocol):
 
 
 class DatapathOps(Protocol):
-    """What the upcall layer needs of a datapath (ctl.datapath.Datapath; a fake in the unit tier)."""
+    """What the upcall layer needs of a datapath (ctl.datapath.dpif_xdp.Datapath; a fake in the unit tier)."""
 
     def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int: ...
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
@@ -62,7 +62,7 @@ class DatapathOps(Protocol):
 
 
 Transmit = Callable[[int, Sequence[bytes]], int]  # (port, frames) -> frames sent
-PacketIn = Callable[[dpif.Controller, int, bytes], None]  # (what the pipeline asked, in_port, frame)
+PacketIn = Callable[[dpif.DpController, int, bytes], None]  # (what the pipeline asked, in_port, frame)
 
 
 @dataclass(eq=False)
@@ -79,7 +79,7 @@ class Ukey:
     bytes: int = 0
     flow: dict[str, int] = field(default_factory=dict)  # the packet that made it: revalidation translates it again
     version: int = 0            # the tables' version it was translated at
-    created_ns: int = field(default_factory=dpif.now_ns)
+    created_ns: int = 0         # the Udpif's clock.now_ns() when it was made (the fast path's clock)
     dead: bool = False
     normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
 
@@ -161,8 +161,9 @@ class Udpif:
 
     def __init__(self, dp: DatapathOps, tables: OpenFlowTables, transmit: Transmit,
                  ports: Callable[[], Iterable[int]], flow_limit: int = DEFAULT_FLOW_LIMIT,
-                 mac: MacLearning | None = None) -> None:
+                 mac: MacLearning | None = None, clock: dpif.Clock | None = None) -> None:
         self.dp = dp
+        self.clock = clock or dpif.Clock()
         self.tables = tables
         self.transmit = transmit
         self.ports = ports
@@ -174,7 +175,7 @@ class Udpif:
         self.lock = threading.RLock()   # tables, ukeys and fast-path flow writes change under it
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
-        self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/connmgr.py), when there is one
+        self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
         self.port_tx: dict[int, tuple[int, int]] = {}  # per port: (packets, bytes) sent from user space
 
     # --- upcalls -----------------------------------------------------------------------------------
@@ -240,8 +241,9 @@ class Udpif:
         with self.lock:
             flow = flow_of(parse(frame, in_port))
             tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac)
+            now = self.clock.monotonic()
             for r in tr.rules:
-                r.credit(1, len(frame))
+                r.credit(1, len(frame), now)
             if tr.learned:
                 self.xlate_changed()
         out: dict[int, list[bytes]] = {}
@@ -275,18 +277,20 @@ class Udpif:
         if u is not None:
             if not u.slow_path:
                 self.stats.existing += 1
+            now = self.clock.monotonic()
             for r in u.rules:
-                r.credit(1, len(up.frame))
+                r.credit(1, len(up.frame), now)
             return u.actions
         flow = flow_of(key)
         tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open)
+        now = self.clock.monotonic()
         for r in tr.rules:
-            r.credit(1, len(up.frame))
+            r.credit(1, len(up.frame), now)
         if tr.learned:
             self.xlate_changed()
         mask = key_of(tr.wc)
         u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
-                 normal=tr.normal)
+                 created_ns=self.clock.now_ns(), normal=tr.normal)
         if self.dp.n_flows >= self.flow_limit:
             self.stats.over_flow_limit += 1
             return tr.actions
@@ -309,7 +313,7 @@ class Udpif:
                 return self.dp.put_flow(key, mask, u.actions)
             except (ActionError, GroupsFull) as e:
                 u.slow_path = str(e)  # e.g. every output group in use: the handler runs the actions instead
-        return self.dp.put_flow(key, mask, [dpif.Upcall()])
+        return self.dp.put_flow(key, mask, [dpif.DpUpcall()])
 
     # --- flow-table changes and rule counters ------------------------------------------------------------
 
@@ -335,8 +339,9 @@ class Udpif:
         dp_, db = packets - u.packets, nbytes - u.bytes
         if dp_ > 0:
             if not u.slow_path:  # slow-path packets were credited when they came up
+                now = self.clock.monotonic()
                 for r in u.rules:
-                    r.credit(dp_, db)
+                    r.credit(dp_, db, now)
             u.packets, u.bytes = packets, nbytes
 
     def tables_changed(self, change: Callable[[OpenFlowTables], object]) -> object:

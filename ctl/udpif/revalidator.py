@@ -13,23 +13,21 @@ change, one pass dumps every ukey's fast-path counters and then sweeps:
    above the configured limit; above twice the limit every megaflow is purged.
 
 Deleting a megaflow turns its generation even, so EMC entries and mask hints that still point at it stop
-matching at once (see ctl/datapath.py).
+matching at once (see ctl/datapath/dpif_xdp.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ctl import dpif
-from ctl.dpif import ActionError, MapFull
-from ctl.ofmatch import key_of
-from ctl.openflow_tables import OpenFlowTables, Rule
-from ctl.upcall import Udpif, Ukey
-from ctl.xlate import translate
+from ctl.datapath.dpif import ActionError, MapFull
+from ctl.pipeline.ofmatch import key_of
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
+from ctl.pipeline.xlate import translate
+from ctl.udpif.upcall import Udpif, Ukey
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +61,14 @@ class Revalidator:
 
     def __init__(self, udpif: Udpif, flow_limit: int, max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
                  max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS, ports: Callable[[], set[int]] = set,
-                 clock: Callable[[], float] = time.monotonic, now_ns: Callable[[], int] = dpif.now_ns) -> None:
+                 clock: Callable[[], float] | None = None, now_ns: Callable[[], int] | None = None) -> None:
         self.udpif = udpif
         self.configured_limit = flow_limit
         self.max_idle_ms = max_idle_ms
         self.max_revalidator_ms = max_revalidator_ms
         self.ports = ports
-        self.clock = clock
-        self.now_ns = now_ns
+        self.clock = clock or udpif.clock.monotonic   # the Udpif's clocks unless told otherwise
+        self.now_ns = now_ns or udpif.clock.now_ns
         self.stats = RevalidatorStats()
         self.wake = threading.Event()
         self.pass_done = threading.Condition()

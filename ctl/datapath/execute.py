@@ -13,9 +13,9 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ctl import dpif
-from ctl.dpif import DropReason
-from ctl.flowkey import mac_bytes, parse_layout
+from ctl.datapath import dpif
+from ctl.datapath.dpif import DropReason
+from ctl.datapath.flowkey import mac_bytes, parse_layout
 
 FLOOD = -1  # the port of a flooded emission
 
@@ -24,7 +24,7 @@ FLOOD = -1  # the port of a flooded emission
 class Result:
     emits: list[tuple[int, bytes]] = field(default_factory=list)  # (port or FLOOD, frame)
     drop: int = 0               # a DropReason when the packet was dropped (no emission after it)
-    controller: list[tuple[dpif.Controller, bytes]] = field(default_factory=list)  # packet-ins, the frame then
+    controller: list[tuple[dpif.DpController, bytes]] = field(default_factory=list)  # packet-ins, the frame then
 
 
 class _Pkt:
@@ -38,7 +38,7 @@ class _Pkt:
         self.layout()
 
     def layout(self) -> None:
-        """Offsets as the parser (ctl/flowkey.py, the mirror of xdp/parser.h) finds them."""
+        """Offsets as the parser (ctl/datapath/flowkey.py, the mirror of xdp/parser.h) finds them."""
         key, self.l3, self.l4 = parse_layout(bytes(self.b))
         self.tagged = bool(key.vlan_tci)
         self.dl_type = key.dl_type
@@ -119,33 +119,33 @@ def _set_tp(p: _Pkt, off: int, port: int) -> int:
 def _one(p: _Pkt, a: dpif.Action) -> int:
     """Apply one modification; a DropReason (non-zero) when it cannot."""
     b = p.b
-    if isinstance(a, dpif.SetEthSrc | dpif.SetEthDst):
+    if isinstance(a, dpif.DpSetEthSrc | dpif.DpSetEthDst):
         if len(b) < 14:
             return DropReason.BAD_ACTION
-        off = 6 if isinstance(a, dpif.SetEthSrc) else 0
+        off = 6 if isinstance(a, dpif.DpSetEthSrc) else 0
         b[off : off + 6] = mac_bytes(a.mac)
-    elif isinstance(a, dpif.PushVlan):
+    elif isinstance(a, dpif.DpPushVlan):
         if len(b) < 14:
             return DropReason.BAD_ACTION
         b[12:12] = struct.pack("!HH", a.tpid, (a.pcp << 13) | a.vid)
         p.layout()
         p.tagged = True
-    elif isinstance(a, dpif.PopVlan):
+    elif isinstance(a, dpif.DpPopVlan):
         if len(b) < 18 or not p.tagged:
             return DropReason.BAD_ACTION
         del b[12:16]
         p.layout()
-    elif isinstance(a, dpif.SetVlan):
+    elif isinstance(a, dpif.DpSetVlan):
         if len(b) < 18 or not p.tagged:
             return DropReason.BAD_ACTION
         p.put16(14, (a.pcp << 13) | a.vid)
-    elif isinstance(a, dpif.SetIpv4Src | dpif.SetIpv4Dst):
-        return _set_ipv4(p, 12 if isinstance(a, dpif.SetIpv4Src) else 16, a.addr)
-    elif isinstance(a, dpif.SetIpv6Src | dpif.SetIpv6Dst):
-        return _set_ipv6(p, 8 if isinstance(a, dpif.SetIpv6Src) else 24, a.addr)
-    elif isinstance(a, dpif.SetTpSrc | dpif.SetTpDst):
-        return _set_tp(p, 0 if isinstance(a, dpif.SetTpSrc) else 2, a.port)
-    elif isinstance(a, dpif.SetDscp):
+    elif isinstance(a, dpif.DpSetIpv4Src | dpif.DpSetIpv4Dst):
+        return _set_ipv4(p, 12 if isinstance(a, dpif.DpSetIpv4Src) else 16, a.addr)
+    elif isinstance(a, dpif.DpSetIpv6Src | dpif.DpSetIpv6Dst):
+        return _set_ipv6(p, 8 if isinstance(a, dpif.DpSetIpv6Src) else 24, a.addr)
+    elif isinstance(a, dpif.DpSetTpSrc | dpif.DpSetTpDst):
+        return _set_tp(p, 0 if isinstance(a, dpif.DpSetTpSrc) else 2, a.port)
+    elif isinstance(a, dpif.DpSetDscp):
         if p.dl_type == 0x0800 and p.l3:
             old = p.u16(p.l3)
             b[p.l3 + 1] = (a.dscp << 2) | (b[p.l3 + 1] & 3)
@@ -157,7 +157,7 @@ def _one(p: _Pkt, a: dpif.Action) -> int:
             b[p.l3 + 1] = (b[p.l3 + 1] & 0x0F) | ((tc << 4) & 0xF0)
         else:
             return DropReason.BAD_ACTION
-    elif isinstance(a, dpif.DecTtl):
+    elif isinstance(a, dpif.DpDecTtl):
         if p.dl_type == 0x0800 and p.l3:
             if b[p.l3 + 8] <= 1:
                 return DropReason.TTL_EXPIRED
@@ -181,16 +181,16 @@ def execute(frame: bytes, actions: Sequence[dpif.Action]) -> Result:
     p = _Pkt(frame)
     res = Result()
     for a in actions:
-        if isinstance(a, dpif.Output):
+        if isinstance(a, dpif.DpOutput):
             res.emits.append((a.port, bytes(p.b)))
-        elif isinstance(a, dpif.Flood):
+        elif isinstance(a, dpif.DpFlood):
             res.emits.append((FLOOD, bytes(p.b)))
-        elif isinstance(a, dpif.Controller):
+        elif isinstance(a, dpif.DpController):
             res.controller.append((a, bytes(p.b)))
-        elif isinstance(a, dpif.Drop):
+        elif isinstance(a, dpif.DpDrop):
             res.drop = a.reason or DropReason.ACTION
             return res
-        elif isinstance(a, dpif.Upcall):
+        elif isinstance(a, dpif.DpUpcall):
             res.drop = DropReason.BAD_ACTION
             return res
         else:

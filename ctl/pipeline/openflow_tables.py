@@ -19,12 +19,12 @@ import operator
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctl.ofactions import N_TABLES, Controller, GotoTable, OfAction, format_actions, parse_actions
-from ctl.ofmatch import (
+from ctl.pipeline.ofactions import N_TABLES, Controller, GotoTable, OfAction, format_actions, parse_actions
+from ctl.pipeline.ofmatch import (
     FIELD_BITS,
     FULL,
     PREFIX_FIELDS,
@@ -138,7 +138,7 @@ class Rule:
     cookie: int = 0
     idle_timeout: int = 0
     hard_timeout: int = 0
-    created: float = field(default_factory=time.monotonic)
+    created: float = 0.0   # the tables' clock (OpenFlowTables.clock) when it was added
     n_packets: int = 0
     n_bytes: int = 0
     seq: int = 0           # insertion order: ties between equal priorities go to the older rule
@@ -148,11 +148,12 @@ class Rule:
     def __post_init__(self) -> None:
         self.last_used = self.created
 
-    def credit(self, packets: int, nbytes: int) -> None:
+    def credit(self, packets: int, nbytes: int, now: float) -> None:
+        """Count packets and bytes that went through the rule; now (the tables' clock) is its last use."""
         self.n_packets += packets
         self.n_bytes += nbytes
         if packets:
-            self.last_used = time.monotonic()
+            self.last_used = now
 
     def to_text(self) -> str:
         """The rule as add-flow text (what the state file keeps)."""
@@ -167,9 +168,8 @@ class Rule:
         m = format_match(self.match)
         return ",".join(parts + ([m] if m else [])) + f",actions={format_actions(self.actions)}"
 
-    def format(self, now: float | None = None) -> str:
-        """As ovs-ofctl dump-flows prints it."""
-        now = time.monotonic() if now is None else now
+    def format(self, now: float) -> str:
+        """As ovs-ofctl dump-flows prints it (now: the tables' clock)."""
         head = (f" cookie={self.cookie:#x}, duration={now - self.created:.3f}s, table={self.table}, "
                 f"n_packets={self.n_packets}, n_bytes={self.n_bytes}, ")
         if self.idle_timeout:
@@ -180,8 +180,7 @@ class Rule:
         m = format_match(self.match, self.priority)
         return f"{head}{m}{' ' if m else ''}actions={format_actions(self.actions)}"
 
-    def to_json(self, now: float | None = None) -> dict[str, object]:
-        now = time.monotonic() if now is None else now
+    def to_json(self, now: float) -> dict[str, object]:
         return {"cookie": f"{self.cookie:#x}", "duration": round(now - self.created, 3), "table": self.table,
                 "n_packets": self.n_packets, "n_bytes": self.n_bytes, "idle_timeout": self.idle_timeout,
                 "hard_timeout": self.hard_timeout, "priority": self.priority, "match": format_match(self.match),
@@ -492,9 +491,10 @@ def _mask_key(match: Match) -> tuple[tuple[str, int], ...]:
 class OpenFlowTables:
     """Tables 0..254 with flow-mods as ovs-ofctl issues them. ``version`` grows with every change."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tables = [Table(i) for i in range(N_TABLES)]
         self.version = 0
+        self.clock = clock  # seconds, monotonic: rule creation, last use, timeouts (injected in tests)
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.tables)
@@ -512,7 +512,7 @@ class OpenFlowTables:
         if old is not None:
             table.remove(old)
         rule = Rule(tid, spec.priority, spec.match, list(spec.actions), spec.cookie, spec.idle_timeout,
-                    spec.hard_timeout, flags=spec.flags & KEPT_FLAGS)
+                    spec.hard_timeout, created=self.clock(), flags=spec.flags & KEPT_FLAGS)
         if old is not None and not spec.flags & RESET_COUNTS:
             rule.n_packets, rule.n_bytes = old.n_packets, old.n_bytes
         table.insert(rule)
@@ -608,7 +608,7 @@ class OpenFlowTables:
         if not isinstance(flows, list) or not isinstance(misses, dict):
             raise ValueError("state file: 'flows' must be a list and 'table_miss' a map")
         specs = [parse_flow(str(t)) for t in flows]
-        fresh = OpenFlowTables()
+        fresh = OpenFlowTables(self.clock)
         for tid, action in misses.items():
             fresh.set_miss(int(tid), str(action))
         fresh.add_many(specs)

@@ -1,6 +1,6 @@
 """OpenFlow matches in ovs-ofctl syntax: parse, check prerequisites, format, test a packet.
 
-A match is a map from flow-key field (the names of ``struct flow_key``, see ``ctl/flowkey.py``) to
+A match is a map from flow-key field (the names of ``struct flow_key``, see ``ctl/datapath/flowkey.py``) to
 ``(value, mask)`` integers, values already masked. MACs are 48-bit and IPv6 addresses 128-bit integers.
 A packet ("flow") is the same map without masks: ``flow_of(FlowKey)``.
 
@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ctl.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, FlowKey, mac_str
+from ctl.datapath.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, FlowKey, mac_str
 
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6 = 1, 6, 17, 132, 58

@@ -1,6 +1,6 @@
 """The datapath interface: datapath actions, their encoding into ``struct mf_entry``, flows and counters.
 
-Pure logic, no bcc: ``ctl/datapath.py`` (the only bcc importer) uses it to write the maps, and the unit
+Pure logic, no bcc: ``ctl/datapath/dpif_xdp.py`` (the only bcc importer) uses it to write the maps, and the unit
 tier tests it alone. Names follow OVS's dpif: a megaflow is a datapath flow with a mask; its actions are
 datapath actions, printed the way ``ovs-dpctl dump-flows`` prints them.
 
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from ctl.flowkey import FlowKey, format_key, mac_bytes, mac_str
+from ctl.datapath.flowkey import FlowKey, format_key, mac_bytes, mac_str
 
 ACTION_SIZE = 24
 ENTRY_HEADER = struct.Struct("<IHH")
@@ -92,7 +92,7 @@ class GroupsFull(MapFull):
 
 
 @dataclass(frozen=True)
-class Output:
+class DpOutput:
     port: int
 
     def __str__(self) -> str:
@@ -100,13 +100,13 @@ class Output:
 
 
 @dataclass(frozen=True)
-class Flood:
+class DpFlood:
     def __str__(self) -> str:
         return "flood"
 
 
 @dataclass(frozen=True)
-class Drop:
+class DpDrop:
     reason: int = 0  # a DropReason to count it under; 0: DropReason.ACTION
 
     def __str__(self) -> str:
@@ -117,7 +117,7 @@ PACKET_IN_REASONS = {0: "no_match", 1: "action", 2: "invalid_ttl"}
 
 
 @dataclass(frozen=True)
-class Controller:
+class DpController:
     """Send the packet, as it is at this point, to the controllers as a PACKET_IN (OVS: the userspace
     action's controller cookie). The fast path never runs it: a megaflow with it goes to the slow path.
     max_len -1: the connection's miss_send_len (a table-miss without a flow)."""
@@ -134,13 +134,13 @@ class Controller:
 
 
 @dataclass(frozen=True)
-class Upcall:
+class DpUpcall:
     def __str__(self) -> str:
         return "userspace"
 
 
 @dataclass(frozen=True)
-class SetEthSrc:
+class DpSetEthSrc:
     mac: str
 
     def __str__(self) -> str:
@@ -148,7 +148,7 @@ class SetEthSrc:
 
 
 @dataclass(frozen=True)
-class SetEthDst:
+class DpSetEthDst:
     mac: str
 
     def __str__(self) -> str:
@@ -156,7 +156,7 @@ class SetEthDst:
 
 
 @dataclass(frozen=True)
-class PushVlan:
+class DpPushVlan:
     vid: int
     pcp: int = 0
     tpid: int = 0x8100
@@ -167,13 +167,13 @@ class PushVlan:
 
 
 @dataclass(frozen=True)
-class PopVlan:
+class DpPopVlan:
     def __str__(self) -> str:
         return "pop_vlan"
 
 
 @dataclass(frozen=True)
-class SetVlan:
+class DpSetVlan:
     vid: int
     pcp: int = 0
 
@@ -182,7 +182,7 @@ class SetVlan:
 
 
 @dataclass(frozen=True)
-class SetIpv4Src:
+class DpSetIpv4Src:
     addr: str
 
     def __str__(self) -> str:
@@ -190,7 +190,7 @@ class SetIpv4Src:
 
 
 @dataclass(frozen=True)
-class SetIpv4Dst:
+class DpSetIpv4Dst:
     addr: str
 
     def __str__(self) -> str:
@@ -198,7 +198,7 @@ class SetIpv4Dst:
 
 
 @dataclass(frozen=True)
-class SetDscp:
+class DpSetDscp:
     dscp: int
 
     def __str__(self) -> str:
@@ -206,13 +206,13 @@ class SetDscp:
 
 
 @dataclass(frozen=True)
-class DecTtl:
+class DpDecTtl:
     def __str__(self) -> str:
         return "dec_ttl"
 
 
 @dataclass(frozen=True)
-class SetIpv6Src:
+class DpSetIpv6Src:
     addr: str
 
     def __str__(self) -> str:
@@ -220,7 +220,7 @@ class SetIpv6Src:
 
 
 @dataclass(frozen=True)
-class SetIpv6Dst:
+class DpSetIpv6Dst:
     addr: str
 
     def __str__(self) -> str:
@@ -228,7 +228,7 @@ class SetIpv6Dst:
 
 
 @dataclass(frozen=True)
-class SetTpSrc:
+class DpSetTpSrc:
     port: int
 
     def __str__(self) -> str:
@@ -236,7 +236,7 @@ class SetTpSrc:
 
 
 @dataclass(frozen=True)
-class SetTpDst:
+class DpSetTpDst:
     port: int
 
     def __str__(self) -> str:
@@ -244,10 +244,11 @@ class SetTpDst:
 
 
 Action = (
-    Output | Flood | Drop | Controller | Upcall | SetEthSrc | SetEthDst | PushVlan | PopVlan | SetVlan | SetIpv4Src
-    | SetIpv4Dst | SetDscp | DecTtl | SetIpv6Src | SetIpv6Dst | SetTpSrc | SetTpDst
+    DpOutput | DpFlood | DpDrop | DpController | DpUpcall | DpSetEthSrc | DpSetEthDst | DpPushVlan | DpPopVlan
+    | DpSetVlan | DpSetIpv4Src | DpSetIpv4Dst | DpSetDscp | DpDecTtl | DpSetIpv6Src | DpSetIpv6Dst | DpSetTpSrc
+    | DpSetTpDst
 )
-TERMINAL = (Output, Flood, Drop, Upcall)
+TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall)
 
 
 def format_actions(actions: Sequence[Action]) -> str:
@@ -264,13 +265,13 @@ def fast_path_error(actions: Sequence[Action]) -> str:
     come first and one output step ends the list: outputs only (one port, or a group of ports), or one
     flood, userspace or drop. Packets for the controller always take the slow path."""
     acts = list(actions)
-    if any(isinstance(a, Controller) for a in acts):
+    if any(isinstance(a, DpController) for a in acts):
         return "it sends packets to the controller"
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):
             rest = acts[i + 1 :]
-            if isinstance(a, Output):
-                if not all(isinstance(r, Output) for r in rest):
+            if isinstance(a, DpOutput):
+                if not all(isinstance(r, DpOutput) for r in rest):
                     return (f"'{format_actions(rest)}' after an output: the fast path emits a packet once, so "
                             "modifications must come before the outputs")
             elif rest:
@@ -294,8 +295,8 @@ def encode_actions(
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):
             rest = acts[i + 1 :]
-            if isinstance(a, Output):
-                ports = [a.port] + [r.port for r in rest if isinstance(r, Output)]
+            if isinstance(a, DpOutput):
+                ports = [a.port] + [r.port for r in rest if isinstance(r, DpOutput)]
                 for p in ports:
                     _check(0 < p < max_port, f"output port {p} is out of range 1..{max_port - 1}")
                 if len(set(ports)) == 1:
@@ -303,10 +304,10 @@ def encode_actions(
                 else:
                     g = group_for(frozenset(ports))
                     recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
-            elif isinstance(a, Drop):
+            elif isinstance(a, DpDrop):
                 recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", a.reason)))
             else:
-                recs.append(_rec({Flood: ActType.FLOOD, Upcall: ActType.UPCALL}[type(a)]))
+                recs.append(_rec({DpFlood: ActType.FLOOD, DpUpcall: ActType.UPCALL}[type(a)]))
             break
         recs.append(_encode_mod(a))
     _check(len(recs) <= max_actions, f"{len(recs)} datapath actions; the fast path runs at most {max_actions}")
@@ -350,33 +351,33 @@ def _port16(port: int) -> bytes:
 
 
 def _encode_mod(a: Action) -> bytes:
-    if isinstance(a, SetEthSrc):
+    if isinstance(a, DpSetEthSrc):
         return _rec(ActType.SET_ETH_SRC, data=_mac(a.mac))
-    if isinstance(a, SetEthDst):
+    if isinstance(a, DpSetEthDst):
         return _rec(ActType.SET_ETH_DST, data=_mac(a.mac))
-    if isinstance(a, PushVlan):
+    if isinstance(a, DpPushVlan):
         _check(a.tpid in (0x8100, 0x88A8), f"VLAN TPID {a.tpid:#x} is not 0x8100 or 0x88a8")
         return _rec(ActType.PUSH_VLAN, arg16=_vid_pcp(a.vid, a.pcp), arg32=struct.pack("<I", a.tpid))
-    if isinstance(a, PopVlan):
+    if isinstance(a, DpPopVlan):
         return _rec(ActType.POP_VLAN)
-    if isinstance(a, SetVlan):
+    if isinstance(a, DpSetVlan):
         return _rec(ActType.SET_VLAN, arg16=_vid_pcp(a.vid, a.pcp))
-    if isinstance(a, SetIpv4Src):
+    if isinstance(a, DpSetIpv4Src):
         return _rec(ActType.SET_IPV4_SRC, arg32=_ip4(a.addr))
-    if isinstance(a, SetIpv4Dst):
+    if isinstance(a, DpSetIpv4Dst):
         return _rec(ActType.SET_IPV4_DST, arg32=_ip4(a.addr))
-    if isinstance(a, SetDscp):
+    if isinstance(a, DpSetDscp):
         _check(0 <= a.dscp <= 63, f"DSCP {a.dscp} is out of range 0..63")
         return _rec(ActType.SET_IP_DSCP, arg16=struct.pack("!H", a.dscp))
-    if isinstance(a, DecTtl):
+    if isinstance(a, DpDecTtl):
         return _rec(ActType.DEC_TTL)
-    if isinstance(a, SetIpv6Src):
+    if isinstance(a, DpSetIpv6Src):
         return _rec(ActType.SET_IPV6_SRC, data=_ip6(a.addr))
-    if isinstance(a, SetIpv6Dst):
+    if isinstance(a, DpSetIpv6Dst):
         return _rec(ActType.SET_IPV6_DST, data=_ip6(a.addr))
-    if isinstance(a, SetTpSrc):
+    if isinstance(a, DpSetTpSrc):
         return _rec(ActType.SET_TP_SRC, arg16=_port16(a.port))
-    if isinstance(a, SetTpDst):
+    if isinstance(a, DpSetTpDst):
         return _rec(ActType.SET_TP_DST, arg16=_port16(a.port))
     raise ActionError(f"unknown action {a!r}")
 
@@ -387,41 +388,41 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
         t, arg16, arg32, data = struct.unpack("<H2s4s16s", r)
         a16 = struct.unpack("!H", arg16)[0]
         if t == ActType.OUTPUT:
-            out.append(Output(a16))
+            out.append(DpOutput(a16))
         elif t == ActType.GROUP:
-            out.extend(Output(p) for p in sorted(ports_of_group(struct.unpack("<I", arg32)[0])))
+            out.extend(DpOutput(p) for p in sorted(ports_of_group(struct.unpack("<I", arg32)[0])))
         elif t == ActType.FLOOD:
-            out.append(Flood())
+            out.append(DpFlood())
         elif t == ActType.DROP:
-            out.append(Drop(a16))
+            out.append(DpDrop(a16))
         elif t == ActType.UPCALL:
-            out.append(Upcall())
+            out.append(DpUpcall())
         elif t == ActType.SET_ETH_SRC:
-            out.append(SetEthSrc(mac_str(data[:6])))
+            out.append(DpSetEthSrc(mac_str(data[:6])))
         elif t == ActType.SET_ETH_DST:
-            out.append(SetEthDst(mac_str(data[:6])))
+            out.append(DpSetEthDst(mac_str(data[:6])))
         elif t == ActType.PUSH_VLAN:
-            out.append(PushVlan(a16 & 0xFFF, a16 >> 13, struct.unpack("<I", arg32)[0]))
+            out.append(DpPushVlan(a16 & 0xFFF, a16 >> 13, struct.unpack("<I", arg32)[0]))
         elif t == ActType.POP_VLAN:
-            out.append(PopVlan())
+            out.append(DpPopVlan())
         elif t == ActType.SET_VLAN:
-            out.append(SetVlan(a16 & 0xFFF, a16 >> 13))
+            out.append(DpSetVlan(a16 & 0xFFF, a16 >> 13))
         elif t == ActType.SET_IPV4_SRC:
-            out.append(SetIpv4Src(str(ipaddress.IPv4Address(arg32))))
+            out.append(DpSetIpv4Src(str(ipaddress.IPv4Address(arg32))))
         elif t == ActType.SET_IPV4_DST:
-            out.append(SetIpv4Dst(str(ipaddress.IPv4Address(arg32))))
+            out.append(DpSetIpv4Dst(str(ipaddress.IPv4Address(arg32))))
         elif t == ActType.SET_IP_DSCP:
-            out.append(SetDscp(a16))
+            out.append(DpSetDscp(a16))
         elif t == ActType.DEC_TTL:
-            out.append(DecTtl())
+            out.append(DpDecTtl())
         elif t == ActType.SET_IPV6_SRC:
-            out.append(SetIpv6Src(str(ipaddress.IPv6Address(data))))
+            out.append(DpSetIpv6Src(str(ipaddress.IPv6Address(data))))
         elif t == ActType.SET_IPV6_DST:
-            out.append(SetIpv6Dst(str(ipaddress.IPv6Address(data))))
+            out.append(DpSetIpv6Dst(str(ipaddress.IPv6Address(data))))
         elif t == ActType.SET_TP_SRC:
-            out.append(SetTpSrc(a16))
+            out.append(DpSetTpSrc(a16))
         elif t == ActType.SET_TP_DST:
-            out.append(SetTpDst(a16))
+            out.append(DpSetTpDst(a16))
     return out
 
 
@@ -444,9 +445,36 @@ def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
 CLOCK_MONOTONIC_COARSE = 6  # the clock of bpf_ktime_get_coarse_ns()
 
 
+def timens_offset_ns(path: str = "/proc/self/timens_offsets") -> int:
+    """How far this process's CLOCK_MONOTONIC is from the kernel's (0 outside a time namespace). BPF's
+    bpf_ktime_get_coarse_ns() is never namespaced, so user space adds this back to compare with it."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, secs, nsecs = line.split()
+                if name == "monotonic":
+                    return int(secs) * 1_000_000_000 + int(nsecs)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def now_ns() -> int:
-    """Now, on the clock the fast path stamps megaflows with (Megaflow.used_ns)."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+    """Now, on the clock the fast path stamps megaflows with (Megaflow.used_ns), even from inside a time
+    namespace (a container, or a test that makes the machine look freshly booted)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) - _TIMENS_OFFSET_NS
+
+
+_TIMENS_OFFSET_NS = timens_offset_ns()  # fixed for the life of the process (set when the namespace is made)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The clocks the control plane reads, passed in (never read from a module) so that tests can run them
+    from any starting point: nothing may depend on how long the machine has been up."""
+
+    monotonic: Callable[[], float] = time.monotonic  # seconds: rule timeouts, durations, idle times
+    now_ns: Callable[[], int] = now_ns                # the fast path's clock: megaflow creation and last use
 
 
 # --- what the datapath reports ------------------------------------------------------------------------

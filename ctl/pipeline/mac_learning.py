@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ctl.flowkey import VLAN_CFI
+from ctl.datapath.flowkey import VLAN_CFI
 
 DEFAULT_MAX_AGE = 300
 DEFAULT_MAX_ENTRIES = 8192

@@ -16,11 +16,11 @@ import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from ctl import dpif
-from ctl import ofactions as of
-from ctl.flowkey import VLAN_CFI, mac_str
-from ctl.mac_learning import MacLearning, is_multicast, vlan_of
-from ctl.ofmatch import (
+from ctl.datapath import dpif
+from ctl.datapath.flowkey import VLAN_CFI, mac_str
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
+from ctl.pipeline.ofmatch import (
     ETH_P_IP,
     ETH_P_IPV6,
     FIELDS,
@@ -34,7 +34,7 @@ from ctl.ofmatch import (
     Match,
     format_flow,
 )
-from ctl.openflow_tables import OpenFlowTables, Rule
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
 
 MAX_RESUBMIT_DEPTH = 64  # as OVS
 ALWAYS_EXACT = ("in_port", "dl_type")
@@ -203,20 +203,20 @@ class _Ctx:
             if self.ports is not None and a.port not in self.ports:
                 return f"skipped: no port {a.port}"
             self.commit()
-            self.actions.append(dpif.Output(a.port))
+            self.actions.append(dpif.DpOutput(a.port))
         elif isinstance(a, of.InPort):
             self.commit()
-            self.actions.append(dpif.Output(in_port))
+            self.actions.append(dpif.DpOutput(in_port))
         elif isinstance(a, of.Flood):
             self.commit()
-            self.actions.append(dpif.Flood())
+            self.actions.append(dpif.DpFlood())
         elif isinstance(a, of.Normal):
             return self.normal()
         elif isinstance(a, of.DecTtl):
             if fl["dl_type"] not in (ETH_P_IP, ETH_P_IPV6):
                 return "skipped: not IP"
             self.commit()
-            self.actions.append(dpif.DecTtl())
+            self.actions.append(dpif.DpDecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
             self.ttl_changed = self.changed = True
             return "the datapath drops the packet if its TTL is 1 or 0"
@@ -242,7 +242,7 @@ class _Ctx:
         self.commit()
         miss = rule is None or (rule.priority == 0 and not rule.match.fields)
         cookie = rule.cookie if rule is not None else 0xFFFFFFFFFFFFFFFF
-        self.actions.append(dpif.Controller(0 if miss else 1, a.max_len, tid, cookie))
+        self.actions.append(dpif.DpController(0 if miss else 1, a.max_len, tid, cookie))
         return "sent to the controller (a PACKET_IN; the megaflow takes the slow path)"
 
     def normal(self) -> str:
@@ -266,13 +266,13 @@ class _Ctx:
         port = None if is_multicast(dst) or self.mac is None else self.mac.lookup(vlan, dst)
         if port is None or (self.ports is not None and port not in self.ports):
             self.commit()
-            self.actions.append(dpif.Flood())
+            self.actions.append(dpif.DpFlood())
             return note + ("flood: broadcast or multicast destination" if is_multicast(dst)
                            else "flood: unknown destination")
         if port == in_port:
             return note + "dropped: the destination was learned on the input port"
         self.commit()
-        self.actions.append(dpif.Output(port))
+        self.actions.append(dpif.DpOutput(port))
         return note + f"forwarded to port {port}, where the destination was learned"
 
     def set_field(self, a: of.SetField) -> str:
@@ -310,27 +310,27 @@ class _Ctx:
         commit_odp_actions). A written field is rewritten even when the value happens to be the packet's
         own, so the actions never depend on the packet's value of a field they set."""
         fl, out, dirty = self.flow, self.actions, self.dirty
-        for f, act in (("dl_src", dpif.SetEthSrc), ("dl_dst", dpif.SetEthDst)):
+        for f, act in (("dl_src", dpif.DpSetEthSrc), ("dl_dst", dpif.DpSetEthDst)):
             if f in dirty:
                 out.append(act(mac_str(fl[f].to_bytes(6, "big"))))
         if "vlan_tci" in dirty:
             tci, was_tagged = fl["vlan_tci"], self.dp_tagged
             if not tci & VLAN_CFI:
                 if was_tagged:
-                    out.append(dpif.PopVlan())
+                    out.append(dpif.DpPopVlan())
             else:
                 self.consult("vlan_tci", 0xE000)  # SetVlan/PushVlan write the PCP too
-                out.append(dpif.SetVlan(tci & 0x0FFF, tci >> 13) if was_tagged
-                           else dpif.PushVlan(tci & 0x0FFF, tci >> 13, self.vlan_tpid))
-        for f, act4 in (("nw_src", dpif.SetIpv4Src), ("nw_dst", dpif.SetIpv4Dst)):
+                out.append(dpif.DpSetVlan(tci & 0x0FFF, tci >> 13) if was_tagged
+                           else dpif.DpPushVlan(tci & 0x0FFF, tci >> 13, self.vlan_tpid))
+        for f, act4 in (("nw_src", dpif.DpSetIpv4Src), ("nw_dst", dpif.DpSetIpv4Dst)):
             if f in dirty:
                 out.append(act4(str(ipaddress.IPv4Address(fl[f]))))
-        for f, act6 in (("ipv6_src", dpif.SetIpv6Src), ("ipv6_dst", dpif.SetIpv6Dst)):
+        for f, act6 in (("ipv6_src", dpif.DpSetIpv6Src), ("ipv6_dst", dpif.DpSetIpv6Dst)):
             if f in dirty:
                 out.append(act6(str(ipaddress.IPv6Address(fl[f]))))
         if "nw_tos" in dirty:
-            out.append(dpif.SetDscp(fl["nw_tos"] >> 2))
-        for f, actp in (("tp_src", dpif.SetTpSrc), ("tp_dst", dpif.SetTpDst)):
+            out.append(dpif.DpSetDscp(fl["nw_tos"] >> 2))
+        for f, actp in (("tp_src", dpif.DpSetTpSrc), ("tp_dst", dpif.DpSetTpDst)):
             if f in dirty:
                 out.append(actp(fl[f]))
         self.dp_tagged = bool(fl["vlan_tci"] & VLAN_CFI)
@@ -338,21 +338,21 @@ class _Ctx:
 
     def finish(self) -> Translation:
         acts = self.actions
-        emitting = (dpif.Output, dpif.Flood, dpif.Controller)
+        emitting = (dpif.DpOutput, dpif.DpFlood, dpif.DpController)
         outputs = [a for a in acts if isinstance(a, emitting)]
         if self.error:
-            acts = [dpif.Drop(dpif.DropReason.UNSUPPORTED)]
+            acts = [dpif.DpDrop(dpif.DropReason.UNSUPPORTED)]
         elif not outputs:
-            acts = [dpif.Drop(0)]
+            acts = [dpif.DpDrop(0)]
         else:
-            if any(isinstance(a, dpif.Flood) for a in outputs):
+            if any(isinstance(a, dpif.DpFlood) for a in outputs):
                 # flood reaches every port but the ingress: explicit outputs to other ports add nothing
                 # when no change was made between them
-                first = acts.index(next(a for a in acts if isinstance(a, dpif.Output | dpif.Flood)))
+                first = acts.index(next(a for a in acts if isinstance(a, dpif.DpOutput | dpif.DpFlood)))
                 tail = acts[first:]
-                if all(isinstance(a, dpif.Flood) or (isinstance(a, dpif.Output) and a.port != self.orig["in_port"])
+                if all(isinstance(a, dpif.DpFlood) or (isinstance(a, dpif.DpOutput) and a.port != self.orig["in_port"])
                        for a in tail):
-                    acts = acts[:first] + [dpif.Flood()]
+                    acts = acts[:first] + [dpif.DpFlood()]
             # anything after the last output changes nothing that leaves
             last = max(i for i, a in enumerate(acts) if isinstance(a, emitting))
             acts = acts[: last + 1]

@@ -6,8 +6,8 @@ unless an IP is given), which ovs-ofctl uses. Every connection starts with HELLO
 only; a peer that cannot speak it gets HELLO_FAILED/INCOMPATIBLE and is closed. A connection silent for
 ``probe_interval`` gets an ECHO_REQUEST; silent for twice that, it is closed (and an active one retried).
 
-One thread runs every socket (a selector). Messages are decoded by ``ctl/ofcodec.py`` and handled by
-``ctl/ofproto.py`` in the order they arrive, so a BARRIER_REPLY means everything before it is done.
+One thread runs every socket (a selector). Messages are decoded by ``ctl/openflow/codec/`` and handled by
+``ctl/openflow/ofproto.py`` in the order they arrive, so a BARRIER_REPLY means everything before it is done.
 Anything refused is answered with OFPT_ERROR and the connection goes on; only a stream that cannot be
 cut into messages any more (a length below 8) is closed.
 
@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ctl import dpif
-from ctl import ofcodec as oc
-from ctl.ofcodec import ET, OfError
-from ctl.ofproto import ConnState, OfProto, SwitchOps
+from ctl.datapath import dpif
+from ctl.openflow import codec as oc
+from ctl.openflow.codec import ET, OfError
+from ctl.openflow.ofproto import ConnState, OfProto, SwitchOps
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ class ConnManager:
                 c.send(msg, droppable=kind == "packet_in")
         self._wake()
 
-    def packet_in(self, ctrl: dpif.Controller, in_port: int, frame: bytes) -> None:
+    def packet_in(self, ctrl: dpif.DpController, in_port: int, frame: bytes) -> None:
         """A PACKET_IN for every connection whose async config wants this reason (called by handlers)."""
         sent = False
         for c in self.connected():

@@ -1,7 +1,7 @@
 """The XDP datapath: compile and load the fast path with bcc, attach it to ports, and manage its caches.
 
 This is the only module that imports bcc. Everything above it (the upcall handlers, the CLI, the
-exporter) talks to a ``Datapath`` through the methods below and the types of ``ctl.dpif``.
+exporter) talks to a ``Datapath`` through the methods below and the types of ``ctl.datapath.dpif``.
 
 Maps are pinned under ``/sys/fs/bpf/xdpswitch/<name>/<layout>`` (``layout`` hashes the C source and the
 sizes), so a later process that opens the same datapath name gets the same maps and rebuilds its state
@@ -38,13 +38,13 @@ from pathlib import Path
 from bcc import BPF  # the only bcc import in the project
 from bcc.libbcc import lib as libbcc
 
-from ctl import dpif
-from ctl.dpif import Action, DpStats, MapFull, Megaflow, PortStats
-from ctl.flowkey import FlowKey
+from ctl.datapath import dpif
+from ctl.datapath.dpif import Action, DpStats, MapFull, Megaflow, PortStats
+from ctl.datapath.flowkey import FlowKey
 
 log = logging.getLogger(__name__)
 
-XDP_DIR = Path(__file__).resolve().parent.parent / "xdp"
+XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
 PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
 RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config a datapath was created with, for reopening
 PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")

@@ -4,7 +4,7 @@ Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, `
 ``controller[:MAX_LEN]``, ``normal``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
 ``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
 ``mod_tp_src``/``mod_tp_dst``, ``set_field:V->F``, ``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``,
-``goto_table:T`` (last). What they do to a packet is ``ctl/xlate.py``'s business.
+``goto_table:T`` (last). What they do to a packet is ``ctl/pipeline/xlate.py``'s business.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ctl.ofmatch import FIELD_BITS, OFPP_MAX, FlowSyntaxError, parse_int, parse_mac, parse_prefix
+from ctl.pipeline.ofmatch import FIELD_BITS, OFPP_MAX, FlowSyntaxError, parse_int, parse_mac, parse_prefix
 
 N_TABLES = 255
 
@@ -51,7 +51,7 @@ class Controller:
 
 @dataclass(frozen=True)
 class Normal:
-    """The L2 learning switch (ctl/mac_learning.py): learn the source, forward or flood by destination."""
+    """The L2 learning switch (ctl/pipeline/mac_learning.py): learn the source, forward or flood by destination."""
 
     def __str__(self) -> str:
         return "NORMAL"

@@ -4,11 +4,11 @@ SIGTERM or SIGINT, detaching every port and saying so).
 It loads the fast path, attaches the ports (OpenFlow port numbers 1..N in the order given, or ``IF=N``),
 binds one AF_XDP socket per port and receive queue for upcalls, loads the OpenFlow tables from its state
 file (or from ``--flows``), and runs:
- - handler threads (``ctl/upcall.py``) reading the upcall sockets; a handler that dies is restarted, and
+ - handler threads (``ctl/udpif/upcall.py``) reading the upcall sockets; a handler that dies is restarted, and
    the fast path keeps forwarding what it has cached meanwhile;
  - a control socket (``/run/xdpswitch/NAME.ctl``, root only) for ``xdpswitch ofctl``, ``trace`` and
    ``upcall show``: one JSON request per connection;
- - the revalidator (``ctl/revalidator.py``): counters credited to rules, idle megaflows expired, megaflows
+ - the revalidator (``ctl/udpif/revalidator.py``): counters credited to rules, idle megaflows expired, megaflows
    revalidated after table changes, rule timeouts, the flow-limit;
  - once a second: the subtables re-ranked by hits (as dpcls does), dead threads restarted;
  - Prometheus ``/metrics`` on ``metrics_address`` (``exporters/collector.py``).
@@ -33,19 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctl import ofactions as of
-from ctl import ofcodec as oc
-from ctl.connmgr import ChannelConfig, ConnManager
-from ctl.datapath import RUN_DIR, Datapath, DatapathConfig, DatapathError
-from ctl.flowkey import mac_str
-from ctl.mac_learning import DEFAULT_MAX_AGE, MacLearning
-from ctl.ofmatch import FlowSyntaxError, flow_from_text
-from ctl.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
-from ctl.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file
-from ctl.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
-from ctl.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
-from ctl.xlate import translate
-from ctl.xsk import XskSocket
+from ctl.datapath.dpif_xdp import RUN_DIR, Datapath, DatapathConfig, DatapathError
+from ctl.datapath.flowkey import mac_str
+from ctl.datapath.xsk import XskSocket
+from ctl.openflow import codec as oc
+from ctl.openflow.connmgr import ChannelConfig, ConnManager
+from ctl.openflow.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
+from ctl.pipeline import ofactions as of
+from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
+from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file
+from ctl.pipeline.xlate import translate
+from ctl.udpif.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
+from ctl.udpif.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
 from exporters.collector import PortSample, Snapshot, parse_address, serve
 
 log = logging.getLogger("xdpswitch")
@@ -311,7 +311,7 @@ class Switch:
             for r, why in rules:
                 self.connmgr.ofproto.flow_removed(r, RR_IDLE_TIMEOUT if why == "idle_timeout" else RR_HARD_TIMEOUT)
 
-    # --- what the OpenFlow channel needs (ctl.ofproto.SwitchOps) ---------------------------------------
+    # --- what the OpenFlow channel needs (ctl.openflow.ofproto.SwitchOps) ---------------------------------------
 
     def change_tables(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
         """A flow-mod from the OpenFlow channel. As in OVS it does not wait for the revalidator: the pass
@@ -447,7 +447,7 @@ class Switch:
         assert self.udpif is not None
         self.udpif.push_stats()
         spec = parse_flow(filter, actions=False)
-        now = time.monotonic()
+        now = self.tables.clock()
         with self.udpif.lock:
             rules = self.tables.select(spec, strict)
             return [{**r.to_json(now), "line": r.format(now)} for r in rules]
