@@ -133,7 +133,7 @@ def main() -> int:
                 f = frame(mac(i, 0x0200BB))
                 base_first.append(w.time_to_sink(f))
                 base_next.append(w.time_to_sink(f))
-            ch = sw._cmd_channel_show()
+            ch = sw.unixctl.run({"cmd": "channel-show"})["result"]
         finally:
             sw.shutdown()
             os.killpg(ctl.pid, 9)

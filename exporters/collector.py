@@ -54,6 +54,10 @@ class Snapshot:
     handling_sum: float = 0.0
     revalidator_dump_seconds: float = 0.0     # how long the last dump-and-sweep pass took
     flow_limit: int = 0                       # the flow-limit in force (adapted by the revalidator)
+    loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> exceptions caught (the loop went on)
+
+
+LOOPS = ("control", "handler", "openflow", "revalidator", "tick")  # every loop that counts, shown at 0 too
 
 
 class SwitchCollector(Collector):
@@ -128,6 +132,12 @@ class SwitchCollector(Collector):
         for p in s.ports:
             pd.add_metric([str(p.port_no), p.name], p.stats.drops)
         yield pd
+        le = CounterMetricFamily("xdpswitch_loop_errors", "Exceptions caught in one iteration of a loop that serves "
+                                 "others (the loop went on; the first of each is logged with its traceback).",
+                                 labels=["loop"])
+        for loop in LOOPS:
+            le.add_metric([loop], s.loop_errors.get(loop, 0))
+        yield le
 
 
 def _le(bound: float) -> str:

@@ -19,33 +19,34 @@ with the same rules. Megaflows are not kept across a restart yet: the daemon sta
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import select
 import signal
-import socket
-import stat
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctl.common import unixctl
+from ctl.common.loops import LoopErrors
+from ctl.common.unixctl import Unixctl
+from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import RUN_DIR, Datapath, DatapathConfig, DatapathError
-from ctl.datapath.flowkey import mac_str
 from ctl.datapath.xsk import XskSocket
 from ctl.openflow import codec as oc
 from ctl.openflow.connmgr import ChannelConfig, ConnManager
+from ctl.openflow.connmgr import register_commands as register_channel_commands
 from ctl.openflow.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
-from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text
-from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file
-from ctl.pipeline.xlate import translate
+from ctl.pipeline.ofmatch import FlowSyntaxError
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file, write_state
+from ctl.udpif.handler import Handler
 from ctl.udpif.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
+from ctl.udpif.revalidator import register_commands as register_revalidator_commands
+from ctl.udpif.revalidator import show as revalidator_show
 from ctl.udpif.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
+from ctl.udpif.upcall import register_commands as register_upcall_commands
 from exporters.collector import PortSample, Snapshot, parse_address, serve
 
 log = logging.getLogger("xdpswitch")
@@ -103,27 +104,6 @@ def rx_queues(ifname: str) -> int:
         return 1
 
 
-class Handler(threading.Thread):
-    """Reads its upcall sockets in batches and hands them to the Udpif (OVS: a handler thread)."""
-
-    def __init__(self, hid: int, udpif: Udpif, sockets: list[XskSocket], stop: threading.Event,
-                 batch: int = 64) -> None:
-        super().__init__(name=f"handler{hid}", daemon=True)
-        self.hid, self.udpif, self.sockets, self.stop, self.batch = hid, udpif, sockets, stop, batch
-
-    def run(self) -> None:
-        poller = select.poll()
-        by_fd = {s.fileno(): s for s in self.sockets}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        while not self.stop.is_set():
-            ready = poller.poll(100)
-            for fd, _ev in ready:
-                ups = by_fd[fd].recv(timeout_ms=0, max_batch=self.batch)
-                if ups:
-                    self.udpif.handle(ups)
-
-
 @dataclass
 class Switch:
     name: str
@@ -154,24 +134,26 @@ class Switch:
         if self.metrics_address:
             parse_address(self.metrics_address)
         self.stop = threading.Event()
+        self.clock = dpif.Clock()
+        self.errors = LoopErrors()      # every serving loop's caught exceptions (xdpswitch_loop_errors_total)
+        self.unixctl = Unixctl(control_path(self.name), self.errors)
+        self._save_lock = threading.Lock()  # one writer of the state file at a time (tick, control, shutdown)
         self.dp: Datapath | None = None
         self.sockets: dict[tuple[int, int], XskSocket] = {}
         self.handlers: list[Handler] = []
         self.handler_restarts = 0
-        self.tables = OpenFlowTables()
+        self.tables = OpenFlowTables(self.clock.monotonic)
         self.udpif: Udpif | None = None
         self.revalidator: Revalidator | None = None
-        self._ctl: socket.socket | None = None
-        self._ctl_thread: threading.Thread | None = None
         self._metrics: Any = None
-        self.started = time.monotonic()
+        self.started = self.clock.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         fresh = not self.state_file.exists()
         if not fresh:
-            self.tables = OpenFlowTables.load(self.state_file)
+            self.tables = OpenFlowTables.load(self.state_file, self.clock.monotonic)
             self.say(f"loaded {len(self.tables)} flows from {self.state_file}")
         if self.flows_file is not None:
             specs = parse_flows_file(self.flows_file.read_text())
@@ -201,15 +183,16 @@ class Switch:
         except Exception:
             self.shutdown()
             raise
-        self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac)
-        self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports))
+        self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac,
+                           clock=self.clock)
+        self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
-        self.udpif.revalidator = self.revalidator
         self.udpif.on_expired = self._expired
         self.revalidator.start()
         controllers, listeners = self._targets
         self.connmgr = ConnManager(self, controllers, listeners, self.channel.fail_mode, self.channel.probe_interval,
-                                   on_fail_open=self.udpif.set_fail_open)
+                                   on_fail_open=self.udpif.set_fail_open, errors=self.errors,
+                                   clock=self.clock.monotonic)
         self.udpif.packet_in = self.connmgr.packet_in
         try:
             self.connmgr.start()
@@ -218,7 +201,8 @@ class Switch:
             raise
         for h in range(self.n_handlers):
             self._start_handler(h)
-        self._serve_control()
+        self._register_commands()
+        self.unixctl.serve()
         for host, lport in self.connmgr.listen_addresses():
             self.say(f"OpenFlow 1.3: listening on ptcp:{lport}:{host} "
                      f"(ovs-ofctl -O OpenFlow13 show tcp:{host}:{lport})")
@@ -235,7 +219,7 @@ class Switch:
     def _start_handler(self, hid: int) -> None:
         assert self.udpif is not None
         mine = [s for i, s in enumerate(self.sockets.values()) if i % self.n_handlers == hid]
-        h = Handler(hid, self.udpif, mine, self.stop)
+        h = Handler(hid, self.udpif, mine, self.stop, self.errors)
         if hid < len(self.handlers):
             self.handlers[hid] = h
         else:
@@ -251,13 +235,22 @@ class Switch:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         while not self.stop.wait(1.0):
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # the daemon outlives one bad tick (its maps and threads keep running)
+                self.errors.record("tick")
 
     def tick(self) -> None:
+        """Once a second: write the state file if OpenFlow changed the tables, re-rank the subtables, restart
+        a thread that died."""
         assert self.dp is not None and self.udpif is not None
         if self._dirty:
             self._dirty = False
-            self.save()
+            try:
+                self.save()
+            except Exception:
+                self._dirty = True  # try again next tick
+                raise
         with self.udpif.lock:
             self.dp.rank_masks()
         if self.revalidator is not None and not self.revalidator.is_alive() and not self.stop.is_set():
@@ -283,9 +276,7 @@ class Switch:
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
-        if self._ctl is not None:
-            self._ctl.close()
-            control_path(self.name).unlink(missing_ok=True)
+        self.unixctl.close()
         if self.dp is not None:
             names = [p.name for p in self.dp.ports.values()]
             for (port, q), xs in self.sockets.items():
@@ -303,10 +294,15 @@ class Switch:
         return _snapshot_of(self)
 
     def save(self) -> None:
-        self.tables.save(self.state_file)
+        """Write the state file: the tables copied under the Udpif's lock (their owner), written outside it."""
+        lock = self.udpif.lock if self.udpif is not None else threading.RLock()
+        with self._save_lock:
+            with lock:
+                data = self.tables.to_json()
+            write_state(self.state_file, data)
 
     def _expired(self, rules: list[tuple[Rule, str]]) -> None:
-        self.save()
+        self._dirty = True  # saved by the next tick
         if self.connmgr is not None:
             for r, why in rules:
                 self.connmgr.ofproto.flow_removed(r, RR_IDLE_TIMEOUT if why == "idle_timeout" else RR_HARD_TIMEOUT)
@@ -318,10 +314,11 @@ class Switch:
         it wakes brings the megaflows up to date (slow-path ones on their next packet), and the state file
         is written by the next tick, so a controller's flow-mods cost neither a pass nor an fsync each."""
         assert self.udpif is not None
-        version = self.tables.version
-        result = self.udpif.change_tables(fn)
-        if self.tables.version != version:
-            self._dirty = True
+        with self.udpif.lock:
+            version = self.tables.version
+            result = self.udpif.change_tables(fn)
+            if self.tables.version != version:
+                self._dirty = True
         return result
 
     def read_tables(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
@@ -339,11 +336,12 @@ class Switch:
     def port_counters(self) -> list[oc.PortCounters]:
         assert self.dp is not None and self.udpif is not None
         out = []
-        for p in self.dp.ports.values():
+        port_tx = self.udpif.port_tx()
+        for p in list(self.dp.ports.values()):
             st = self.dp.port_stats(p.port_no)
-            utx = self.udpif.port_tx.get(p.port_no, (0, 0))
+            utx = port_tx.get(p.port_no, (0, 0))
             out.append(oc.PortCounters(p.port_no, st.rx_packets, st.tx_packets + utx[0], st.rx_bytes,
-                                       st.tx_bytes + utx[1], st.drops, 0, time.monotonic() - self.started))
+                                       st.tx_bytes + utx[1], st.drops, 0, self.clock.monotonic() - self.started))
         return out
 
     def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None:
@@ -364,144 +362,27 @@ class Switch:
             total += st["rx_dropped"] + st["rx_ring_full"]
         return total
 
-    # --- the control socket -----------------------------------------------------------------------
+    # --- control commands the switch itself owns ---------------------------------------------------------
 
-    def _serve_control(self) -> None:
-        path = control_path(self.name)
-        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            s.bind(str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-        s.listen(8)
-        s.settimeout(0.5)
-        self._ctl = s
-        self._ctl_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
-        self._ctl_thread.start()
+    def _register_commands(self) -> None:
+        assert self.udpif is not None and self.revalidator is not None and self.connmgr is not None
+        ctl = self.unixctl
+        register_upcall_commands(ctl, self.udpif, self.name, self.port_numbers, self.save, self._upcall_show)
+        register_revalidator_commands(ctl, self.revalidator)
+        register_channel_commands(ctl, self.connmgr, self._channel_show)
 
-    def _control_loop(self) -> None:
-        assert self._ctl is not None
-        while not self.stop.is_set():
-            try:
-                conn, _ = self._ctl.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                try:
-                    conn.settimeout(5)
-                    raw = _recv_all(conn)
-                    reply = self.control(json.loads(raw))
-                except Exception as e:  # a bad request must not take the daemon down
-                    reply = {"ok": False, "error": f"bad request: {e}"}
-                try:
-                    conn.sendall(json.dumps(reply).encode())
-                except OSError:
-                    pass
+    def _upcall_show(self) -> dict[str, object]:
+        assert self.dp is not None and self.revalidator is not None
+        return {"handlers": len(self.handlers), "handler_restarts": self.handler_restarts,
+                "socket_drops": self.socket_drops(), "fast_path_lost": self.dp.stats().lost,
+                "uptime_s": round(self.clock.monotonic() - self.started, 1), "loop_errors": self.errors.counts(),
+                **revalidator_show(self.revalidator)}
 
-    def control(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Run one control request; errors come back as {"ok": false, "error": ...}."""
-        cmd = req.get("cmd")
-        args = req.get("args") or {}
-        fn = getattr(self, f"_cmd_{str(cmd).replace('-', '_')}", None)
-        if fn is None:
-            return {"ok": False, "error": f"unknown command {cmd!r}"}
-        try:
-            return {"ok": True, "result": fn(**args)}
-        except FlowSyntaxError as e:
-            return {"ok": False, "error": e.msg, "text": e.text, "pos": e.pos, "length": e.length}
-        except (ValueError, ControlError, DatapathError, TypeError) as e:
-            return {"ok": False, "error": str(e)}
-
-    def _change(self, fn: Callable[[OpenFlowTables], Any]) -> Any:
-        assert self.udpif is not None
-        result = self.udpif.tables_changed(fn)
-        self.save()
-        return result
-
-    def _cmd_add_flows(self, flows: list[str]) -> dict[str, int]:
-        specs = []
-        for n, text in enumerate(flows, 1):
-            try:
-                specs.append(parse_flow(text))
-            except FlowSyntaxError as e:
-                if len(flows) > 1:
-                    raise FlowSyntaxError(f"flow {n}: {e.msg}", e.text, e.pos, e.length) from None
-                raise
-        self._change(lambda t: t.add_many(specs))
-        return {"added": len(specs), "flows": len(self.tables)}
-
-    def _cmd_del_flows(self, filter: str = "", strict: bool = False) -> dict[str, int]:
-        spec = parse_flow(filter, actions=False)
-        gone = self._change(lambda t: t.delete(spec, strict))
-        return {"deleted": len(gone), "flows": len(self.tables)}
-
-    def _cmd_mod_table(self, table: int, miss: str) -> dict[str, object]:
-        self._change(lambda t: t.set_miss(int(table), miss))
-        return {"table": table, "miss": miss}
-
-    def _cmd_dump_flows(self, filter: str = "", strict: bool = False) -> list[dict[str, object]]:
-        assert self.udpif is not None
-        self.udpif.push_stats()
-        spec = parse_flow(filter, actions=False)
-        now = self.tables.clock()
-        with self.udpif.lock:
-            rules = self.tables.select(spec, strict)
-            return [{**r.to_json(now), "line": r.format(now)} for r in rules]
-
-    def _cmd_trace(self, flow: str) -> dict[str, object]:
-        assert self.udpif is not None and self.dp is not None
-        f = flow_from_text(flow)
-        with self.udpif.lock:
-            tr = translate(self.tables, f, set(self.dp.ports))
-        return {"text": tr.format_trace(self.name), "megaflow": tr.megaflow().format(),
-                "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
-                "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
-
-    def _cmd_set(self, flow_limit: int | None = None, max_idle: int | None = None,
-                 max_revalidator: int | None = None) -> dict[str, object]:
-        assert self.revalidator is not None
-        self.revalidator.configure(flow_limit, max_idle, max_revalidator)
-        return {"flow_limit": self.revalidator.configured_limit, "max_idle": self.revalidator.max_idle_ms,
-                "max_revalidator": self.revalidator.max_revalidator_ms}
-
-    def _cmd_revalidator_purge(self) -> dict[str, int]:
+    def _channel_show(self) -> dict[str, object]:
         assert self.udpif is not None
         with self.udpif.lock:
-            keys = list(self.udpif.ukeys)
-            for k in keys:
-                self.udpif.delete_ukey(k, "purge")
-        return {"deleted": len(keys)}
-
-    def _cmd_fdb_show(self) -> list[dict[str, object]]:
-        return [{"port": p, "vlan": v, "mac": mac_str(m.to_bytes(6, "big")), "age": int(age)}
-                for p, v, m, age in self.mac.dump()]
-
-    def _cmd_channel_show(self) -> dict[str, object]:
-        cm = self.connmgr
-        assert cm is not None
-        return {"datapath_id": f"{self.datapath_id:016x}", "fail_mode": cm.fail_mode, "fail_open": cm.fail_open,
-                "controllers": [str(t) for t in cm.controllers],
-                "listening": [f"ptcp:{p}:{h}" for h, p in cm.listen_addresses()],
-                "connections": cm.show(), "flow_mods": cm.ofproto.stats.flow_mods,
-                "packet_outs": cm.ofproto.stats.packet_outs, "mac_entries": len(self.mac),
-                "mac": vars(self.mac.stats)}
-
-    def _cmd_upcall_show(self) -> dict[str, object]:
-        assert self.udpif is not None and self.dp is not None and self.revalidator is not None
-        rv = self.revalidator
-        return {"name": self.name, "flows": self.dp.n_flows, "flow_limit": self.udpif.flow_limit,
-                "ukeys": len(self.udpif.ukeys), "handlers": len(self.handlers),
-                "handler_restarts": self.handler_restarts, "socket_drops": self.socket_drops(),
-                "fast_path_lost": self.dp.stats().lost, "uptime_s": round(time.monotonic() - self.started, 1),
-                **self.udpif.stats.to_json(),
-                "flow_limit_configured": rv.configured_limit, "max_idle": rv.max_idle_ms,
-                "max_revalidator": rv.max_revalidator_ms, "avg_flows": round(rv.stats.avg_flows),
-                "max_flows": rv.stats.max_flows, "dump_duration_ms": round(rv.stats.last_dump_ms, 1),
-                "dumps": rv.stats.dumps, "rules_expired": dict(rv.stats.rules_expired)}
+            entries, mac_stats = len(self.mac), dict(vars(self.mac.stats))
+        return {"datapath_id": f"{self.datapath_id:016x}", "mac_entries": entries, "mac": mac_stats}
 
 
 def _default_dpid(name: str) -> int:
@@ -538,55 +419,33 @@ def _snapshot_of(sw: Switch) -> Any:
     if dp is None or up is None:
         raise RuntimeError("the datapath is not running")
     st, dps = up.stats, dp.stats()
+    with up.lock:  # the tables and ukeys are the Udpif's
+        rules, ukeys = len(sw.tables), len(up.ukeys)
     cum, buckets = 0, []
     for bound, n in zip(HANDLING_BOUNDS, st.handling_counts, strict=True):
         cum += n
         buckets.append((bound, cum))
     return Snapshot(
         datapath=sw.name, dp=dps,
-        ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no)) for p in dp.ports.values()],
-        maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=len(sw.tables), ukeys=len(up.ukeys),
+        ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no)) for p in list(dp.ports.values())],
+        maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=rules, ukeys=ukeys,
         upcalls={"ok": st.ok, "failed": st.failed, "lost": sw.socket_drops() + dps.lost},
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
         handling_buckets=buckets, handling_sum=st.handling_sum,
         revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,
-        flow_limit=up.flow_limit)
+        flow_limit=up.flow_limit, loop_errors=sw.errors.counts())
 
 
-def _recv_all(conn: socket.socket) -> bytes:
-    chunks = []
-    total = 0
-    while True:
-        b = conn.recv(65536)
-        if not b:
-            break
-        chunks.append(b)
-        total += len(b)
-        if total > MAX_REQUEST:
-            raise ValueError("request too large")
-    return b"".join(chunks)
-
-
-def request(name: str, cmd: str, *, timeout: float = 30.0, **args: Any) -> Any:
+def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:
     """Send one request to a running daemon; returns its result or raises ControlError (FlowSyntaxError
     for bad flow text, with its position)."""
-    path = control_path(name)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        s.connect(str(path))
-    except FileNotFoundError:
-        raise ControlError(f"no switch named {name!r} is running (no {path}); start one with xdpswitch start") from None
-    except PermissionError:
-        raise ControlError(f"{path} is for root only") from None
-    except OSError as e:
-        raise ControlError(f"cannot reach {path}: {e.strerror}") from None
-    with s:
-        s.sendall(json.dumps({"cmd": cmd, "args": args}).encode())
-        s.shutdown(socket.SHUT_WR)
-        reply = json.loads(_recv_all(s) or b"{}")
-    if not reply.get("ok"):
+        return unixctl.request(control_path(name), cmd, timeout=timeout, **args)
+    except unixctl.CommandError as e:
+        reply = e.reply
         if "pos" in reply:
-            raise FlowSyntaxError(reply["error"], reply.get("text", ""), reply["pos"], reply.get("length", 1))
-        raise ControlError(reply.get("error", "no reply"))
-    return reply.get("result")
+            raise FlowSyntaxError(reply["error"], reply.get("text", ""), reply["pos"], reply.get("length", 1)) from None
+        if str(e).startswith("nothing is listening on"):
+            raise ControlError(f"no switch named {name!r} is running (no {control_path(name)}); start one with "
+                               "xdpswitch start") from None
+        raise ControlError(str(e)) from None

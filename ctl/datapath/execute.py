@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import DropReason
-from ctl.datapath.flowkey import mac_bytes, parse_layout
+from ctl.datapath.flowkey import FlowKey, mac_bytes, parse_layout
 
 FLOOD = -1  # the port of a flooded emission
 
@@ -28,18 +28,19 @@ class Result:
 
 
 class _Pkt:
-    def __init__(self, frame: bytes) -> None:
+    def __init__(self, frame: bytes, layout: tuple[FlowKey, int, int] | None = None) -> None:
         self.b = bytearray(frame)
         self.tagged = False
         self.dl_type = 0
         self.l3 = 0
         self.l4 = 0
         self.proto = 0
-        self.layout()
+        self.layout(layout)
 
-    def layout(self) -> None:
-        """Offsets as the parser (ctl/datapath/flowkey.py, the mirror of xdp/parser.h) finds them."""
-        key, self.l3, self.l4 = parse_layout(bytes(self.b))
+    def layout(self, known: tuple[FlowKey, int, int] | None = None) -> None:
+        """Offsets as the parser (ctl/datapath/flowkey.py, the mirror of xdp/parser.h) finds them; known:
+        what parse_layout() already said of this very frame (the upcall path parses once)."""
+        key, self.l3, self.l4 = known if known is not None else parse_layout(bytes(self.b))
         self.tagged = bool(key.vlan_tci)
         self.dl_type = key.dl_type
         self.proto = key.nw_proto if self.l3 else 0
@@ -175,10 +176,11 @@ def _one(p: _Pkt, a: dpif.Action) -> int:
     return 0
 
 
-def execute(frame: bytes, actions: Sequence[dpif.Action]) -> Result:
+def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey, int, int] | None = None) -> Result:
     """Run actions on frame. Outputs emit the frame as it is at that point; a failing action or an
-    explicit drop ends the run (emissions before it stand). No outputs at all is a drop (reason ACTION)."""
-    p = _Pkt(frame)
+    explicit drop ends the run (emissions before it stand). No outputs at all is a drop (reason ACTION).
+    layout: ``parse_layout(frame)`` when the caller has it already."""
+    p = _Pkt(frame, layout)
     res = Result()
     for a in actions:
         if isinstance(a, dpif.DpOutput):

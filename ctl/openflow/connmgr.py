@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ctl.common.loops import LoopErrors
+from ctl.common.unixctl import Unixctl
 from ctl.datapath import dpif
 from ctl.openflow import codec as oc
 from ctl.openflow.codec import ET, OfError
@@ -161,8 +163,10 @@ class ConnManager:
     def __init__(self, switch: SwitchOps, controllers: list[Target], listeners: list[Target],
                  fail_mode: str = "standalone", probe_interval: float = DEFAULT_PROBE_INTERVAL,
                  max_backoff: float = MAX_BACKOFF,
-                 on_fail_open: Callable[[bool], None] | None = None) -> None:
+                 on_fail_open: Callable[[bool], None] | None = None, errors: LoopErrors | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         check_channel(fail_mode, probe_interval)
+        self.errors = errors or LoopErrors()
         self.sw = switch
         self.controllers = controllers
         self.listener_targets = listeners
@@ -170,7 +174,7 @@ class ConnManager:
         self.probe_interval = probe_interval
         self.max_backoff = max_backoff
         self.on_fail_open = on_fail_open
-        self.ofproto = OfProto(switch, self.send_async)
+        self.ofproto = OfProto(switch, self.send_async, clock)
         self.sel = selectors.DefaultSelector()
         self.conns: list[Connection] = []
         self.listeners: list[socket.socket] = []
@@ -263,7 +267,7 @@ class ConnManager:
                             self._readable(obj)
                 self._timers()
             except Exception:  # one bad event must not end the channel
-                log.exception("OpenFlow connection manager")
+                self.errors.record("openflow")
                 time.sleep(0.1)
 
     def _register_writes(self) -> None:
@@ -371,7 +375,7 @@ class ConnManager:
             log.info("OpenFlow: %s: refused: %s", c.peer, e.msg)
             self._error(c, xid, e, raw)
         except Exception:
-            log.exception("OpenFlow: %s: handling a message failed", c.peer)
+            self.errors.record("openflow")
             self._error(c, xid, OfError(ET.BAD_REQUEST, oc.BRC_EPERM, "internal error"), raw)
 
     def _hello(self, c: Connection, msg: oc.Hello, raw: bytes) -> None:
@@ -499,3 +503,17 @@ class ChannelConfig:
         if self.datapath_id is not None and not 0 < self.datapath_id < 1 << 64:
             raise ValueError(f"datapath id {self.datapath_id:#x} is out of range 1..2^64-1")
         return ([parse_target(t, False) for t in self.controllers], [parse_target(t, True) for t in self.listen])
+
+
+def register_commands(ctl: Unixctl, cm: ConnManager, extra: Callable[[], dict[str, object]]) -> None:
+    """channel-show (``xdpswitch ofctl show``): the channel's settings and connections; extra adds what the
+    switch owns (datapath id, the MAC table's size)."""
+
+    def channel_show() -> dict[str, object]:
+        return {**extra(), "fail_mode": cm.fail_mode, "fail_open": cm.fail_open,
+                "controllers": [str(t) for t in cm.controllers],
+                "listening": [f"ptcp:{p}:{h}" for h, p in cm.listen_addresses()],
+                "connections": cm.show(), "flow_mods": cm.ofproto.stats.flow_mods,
+                "packet_outs": cm.ofproto.stats.packet_outs}
+
+    ctl.register("channel-show", channel_show)

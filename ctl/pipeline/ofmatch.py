@@ -56,6 +56,10 @@ class FlowSyntaxError(ValueError):
             return self.msg
         return f"{self.msg}\n  {self.text}\n  {' ' * self.pos}{'^' * self.length}"
 
+    def reply_fields(self) -> dict[str, object]:
+        """What a control-socket error reply carries, so the client can point at the token again."""
+        return {"error": self.msg, "text": self.text, "pos": self.pos, "length": self.length}
+
     def at(self, text: str, offset: int) -> FlowSyntaxError:
         """The same error placed in a larger text, the token starting offset characters further."""
         return FlowSyntaxError(self.msg, text, self.pos + offset, self.length)

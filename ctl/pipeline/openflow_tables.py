@@ -602,7 +602,9 @@ class OpenFlowTables:
                 "table_miss": {str(t.id): t.miss for t in self.tables if t.miss != "drop"}}
 
     def load_json(self, data: dict[str, object]) -> None:
-        """Replace everything with the contents of a state file; on any error nothing changes."""
+        """Replace everything with the contents of a state file; on any error (ValueError) nothing changes."""
+        if not isinstance(data, dict):
+            raise ValueError("not a state file: expected an object with 'flows' and 'table_miss'")
         flows = data.get("flows", [])
         misses = data.get("table_miss", {})
         if not isinstance(flows, list) or not isinstance(misses, dict):
@@ -610,32 +612,47 @@ class OpenFlowTables:
         specs = [parse_flow(str(t)) for t in flows]
         fresh = OpenFlowTables(self.clock)
         for tid, action in misses.items():
+            if not str(tid).isdigit() or not 0 <= int(tid) < N_TABLES:
+                raise ValueError(f"state file: table_miss: table {tid!r} is out of range 0..{N_TABLES - 1}")
             fresh.set_miss(int(tid), str(action))
         fresh.add_many(specs)
         self.tables = fresh.tables
         self.version += 1
 
     def save(self, path: Path) -> None:
-        """Write the state file atomically: a temporary file in the same directory, fsync, rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the state file (the caller holds whatever lock guards these tables)."""
+        write_state(path, self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> OpenFlowTables:
-        t = cls()
-        t.load_json(json.loads(path.read_text()))
+    def load(cls, path: Path, clock: Callable[[], float] = time.monotonic) -> OpenFlowTables:
+        """The tables of a state file; ValueError naming the file and what is wrong with it."""
+        t = cls(clock)
+        try:
+            t.load_json(json.loads(path.read_text()))
+        except FlowSyntaxError as e:
+            raise ValueError(f"{path}: {e.msg}: {e.text}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read it: {e.strerror}") from None
         return t
+
+
+def write_state(path: Path, data: dict[str, object]) -> None:
+    """Write a state file atomically: a temporary file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def parse_flows_file(text: str) -> list[FlowSpec]:

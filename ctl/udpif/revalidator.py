@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ctl.common.loops import LoopErrors
+from ctl.common.unixctl import Unixctl
 from ctl.datapath.dpif import ActionError, MapFull
 from ctl.pipeline.ofmatch import key_of
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IDLE_MS = 10000
 DEFAULT_MAX_REVALIDATOR_MS = 500
 MIN_FLOW_LIMIT = 1000
+MAX_BATCH = 50   # ukeys swept per hold of the Udpif's lock (OVS: REVALIDATE_MAX_BATCH)
+
+
+class RevalidatorStopped(RuntimeError):
+    """A caller waited for a pass, but the revalidator is not running."""
 
 
 @dataclass
@@ -61,15 +68,18 @@ class Revalidator:
 
     def __init__(self, udpif: Udpif, flow_limit: int, max_idle_ms: int = DEFAULT_MAX_IDLE_MS,
                  max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS, ports: Callable[[], set[int]] = set,
-                 clock: Callable[[], float] | None = None, now_ns: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, now_ns: Callable[[], int] | None = None,
+                 errors: LoopErrors | None = None) -> None:
         self.udpif = udpif
+        udpif.revalidator = self   # table changes now revalidate (without one, the Udpif flushes)
         self.configured_limit = flow_limit
         self.max_idle_ms = max_idle_ms
         self.max_revalidator_ms = max_revalidator_ms
         self.ports = ports
         self.clock = clock or udpif.clock.monotonic   # the Udpif's clocks unless told otherwise
         self.now_ns = now_ns or udpif.clock.now_ns
-        self.stats = RevalidatorStats()
+        self.stats = RevalidatorStats()   # written by the revalidator thread only
+        self.errors = errors or LoopErrors()
         self.wake = threading.Event()
         self.pass_done = threading.Condition()
         self.passes = 0
@@ -116,18 +126,28 @@ class Revalidator:
             try:
                 self.revalidate()
             except Exception:  # a failed pass (e.g. a map read) is retried next period; nothing was deleted on it
-                log.exception("revalidation pass failed")
+                self.errors.record("revalidator")
 
-    def request(self, timeout: float = 5.0) -> bool:
-        """Wake the revalidator and wait for a whole pass that started after this call."""
+    def request(self) -> None:
+        """Wake the revalidator and wait for a whole pass that started after this call, however long it
+        takes. Raises RevalidatorStopped if the thread is not running (or stops while waited for)."""
         with self.pass_done:
             target = self.passes + 2 if self._busy else self.passes + 1
             self.wake.set()
-            return self.pass_done.wait_for(lambda: self.passes >= target, timeout)
+            while self.passes < target:
+                if not self.is_alive() or self._stop.is_set():
+                    raise RevalidatorStopped("the revalidator is not running: the change is in the tables and "
+                                             "reaches the datapath when it runs again")
+                self.pass_done.wait(0.5)
 
     # --- one pass ------------------------------------------------------------------------------------------
 
     def revalidate(self) -> None:
+        """One pass: dump every ukey's counters, then sweep them in batches of MAX_BATCH, taking the
+        Udpif's lock for one batch at a time (OVS's REVALIDATE_MAX_BATCH), so handlers and flow-mods are
+        served between batches however many megaflows there are. A batch revalidates against the tables
+        as they are when it runs; a ukey translated at a version older than the one the pass started at is
+        translated again, so a change made before the pass started is in every megaflow when it ends."""
         u = self.udpif
         t0 = self.clock()
         with self.pass_done:
@@ -138,7 +158,6 @@ class Revalidator:
                 if u.mac.expire():
                     u.xlate_changed()
                 ukeys = list(u.ukeys)
-                version = u.tables.version
             n = len(ukeys)
             over = n > u.flow_limit
             max_idle_ns = (100 if over else self.max_idle_ms) * 1_000_000
@@ -147,22 +166,24 @@ class Revalidator:
                 ukeys = []
             now = self.now_ns()
             samples = u.dump_stats(ukeys)  # dump: read everything first (a failed read fails the pass)
-            with u.lock:
-                for k, st in samples:
-                    if k.dead:
-                        continue
-                    packets, nbytes, used = st
-                    if packets != k.packets:
-                        u.credit_to(k, packets, nbytes)
-                        if k.normal:
-                            self._refresh_mac(k)
-                    last = used if used > k.created_ns else k.created_ns
-                    if now - last > max_idle_ns:
-                        self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
-                                     else "idle")
-                        continue
-                    if k.version != version:
-                        self._revalidate_one(k, version)
+            for i in range(0, len(samples), MAX_BATCH):
+                with u.lock:
+                    version = u.tables.version
+                    for k, st in samples[i:i + MAX_BATCH]:
+                        if k.dead:
+                            continue
+                        packets, nbytes, used = st
+                        if packets != k.packets:
+                            u.credit_to(k, packets, nbytes)
+                            if k.normal:
+                                self._refresh_mac(k)
+                        last = used if used > k.created_ns else k.created_ns
+                        if now - last > max_idle_ns:
+                            self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
+                                         else "idle")
+                            continue
+                        if k.version != version:
+                            self._revalidate_one(k, version)
             dump_ms = (self.clock() - t0) * 1000
             self._adapt_limit(dump_ms, n)
             s = self.stats
@@ -236,9 +257,32 @@ class Revalidator:
                 def drop(t: OpenFlowTables) -> None:
                     for r, _why in expired:
                         t.remove_rule(r)
-                u.change_tables(drop)
+                u.change_tables(drop)  # not waited for: this thread runs the pass that brings it in
         for _r, why in expired:
             self.stats.rules_expired[why] += 1
         if expired and u.on_expired is not None:
             u.on_expired(expired)
 
+
+
+def register_commands(ctl: Unixctl, rv: Revalidator) -> None:
+    """upcall-set (ovs-vsctl's other_config flow-limit, max-idle, max-revalidator) and the revalidator's
+    part of upcall-show."""
+
+    def upcall_set(flow_limit: int | None = None, max_idle: int | None = None,
+                   max_revalidator: int | None = None) -> dict[str, object]:
+        for v in (flow_limit, max_idle, max_revalidator):
+            if v is not None and not isinstance(v, int):
+                raise ValueError(f"{v!r} is not a whole number")
+        rv.configure(flow_limit, max_idle, max_revalidator)
+        return {"flow_limit": rv.configured_limit, "max_idle": rv.max_idle_ms, "max_revalidator": rv.max_revalidator_ms}
+
+    ctl.register("set", upcall_set)
+
+
+def show(rv: Revalidator) -> dict[str, object]:
+    """The revalidator's lines of upcall-show."""
+    s = rv.stats
+    return {"flow_limit_configured": rv.configured_limit, "max_idle": rv.max_idle_ms,
+            "max_revalidator": rv.max_revalidator_ms, "avg_flows": round(s.avg_flows), "max_flows": s.max_flows,
+            "dump_duration_ms": round(s.last_dump_ms, 1), "dumps": s.dumps, "rules_expired": dict(s.rules_expired)}

@@ -12,9 +12,9 @@ cannot run are installed as ``userspace`` (slow path): each packet of that megaf
 handler runs its actions. Either way the packet itself is executed in user space (``ctl/datapath/execute.py``) and
 transmitted through the output port's AF_XDP socket.
 
-Every flow-table change goes through ``Udpif.tables_changed()``, which deletes every megaflow (their EMC
-entries die with them) under the same lock that translations hold, so no megaflow computed from old
-tables survives the change. (The revalidators will do this flow by flow.)
+Every flow-table change goes through ``Udpif.change_tables()``: the change is made under the lock that
+translations hold, and the revalidator brings each megaflow up to date (``ctl/udpif/revalidator.py``);
+a caller that asks to wait gets control back once a whole pass has run after its change.
 """
 
 from __future__ import annotations
@@ -24,20 +24,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from ctl.common.unixctl import Unixctl
 from ctl.datapath import dpif
 from ctl.datapath.dpif import Action, ActionError, GroupsFull, MapFull
 from ctl.datapath.execute import FLOOD, execute
-from ctl.datapath.flowkey import FlowKey, parse
+from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
 from ctl.pipeline.mac_learning import MacLearning
-from ctl.pipeline.ofactions import OfAction
-from ctl.pipeline.ofmatch import flow_of, key_of
-from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
+from ctl.pipeline.ofactions import N_TABLES, OfAction
+from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, key_of
+from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
 from ctl.pipeline.xlate import translate, translate_actions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_FLOW_LIMIT = 200000  # OVS's other_config:flow-limit default
 HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, float("inf"))
@@ -47,7 +49,7 @@ UPCALL_REASONS = {1: "miss", 2: "slow_path"}
 class RevalidatorLike(Protocol):
     wake: threading.Event
 
-    def request(self, timeout: float = 5.0) -> bool: ...
+    def request(self) -> None: ...
 
 
 class DatapathOps(Protocol):
@@ -125,7 +127,9 @@ class Ukeys:
 
 @dataclass
 class UpcallStats:
-    """Counters of the upcall path (``xdpswitch upcall show``)."""
+    """Counters of the upcall path (``xdpswitch upcall show``). One instance per writer (each handler, the
+    OpenFlow channel's packet-outs, and one written only under ``Udpif.lock``), summed when read, as OVS
+    sums its per-thread coverage counters: no two threads ever ``+=`` the same integer."""
 
     received: int = 0
     ok: int = 0                 # handled: the packet went through the pipeline and its actions ran
@@ -144,9 +148,12 @@ class UpcallStats:
     # upcall handling time: counts per bucket of HANDLING_BOUNDS (not cumulative), and the sum in seconds
     handling_counts: list[int] = field(default_factory=lambda: [0] * len(HANDLING_BOUNDS))
     handling_sum: float = 0.0
+    port_tx: dict[int, list[int]] = field(default_factory=dict)  # port -> [packets, bytes] sent from user space
 
     def to_json(self) -> dict[str, object]:
-        return dict(vars(self))
+        out = dict(vars(self))
+        del out["port_tx"]
+        return out
 
     def observe(self, seconds_each: float, n: int) -> None:
         for i, bound in enumerate(HANDLING_BOUNDS):
@@ -155,9 +162,49 @@ class UpcallStats:
                 break
         self.handling_sum += seconds_each * n
 
+    def add(self, other: UpcallStats) -> None:
+        """Add other's counts into these (other is a copy nobody writes, or this one is)."""
+        for name, v in vars(other).items():
+            mine = getattr(self, name)
+            if isinstance(v, dict):
+                for k, x in list(v.items()):
+                    if isinstance(x, list):
+                        cur = mine.setdefault(k, [0] * len(x))
+                        for i, y in enumerate(x):
+                            cur[i] += y
+                    else:
+                        mine[k] = mine.get(k, 0) + x
+            elif isinstance(v, list):
+                for i, x in enumerate(list(v)):
+                    mine[i] += x
+            else:
+                setattr(self, name, mine + v)
+
+
+@dataclass
+class Decision:
+    """What the pipeline decided for one upcall, with what was computed on the way (the frame is parsed once:
+    its key went to the ukey lookup and the pipeline, its offsets go on to the executor)."""
+
+    upcall: Upcall
+    actions: list[Action]
+    layout: tuple[FlowKey, int, int]    # (key, l3 offset, l4 offset) from flowkey.parse_layout
+
 
 class Udpif:
-    """The upcall layer of one switch: ukeys, translation, installs and the flush on table changes."""
+    """The upcall layer of one switch: ukeys, translation, installs, and table changes.
+
+    Threads and what they own (OVS's ofproto-dpif-upcall.c says the same of its threads):
+     - ``lock`` (re-entrant) guards the OpenFlow tables (``tables``: rules, their counters, the version),
+       the MAC table (``mac``), the ukeys, ``fail_open``, the fast path's flow writes (``dp.put_flow``,
+       ``dp.del_flow``), and ``_locked_stats``. Anyone who reads the tables or ukeys (state save, dumps,
+       ``upcall show``, metrics) copies what it needs under the lock and works outside it.
+     - handler threads (``ctl/udpif/handler.py``) each call ``handle()`` with their own ``UpcallStats``: they
+       decide under the lock and execute and transmit outside it.
+     - the revalidator thread (``ctl/udpif/revalidator.py``) takes the lock one batch of ukeys at a time.
+     - the OpenFlow channel's thread calls ``packet_out()`` and ``change_tables()``; its counters are
+       ``_channel_stats``.
+    """
 
     def __init__(self, dp: DatapathOps, tables: OpenFlowTables, transmit: Transmit,
                  ports: Callable[[], Iterable[int]], flow_limit: int = DEFAULT_FLOW_LIMIT,
@@ -171,19 +218,39 @@ class Udpif:
         self.mac = mac if mac is not None else MacLearning()
         self.fail_open = False          # fail-mode standalone with no controller: NORMAL for every packet
         self.ukeys = Ukeys()
-        self.stats = UpcallStats()
-        self.lock = threading.RLock()   # tables, ukeys and fast-path flow writes change under it
+        self.lock = threading.RLock()   # see the class docstring for what it guards
+        self._locked_stats = UpcallStats()    # written only under lock (deletions)
+        self._channel_stats = UpcallStats()   # written only by the thread that calls packet_out()
+        self._default_stats = UpcallStats()   # handle() without stats of its own (one caller at a time)
+        self._handler_stats: list[UpcallStats] = []   # one per handler, each written by its handler only
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
-        self.port_tx: dict[int, tuple[int, int]] = {}  # per port: (packets, bytes) sent from user space
+
+    # --- counters ----------------------------------------------------------------------------------------
+
+    def handler_stats(self) -> UpcallStats:
+        """A new set of counters for one handler thread (only that thread writes it)."""
+        st = UpcallStats()
+        with self.lock:
+            self._handler_stats = self._handler_stats + [st]
+        return st
+
+    @property
+    def stats(self) -> UpcallStats:
+        """Every writer's counters summed, now (a copy: reading it changes nothing)."""
+        total = UpcallStats()
+        for st in [self._locked_stats, self._channel_stats, self._default_stats, *self._handler_stats]:
+            total.add(st)
+        return total
 
     # --- upcalls -----------------------------------------------------------------------------------
 
-    def handle(self, upcalls: Sequence[Upcall]) -> None:
-        """Handle one batch: decide and install under the lock, then execute and transmit outside it."""
-        work: list[tuple[Upcall, list[Action]]] = []
-        st = self.stats
+    def handle(self, upcalls: Sequence[Upcall], stats: UpcallStats | None = None) -> None:
+        """Handle one batch: decide and install under the lock, then execute and transmit outside it.
+        stats: the calling handler's own counters (``handler_stats()``)."""
+        st = stats if stats is not None else self._default_stats
+        work: list[Decision] = []
         t0 = time.perf_counter()
         with self.lock:
             ports = set(self.ports())
@@ -192,23 +259,23 @@ class Udpif:
                 reason = UPCALL_REASONS.get(up.reason, f"reason_{up.reason}")
                 st.by_reason[reason] = st.by_reason.get(reason, 0) + 1
                 try:
-                    work.append((up, self._decide(up, ports)))
+                    work.append(self._decide(up, ports, st))
                 except Exception:
                     st.failed += 1
                     log.exception("upcall from port %d failed", up.in_port)
         out: dict[int, list[bytes]] = {}
-        for up, actions in work:
-            if self._execute(up.frame, up.in_port, actions, out):
+        for d in work:
+            if self._execute(d.upcall.frame, d.upcall.in_port, d.actions, out, st, d.layout):
                 st.ok += 1
-        self._send(out)
+        self._send(out, st)
         if upcalls:
             st.observe((time.perf_counter() - t0) / len(upcalls), len(upcalls))
 
-    def _execute(self, frame: bytes, in_port: int, actions: Sequence[Action], out: dict[int, list[bytes]]) -> bool:
+    def _execute(self, frame: bytes, in_port: int, actions: Sequence[Action], out: dict[int, list[bytes]],
+                 st: UpcallStats, layout: tuple[FlowKey, int, int] | None = None) -> bool:
         """Run actions on one packet: emissions are queued in out by port, packet-ins sent now."""
-        st = self.stats
         try:
-            res = execute(frame, actions)
+            res = execute(frame, actions, layout)
         except Exception:
             st.failed += 1
             log.exception("executing %s on a packet failed", dpif.format_actions(actions))
@@ -226,20 +293,25 @@ class Udpif:
                 out.setdefault(p, []).append(data)
         return True
 
-    def _send(self, out: dict[int, list[bytes]]) -> None:
-        st = self.stats
+    def _send(self, out: dict[int, list[bytes]], st: UpcallStats) -> None:
         for port, frames in out.items():
             sent = self.transmit(port, frames)
             st.tx_packets += sent
             st.tx_dropped += len(frames) - sent
-            p, b = self.port_tx.get(port, (0, 0))
-            self.port_tx[port] = (p + sent, b + sum(len(f) for f in frames[:sent]))
+            pt = st.port_tx.setdefault(port, [0, 0])
+            pt[0] += sent
+            pt[1] += sum(len(f) for f in frames[:sent])
+
+    def port_tx(self) -> dict[int, tuple[int, int]]:
+        """Per port: (packets, bytes) sent from user space, every writer summed."""
+        return {p: (v[0], v[1]) for p, v in self.stats.port_tx.items()}
 
     def packet_out(self, in_port: int, actions: list[OfAction], frame: bytes) -> list[Action]:
         """A controller's PACKET_OUT: its actions on frame, as if it had come in on in_port (OFPP_CONTROLLER
-        for none). Returns the datapath actions it came to."""
+        for none). Returns the datapath actions it came to. Called by the OpenFlow channel's thread only."""
+        layout = parse_layout(frame, in_port)
         with self.lock:
-            flow = flow_of(parse(frame, in_port))
+            flow = flow_of(layout[0])
             tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac)
             now = self.clock.monotonic()
             for r in tr.rules:
@@ -247,8 +319,8 @@ class Udpif:
             if tr.learned:
                 self.xlate_changed()
         out: dict[int, list[bytes]] = {}
-        self._execute(frame, in_port, tr.actions, out)
-        self._send(out)
+        self._execute(frame, in_port, tr.actions, out, self._channel_stats, layout)
+        self._send(out, self._channel_stats)
         return tr.actions
 
     def xlate_changed(self) -> None:
@@ -266,8 +338,9 @@ class Udpif:
                 self.fail_open = on
                 self.xlate_changed()
 
-    def _decide(self, up: Upcall, ports: set[int]) -> list[Action]:
-        key = parse(up.frame, up.in_port)
+    def _decide(self, up: Upcall, ports: set[int], st: UpcallStats) -> Decision:
+        layout = parse_layout(up.frame, up.in_port)
+        key = layout[0]
         u = self.ukeys.find(key)
         if u is not None and u.slow_path and u.version != self.tables.version:
             # a slow-path megaflow made before the last change: translate this packet afresh rather than
@@ -276,11 +349,11 @@ class Udpif:
             u = None
         if u is not None:
             if not u.slow_path:
-                self.stats.existing += 1
+                st.existing += 1
             now = self.clock.monotonic()
             for r in u.rules:
                 r.credit(1, len(up.frame), now)
-            return u.actions
+            return Decision(up, u.actions, layout)
         flow = flow_of(key)
         tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open)
         now = self.clock.monotonic()
@@ -292,19 +365,19 @@ class Udpif:
         u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
                  created_ns=self.clock.now_ns(), normal=tr.normal)
         if self.dp.n_flows >= self.flow_limit:
-            self.stats.over_flow_limit += 1
-            return tr.actions
+            st.over_flow_limit += 1
+            return Decision(up, tr.actions, layout)
         try:
             u.idx = self._install(key, mask, u)
         except (ActionError, MapFull) as e:
-            self.stats.install_failed += 1
+            st.install_failed += 1
             log.warning("megaflow not installed: %s", e)
-            return tr.actions
-        self.stats.installed += 1
+            return Decision(up, tr.actions, layout)
+        st.installed += 1
         if u.slow_path:
-            self.stats.slow_path += 1
+            st.slow_path += 1
         self.ukeys.add(u)
-        return tr.actions
+        return Decision(up, tr.actions, layout)
 
     def _install(self, key: FlowKey, mask: FlowKey, u: Ukey) -> int:
         """Put u's megaflow: its actions if the fast path can run them, else userspace (slow path)."""
@@ -344,29 +417,26 @@ class Udpif:
                     r.credit(dp_, db, now)
             u.packets, u.bytes = packets, nbytes
 
-    def tables_changed(self, change: Callable[[OpenFlowTables], object]) -> object:
-        """Apply change to the tables. With a revalidator, wait for a pass that re-translates every
-        megaflow made from older tables (deleting or updating it); without one, delete every megaflow.
-        Either way no megaflow computed from the old tables stays in use once this returns."""
-        with self.lock:
-            result = change(self.tables)
-            if self.revalidator is None:
-                self.flush()
-                return result
-        if not self.revalidator.request():
-            log.warning("the revalidator did not finish a pass in time; flushing every megaflow")
-            self.flush()
-        return result
-
-    def change_tables(self, change: Callable[[OpenFlowTables], object]) -> object:
-        """Apply change under the lock without waiting: if the tables changed, the revalidator is woken to
-        bring the megaflows up to date (slow-path ones are translated afresh on their next packet)."""
+    def change_tables(self, change: Callable[[OpenFlowTables], T], wait: bool = False) -> T:
+        """Apply change to the tables under the lock. If they changed, the revalidator is woken to bring the
+        megaflows up to date (slow-path ones are also translated afresh on their next packet). With wait,
+        return only once a revalidator pass that started after the change has finished, however long that
+        takes: then no megaflow computed from the old tables is in the datapath. A Udpif with no revalidator
+        (the unit tier) deletes every megaflow instead. Raises RevalidatorStopped if the revalidator is not
+        running (the change stands in the tables; the datapath catches up when it runs again)."""
         with self.lock:
             version = self.tables.version
             result = change(self.tables)
-            if self.tables.version != version and self.revalidator is not None:
-                self.revalidator.wake.set()
-            return result
+            changed = self.tables.version != version
+            if changed and self.revalidator is None:
+                self.flush()
+                return result
+        rv = self.revalidator
+        if changed and rv is not None:
+            rv.wake.set()
+            if wait:
+                rv.request()
+        return result
 
     def delete_ukey(self, u: Ukey, reason: str) -> None:
         """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""
@@ -376,7 +446,7 @@ class Udpif:
             if u.idx >= 0:
                 self.dp.del_flow(u.key, u.mask)
                 self._credit(u)
-                self.stats.deleted[reason] = self.stats.deleted.get(reason, 0) + 1
+                self._locked_stats.deleted[reason] = self._locked_stats.deleted.get(reason, 0) + 1
 
     def flush(self) -> int:
         """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
@@ -388,5 +458,85 @@ class Udpif:
                     self.dp.del_flow(u.key, u.mask)
             for u in gone:
                 self._credit(u)  # after the delete: no packet can hit it any more
-            self.stats.deleted["flush"] = self.stats.deleted.get("flush", 0) + sum(u.idx >= 0 for u in gone)
+            n = sum(u.idx >= 0 for u in gone)
+            self._locked_stats.deleted["flush"] = self._locked_stats.deleted.get("flush", 0) + n
             return len(gone)
+
+
+# --- control commands (registered here: the Udpif owns the tables, the ukeys and the MAC table) -------------
+
+
+def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[], set[int]],
+                      saved: Callable[[], None], extra_show: Callable[[], dict[str, object]]) -> None:
+    """ofctl add-flows|del-flows|mod-table|dump-flows, trace, revalidator-purge, fdb-show and upcall-show.
+    A change returns once a revalidator pass has brought the datapath up to date, then saved() writes the
+    state file. extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
+
+    def add_flows(flows: list[str]) -> dict[str, int]:
+        if not isinstance(flows, list):
+            raise ValueError("flows must be a list of flow texts")
+        specs = []
+        for n, text in enumerate(flows, 1):
+            try:
+                specs.append(parse_flow(str(text)))
+            except FlowSyntaxError as e:
+                if len(flows) > 1:
+                    raise FlowSyntaxError(f"flow {n}: {e.msg}", e.text, e.pos, e.length) from None
+                raise
+        udpif.change_tables(lambda t: t.add_many(specs), wait=True)
+        saved()
+        with udpif.lock:
+            return {"added": len(specs), "flows": len(udpif.tables)}
+
+    def del_flows(filter: str = "", strict: bool = False) -> dict[str, int]:
+        spec = parse_flow(str(filter), actions=False)
+        gone = udpif.change_tables(lambda t: t.delete(spec, bool(strict)), wait=True)
+        saved()
+        with udpif.lock:
+            return {"deleted": len(gone), "flows": len(udpif.tables)}
+
+    def mod_table(table: int, miss: str) -> dict[str, object]:
+        if not isinstance(table, int) or not 0 <= table < N_TABLES:
+            raise ValueError(f"table {table!r} is out of range 0..{N_TABLES - 1}")
+        udpif.change_tables(lambda t: t.set_miss(table, str(miss)), wait=True)
+        saved()
+        return {"table": table, "miss": miss}
+
+    def dump_flows(filter: str = "", strict: bool = False) -> list[dict[str, object]]:
+        spec = parse_flow(str(filter), actions=False)
+        udpif.push_stats()
+        with udpif.lock:
+            now = udpif.tables.clock()
+            return [{**r.to_json(now), "line": r.format(now)} for r in udpif.tables.select(spec, bool(strict))]
+
+    def trace(flow: str) -> dict[str, object]:
+        f = flow_from_text(str(flow))
+        with udpif.lock:
+            tr = translate(udpif.tables, f, ports())
+        return {"text": tr.format_trace(name), "megaflow": tr.megaflow().format(),
+                "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
+                "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
+
+    def revalidator_purge() -> dict[str, int]:
+        with udpif.lock:
+            keys = list(udpif.ukeys)
+            for k in keys:
+                udpif.delete_ukey(k, "purge")
+        return {"deleted": len(keys)}
+
+    def fdb_show() -> list[dict[str, object]]:
+        with udpif.lock:
+            entries = udpif.mac.dump()
+        return [{"port": p, "vlan": v, "mac": mac_str(m.to_bytes(6, "big")), "age": int(age)}
+                for p, v, m, age in entries]
+
+    def upcall_show() -> dict[str, object]:
+        with udpif.lock:
+            n_ukeys = len(udpif.ukeys)
+        return {"name": name, "flows": udpif.dp.n_flows, "flow_limit": udpif.flow_limit, "ukeys": n_ukeys,
+                **extra_show(), **udpif.stats.to_json()}
+
+    for cmd, fn in (("add-flows", add_flows), ("del-flows", del_flows), ("mod-table", mod_table),
+                    ("dump-flows", dump_flows), ("trace", trace), ("revalidator-purge", revalidator_purge),
+                    ("fdb-show", fdb_show), ("upcall-show", upcall_show)):
+        ctl.register(cmd, fn)

@@ -131,7 +131,7 @@ def test_table_change_flushes_and_credits_rules() -> None:
     u.push_stats()
     assert (rule.n_packets, rule.n_bytes) == (11, 1000 + len(frame(53)))
     dp.stats[idx] = (15, 1500, 0)
-    u.tables_changed(lambda t: t.add(parse_flow("priority=40000,udp,actions=output:3")))
+    u.change_tables(lambda t: t.add(parse_flow("priority=40000,udp,actions=output:3")), wait=True)
     assert not dp.flows and not len(u.ukeys)
     assert rule.n_packets == 16          # the last hits before the flush were credited
     u.handle([up(53)])
