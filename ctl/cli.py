@@ -10,9 +10,9 @@
     xdpswitch demo
 
 ofctl, trace and upcall talk to the running daemon over its control socket; dpctl and stats open the
-datapath's pinned maps directly, so they work even while the daemon restarts. Every command takes
---name (default "xdpswitch"); every dump takes --format json. Errors go to stderr with a non-zero exit,
-never a traceback.
+datapath's pinned maps read-only (compiling nothing, writing nothing), so they are fast and work even
+while the daemon restarts. Every command takes --name (default "xdpswitch"); every dump takes --format json.
+Errors go to stderr with a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rich.table import Table
 from ctl.datapath.dpif import now_ns
 
 if TYPE_CHECKING:
-    from ctl.datapath.dpif_xdp import Datapath
+    from ctl.datapath.view import DatapathReader, DatapathView
 
 app = typer.Typer(help="An Open vSwitch-style switch with an XDP fast path.", no_args_is_help=True,
                   add_completion=False)
@@ -58,40 +58,42 @@ NAME = typer.Option("xdpswitch", "--name", "-n", help="The datapath's name (its 
 FORMAT = typer.Option(Format.text, "--format", "-f", help="text for people, json for scripts.")
 
 
-def _open(name: str) -> Datapath:
-    from ctl.datapath.dpif_xdp import Datapath, DatapathError
+def _open(name: str) -> DatapathView:
+    """The datapath's pinned maps, read-only: nothing is compiled and nothing is written."""
+    from ctl.datapath.view import DatapathView, ViewError
 
     try:
-        return Datapath.reopen(name)
-    except DatapathError as e:
-        err.print(f"xdpswitch: {e}")
+        return DatapathView.open(name)
+    except ViewError as e:
+        err.print(f"xdpswitch: {e}", highlight=False, markup=False)
         raise typer.Exit(1) from None
 
 
-def show_dp(dp: Datapath, fmt: Format = Format.text) -> None:
+def show_dp(dp: DatapathReader, fmt: Format = Format.text) -> None:
     st = dp.stats()
-    ports = dp.attached_ports() or list(dp.ports.values())
+    ports = dp.ports()
     usage = dp.map_usage()
+    n_flows, n_masks = usage["mf_flows"][0], usage["mf_masks"][0]
     if fmt == Format.json:
         out.print_json(json.dumps({
             "name": dp.name, "ports": [vars(p) for p in ports],
             "lookups": {"hit": st.emc_hits + st.megaflow_hits, "missed": st.misses, "lost": st.lost},
-            "flows": dp.n_flows, "masks": {"hit": st.mask_lookups, "total": dp.n_masks,
-                                           "hit/pkt": st.mask_lookups / max(st.packets, 1)},
+            "flows": n_flows, "masks": {"hit": st.mask_lookups, "total": n_masks,
+                                        "hit/pkt": st.mask_lookups / max(st.packets, 1)},
             "maps": {k: {"entries": v[0], "max_entries": v[1]} for k, v in usage.items()},
         }))
         return
     out.print(f"xdp@{dp.name}:")
     out.print(f"  lookups: hit:{st.emc_hits + st.megaflow_hits} missed:{st.misses} lost:{st.lost}")
-    out.print(f"  flows: {dp.n_flows}")
-    out.print(f"  masks: hit:{st.mask_lookups} total:{dp.n_masks} hit/pkt:{st.mask_lookups / max(st.packets, 1):.2f}")
+    out.print(f"  flows: {n_flows}")
+    out.print(f"  masks: hit:{st.mask_lookups} total:{n_masks} hit/pkt:{st.mask_lookups / max(st.packets, 1):.2f}")
     for p in ports:
         ps = dp.port_stats(p.port_no)
         out.print(f"  port {p.port_no}: {p.name} (xdp {p.mode}) rx:{ps.rx_packets} tx:{ps.tx_packets} "
                   f"drops:{ps.drops}")
 
 
-def dump_flows(dp: Datapath, fmt: Format = Format.text) -> None:
+def dump_flows(dp: DatapathReader, fmt: Format = Format.text) -> None:
     now = now_ns()
     flows = dp.dump_flows()
     if fmt == Format.json:
@@ -104,7 +106,7 @@ def dump_flows(dp: Datapath, fmt: Format = Format.text) -> None:
         out.print(f.format(now), highlight=False, soft_wrap=True)
 
 
-def show_stats(dp: Datapath, fmt: Format = Format.text) -> None:
+def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
     st = dp.stats()
     rows: dict[str, object] = {
         "packets received": st.packets, "emc hits": st.emc_hits, "megaflow hits": st.megaflow_hits,
@@ -447,7 +449,7 @@ def demo() -> None:
     """
     from ctl.demo import run_demo
 
-    def show(dp: Datapath) -> None:
+    def show(dp: DatapathReader) -> None:
         out.rule("xdpswitch dpctl show")
         show_dp(dp)
         out.rule("xdpswitch dpctl dump-flows")

@@ -17,7 +17,8 @@ from pathlib import Path
 from rich.console import Console
 
 from ctl.daemon.switch import PortSpec, Switch
-from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
+from ctl.datapath.dpif import DatapathConfig
+from ctl.datapath.view import DatapathReader
 from ctl.pipeline.ofmatch import flow_from_text
 from ctl.pipeline.xlate import translate
 
@@ -38,7 +39,7 @@ def _sh(cmd: str, ns: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(full, capture_output=True, text=True)
 
 
-def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xsdemo") -> int:
+def run_demo(console: Console, show: Callable[[DatapathReader], None], name: str = "xsdemo") -> int:
     cleanups: list[Callable[[], object]] = []
     hosts = []
     try:
@@ -98,7 +99,7 @@ def run_demo(console: Console, show: Callable[[Datapath], None], name: str = "xs
         console.rule("xdpswitch upcall show")
         console.print(f"  upcalls: received {st.received}, ok {st.ok}, failed {st.failed}; megaflows installed "
                       f"{st.installed}, existing {st.existing}", highlight=False)
-        show(dp)
+        show(dp.reader)
         return 0 if ok else 1
     finally:
         for c in reversed(cleanups):

@@ -477,6 +477,40 @@ class Clock:
     now_ns: Callable[[], int] = now_ns                # the fast path's clock: megaflow creation and last use
 
 
+@dataclass(frozen=True)
+class DatapathConfig:
+    """Fast-path sizes (compile-time, -D cflags) and the EMC insert probability (run time)."""
+
+    emc_entries: int = 8192
+    emc_insert_inv_prob: int = 100
+    max_masks: int = 64
+    max_flows: int = 262144
+    hint_entries: int = 4096
+    max_actions: int = 8
+    max_ports: int = 256
+    max_queues: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("emc_entries", "hint_entries", "max_queues"):
+            v = getattr(self, name)
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if not 1 <= self.max_masks <= 255:
+            raise ValueError(f"max_masks must be in 1..255, got {self.max_masks}")
+        if self.max_flows < 1 or self.max_actions < 1 or not 2 <= self.max_ports <= 65536:
+            raise ValueError("max_flows, max_actions and max_ports must be positive (max_ports 2..65536)")
+        if self.emc_insert_inv_prob < 0:
+            raise ValueError("emc_insert_inv_prob must be >= 0 (0 disables EMC inserts)")
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DEMC_ENTRIES={self.emc_entries}", f"-DMF_MAX_MASKS={self.max_masks}",
+            f"-DMF_MAX_FLOWS={self.max_flows}", f"-DMF_HINT_ENTRIES={self.hint_entries}",
+            f"-DMF_MAX_ACTIONS={self.max_actions}", f"-DDP_MAX_PORTS={self.max_ports}",
+            f"-DDP_MAX_QUEUES={self.max_queues}",
+        ]
+
+
 # --- what the datapath reports ------------------------------------------------------------------------
 
 

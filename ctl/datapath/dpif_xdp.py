@@ -29,7 +29,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,14 +38,13 @@ from bcc import BPF  # the only bcc import in the project
 from bcc.libbcc import lib as libbcc
 
 from ctl.datapath import dpif
-from ctl.datapath.dpif import Action, DpStats, MapFull, Megaflow, PortStats
+from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader
 
 log = logging.getLogger(__name__)
 
 XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
-PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
-RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config a datapath was created with, for reopening
 PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -58,40 +56,6 @@ N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
 
 class DatapathError(RuntimeError):
     """A datapath operation failed; the message says what and where."""
-
-
-@dataclass(frozen=True)
-class DatapathConfig:
-    """Fast-path sizes (compile-time, -D cflags) and the EMC insert probability (run time)."""
-
-    emc_entries: int = 8192
-    emc_insert_inv_prob: int = 100
-    max_masks: int = 64
-    max_flows: int = 262144
-    hint_entries: int = 4096
-    max_actions: int = 8
-    max_ports: int = 256
-    max_queues: int = 16
-
-    def __post_init__(self) -> None:
-        for name in ("emc_entries", "hint_entries", "max_queues"):
-            v = getattr(self, name)
-            if v <= 0 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
-        if not 1 <= self.max_masks <= 255:
-            raise ValueError(f"max_masks must be in 1..255, got {self.max_masks}")
-        if self.max_flows < 1 or self.max_actions < 1 or not 2 <= self.max_ports <= 65536:
-            raise ValueError("max_flows, max_actions and max_ports must be positive (max_ports 2..65536)")
-        if self.emc_insert_inv_prob < 0:
-            raise ValueError("emc_insert_inv_prob must be >= 0 (0 disables EMC inserts)")
-
-    def cflags(self) -> list[str]:
-        return [
-            f"-DEMC_ENTRIES={self.emc_entries}", f"-DMF_MAX_MASKS={self.max_masks}",
-            f"-DMF_MAX_FLOWS={self.max_flows}", f"-DMF_HINT_ENTRIES={self.hint_entries}",
-            f"-DMF_MAX_ACTIONS={self.max_actions}", f"-DDP_MAX_PORTS={self.max_ports}",
-            f"-DDP_MAX_QUEUES={self.max_queues}",
-        ]
 
 
 @dataclass
@@ -139,17 +103,6 @@ def default_route_interfaces() -> set[str]:
     return names
 
 
-def xdp_mode(ifname: str) -> str:
-    """The XDP mode attached to ifname as the kernel reports it: native, generic, offload or none."""
-    try:
-        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True,
-                             text=True, check=True).stdout
-        mode = json.loads(out)[0].get("xdp", {}).get("mode", 0)
-    except (subprocess.CalledProcessError, ValueError, IndexError, FileNotFoundError):
-        return "unknown"
-    return {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(mode, str(mode))
-
-
 class Datapath:
     """One switch's fast path: its programs, maps, ports and caches.
 
@@ -180,6 +133,7 @@ class Datapath:
         self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
 
         self.ports: dict[int, Port] = {}
+        self._readers: dict[str, MapReader] = {}
         self._masks: dict[bytes, int] = {}          # mask bytes -> mask id
         self._mask_refs: dict[int, int] = {}        # mask id -> flows using it
         self._mask_order: list[int] = []
@@ -200,19 +154,10 @@ class Datapath:
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
         RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (RUN_DIR / f"{name}.json").write_text(json.dumps(dataclasses.asdict(self.config)))
+        (RUN_DIR / f"{name}.json").write_text(json.dumps({**dataclasses.asdict(self.config),
+                                                          "pin_dir": str(self.pin_dir)}))
+        self.reader = DatapathReader(name, self.config, self._map_reader)
         atexit.register(self.close)
-
-    @classmethod
-    def reopen(cls, name: str) -> Datapath:
-        """Open the maps of a datapath that another process created (to read its flows and counters)."""
-        try:
-            config = DatapathConfig(**json.loads((RUN_DIR / f"{name}.json").read_text()))
-        except FileNotFoundError:
-            raise DatapathError(f"no datapath named {name!r} is running (nothing in {RUN_DIR})") from None
-        if not (PIN_ROOT / name).is_dir():
-            raise DatapathError(f"no datapath named {name!r} is pinned under {PIN_ROOT}")
-        return cls(name, config)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -505,21 +450,17 @@ class Datapath:
     # --- counters ----------------------------------------------------------------------------------
 
     def stats(self) -> DpStats:
-        s = self._percpu_sums("dp_stats", range(len(dpif.Stat)))
-        d = self._percpu_sums("dp_drops", range(len(dpif.DropReason)))
-        return DpStats.from_counters([s[i] for i in range(len(dpif.Stat))],
-                                     [d[i] for i in range(len(dpif.DropReason))])
+        return self.reader.stats()
 
     def port_stats(self, port_no: int) -> PortStats:
-        vals = self.bpf["dp_port_stats"].getvalue(ctypes.c_uint32(port_no))
-        out = PortStats()
-        for v in vals:
-            out.rx_packets += v.rx_packets
-            out.rx_bytes += v.rx_bytes
-            out.tx_packets += v.tx_packets
-            out.tx_bytes += v.tx_bytes
-            out.drops += v.drops
-        return out
+        return self.reader.port_stats(port_no)
+
+    def _map_reader(self, name: str) -> MapReader:
+        """The reader of one of this process's maps (the same code the read-only tools use)."""
+        r = self._readers.get(name)
+        if r is None:
+            r = self._readers[name] = MapReader(self.bpf[name].map_fd, name)
+        return r
 
     def map_usage(self) -> dict[str, tuple[int, int]]:
         """(entries in use, max entries) of the maps that fill up."""
@@ -659,14 +600,7 @@ class Datapath:
 
     def attached_ports(self) -> list[Port]:
         """Ports as the maps record them (for a reopened datapath, which attached none itself)."""
-        out = []
-        for k, v in self.bpf["dp_ports"].items():
-            try:
-                name = socket.if_indextoname(int(k.value))
-            except OSError:
-                name = f"ifindex {int(k.value)} (gone)"
-            out.append(Port(int(v.port_no), name, int(k.value), xdp_mode(name)))
-        return sorted(out, key=lambda p: p.port_no)
+        return [Port(p.port_no, p.name, p.ifindex, p.mode) for p in self.reader.ports()]
 
     def _recover(self) -> None:
         """Rebuild flows, masks, order and groups from pinned maps left by an earlier process."""

@@ -405,6 +405,7 @@ class Table:
         self.miss = "drop"
         self._seq = 0
         self.timed: set[Rule] = set()   # rules with an idle or hard timeout (the revalidator checks only these)
+        self.by_priority: dict[int, set[Rule]] = {}  # the overlap check looks only at rules of its priority
         self.n_missed = 0               # packets translated here that matched no rule (upcalls, packet-outs)
 
     def __len__(self) -> int:
@@ -436,6 +437,7 @@ class Table:
                 self.tries[f].add(rule.match.fields[f][0], plen)
         if rule.idle_timeout or rule.hard_timeout:
             self.timed.add(rule)
+        self.by_priority.setdefault(rule.priority, set()).add(rule)
         self._sort()
 
     def remove(self, rule: Rule) -> None:
@@ -443,6 +445,11 @@ class Table:
         st = self.subtables[mk]
         st.remove(rule)
         self.timed.discard(rule)
+        same = self.by_priority.get(rule.priority)
+        if same is not None:
+            same.discard(rule)
+            if not same:
+                del self.by_priority[rule.priority]
         for f, plen in st.trie_plen.items():
             if plen:
                 self.tries[f].remove(rule.match.fields[f][0], plen)
@@ -522,8 +529,8 @@ class OpenFlowTables:
     def overlaps(self, spec: FlowSpec) -> bool:
         """check_overlap: a rule of the same priority in the same table that some packet could match as
         well as spec's (a rule with the identical match is a replacement, not an overlap)."""
-        for r in self.tables[spec.table or 0].rules():
-            if r.priority != spec.priority or r.match == spec.match:
+        for r in self.tables[spec.table or 0].by_priority.get(spec.priority, ()):
+            if r.match == spec.match:
                 continue
             if _overlap(r.match, spec.match):
                 return True
@@ -546,17 +553,21 @@ class OpenFlowTables:
 
     def select(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None) -> list[Rule]:
         """The rules a del-flows/dump-flows filter picks: loosely (the filter covers the rule's match) or
-        strictly (same match and priority); with out_port, only rules with an output there."""
+        strictly (same match and priority: found by its subtable, not by a scan); with out_port, only rules
+        with an output there."""
+        if strict:
+            tables = self.tables if spec.table is None else [self.tables[spec.table]]
+            found = (t.find_exact(spec.match, spec.priority) for t in tables)
+            return [r for r in found if r is not None
+                    and not (spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask)
+                    and (out_port is None or _outputs_to(r, out_port))]
         out = []
         for r in self.rules(spec.table):
             if spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask:
                 continue
             if out_port is not None and not _outputs_to(r, out_port):
                 continue
-            if strict:
-                if r.match == spec.match and r.priority == spec.priority:
-                    out.append(r)
-            elif spec.match.covers(r.match):
+            if spec.match.covers(r.match):
                 out.append(r)
         return out
 

@@ -251,3 +251,24 @@ def test_any_flow_text_parses_or_fails_cleanly(parts: list[str]) -> None:
     t = OpenFlowTables()
     rule = t.add(spec)
     assert parse_flow(rule.to_text()).match == spec.match
+
+
+def test_strict_selection_and_overlap_check_agree_with_a_scan() -> None:
+    """Strict deletes, strict modifies and the overlap check find their rules through the index (subtable,
+    priority) rather than a scan; what they find is what a scan of every rule finds."""
+    t = OpenFlowTables()
+    for i in range(300):
+        t.add(parse_flow(f"table={i % 3},priority={10 + i % 5},udp,tp_dst={i},actions=output:2"))
+    t.add(parse_flow("table=1,priority=11,cookie=0x5,udp,tp_dst=1,actions=output:3"))
+    for text in ("priority=11,udp,tp_dst=1", "table=1,priority=11,udp,tp_dst=1", "priority=12,udp,tp_dst=2",
+                 "table=2,priority=10,udp,tp_dst=5", "priority=99,udp,tp_dst=1",
+                 "cookie=0x5/0xff,priority=11,udp,tp_dst=1"):
+        spec = parse_flow(text, actions=False)
+        scan = [r for r in t.rules(spec.table) if r.match == spec.match and r.priority == spec.priority
+                and not (spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask)]
+        assert t.select(spec, strict=True) == scan, text
+    assert t.overlaps(parse_flow("table=1,priority=11,udp,actions=drop"))          # covers tp_dst=1's rule
+    assert not t.overlaps(parse_flow("table=1,priority=13,udp,tp_dst=9999,actions=drop"))
+    gone = t.delete(parse_flow("table=1,priority=11,udp,tp_dst=1", actions=False), strict=True)
+    assert len(gone) == 1 and gone[0].cookie == 0x5
+    assert not t.overlaps(parse_flow("table=1,priority=11,udp,tp_dst=1,actions=drop"))

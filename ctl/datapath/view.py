@@ -1,0 +1,356 @@
+"""A read-only view of a running datapath: its pinned maps opened by path, read, never written.
+
+``xdpswitch dpctl show``, ``dpctl dump-flows`` and ``stats`` use it, so they compile nothing (no bcc, no
+clang: the view speaks the ``bpf()`` system call itself) and cannot disturb the fast path: every map is
+opened with ``BPF_F_RDONLY``, which the kernel enforces, and nothing here calls an update or delete.
+``ctl/datapath/dpif_xdp.py`` reads its own counters through the same readers (``MapReader``), so the
+daemon and the tools agree by construction.
+
+Bulk reads use ``BPF_MAP_LOOKUP_BATCH`` (a few system calls for 100k megaflows).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctl.datapath import dpif
+from ctl.datapath.dpif import DatapathConfig, DpStats, Megaflow, PortStats
+from ctl.datapath.flowkey import FlowKey
+
+PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
+RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config and pin directory a datapath runs with
+N_GROUPS = 8                      # DP_MAX_GROUPS in xdp/dp_consts.h: one devmap each
+
+_NR_BPF = 321  # x86_64
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD = 1, 4, 7, 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_F_RDONLY = 1 << 3
+PERCPU_TYPES = {5, 6, 10, 21}  # percpu hash, percpu array, lru percpu hash, percpu cgroup storage
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class ViewError(RuntimeError):
+    """The datapath cannot be read; the message says what and where."""
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    r = _libc.syscall(_NR_BPF, cmd, attr, len(attr))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return int(r)
+
+
+def possible_cpus() -> int:
+    """The kernel's possible CPUs: the number of values a per-CPU map returns."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+class MapReader:
+    """Reads one BPF map by its fd: lookups, key walks and batched lookups; values summed over CPUs for
+    per-CPU maps. Owns the fd when it opened it by path (``close()``)."""
+
+    def __init__(self, fd: int, name: str, owned: bool = False) -> None:
+        self.fd, self.name, self.owned = fd, name, owned
+        info = ctypes.create_string_buffer(80)
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+        self.type, _id, self.key_size, self.value_size, self.max_entries = struct.unpack_from("<IIIII", info)
+        self.ncpu = possible_cpus() if self.type in PERCPU_TYPES else 1
+        self.stride = (self.value_size + 7) & ~7 if self.type in PERCPU_TYPES else self.value_size
+
+    @classmethod
+    def open(cls, path: Path) -> MapReader:
+        """A pinned map, read-only (the kernel refuses writes through this fd)."""
+        p = ctypes.create_string_buffer(str(path).encode())
+        attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<QII", attr, 0, ctypes.addressof(p), 0, BPF_F_RDONLY)
+        try:
+            fd = _bpf(BPF_OBJ_GET, attr)
+        except OSError as e:
+            raise ViewError(f"cannot open {path}: {e.strerror}") from None
+        return cls(fd, path.name, owned=True)
+
+    def close(self) -> None:
+        if self.owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lookup(self, key: bytes) -> list[bytes] | None:
+        """The value (one per possible CPU for per-CPU maps), or None when the key is absent."""
+        kbuf = ctypes.create_string_buffer(key, self.key_size)
+        vbuf = ctypes.create_string_buffer(self.stride * self.ncpu)
+        attr = ctypes.create_string_buffer(32)
+        struct.pack_into("<IIQQQ", attr, 0, self.fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0)
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise ViewError(f"reading {self.name} failed: {e.strerror}") from None
+        raw = vbuf.raw
+        return [raw[i * self.stride: i * self.stride + self.value_size] for i in range(self.ncpu)]
+
+    def u32(self, key: int) -> list[bytes] | None:
+        return self.lookup(struct.pack("<I", key))
+
+    def sums(self, keys: range, fmt: str) -> list[tuple[int, ...]]:
+        """For each key of a per-CPU array of integer structs (fmt), the fields summed over CPUs."""
+        out = []
+        for k in keys:
+            vals = self.u32(k) or []
+            fields = [struct.unpack_from(fmt, v) for v in vals]
+            out.append(tuple(sum(col) for col in zip(*fields, strict=True)) if fields else ())
+        return out
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key, walked with GET_NEXT_KEY (small maps; use batch() for big ones)."""
+        cur = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        attr = ctypes.create_string_buffer(24)
+        first = True
+        while True:
+            struct.pack_into("<IIQQ", attr, 0, self.fd, 0, 0 if first else ctypes.addressof(cur),
+                             ctypes.addressof(nxt))
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return
+                raise ViewError(f"walking {self.name} failed: {e.strerror}") from None
+            yield nxt.raw
+            ctypes.memmove(cur, nxt, self.key_size)
+            first = False
+
+    def batch(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) with BPF_MAP_LOOKUP_BATCH; per-CPU values come concatenated (ncpu x stride)."""
+        vsize = self.stride * self.ncpu
+        in_b = ctypes.create_string_buffer(max(self.key_size, 8))
+        out_b = ctypes.create_string_buffer(max(self.key_size, 8))
+        keys = ctypes.create_string_buffer(chunk * self.key_size)
+        vals = ctypes.create_string_buffer(chunk * vsize)
+        attr = ctypes.create_string_buffer(56)
+        first = True
+        while True:
+            struct.pack_into("<QQQQIIQQ", attr, 0, 0 if first else ctypes.addressof(in_b), ctypes.addressof(out_b),
+                             ctypes.addressof(keys), ctypes.addressof(vals), chunk, self.fd, 0, 0)
+            done = False
+            try:
+                _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise ViewError(f"reading {self.name} failed: {e.strerror}") from None
+                done = True
+            count = struct.unpack_from("<I", attr, 32)[0]
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(count):
+                yield kraw[i * self.key_size:(i + 1) * self.key_size], vraw[i * vsize:(i + 1) * vsize]
+            if done or count == 0:
+                return
+            ctypes.memmove(in_b, out_b, len(out_b))
+            first = False
+
+
+@dataclass
+class PortInfo:
+    port_no: int
+    name: str
+    ifindex: int
+    mode: str  # as xdp_mode() reports it: native, generic, ...
+
+
+def xdp_mode(ifname: str) -> str:
+    """The XDP mode attached to ifname as the kernel reports it: native, generic, offload or none."""
+    try:
+        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True,
+                             text=True, check=True).stdout
+        mode = json.loads(out)[0].get("xdp", {}).get("mode", 0)
+    except (subprocess.CalledProcessError, ValueError, IndexError, FileNotFoundError):
+        return "unknown"
+    return {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(mode, str(mode))
+
+
+class DatapathReader:
+    """What can be read from a datapath's maps, given a reader per map name (pinned or the daemon's own)."""
+
+    def __init__(self, name: str, config: DatapathConfig, reader: Callable[[str], MapReader]) -> None:
+        self.name = name
+        self.config = config
+        self._reader = reader
+
+    def map(self, name: str) -> MapReader:
+        return self._reader(name)
+
+    def stats(self) -> DpStats:
+        s = [v[0] if v else 0 for v in self.map("dp_stats").sums(range(len(dpif.Stat)), "<Q")]
+        d = [v[0] if v else 0 for v in self.map("dp_drops").sums(range(len(dpif.DropReason)), "<Q")]
+        return DpStats.from_counters(s, d)
+
+    def port_stats(self, port_no: int) -> PortStats:
+        (vals,) = self.map("dp_port_stats").sums(range(port_no, port_no + 1), "<QQQQQ")
+        return PortStats(*vals) if vals else PortStats()
+
+    def ports(self) -> list[PortInfo]:
+        """Ports as the maps record them (ifindex -> port number)."""
+        out = []
+        for k, v in self.map("dp_ports").batch():
+            ifindex, port_no = struct.unpack_from("<I", k)[0], struct.unpack_from("<I", v)[0]
+            try:
+                name = socket.if_indextoname(ifindex)
+            except OSError:
+                name = f"ifindex {ifindex} (gone)"
+            out.append(PortInfo(port_no, name, ifindex, xdp_mode(name) if not name.startswith("ifindex") else "none"))
+        return sorted(out, key=lambda p: p.port_no)
+
+    def mask_order(self) -> list[int]:
+        cfg = self.map("dp_config").u32(0)
+        slot = struct.unpack_from("<I", cfg[0], 4)[0] & 1 if cfg else 0
+        order = self.map("mf_order").u32(slot)
+        if not order:
+            return []
+        n = struct.unpack_from("<I", order[0])[0]
+        return list(order[0][8:8 + min(n, self.config.max_masks)])
+
+    def masks(self) -> dict[int, FlowKey]:
+        mm = self.map("mf_masks")
+        out = {}
+        for mid in self.mask_order():
+            v = mm.u32(mid)
+            if v:
+                out[mid] = FlowKey.from_bytes(v[0])
+        return out
+
+    def flow_slots(self) -> dict[bytes, int]:
+        """mf_flows: every megaflow's key (mask id, pad, masked key) -> its slot."""
+        return {k: struct.unpack_from("<I", v)[0] for k, v in self.map("mf_flows").batch()}
+
+    def n_flows(self) -> int:
+        return sum(1 for _ in self.map("mf_flows").batch())
+
+    def flow_stats_all(self, hi: int | None = None) -> dict[int, tuple[int, int, int]]:
+        """(packets, bytes, last used) of every megaflow slot below hi, summed over CPUs."""
+        ms = self.map("mf_stats")
+        out: dict[int, tuple[int, int, int]] = {}
+        step = ms.stride // 8
+        for k, v in ms.batch(min(16384, max(hi or 16384, 1))):
+            idx = struct.unpack_from("<I", k)[0]
+            if hi is not None and idx >= hi:
+                break
+            w = memoryview(v).cast("Q")
+            packets = sum(w[i * step] for i in range(ms.ncpu))
+            nbytes = sum(w[i * step + 1] for i in range(ms.ncpu))
+            used = max(w[i * step + 2] for i in range(ms.ncpu))
+            out[idx] = (packets, nbytes, used)
+        return out
+
+    def group_ports(self) -> dict[int, frozenset[int]]:
+        """Each output group's ports (a devmap each)."""
+        out = {}
+        for g in range(N_GROUPS):
+            out[g] = frozenset(struct.unpack_from("<I", k)[0] for k in self.map(f"dp_group{g}").keys()
+                               if self.map(f"dp_group{g}").lookup(k) is not None)
+        return out
+
+    def dump_flows(self) -> list[Megaflow]:
+        """Every megaflow with its actions, packets, bytes and last use."""
+        slots = self.flow_slots()
+        if not slots:
+            return []
+        masks = self.masks()
+        entries = self.map("mf_entries")
+        hi = max(slots.values()) + 1
+        stats = self.flow_stats_all(hi)
+        raw_entries = {struct.unpack_from("<I", k)[0]: v for k, v in entries.batch(min(16384, hi)) if
+                       struct.unpack_from("<I", k)[0] < hi}
+        groups: dict[int, frozenset[int]] = {}
+
+        def ports_of_group(g: int) -> frozenset[int]:
+            if not groups:
+                groups.update(self.group_ports())
+            return groups.get(g, frozenset())
+
+        out = []
+        for fkey, idx in slots.items():
+            mid = struct.unpack_from("<I", fkey)[0]
+            _gen, recs = dpif.decode_entry(raw_entries.get(idx, b"\0" * 8))
+            packets, nbytes, used = stats.get(idx, (0, 0, 0))
+            out.append(Megaflow(key=FlowKey.from_bytes(fkey[8:]), mask=masks.get(mid, FlowKey()),
+                                actions=dpif.decode_actions(recs, ports_of_group),
+                                packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
+        return out
+
+    def map_usage(self, n_flows: int | None = None) -> dict[str, tuple[int, int]]:
+        """(entries in use, max entries) of the maps that fill up."""
+        groups = self.group_ports()
+        return {
+            "mf_flows": (self.n_flows() if n_flows is None else n_flows, self.config.max_flows),
+            "mf_masks": (len(self.mask_order()), self.config.max_masks),
+            "dp_groups": (sum(1 for p in groups.values() if p), N_GROUPS),
+            "dp_ports": (sum(1 for _ in self.map("dp_ports").keys()), self.config.max_ports - 1),
+        }
+
+
+class DatapathView(DatapathReader):
+    """A running datapath's pinned maps, opened read-only by name. Use as a context manager."""
+
+    def __init__(self, name: str, config: DatapathConfig, pin_dir: Path) -> None:
+        self.pin_dir = pin_dir
+        self._maps: dict[str, MapReader] = {}
+        super().__init__(name, config, self._open_map)
+
+    @classmethod
+    def open(cls, name: str, pin_root: Path = PIN_ROOT, run_dir: Path = RUN_DIR) -> DatapathView:
+        run = run_dir / f"{name}.json"
+        try:
+            saved = json.loads(run.read_text())
+        except FileNotFoundError:
+            raise ViewError(f"no datapath named {name!r} is running (nothing in {run_dir})") from None
+        except PermissionError:
+            raise ViewError(f"{run} is for root only: run this as root") from None
+        except (OSError, ValueError) as e:
+            raise ViewError(f"{run}: unreadable ({e}); the datapath's daemon rewrites it at start") from None
+        try:
+            fields = {k: v for k, v in saved.items() if k != "pin_dir"}
+            config = DatapathConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise ViewError(f"{run}: not a datapath config ({e})") from None
+        pin_dir = Path(saved["pin_dir"]) if "pin_dir" in saved else None
+        if pin_dir is None or not pin_dir.is_dir():
+            layouts = [p for p in (pin_root / name).glob("*") if p.is_dir()] if (pin_root / name).is_dir() else []
+            if len(layouts) != 1:
+                raise ViewError(f"no datapath named {name!r} is pinned under {pin_root}")
+            pin_dir = layouts[0]
+        return cls(name, config, pin_dir)
+
+    def _open_map(self, name: str) -> MapReader:
+        m = self._maps.get(name)
+        if m is None:
+            m = self._maps[name] = MapReader.open(self.pin_dir / name)
+        return m
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def __enter__(self) -> DatapathView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
