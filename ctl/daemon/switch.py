@@ -298,8 +298,8 @@ class Switch:
         lock = self.udpif.lock if self.udpif is not None else threading.RLock()
         with self._save_lock:
             with lock:
-                data = self.tables.to_json()
-            write_state(self.state_file, data)
+                snap = self.tables.snapshot()
+            write_state(self.state_file, snap.to_json())
 
     def _expired(self, rules: list[tuple[Rule, str]]) -> None:
         self._dirty = True  # saved by the next tick

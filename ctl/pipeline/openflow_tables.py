@@ -14,6 +14,7 @@ megaflow mask. It is also the oracle the tests compare the caches against.
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 import operator
 import os
@@ -223,6 +224,8 @@ class Subtable:
         self.full_proj = _Proj(self.fields, mask)
         self.indices: list[dict[tuple[int, ...], int]] = [{} for _ in stages[:-1]]
         self.rules: dict[tuple[int, ...], list[Rule]] = {}
+        self.n_rules = 0
+        self.priorities: dict[int, int] = {}  # priority -> rules with it (max_priority without a scan)
         self.max_priority = -1
         self.trie_plen = {f: (prefix_len(mask[f], FIELD_BITS[f]) or 0) for f in PREFIX_FIELDS if mask.get(f)}
         # the ports are the last stage (L4) whenever the mask has them
@@ -244,6 +247,8 @@ class Subtable:
         rules = self.rules.setdefault(self.full_proj(flow), [])
         rules.append(rule)
         rules.sort(key=lambda r: (-r.priority, r.seq))
+        self.n_rules += 1
+        self.priorities[rule.priority] = self.priorities.get(rule.priority, 0) + 1
         self.max_priority = max(self.max_priority, rule.priority)
         if self.ports_mask:
             bisect.insort(self.ports_values, self._ports(flow))
@@ -259,12 +264,17 @@ class Subtable:
         self.rules[key].remove(rule)
         if not self.rules[key]:
             del self.rules[key]
-        self.max_priority = max((r.priority for rs in self.rules.values() for r in rs), default=-1)
+        self.n_rules -= 1
+        left = self.priorities[rule.priority] = self.priorities[rule.priority] - 1
+        if not left:
+            del self.priorities[rule.priority]
+            if rule.priority == self.max_priority:
+                self.max_priority = max(self.priorities, default=-1)
         if self.ports_mask:
             self.ports_values.pop(bisect.bisect_left(self.ports_values, self._ports(flow)))
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self.rules.values())
+        return self.n_rules
 
     def find(self, flow: Flow, wc: Flow, tries: _TrieCtx) -> Rule | None:
         """The best rule of this subtable for flow, folding what was consulted into wc (find_match_wc)."""
@@ -609,8 +619,14 @@ class OpenFlowTables:
     # --- the state file ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, object]:
-        return {"version": 1, "flows": [r.to_text() for r in self.rules()],
-                "table_miss": {str(t.id): t.miss for t in self.tables if t.miss != "drop"}}
+        return self.snapshot().to_json()
+
+    def snapshot(self) -> TablesSnapshot:
+        """A copy of what the state file keeps, cheap enough to take under the tables' lock (shallow copies:
+        a rule's match and action list are replaced by flow-mods, never changed in place); format it
+        outside the lock."""
+        return TablesSnapshot([copy.copy(r) for r in self.rules()],
+                              {str(t.id): t.miss for t in self.tables if t.miss != "drop"})
 
     def load_json(self, data: dict[str, object]) -> None:
         """Replace everything with the contents of a state file; on any error (ValueError) nothing changes."""
@@ -647,6 +663,15 @@ class OpenFlowTables:
         except OSError as e:
             raise ValueError(f"{path}: cannot read it: {e.strerror}") from None
         return t
+
+
+@dataclass
+class TablesSnapshot:
+    rules: list[Rule]
+    misses: dict[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": 1, "flows": [r.to_text() for r in self.rules], "table_miss": dict(self.misses)}
 
 
 def write_state(path: Path, data: dict[str, object]) -> None:

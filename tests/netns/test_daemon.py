@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ctl.daemon.switch import control_path, request
-from ctl.datapath.dpif_xdp import xdp_mode
+from ctl.datapath.view import xdp_mode
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping
