@@ -413,6 +413,8 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
     ]
     if st["drops"]:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
+    lines.append("  loop errors   : " + (", ".join(f"{k} {v}" for k, v in st["loop_errors"].items()) or "none")
+                 + " (caught; the loop went on)")
     out.print("\n".join(lines), highlight=False, markup=False)
 
 

@@ -420,7 +420,9 @@ class Datapath:
         hits_now = self._percpu_sums("mf_mask_hits", self._mask_order)
         recent = {m: hits_now[m] - self._mask_hits_seen.get(m, 0) for m in self._mask_order}
         self._mask_hits_seen.update(hits_now)
-        self._write_order(dpif.rank_masks(self._mask_order, recent))
+        order = dpif.rank_masks(self._mask_order, recent)
+        if order != self._mask_order:  # unchanged: no write (the maps stay still on an idle switch)
+            self._write_order(order)
         return list(self._mask_order)
 
     def flush_emc(self) -> None:

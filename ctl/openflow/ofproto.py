@@ -161,7 +161,7 @@ class OfProto:
             if isinstance(a, of.GotoTable) and a.table <= (table or 0):
                 raise OfError(ET.BAD_INSTRUCTION, oc.BIC_BAD_TABLE_ID,
                               f"goto_table:{a.table} from table {table}: it must go to a later table")
-            if isinstance(a, of.Table):
+            if isinstance(a, of.TablePort):
                 raise OfError(ET.BAD_ACTION, oc.BAC_BAD_OUT_PORT, "output:TABLE is for packet-outs only")
         if not deleting and fm.buffer_id != oc.OFP_NO_BUFFER:
             raise OfError(ET.BAD_REQUEST, oc.BRC_BUFFER_UNKNOWN, "this switch buffers no packets")

@@ -58,7 +58,7 @@ class Normal:
 
 
 @dataclass(frozen=True)
-class Table:
+class TablePort:
     """output:TABLE, for PACKET_OUT only: run the packet through the pipeline from table 0."""
 
     def __str__(self) -> str:
@@ -120,8 +120,8 @@ class GotoTable:
         return f"goto_table:{self.table}"
 
 
-OfAction = (Output | Flood | InPort | Controller | Normal | Table | SetField | PushVlan | StripVlan | DecTtl | Resubmit
-            | GotoTable)
+OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField | PushVlan | StripVlan | DecTtl
+            | Resubmit | GotoTable)
 
 ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",

@@ -180,7 +180,7 @@ class _Ctx:
                 self.depth += 1
                 self.run_table(tid if a.table is None else a.table, a.port)
                 self.depth -= 1
-            elif isinstance(a, of.Table):
+            elif isinstance(a, of.TablePort):
                 self.depth += 1
                 self.run_table(0)
                 self.depth -= 1

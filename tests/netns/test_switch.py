@@ -3,6 +3,9 @@ XDP. Real hosts in namespaces, the daemon's control socket, its state file and i
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,7 +267,8 @@ def test_revalidator_credits_rules_exactly(sw: Switch, hosts: list[Host]) -> Non
     h1, h2, _ = hosts
     add(sw, *L2)
     assert ping(h1, h2.ip, 25)
-    assert sw.revalidator is not None and sw.revalidator.request()
+    assert sw.revalidator is not None
+    sw.revalidator.request()
     by_match = {r.match.format(): r.n_packets for r in sw.tables.rules()}
     assert by_match[f"dl_dst={h2.mac}"] == 25 and by_match[f"dl_dst={h1.mac}"] == 25
 
@@ -318,3 +322,31 @@ def test_flow_limit_holds_under_many_new_flows(sw: Switch, hosts: list[Host]) ->
         assert upcalls(sw)["over_flow_limit"] >= 45
     finally:
         request(sw.name, "set", flow_limit=200000)
+
+
+def test_read_only_tools_read_the_running_switch_and_change_no_map(sw: Switch, hosts: list[Host]) -> None:
+    """dpctl show, dpctl dump-flows and stats, run as a user would, against a switch with megaflows: they
+    report what the datapath holds, and every pinned map's bytes are the same after them."""
+    from ctl.datapath.view import DatapathView
+    from tests.bpf.test_view import snapshot
+
+    h1, h2, h3 = hosts
+    add(sw, *L2)
+    assert ping(h1, h2.ip, 2) and ping(h1, h3.ip, 2)
+    time.sleep(0.6)  # a revalidator pass after the last packet: nothing left to credit
+    assert sw.dp is not None
+    cli = [sys.executable, "-m", "ctl.cli"]
+    with DatapathView.open(sw.name) as view:
+        before = snapshot(view)
+        show = json.loads(subprocess.run([*cli, "dpctl", "show", "-n", sw.name, "-f", "json"], capture_output=True,
+                                         text=True, cwd=ROOT, check=True).stdout)
+        flows = json.loads(subprocess.run([*cli, "dpctl", "dump-flows", "-n", sw.name, "-f", "json"],
+                                          capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+        stats = json.loads(subprocess.run([*cli, "stats", "-n", sw.name, "-f", "json"], capture_output=True,
+                                          text=True, cwd=ROOT, check=True).stdout)
+        after = snapshot(view)
+    assert after == before
+    assert show["flows"] == len(flows) == sw.dp.n_flows >= 3  # one per destination MAC
+    assert sorted(p["port_no"] for p in show["ports"]) == [1, 2, 3]
+    assert {f["match"] for f in flows} == {f.match() for f in sw.dp.dump_flows()}
+    assert stats["packets received"] == sw.dp.stats().packets

@@ -127,7 +127,7 @@ def _instructions(insts: Iterable[Any]) -> list[of.OfAction]:
 def port_action(port: int, max_len: int = OFPCML_NO_BUFFER) -> of.OfAction:
     """The action an output to an OpenFlow port number means (reserved ports included)."""
     special: dict[int, of.OfAction] = {OFPP_IN_PORT: of.InPort(), OFPP_FLOOD: of.Flood(), OFPP_ALL: of.Flood(all=True),
-                                       OFPP_NORMAL: of.Normal(), OFPP_TABLE: of.Table(),
+                                       OFPP_NORMAL: of.Normal(), OFPP_TABLE: of.TablePort(),
                                        OFPP_CONTROLLER: of.Controller(max_len)}
     if port in special:
         return special[port]
@@ -216,8 +216,8 @@ def encode_actions(actions: Sequence[of.OfAction]) -> bytes:
             out.append(struct.pack("!HHIH6x", 0, 16, a.port, 0))
         elif isinstance(a, of.Controller):
             out.append(struct.pack("!HHIH6x", 0, 16, OFPP_CONTROLLER, a.max_len))
-        elif isinstance(a, of.InPort | of.Flood | of.Normal | of.Table):
-            port = {of.InPort: OFPP_IN_PORT, of.Normal: OFPP_NORMAL, of.Table: OFPP_TABLE}.get(type(a))
+        elif isinstance(a, of.InPort | of.Flood | of.Normal | of.TablePort):
+            port = {of.InPort: OFPP_IN_PORT, of.Normal: OFPP_NORMAL, of.TablePort: OFPP_TABLE}.get(type(a))
             if isinstance(a, of.Flood):
                 port = OFPP_ALL if a.all else OFPP_FLOOD
             out.append(struct.pack("!HHIH6x", 0, 16, port, 0))
