@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
 import struct
 
 FLOW_DL_TYPE_NONE = 0x05FF
@@ -108,13 +109,20 @@ class FlowKey(ctypes.BigEndianStructure):
         return FlowKey.from_buffer_copy(m.to_bytes(FLOW_KEY_BYTES, "little"))
 
     def fields(self) -> dict[str, int | bytes]:
-        """Every field by its C name, integers for scalars and bytes for arrays."""
-        out: dict[str, int | bytes] = {"in_port": self.in_port}
-        for f in self._fields_[1:]:
-            name = f[0]
-            value = getattr(self, name)
-            out[name] = bytes(value) if isinstance(value, ctypes.Array) else int(value)
-        return out
+        """Every field by its C name, integers for scalars and bytes for arrays (one struct unpack: the
+        dumps format 100k keys)."""
+        return _fields_of(bytes(self))
+
+
+_KEY = struct.Struct("<I")
+_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s6s16s16s")
+_NAMES = tuple(f[0] for f in FlowKey._fields_[1:])
+
+
+def _fields_of(raw: bytes) -> dict[str, int | bytes]:
+    out: dict[str, int | bytes] = dict(zip(_NAMES, _BODY.unpack_from(raw, 4), strict=True))
+    out["in_port"] = _KEY.unpack_from(raw)[0]
+    return out
 
 
 FLOW_KEY_SIZE = FLOW_KEY_BYTES = ctypes.sizeof(FlowKey)
@@ -307,7 +315,8 @@ def _fmt(value: int | bytes, mask: int | bytes | None, kind: str) -> str:
             assert isinstance(v, bytes)
             return mac_str(v)
         if kind == "ip4":
-            return str(ipaddress.IPv4Address(v))
+            assert isinstance(v, int)
+            return socket.inet_ntoa(v.to_bytes(4, "big"))
         if kind == "ip6":
             assert isinstance(v, bytes)
             return str(ipaddress.IPv6Address(v))

@@ -276,8 +276,12 @@ class DatapathReader:
         entries = self.map("mf_entries")
         hi = max(slots.values()) + 1
         stats = self.flow_stats_all(hi)
-        raw_entries = {struct.unpack_from("<I", k)[0]: v for k, v in entries.batch(min(16384, hi)) if
-                       struct.unpack_from("<I", k)[0] < hi}
+        raw_entries: dict[int, bytes] = {}
+        for k, v in entries.batch(min(16384, hi)):  # an array: slots in order, so stop at the last in use
+            i = struct.unpack_from("<I", k)[0]
+            if i >= hi:
+                break
+            raw_entries[i] = v
         groups: dict[int, frozenset[int]] = {}
 
         def ports_of_group(g: int) -> frozenset[int]:

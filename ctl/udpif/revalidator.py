@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -184,6 +185,7 @@ class Revalidator:
                             continue
                         if k.version != version:
                             self._revalidate_one(k, version)
+                time.sleep(0)  # let go of the GIL too: a handler waiting for the lock gets it before the next batch
             dump_ms = (self.clock() - t0) * 1000
             self._adapt_limit(dump_ms, n)
             s = self.stats

@@ -272,3 +272,20 @@ def test_strict_selection_and_overlap_check_agree_with_a_scan() -> None:
     gone = t.delete(parse_flow("table=1,priority=11,udp,tp_dst=1", actions=False), strict=True)
     assert len(gone) == 1 and gone[0].cookie == 0x5
     assert not t.overlaps(parse_flow("table=1,priority=11,udp,tp_dst=1,actions=drop"))
+
+
+@pytest.mark.parametrize("content, why", [
+    ("[]", "not a state file"),
+    ('{"table_miss": {"999": "drop"}}', "table '999' is out of range"),
+    ('{"table_miss": {"x": "drop"}}', "table 'x' is out of range"),
+    ('{"flows": ["priority=1,actions=output:2", "ip,nw_dst=1.2.3.400,actions=drop"]}', "nw_dst"),
+    ('{"flows": 5}', "'flows' must be a list"),
+    ("{not json", "Expecting property name"),
+    ("\xff", ""),
+])
+def test_a_bad_state_file_is_a_clear_error_naming_it(tmp_path: Path, content: str, why: str) -> None:
+    f = tmp_path / "flows.json"
+    f.write_text(content, encoding="latin-1")
+    with pytest.raises(ValueError) as e:
+        OpenFlowTables.load(f)
+    assert str(e.value).startswith(f"{f}: ") and why in str(e.value)

@@ -4,6 +4,8 @@ timeouts, the flow-limit's adaptation and the purge above twice the limit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ctl.datapath import dpif
 from ctl.pipeline.openflow_tables import parse_flow
 from ctl.udpif.revalidator import Revalidator
@@ -139,3 +141,25 @@ def test_failed_stats_read_deletes_nothing() -> None:
     del dp.flow_stats_all  # type: ignore[attr-defined]
     rv.revalidate()  # the next period reads fine and acts
     assert not dp.flows and rv.udpif.stats.deleted.get("idle", 0) == 1
+
+
+def test_a_freshly_booted_machine_expires_nothing_early() -> None:
+    """Every clock starts near zero, as on a machine booted seconds ago: a megaflow made now is not idle,
+    one unused for longer than max-idle is."""
+    clock = Clock()
+    clock.t = 0.5
+    u, dp, _sent = make("udp,actions=output:2", clock=dpif.Clock(clock, clock.ns))
+    rv = Revalidator(u, 200000, max_idle_ms=10000, ports=lambda: {1, 2, 3})
+    u.handle([up(53)])
+    rv.revalidate()
+    assert len(dp.flows) == 1 and not u.stats.deleted
+    clock.t += 10.5
+    rv.revalidate()
+    assert not dp.flows and u.stats.deleted == {"idle": 1}
+
+
+def test_time_namespace_offsets_are_read(tmp_path: Path) -> None:
+    f = tmp_path / "timens_offsets"
+    f.write_text("monotonic        -400         5\nboottime         -400         0\n")
+    assert dpif.timens_offset_ns(str(f)) == -400 * 10**9 + 5
+    assert dpif.timens_offset_ns(str(tmp_path / "absent")) == 0
