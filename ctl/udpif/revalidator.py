@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IDLE_MS = 10000
 DEFAULT_MAX_REVALIDATOR_MS = 500
 MIN_FLOW_LIMIT = 1000
-MAX_BATCH = 50   # ukeys swept per hold of the Udpif's lock (OVS: REVALIDATE_MAX_BATCH)
+MAX_BATCH = 50   # ukeys swept per hold of the Udpif's lock (OVS: REVALIDATE_MAX_BATCH) ...
+MAX_HOLD_S = 0.001  # ... or fewer: a re-translation costs ~70 us here, so a hold ends after a millisecond
 
 
 class RevalidatorStopped(RuntimeError):
@@ -144,9 +145,9 @@ class Revalidator:
     # --- one pass ------------------------------------------------------------------------------------------
 
     def revalidate(self) -> None:
-        """One pass: dump every ukey's counters, then sweep them in batches of MAX_BATCH, taking the
-        Udpif's lock for one batch at a time (OVS's REVALIDATE_MAX_BATCH), so handlers and flow-mods are
-        served between batches however many megaflows there are. A batch revalidates against the tables
+        """One pass: dump every ukey's counters, then sweep them in batches of MAX_BATCH (or MAX_HOLD_S of
+        work), taking the Udpif's lock for one batch at a time (OVS's REVALIDATE_MAX_BATCH), so handlers and
+        flow-mods are served between batches however many megaflows there are. A batch revalidates against the tables
         as they are when it runs; a ukey translated at a version older than the one the pass started at is
         translated again, so a change made before the pass started is in every megaflow when it ends."""
         u = self.udpif
@@ -167,10 +168,15 @@ class Revalidator:
                 ukeys = []
             now = self.now_ns()
             samples = u.dump_stats(ukeys)  # dump: read everything first (a failed read fails the pass)
-            for i in range(0, len(samples), MAX_BATCH):
+            i = 0
+            while i < len(samples):
                 with u.lock:
                     version = u.tables.version
-                    for k, st in samples[i:i + MAX_BATCH]:
+                    held = time.perf_counter()
+                    end = min(i + MAX_BATCH, len(samples))
+                    while i < end and time.perf_counter() - held < MAX_HOLD_S:
+                        k, st = samples[i]
+                        i += 1
                         if k.dead:
                             continue
                         packets, nbytes, used = st
