@@ -4,17 +4,20 @@ SIGTERM or SIGINT, detaching every port and saying so).
 It loads the fast path, attaches the ports (OpenFlow port numbers 1..N in the order given, or ``IF=N``),
 binds one AF_XDP socket per port and receive queue for upcalls, loads the OpenFlow tables from its state
 file (or from ``--flows``), and runs:
- - handler threads (``ctl/udpif/upcall.py``) reading the upcall sockets; a handler that dies is restarted, and
-   the fast path keeps forwarding what it has cached meanwhile;
- - a control socket (``/run/xdpswitch/NAME.ctl``, root only) for ``xdpswitch ofctl``, ``trace`` and
-   ``upcall show``: one JSON request per connection;
+ - handler threads (``ctl/udpif/handler.py``) reading the upcall sockets; a batch that fails is counted and
+   the handler goes on; a handler thread that dies anyway is restarted, and the fast path keeps forwarding
+   what it has cached meanwhile;
+ - a control socket (``/run/xdpswitch/NAME.ctl``, root only, ``ctl/common/unixctl.py``) for ``xdpswitch
+   ofctl``, ``trace`` and ``upcall show``, whose commands the modules that own the state register;
  - the revalidator (``ctl/udpif/revalidator.py``): counters credited to rules, idle megaflows expired, megaflows
    revalidated after table changes, rule timeouts, the flow-limit;
  - once a second: the subtables re-ranked by hits (as dpcls does), dead threads restarted;
  - Prometheus ``/metrics`` on ``metrics_address`` (``exporters/collector.py``).
 
-The OpenFlow tables are saved to the state file (atomically) after every change, so a restart comes back
-with the same rules. Megaflows are not kept across a restart yet: the daemon starts with empty caches.
+The OpenFlow tables are saved to the state file (atomically) after every control-socket change and within
+a second of OpenFlow flow-mods, so a restart comes back with the same rules. Megaflows are not kept across
+a restart yet: the daemon starts with empty caches. Who owns what and which thread runs where:
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -367,9 +370,19 @@ class Switch:
     def _register_commands(self) -> None:
         assert self.udpif is not None and self.revalidator is not None and self.connmgr is not None
         ctl = self.unixctl
-        register_upcall_commands(ctl, self.udpif, self.name, self.port_numbers, self.save, self._upcall_show)
+        register_upcall_commands(ctl, self.udpif, self.name, self.port_numbers, self._saved, self._upcall_show)
         register_revalidator_commands(ctl, self.revalidator)
         register_channel_commands(ctl, self.connmgr, self._channel_show)
+
+    def _saved(self) -> None:
+        """After an ofctl change (already in the tables and the datapath): write the state file now; if that
+        fails (disk full, ...) the change stands, the failure is logged, and the next tick tries again."""
+        try:
+            self.save()
+        except OSError as e:
+            self._dirty = True
+            log.error("writing %s failed (%s); the change is applied and saving is retried every second",
+                      self.state_file, e.strerror)
 
     def _upcall_show(self) -> dict[str, object]:
         assert self.dp is not None and self.revalidator is not None
