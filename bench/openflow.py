@@ -135,7 +135,7 @@ def main() -> int:
                 base_next.append(w.time_to_sink(f))
             ch = sw.unixctl.run({"cmd": "channel-show"})["result"]
         finally:
-            sw.shutdown()
+            sw.shutdown(remove=True)
             os.killpg(ctl.pid, 9)
             ctl.wait(10)
             teardown()

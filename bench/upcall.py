@@ -162,7 +162,7 @@ def main() -> int:
             rate = setups_per_second(sw, probes + 1, n_rules - probes, (n_rules - probes) / 40000)
             up = sw.udpif.stats.to_json() if sw.udpif else {}
         finally:
-            sw.shutdown()
+            sw.shutdown(remove=True)
             teardown()
     latency = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "lost": float(sum(x == float("inf") for x in v))}
                for k, v in lat.items()}

@@ -5,7 +5,7 @@
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
     xdpswitch revalidator purge                         (ovs-appctl revalidator/purge)
-    xdpswitch dpctl show|dump-flows                     (ovs-appctl dpctl/*)
+    xdpswitch dpctl show|dump-flows|del-dp              (ovs-appctl dpctl/*, ovs-dpctl del-dp)
     xdpswitch stats                                     (ovs-appctl dpif-netdev/pmd-stats-show)
     xdpswitch demo
 
@@ -217,11 +217,17 @@ def start(
     inactivity_probe: float = typer.Option(5.0, "--inactivity-probe",
                                            help="Seconds of silence before an echo probe (twice: disconnect)."),
     mac_aging_time: int = typer.Option(300, "--mac-aging-time", help="Seconds a learned MAC lives unseen."),
+    replace: bool = typer.Option(False, "--replace", help="If a datapath of this name runs with another map "
+                                                          "layout, remove it (its flows stop) instead of refusing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
 ) -> None:
-    """Run the switch in the foreground until SIGTERM or Ctrl-C (then every port is detached).
+    """Run the switch in the foreground until SIGTERM or Ctrl-C.
 
-    Needs root. The OpenFlow tables persist in STATE_DIR/NAME/flows.json across restarts.
+    Needs root. SIGTERM and Ctrl-C stop the daemon, not the datapath: its XDP programs stay attached and
+    its maps pinned, so established flows keep forwarding (new flows' first packets are counted lost)
+    until the next `start` with the same --name adopts it, megaflows and all, and swaps its programs in
+    place: a restart or an upgrade loses no packet of an established flow. `xdpswitch dpctl del-dp` removes a
+    datapath. The OpenFlow tables persist in STATE_DIR/NAME/flows.json.
 
     Examples: sudo xdpswitch start --port veth1 --port veth2 --flows my.flows
               sudo xdpswitch start -p veth1 -p veth2 --controller tcp:127.0.0.1:6653 --listen ptcp:6654
@@ -247,7 +253,7 @@ def start(
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,
-                    mac_aging_s=mac_aging_time)
+                    mac_aging_s=mac_aging_time, replace=replace)
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None
@@ -257,6 +263,29 @@ def start(
         sw.run()
     finally:
         sw.shutdown()
+
+
+@dpctl.command("del-dp")
+def del_dp(name: str = NAME) -> None:
+    """Remove a datapath: detach its XDP programs from every port and remove its pinned maps (like
+    `ovs-dpctl del-dp`). Its daemon must be stopped first; forwarding on its ports stops.
+
+    Example: sudo xdpswitch dpctl del-dp --name xdpswitch
+    """
+    from ctl.daemon.switch import ControlError, request
+    from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
+
+    try:
+        request(name, "upcall-show", timeout=5)
+    except ControlError:
+        pass
+    else:
+        raise _fail(f"the switch {name!r} is running: stop it first (its datapath would be pulled from under it)")
+    try:
+        gone = remove_datapath(name)
+    except (DatapathError, OSError) as e:
+        raise _fail(str(e)) from None
+    out.print(f"removed datapath {name}: detached from {', '.join(gone) or 'no ports'}", highlight=False)
 
 
 @ofctl.command("add-flow")

@@ -69,7 +69,7 @@ def run_demo(console: Console, show: Callable[[DatapathReader], None], name: str
         sw = Switch(name, [PortSpec(port, n) for n, _, _, port, _, _ in hosts], state, flows,
                     config=DatapathConfig(max_flows=65536, emc_insert_inv_prob=1),
                     say=lambda m: console.print(f"  {m}", highlight=False))
-        cleanups.append(sw.shutdown)
+        cleanups.append(lambda: sw.shutdown(remove=True))  # the demo leaves nothing behind
         sw.start()
         dp = sw.dp
         assert dp is not None

@@ -23,6 +23,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -123,6 +124,7 @@ class Switch:
     max_revalidator_ms: int = DEFAULT_MAX_REVALIDATOR_MS
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     mac_aging_s: int = DEFAULT_MAX_AGE
+    replace: bool = False   # a running datapath of this name with another map layout is removed, not refused
 
     def __post_init__(self) -> None:
         # settings are checked before the fast path is compiled, so a mistake costs no time
@@ -140,6 +142,7 @@ class Switch:
         self.clock = dpif.Clock()
         self.errors = LoopErrors()      # every serving loop's caught exceptions (xdpswitch_loop_errors_total)
         self.unixctl = Unixctl(control_path(self.name), self.errors)
+        self._pid_fd: int | None = None     # RUN_DIR/NAME.pid, locked while this daemon runs
         self._save_lock = threading.Lock()  # one writer of the state file at a time (tick, control, shutdown)
         self.dp: Datapath | None = None
         self.sockets: dict[tuple[int, int], XskSocket] = {}
@@ -167,13 +170,20 @@ class Switch:
             # as a new OVS bridge without a controller: one flow that makes it a learning switch
             self.tables.add(parse_flow("priority=0,actions=NORMAL"))
             self.say("no controller and fail-mode standalone: added priority=0,actions=NORMAL (a learning switch)")
+        self._lock_name()
         self.save()
         self.say(f"loading the fast path for {self.name} (bcc compiles xdp/*.c)")
-        dp = self.dp = Datapath(self.name, self.config)
-        dropped = dp.flush_flows()
-        dp.flush_emc()
-        if dropped:
-            self.say(f"dropped {dropped} megaflows left by an earlier run")
+        try:
+            dp = self.dp = Datapath(self.name, self.config, replace=self.replace)
+        except Exception:
+            self._unlock_name()
+            raise
+        for note in dp.notes:
+            self.say(note)
+        if dp.adopted:
+            self.say(f"adopting the running datapath {self.name}: its {dp.n_flows} megaflows keep forwarding; "
+                     "its programs are replaced in place")
+        created = not dp.adopted
         try:
             for spec in self.ports:
                 port = dp.add_port(spec.name, spec.port_no, self.mode)
@@ -183,14 +193,19 @@ class Switch:
                     self.sockets[(port.port_no, q)] = xs
                     dp.set_upcall_socket(port.port_no, q, xs.fileno())
                 self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s))")
+            for msg in dp.prune_ports({p.ifindex for p in dp.ports.values()}):
+                self.say(msg)
         except Exception:
-            self.shutdown()
+            self.shutdown(remove=created)  # a datapath this start made goes; one it adopted keeps running
             raise
         self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac,
                            clock=self.clock)
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
         self.udpif.on_expired = self._expired
+        if dp.adopted:
+            n = self.udpif.adopt(dp.dump_flows())
+            self.say(f"adopted {n} megaflows: the revalidator checks each against the tables now")
         self.revalidator.start()
         controllers, listeners = self._targets
         self.connmgr = ConnManager(self, controllers, listeners, self.channel.fail_mode, self.channel.probe_interval,
@@ -265,7 +280,10 @@ class Switch:
                 log.error("handler %d died; restarting it", h.hid)
                 self._start_handler(h.hid)
 
-    def shutdown(self) -> None:
+    def shutdown(self, remove: bool = False) -> None:
+        """Stop the daemon's threads and sockets. The datapath keeps running (ports attached, maps pinned:
+        established flows keep forwarding, misses are counted lost) until the next start adopts it; with
+        remove it goes too (``xdpswitch dpctl del-dp``)."""
         self.stop.set()
         if self.connmgr is not None:
             self.connmgr.stop()
@@ -288,9 +306,42 @@ class Switch:
                 except DatapathError:
                     pass
                 xs.close()
-            self.dp.close(unpin=True)
-            self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped")
+            if remove:
+                self.dp.close(unpin=True)
+                self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped and its datapath "
+                         "removed")
+            else:
+                self.dp.release()
+                self.say(f"{self.name} stopped; its datapath keeps forwarding established flows on "
+                         f"{', '.join(names) or 'no ports'} (xdpswitch start adopts it; xdpswitch dpctl del-dp --name "
+                         f"{self.name} removes it)")
             self.dp = None
+        self._unlock_name()
+
+    def _lock_name(self) -> None:
+        """One daemon per name: a lock held for the daemon's life (the kernel drops it if the daemon dies)."""
+        import fcntl
+
+        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = RUN_DIR / f"{self.name}.pid"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"a switch named {self.name!r} is already running (pid {other}); stop it first, "
+                             "or give this one another --name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._pid_fd = fd
+
+    def _unlock_name(self) -> None:
+        fd = self._pid_fd
+        if fd is not None:
+            (RUN_DIR / f"{self.name}.pid").unlink(missing_ok=True)
+            os.close(fd)
+            self._pid_fd = None
 
     def metrics_snapshot(self) -> Snapshot:
         """What a Prometheus scrape reports (exporters.collector.Snapshot), read now."""

@@ -40,12 +40,15 @@ from bcc.libbcc import lib as libbcc
 from ctl.datapath import dpif
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
-from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader
+from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader, xdp_mode
 
 log = logging.getLogger(__name__)
 
 XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
 PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")
+# What the maps look like: a build whose other files changed can share a running datapath's maps (and
+# replace its programs without a gap); one whose layout changed cannot.
+LAYOUT_FILES = ("dp_consts.h", "dp_structs.h", "dp_maps.h")
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -66,14 +69,35 @@ class Port:
     mode: str  # as xdp_mode() reports it: "native" or "generic" for ports this process attached
 
 
+def xdp_dir() -> Path:
+    """The fast path's sources: xdp/ beside ctl/, or $XDPSWITCH_XDP_DIR (a build to test or upgrade to)."""
+    return Path(os.environ.get("XDPSWITCH_XDP_DIR") or XDP_DIR)
+
+
+def map_layout(config: DatapathConfig) -> str:
+    """A digest of everything that shapes the maps: the layout headers and the size cflags."""
+    text = "".join((xdp_dir() / f).read_text() for f in LAYOUT_FILES) + " ".join(config.cflags())
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def map_names() -> set[str]:
+    """Every map dp_maps.h declares (each pinned under its own name)."""
+    text = (xdp_dir() / "dp_maps.h").read_text()
+    names = set(re.findall(r"^DP_MAP\([^;]*?,\s*(\w+),\s*[\w ]+\);", text, re.M))
+    names |= set(re.findall(r"^DP_DEVMAP\((\w+),", text, re.M))
+    names |= set(re.findall(r"^_BPF_XSKMAP\((\w+),", text, re.M))
+    return names
+
+
 def program_source() -> str:
     """emc.c, megaflow.c and baseline.c with our own headers inlined: bcc only loads functions, and
     only rewrites map calls, in its main text."""
     seen: set[str] = set()
+    src_dir = xdp_dir()
 
     def inline(name: str) -> str:
         out = []
-        for line in (XDP_DIR / name).read_text().splitlines():
+        for line in (src_dir / name).read_text().splitlines():
             m = re.match(r'\s*#include "([^"]+)"', line)
             if m:
                 if m.group(1) not in seen:
@@ -106,23 +130,31 @@ def default_route_interfaces() -> set[str]:
 class Datapath:
     """One switch's fast path: its programs, maps, ports and caches.
 
-    ``Datapath(name)`` compiles and loads (about five seconds here, mostly clang), reusing pinned
-    maps of the same name and layout if they exist. Use it as a context manager, or call ``close()``;
-    ports are detached at exit either way."""
+    ``Datapath(name)`` compiles and loads (about three seconds here, mostly clang). If a datapath of that
+    name is running (its maps pinned, its programs attached), the new one adopts it: same maps, so every
+    megaflow keeps forwarding, and ``add_port`` replaces the old programs on a port atomically. A running
+    datapath whose map layout differs is refused (``replace=True`` removes it first). ``release()`` lets go
+    and leaves the datapath running (what the daemon does on exit); ``close(unpin=True)`` removes it
+    (ports detached, pins gone). As a context manager (scripts, tests, benchmarks), ``close()`` detaches
+    the ports this process attached."""
 
     def __init__(self, name: str = "xdpswitch", config: DatapathConfig | None = None,
-                 pin_root: Path = PIN_ROOT) -> None:
+                 pin_root: Path = PIN_ROOT, replace: bool = False) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise DatapathError(f"bad datapath name {name!r}: letters, digits, '_', '.', '-' only")
         self.name = name
         self.config = config or DatapathConfig()
+        self.notes: list[str] = []     # what opening it found and did (for the daemon to say)
         src = program_source()
         cflags = self.config.cflags()
-        layout = hashlib.sha256((src + " ".join(cflags)).encode()).hexdigest()[:12]
+        layout = map_layout(self.config)
+        self.build = hashlib.sha256((src + " ".join(cflags)).encode()).hexdigest()[:12]
         self.pin_dir = pin_root / name / layout
         self._ensure_bpffs(pin_root)
+        self._check_pins(pin_root / name, layout, replace)
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         reused_pins = any(self.pin_dir.iterdir())
+        self.adopted = reused_pins     # maps (and so megaflows, maybe attached ports) of an earlier process
         cflags += [f'-DDP_PIN_DIR="{self.pin_dir}"', "-Wno-unused-function"]
         try:
             self.bpf = BPF(text=src, cflags=cflags)
@@ -155,7 +187,7 @@ class Datapath:
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
         RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         (RUN_DIR / f"{name}.json").write_text(json.dumps({**dataclasses.asdict(self.config),
-                                                          "pin_dir": str(self.pin_dir)}))
+                                                          "pin_dir": str(self.pin_dir), "build": self.build}))
         self.reader = DatapathReader(name, self.config, self._map_reader)
         atexit.register(self.close)
 
@@ -174,10 +206,16 @@ class Datapath:
         self.close()
 
     def close(self, unpin: bool = False) -> None:
-        """Detach every port. With unpin, also remove the pinned maps (the caches go with them)."""
+        """Detach the ports this process attached. With unpin, remove the datapath: every port its maps
+        record is detached and the pinned maps go (the caches with them)."""
         if self._closed:
             return
-        for port in list(self.ports.values()):
+        ports = list(self.ports.values())
+        if unpin:
+            known = {p.ifindex for p in ports}
+            ports += [Port(p.port_no, p.name, p.ifindex, p.mode) for p in self.reader.ports()
+                      if p.ifindex not in known and p.mode in MODE_FLAGS]
+        for port in ports:
             try:
                 self._detach(port)
             except DatapathError as e:
@@ -186,9 +224,45 @@ class Datapath:
         if unpin:
             shutil.rmtree(self.pin_dir.parent, ignore_errors=True)
             (RUN_DIR / f"{self.name}.json").unlink(missing_ok=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the datapath and leave it running: ports stay attached, maps stay pinned, so
+        established flows keep forwarding until a new process adopts it (or ``xdpswitch dpctl del-dp``)."""
+        if self._closed:
+            return
+        for r in self._readers.values():
+            r.close()
         self.bpf.cleanup()
         self._closed = True
         atexit.unregister(self.close)
+
+    def _check_pins(self, root: Path, layout: str, replace: bool) -> None:
+        """Refuse (or with replace, remove) a running datapath of this name whose map layout differs, and
+        clear pins that an interrupted removal left incomplete."""
+        if not root.is_dir():
+            return
+        expected = map_names()
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            present = {p.name for p in d.iterdir()}
+            if not present:
+                d.rmdir()
+                continue
+            if d.name == layout and present == expected:
+                continue
+            if d.name == layout:
+                shutil.rmtree(d)
+                self.notes.append(f"{d} held {len(present)} of the {len(expected)} maps (an interrupted "
+                                  "removal?): removed them; starting with empty caches")
+                continue
+            if not replace:
+                raise DatapathError(
+                    f"datapath {self.name!r} is running with another map layout (pinned at {d}); this build "
+                    f"cannot share its maps. `xdpswitch dpctl del-dp --name {self.name}` removes it (its established "
+                    "flows stop), or start with --replace to remove it and start afresh")
+            gone = remove_pinned(self.name, d)
+            self.notes.append(f"replaced datapath {self.name!r} of another layout ({d}; detached "
+                              f"{', '.join(gone) or 'no ports'})")
 
     # --- ports -------------------------------------------------------------------------------------
 
@@ -217,9 +291,19 @@ class Datapath:
         if any(m not in MODE_FLAGS for m in modes):
             raise DatapathError(f"bad XDP mode {mode!r}: native, generic or auto")
         errors = []
+        current = xdp_mode(ifname)
+        if current in MODE_FLAGS and ifindex in self._recorded_ifindexes():
+            # ours, left running by an earlier process: swap the program in place (no detach window)
+            modes, replacing = [current], True
+        else:
+            replacing = False
+            if current not in ("none", "unknown"):
+                raise DatapathError(f"{ifname} already has an XDP program ({current}) that is not datapath "
+                                    f"{self.name!r}'s; detach it first (ip link set dev {ifname} xdp off)")
         for m in modes:
             try:
-                BPF.attach_xdp(ifname.encode(), self.prog_emc, MODE_FLAGS[m] | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                flags = MODE_FLAGS[m] | (0 if replacing else XDP_FLAGS_UPDATE_IF_NOEXIST)
+                BPF.attach_xdp(ifname.encode(), self.prog_emc, flags)
             except Exception as e:
                 errors.append(f"{m}: {e}")
                 continue
@@ -230,6 +314,38 @@ class Datapath:
             self.ports[port_no] = port
             return port
         raise DatapathError(f"attaching to {ifname} failed: {'; '.join(errors)}")
+
+    def _recorded_ifindexes(self) -> set[int]:
+        return {p.ifindex for p in self.reader.ports()}
+
+    def prune_ports(self, keep: set[int]) -> list[str]:
+        """Forget ports an earlier process attached that are not in keep (ifindexes): detach them (if the
+        interface still exists) and delete their map entries. Returns what was done, for the user."""
+        done = []
+        mine = {p.port_no for p in self.ports.values()}
+        for p in self.reader.ports():
+            if p.ifindex in keep:
+                continue
+            try:
+                del self.bpf["dp_ports"][ctypes.c_uint32(p.ifindex)]
+            except KeyError:
+                pass
+            if p.port_no not in mine:
+                try:
+                    del self.bpf["dp_tx_ports"][ctypes.c_int(p.port_no)]
+                except KeyError:
+                    pass
+            if p.name.startswith("ifindex "):
+                done.append(f"port {p.port_no} ({p.name}) vanished while no daemon ran: forgotten")
+                continue
+            if p.mode in MODE_FLAGS:
+                try:
+                    BPF.remove_xdp(p.name.encode(), MODE_FLAGS[p.mode])
+                except Exception as e:
+                    done.append(f"port {p.port_no} ({p.name}) is no longer configured; detaching it failed: {e}")
+                    continue
+            done.append(f"port {p.port_no} ({p.name}) is no longer configured: detached")
+        return done
 
     def _write_port(self, port: Port) -> None:
         self.bpf["dp_ports"][ctypes.c_uint32(port.ifindex)] = self.bpf["dp_ports"].Leaf(port.port_no, 0)
@@ -679,3 +795,39 @@ class Datapath:
     def emc_prog_fd(self) -> int:
         return int(self.prog_emc.fd)
 
+
+
+def remove_pinned(name: str, pin_dir: Path) -> list[str]:
+    """Detach every port a pinned datapath's maps record and remove its pins; the names of the ports detached.
+    Compiles nothing (the maps are read through ctl/datapath/view.py)."""
+    gone = []
+    try:
+        ports = DatapathReader(name, DatapathConfig(), lambda m: MapReader.open(pin_dir / m)).ports()
+    except Exception as e:  # unreadable pins: nothing to detach that we can know of
+        log.warning("%s: cannot read its ports (%s); removing the pins only", pin_dir, e)
+        ports = []
+    for p in ports:
+        if p.mode in MODE_FLAGS:
+            try:
+                BPF.remove_xdp(p.name.encode(), MODE_FLAGS[p.mode])
+                gone.append(p.name)
+            except Exception as e:
+                log.warning("detaching from %s failed: %s", p.name, e)
+    shutil.rmtree(pin_dir, ignore_errors=True)
+    return gone
+
+
+def remove_datapath(name: str, pin_root: Path = PIN_ROOT, run_dir: Path = RUN_DIR) -> list[str]:
+    """``xdpswitch dpctl del-dp``: detach every port of the datapath and remove its pins and run file. Returns
+    the ports detached; DatapathError when there is no such datapath."""
+    root = pin_root / name
+    run = run_dir / f"{name}.json"
+    if not root.is_dir() and not run.exists():
+        raise DatapathError(f"no datapath named {name!r} (nothing under {root} or {run})")
+    gone = []
+    if root.is_dir():
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            gone += remove_pinned(name, d)
+        shutil.rmtree(root, ignore_errors=True)
+    run.unlink(missing_ok=True)
+    return gone

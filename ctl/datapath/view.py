@@ -12,6 +12,7 @@ Bulk reads use ``BPF_MAP_LOOKUP_BATCH`` (a few system calls for 100k megaflows).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -330,8 +331,8 @@ class DatapathView(DatapathReader):
         except (OSError, ValueError) as e:
             raise ViewError(f"{run}: unreadable ({e}); the datapath's daemon rewrites it at start") from None
         try:
-            fields = {k: v for k, v in saved.items() if k != "pin_dir"}
-            config = DatapathConfig(**fields)
+            known = {f.name for f in dataclasses.fields(DatapathConfig)}
+            config = DatapathConfig(**{k: v for k, v in saved.items() if k in known})
         except (TypeError, ValueError) as e:
             raise ViewError(f"{run}: not a datapath config ({e})") from None
         pin_dir = Path(saved["pin_dir"]) if "pin_dir" in saved else None

@@ -388,6 +388,24 @@ class Udpif:
                 u.slow_path = str(e)  # e.g. every output group in use: the handler runs the actions instead
         return self.dp.put_flow(key, mask, [dpif.DpUpcall()])
 
+    def adopt(self, megaflows: Iterable[dpif.Megaflow]) -> int:
+        """Make ukeys for megaflows an earlier process installed (a restart adopting a running datapath).
+        Each keeps forwarding; the first revalidator pass translates it against these tables (its masked
+        key is a packet it covers), keeps it, updates its actions in place, or deletes it. Packets it
+        counted before are not credited to the rules again."""
+        n = 0
+        with self.lock:
+            now = self.clock.now_ns()
+            for m in megaflows:
+                slow = "adopted" if m.actions == [dpif.DpUpcall()] else ""
+                u = Ukey(m.key, m.mask, list(m.actions), [], slow, idx=m.flow_idx, packets=m.packets,
+                         bytes=m.bytes, flow=flow_of(m.key), version=-1, created_ns=now)
+                self.ukeys.add(u)
+                n += 1
+            if n and self.revalidator is not None:
+                self.revalidator.wake.set()
+        return n
+
     # --- flow-table changes and rule counters ------------------------------------------------------------
 
     def dump_stats(self, ukeys: Sequence[Ukey]) -> list[tuple[Ukey, tuple[int, int, int]]]:

@@ -93,7 +93,7 @@ def sdn(hosts: list[Host], tmp_path: Path) -> Iterator[tuple[Switch, Controller]
             ctl.log.read_text()
         yield sw, ctl
     finally:
-        sw.shutdown()
+        sw.shutdown(remove=True)
         ctl.stop()
 
 
@@ -165,5 +165,5 @@ def test_standalone_falls_back_to_normal_when_the_controller_vanishes(hosts: lis
         assert wait_for(lambda: controllers_up(sw) == 1, timeout=20), ctl.log.read_text()
         assert not request(sw.name, "channel-show")["fail_open"]
     finally:
-        sw.shutdown()
+        sw.shutdown(remove=True)
         ctl.stop()

@@ -4,6 +4,7 @@ attach and detach switches on them.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import time
 from pathlib import Path
 
 from ctl.daemon.switch import control_path, request
-from ctl.datapath.view import xdp_mode
+from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
+from ctl.datapath.view import DatapathView, xdp_mode
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping
@@ -25,27 +27,40 @@ def rule_list(name: str) -> list[tuple[object, ...]]:
     return [(r["table"], r["priority"], r["cookie"], r["match"], r["actions"]) for r in request(name, "dump-flows")]
 
 
-def test_restart_comes_back_with_its_rules(hosts: list[Host], tmp_path: Path) -> None:
-    h1, h2, _ = hosts
+def test_restart_comes_back_with_its_rules_and_adopts_the_running_datapath(hosts: list[Host], tmp_path: Path) -> None:
+    h1, h2, h3 = hosts
     name, state = unique("xsrs"), tmp_path / "flows.json"
     sw = make_switch(name, hosts, state)
     try:
         add(sw, *L2, "table=0,priority=5,cookie=0x42,arp,actions=flood")
         request(sw.name, "mod-table", table=1, miss="continue")
         before = rule_list(name)
+        assert ping(h1, h2.ip, 2)  # h1<->h2 megaflows are in
     finally:
         sw.shutdown()
-    assert xdp_mode(h1.port) == "none"  # detached
-    assert not ping(h1, h2.ip, 1)
-    sw = make_switch(name, hosts, state)
     try:
-        after = rule_list(name)
-        assert after == before and len(after) == 5  # ours and the NORMAL default of a new standalone switch
-        assert sw.tables.tables[1].miss == "continue"
-        time.sleep(0.5)
-        assert ping(h1, h2.ip, 2)
+        # no daemon: the datapath still runs; established flows forward, a new one's misses are counted lost
+        assert xdp_mode(h1.port) != "none"
+        with DatapathView.open(name) as view:
+            lost0 = view.stats().lost
+            assert ping(h1, h2.ip, 2)
+            assert not ping(h1, h3.ip, 1)
+            assert view.stats().lost > lost0
+        sw = make_switch(name, hosts, state)
+        try:
+            after = rule_list(name)
+            assert after == before and len(after) == 5  # ours and the NORMAL default of a new standalone switch
+            assert sw.tables.tables[1].miss == "continue"
+            shown = request(name, "upcall-show")
+            assert shown["ukeys"] >= 2  # the h1<->h2 megaflows, adopted
+            time.sleep(0.5)
+            assert ping(h1, h2.ip, 2) and ping(h1, h3.ip, 2)
+        finally:
+            sw.shutdown(remove=True)
+        assert all(xdp_mode(h.port) == "none" for h in hosts)
     finally:
-        sw.shutdown()
+        with contextlib.suppress(DatapathError):
+            remove_datapath(name)
 
 
 def test_cli_start_ofctl_and_sigterm(hosts: list[Host], tmp_path: Path) -> None:
@@ -81,7 +96,15 @@ def test_cli_start_ofctl_and_sigterm(hosts: list[Host], tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "SIGTERM: stopping" in out and "detached from" in out
+    try:
+        assert proc.returncode == 0, out
+        assert "SIGTERM: stopping" in out and "its datapath keeps forwarding established flows" in out
+        assert not control_path(name).exists()
+        assert all(xdp_mode(h.port) != "none" for h in hosts)  # the datapath outlives the daemon
+        assert ping(hosts[0], hosts[1].ip, 2)
+    finally:
+        r = subprocess.run([*cli, "dpctl", "del-dp", "--name", name], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "removed datapath" in r.stdout, r.stderr
     assert all(xdp_mode(h.port) == "none" for h in hosts)
-    assert not control_path(name).exists()
+    r = subprocess.run([*cli, "dpctl", "del-dp", "--name", name], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "no datapath named" in r.stderr and "Traceback" not in r.stderr

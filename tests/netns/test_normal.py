@@ -27,7 +27,7 @@ def lsw(hosts: list[Host], tmp_path: Path) -> Iterator[Switch]:
         time.sleep(0.5)
         yield sw
     finally:
-        sw.shutdown()
+        sw.shutdown(remove=True)
 
 
 def test_a_new_switch_learns_floods_then_forwards_in_xdp(lsw: Switch, hosts: list[Host]) -> None:

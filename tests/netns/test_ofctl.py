@@ -43,7 +43,7 @@ def ofsw(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> Iterato
         time.sleep(1.0)
         yield sw
     finally:
-        sw.shutdown()
+        sw.shutdown(remove=True)
 
 
 def target(sw: Switch) -> str:

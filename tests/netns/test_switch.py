@@ -39,7 +39,7 @@ def switch(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> Itera
         time.sleep(1.0)
         yield sw
     finally:
-        sw.shutdown()
+        sw.shutdown(remove=True)
 
 
 @pytest.fixture
