@@ -1,5 +1,5 @@
 """``xdpswitch start``: the switch daemon, in the foreground (systemd-friendly: logs to stderr, stops on
-SIGTERM or SIGINT, detaching every port and saying so).
+SIGTERM or SIGINT and says what it leaves running).
 
 It loads the fast path, attaches the ports (OpenFlow port numbers 1..N in the order given, or ``IF=N``),
 binds one AF_XDP socket per port and receive queue for upcalls, loads the OpenFlow tables from its state
@@ -15,9 +15,9 @@ file (or from ``--flows``), and runs:
  - Prometheus ``/metrics`` on ``metrics_address`` (``exporters/collector.py``).
 
 The OpenFlow tables are saved to the state file (atomically) after every control-socket change and within
-a second of OpenFlow flow-mods, so a restart comes back with the same rules. Megaflows are not kept across
-a restart yet: the daemon starts with empty caches. Who owns what and which thread runs where:
-docs/architecture.md.
+a second of OpenFlow flow-mods, so a restart comes back with the same rules. The datapath outlives the
+daemon: on SIGTERM, SIGINT or a crash its programs stay attached and its maps pinned, and the next start
+adopts it (megaflows, EMC and all). Who owns what and which thread runs where: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -251,9 +251,10 @@ class Datapath:
             if d.name == layout and present == expected:
                 continue
             if d.name == layout:
-                shutil.rmtree(d)
+                gone = remove_pinned(self.name, d) if "dp_ports" in present else []
                 self.notes.append(f"{d} held {len(present)} of the {len(expected)} maps (an interrupted "
-                                  "removal?): removed them; starting with empty caches")
+                                  f"removal?): removed them (detached {', '.join(gone) or 'no ports'}); starting "
+                                  "with empty caches")
                 continue
             if not replace:
                 raise DatapathError(

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ctl.daemon.switch import control_path
+from ctl.daemon.switch import PortSpec, Switch, control_path, request
+from ctl.datapath.dpif import DatapathConfig
 from ctl.datapath.dpif_xdp import XDP_DIR, DatapathError, remove_datapath
 from ctl.datapath.view import RUN_DIR, DatapathView, xdp_mode
-from tests.conftest import unique
+from tests.conftest import Net, sh, unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping
 from tests.netns.test_switch import L2
@@ -168,3 +169,74 @@ def test_restart_loses_no_packet_of_established_flows(hosts: list[Host], daemon:
     assert "adopting the running datapath" in text and "Traceback" not in text, text
     second.send_signal(signal.SIGTERM)
     second.wait(30)
+
+
+def test_what_a_start_finds_left_behind(hosts: list[Host], net: Net, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second daemon of the same name, a port that vanished while no daemon ran, half-removed pins and a
+    datapath left by a build with another map layout: each a clear error or a repair that says what it
+    did, and never traffic blackholed silently."""
+    h1, h2, _ = hosts
+    name = unique("xslb")
+    extra, _peer = net.veth()
+    said: list[str] = []
+
+    def switch(*ports: str, replace: bool = False) -> Switch:
+        specs = [PortSpec(h.port, h.port_no) for h in (h1, h2)] + [PortSpec(p, 9) for p in ports]
+        sw = Switch(name, specs, tmp_path / "flows.json", config=DatapathConfig(max_flows=4096), say=said.append,
+                    metrics_address=None, replace=replace)
+        sw.start()
+        return sw
+
+    try:
+        sw = switch(extra)
+        try:
+            request(name, "add-flows", flows=list(L2))
+            with pytest.raises(ValueError, match=f"a switch named '{name}' is already running"):
+                switch()
+            assert ping(h1, h2.ip, 2)
+        finally:
+            sw.shutdown()
+        sh(f"ip link del {extra}")  # the port vanishes while no daemon runs
+        said.clear()
+        sw = switch()
+        sw.shutdown()
+        assert any("vanished while no daemon ran: forgotten" in m for m in said), said
+        assert ping(h1, h2.ip, 2)  # still forwarding, with no daemon
+
+        # half-removed pins (an interrupted del-dp): cleared and started afresh, saying so
+        with DatapathView.open(name) as view:
+            pin_dir = view.pin_dir
+        (pin_dir / "mf_hints").unlink()
+        said.clear()
+        sw = switch()
+        try:
+            assert any("held 24 of the 25 maps" in m for m in said), said
+            time.sleep(0.3)
+            assert ping(h1, h2.ip, 2)
+        finally:
+            sw.shutdown()
+
+        # a build whose maps differ cannot adopt: a clear error naming the way out, and the running datapath
+        # is untouched; --replace removes it and starts afresh
+        other = tmp_path / "xdp-other-layout"
+        shutil.copytree(XDP_DIR, other)
+        consts = other / "dp_consts.h"
+        consts.write_text(consts.read_text() + "\n#define DP_SOMETHING_NEW 1\n")
+        monkeypatch.setenv("XDPSWITCH_XDP_DIR", str(other))
+        with pytest.raises(DatapathError, match="another map layout.*del-dp.*--replace"):
+            switch()
+        assert ping(h1, h2.ip, 2)  # the old datapath still forwards
+        said.clear()
+        sw = switch(replace=True)
+        try:
+            assert any("replaced datapath" in m for m in said), said
+            with DatapathView.open(name) as view:
+                assert view.pin_dir != pin_dir and not pin_dir.exists()
+            time.sleep(0.3)
+            assert ping(h1, h2.ip, 2)
+        finally:
+            sw.shutdown(remove=True)
+    finally:
+        with contextlib.suppress(DatapathError):
+            remove_datapath(name)
