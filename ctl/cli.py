@@ -90,8 +90,8 @@ def show_dp(dp: DatapathReader, fmt: Format = Format.text) -> None:
     out.print(f"  masks: hit:{st.mask_lookups} total:{n_masks} hit/pkt:{st.mask_lookups / max(st.packets, 1):.2f}")
     for p in ports:
         ps = dp.port_stats(p.port_no)
-        out.print(f"  port {p.port_no}: {p.name} (xdp {p.mode}) rx:{ps.rx_packets} tx:{ps.tx_packets} "
-                  f"drops:{ps.drops}")
+        out.print(f"  port {p.port_no}: {p.name} (xdp {p.mode}, tx by {p.tx_path}) rx:{ps.rx_packets} "
+                  f"tx:{ps.tx_packets} (skb path {ps.tx_skb_packets}) drops:{ps.drops}", highlight=False)
 
 
 def dump_flows(dp: DatapathReader, fmt: Format = Format.text) -> None:

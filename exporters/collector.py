@@ -32,6 +32,7 @@ class PortSample:
     port_no: int
     name: str
     stats: PortStats
+    tx_path: str = "xdp"    # how the fast path sends to it: xdp (redirect) or skb
 
 
 @dataclass
@@ -132,6 +133,17 @@ class SwitchCollector(Collector):
         for p in s.ports:
             pd.add_metric([str(p.port_no), p.name], p.stats.drops)
         yield pd
+        sk = CounterMetricFamily("xdpswitch_port_transmit_skb_packets", "Of the packets transmitted per port, those "
+                                 "sent by the skb path (the device does not take XDP redirects).",
+                                 labels=["port", "name"])
+        sp = GaugeMetricFamily("xdpswitch_port_skb_path", "1 while the fast path sends to the port by the skb path "
+                               "(e.g. a veth whose peer has neither XDP nor GRO), 0 while by XDP redirect.",
+                               labels=["port", "name"])
+        for p in s.ports:
+            sk.add_metric([str(p.port_no), p.name], p.stats.tx_skb_packets)
+            sp.add_metric([str(p.port_no), p.name], 1 if p.tx_path == "skb" else 0)
+        yield sk
+        yield sp
         le = CounterMetricFamily("xdpswitch_loop_errors", "Exceptions caught in one iteration of a loop that serves "
                                  "others (the loop went on; the first of each is logged with its traceback).",
                                  labels=["loop"])

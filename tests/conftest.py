@@ -63,14 +63,18 @@ class Net:
         sh("ip link set lo up", ns=name)
         return name
 
-    def veth(self, ns: str | None = None, quiet: bool = False) -> tuple[str, str]:
+    def veth(self, ns: str | None = None, quiet: bool = False, gro: bool = False,
+             queues: int = 1) -> tuple[str, str]:
         """A veth pair; the first end stays here (a switch port), the second goes into ns.
 
-        The peer gets GRO on, so frames redirected into the pair by XDP are delivered, and both ends
-        compute checksums themselves (a CHECKSUM_PARTIAL skb loses its offload state in XDP). quiet turns
-        IPv6 off on both ends, so the kernel sends nothing (ND, MLD) that a counter would see."""
+        By default the pair is as a container runtime makes it: GRO off on the peer, so the kernel drops
+        frames XDP_REDIRECTs into it and the switch must send by the skb path. gro turns it on (the XDP
+        redirect path). Both ends compute checksums themselves (a CHECKSUM_PARTIAL skb loses its offload
+        state in XDP). quiet turns IPv6 off on both ends, so the kernel sends nothing (ND, MLD) that a
+        counter would see. queues: rx and tx queues on each end."""
         a, b = unique("xsa"), unique("xsb")
-        sh(f"ip link add {a} type veth peer name {b}")
+        q = f"numtxqueues {queues} numrxqueues {queues}"
+        sh(f"ip link add {a} {q} type veth peer name {b} {q}")
         self._fin(lambda: sh(f"ip link del {a}", check=False))
         sh(f"ethtool -K {a} tx off tso off gso off", check=False)
         sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1")
@@ -80,7 +84,7 @@ class Net:
             sh(f"sysctl -qw net.ipv6.conf.{b}.disable_ipv6=1", ns=ns)
         sh(f"ip link set {a} up")
         sh(f"ip link set {b} up", ns=ns)
-        sh(f"ethtool -K {b} gro on tx off tso off gso off", ns=ns, check=False)
+        sh(f"ethtool -K {b} {'gro on ' if gro else ''}tx off tso off gso off", ns=ns, check=False)
         return a, b
 
 
@@ -105,3 +109,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif "/tests/netns/" in path:
             item.add_marker(pytest.mark.netns)
             item.add_marker(pytest.mark.root)
+
+
+PIN_ROOT = "/sys/fs/bpf/xdpswitch"
+
+
+def _datapaths() -> set[str]:
+    try:
+        return {n for n in os.listdir(PIN_ROOT) if n.startswith("xs")}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_datapath_left_behind() -> Iterator[None]:
+    """A datapath outlives its daemon by design, so every test must remove the ones it made (dpctl del-dp,
+    Switch.shutdown(remove=True)). Any left at the end is removed here and fails the run."""
+    before = _datapaths()
+    yield
+    left = sorted(_datapaths() - before)
+    if left:
+        from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
+
+        for name in left:
+            try:
+                remove_datapath(name)
+            except (DatapathError, OSError):
+                pass
+        pytest.fail(f"tests left datapaths running (removed now): {', '.join(left)}")

@@ -206,6 +206,33 @@ static __always_inline __u32 act_pop_vlan(struct xdp_md *ctx, struct dp_scratch 
     return 0;
 }
 
+/* The skb path: pass the packet up with a note for dp_skb_tx (tc ingress), which redirects the skb. */
+static __always_inline int dp_skb_pass(struct xdp_md *ctx, struct dp_scratch *ps, __u16 kind, __u16 arg)
+{
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct dp_skb_meta))) {
+        ps->reason = DROP_ADJUST_FAILED;
+        return XDP_DROP;
+    }
+    struct dp_skb_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data) {
+        ps->reason = DROP_ADJUST_FAILED;
+        return XDP_DROP;
+    }
+    m->magic = DP_SKB_MAGIC;
+    m->kind = kind;
+    m->arg = arg;
+    m->in_port = ps->key.in_port;
+    ps->reason = 0;
+    return XDP_PASS;
+}
+
+static __always_inline int dp_skb_flood(void)
+{
+    __u32 zero = 0;
+    struct dp_config *cfg = dp_config.lookup(&zero);
+    return cfg && (cfg->flags & DP_CFG_SKB_FLOOD);
+}
+
 static __always_inline int act_group(__u32 g)
 {
     const __u64 f = BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS;
@@ -235,6 +262,9 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         switch (a->type) {
         case DP_ACT_OUTPUT: {
             __u32 port = bpf_ntohs(a->arg16);
+            struct dp_port_cfg *pc = dp_port_cfg.lookup(&port);
+            if (pc && (pc->flags & DP_PORT_SKB_TX))
+                return dp_skb_pass(ctx, ps, DP_SKB_OUTPUT, port);  /* counted by dp_skb_tx */
             int v = dp_tx_ports.redirect_map(port, XDP_DROP);
             if (v != XDP_REDIRECT) {
                 ps->reason = DROP_NO_PORT;
@@ -249,9 +279,13 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
             return v;
         }
         case DP_ACT_GROUP:
+            if (dp_skb_flood())
+                return dp_skb_pass(ctx, ps, DP_SKB_GROUP, a->arg32);
             ps->reason = 0;
             return act_group(a->arg32);
         case DP_ACT_FLOOD:
+            if (dp_skb_flood())
+                return dp_skb_pass(ctx, ps, DP_SKB_FLOOD, 0);
             ps->reason = 0;
             return dp_tx_ports.redirect_map(0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
         case DP_ACT_UPCALL:

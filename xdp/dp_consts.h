@@ -26,6 +26,9 @@
 #define MF_MAX_ACTIONS 8            /* datapath actions per megaflow */
 #endif
 #define DP_MAX_GROUPS 8             /* output sets (several ports) in use at once; one devmap each */
+#ifndef DP_SKB_MAX_COPIES
+#define DP_SKB_MAX_COPIES 64        /* ports a flood or group reaches on the skb path (a verifier bound) */
+#endif
 #ifndef DP_IPV6_MAX_EXT
 #define DP_IPV6_MAX_EXT 4           /* IPv6 extension headers walked before giving up */
 #endif

@@ -30,6 +30,8 @@
 DP_MAP("hash", u32, struct dp_port, dp_ports, DP_MAX_PORTS);
 DP_DEVMAP(dp_tx_ports, DP_MAX_PORTS);
 DP_MAP("percpu_array", u32, struct dp_port_stats, dp_port_stats, DP_MAX_PORTS);
+DP_MAP("array", u32, struct dp_port_cfg, dp_port_cfg, DP_MAX_PORTS);
+DP_MAP("array", u32, struct dp_skb_targets, dp_skb_targets, 1 + DP_MAX_GROUPS);
 
 /* Output groups: a devmap per set of ports, broadcast to with the ingress port excluded. */
 DP_DEVMAP(dp_group0, DP_MAX_PORTS);

@@ -108,6 +108,7 @@ struct dp_config {
     __u32 pad;
 };
 #define DP_CFG_NO_HINTS 1       /* neither use nor update the mask hints (benchmarks, debugging) */
+#define DP_CFG_SKB_FLOOD 2      /* some port takes the skb path: floods and groups go through dp_skb_tx */
 
 struct dp_port {
     __u32 port_no;
@@ -117,10 +118,45 @@ struct dp_port {
 struct dp_port_stats {
     __u64 rx_packets;
     __u64 rx_bytes;
-    __u64 tx_packets;           /* unicast outputs from the fast path */
+    __u64 tx_packets;           /* outputs from the fast path (XDP redirect and skb path) */
     __u64 tx_bytes;
     __u64 drops;                /* dropped by an action on packets received here */
+    __u64 tx_skb_packets;       /* of tx_packets, sent by the skb path (dp_skb_tx) */
 };
+
+/* Per output port (dp_port_cfg, by port number): how to reach it. A port whose device cannot take
+ * XDP_REDIRECTed frames (a veth whose peer has neither an XDP program nor GRO: the kernel drops them) is
+ * sent to through the skb path instead: XDP passes the packet up with struct dp_skb_meta in front, and
+ * dp_skb_tx (tc ingress on every port) redirects the skb. User space sets DP_PORT_SKB_TX from the
+ * device's xdp-features (NETDEV_XDP_ACT_NDO_XMIT). */
+struct dp_port_cfg {
+    __u32 ifindex;              /* 0: no such port */
+    __u32 flags;                /* DP_PORT_* */
+};
+#define DP_PORT_SKB_TX 1
+
+/* The ports a flood (key 0) or output group g (key 1 + g) reaches on the skb path, kept by user space. */
+struct dp_skb_target {
+    __u32 ifindex;
+    __u32 port_no;
+};
+struct dp_skb_targets {
+    __u32 n;
+    __u32 pad;
+    struct dp_skb_target t[DP_SKB_MAX_COPIES];
+};
+
+struct dp_skb_meta {
+    __u32 magic;                /* DP_SKB_MAGIC: written by XDP for dp_skb_tx, nothing else */
+    __u16 kind;                 /* DP_SKB_OUTPUT, DP_SKB_FLOOD, DP_SKB_GROUP */
+    __u16 arg;                  /* the port, or the group */
+    __u32 in_port;
+};
+_Static_assert(sizeof(struct dp_skb_meta) % 4 == 0, "XDP metadata is a multiple of 4 bytes");
+#define DP_SKB_MAGIC 0x78647073 /* "xdps" */
+#define DP_SKB_OUTPUT 1
+#define DP_SKB_FLOOD 2
+#define DP_SKB_GROUP 3
 
 /* dp_stats indexes. The first four partition every packet the fast path sees:
  * EMC_HIT + MF_HIT + MISS + LOST == packets. Never renumber. */

@@ -192,7 +192,10 @@ class Switch:
                     xs = XskSocket(spec.name, q)
                     self.sockets[(port.port_no, q)] = xs
                     dp.set_upcall_socket(port.port_no, q, xs.fileno())
-                self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s))")
+                how = ("sent to by XDP redirect" if port.tx_path == "xdp" else
+                       "sent to by the skb path: the device does not take XDP redirects (a veth whose peer has "
+                       "neither XDP nor GRO)")
+                self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s); {how})")
             for msg in dp.prune_ports({p.ifindex for p in dp.ports.values()}):
                 self.say(msg)
         except Exception:
@@ -271,6 +274,9 @@ class Switch:
                 raise
         with self.udpif.lock:
             self.dp.rank_masks()
+            changed = self.dp.refresh_tx_paths()  # a container may turn GRO on or off on its end at any time
+        for msg in changed:
+            log.warning("%s", msg)
         if self.revalidator is not None and not self.revalidator.is_alive() and not self.stop.is_set():
             log.error("the revalidator died; restarting it")
             self.revalidator.start()
@@ -491,7 +497,7 @@ def _snapshot_of(sw: Switch) -> Any:
         buckets.append((bound, cum))
     return Snapshot(
         datapath=sw.name, dp=dps,
-        ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no)) for p in list(dp.ports.values())],
+        ports=[PortSample(p.port_no, p.name, dp.port_stats(p.port_no), p.tx_path) for p in list(dp.ports.values())],
         maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=rules, ukeys=ukeys,
         upcalls={"ok": st.ok, "failed": st.failed, "lost": sw.socket_drops() + dps.lost},
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),

@@ -574,11 +574,14 @@ class DpStats:
 
 @dataclass
 class PortStats:
+    """struct dp_port_stats, summed over CPUs."""
+
     rx_packets: int = 0
     rx_bytes: int = 0
     tx_packets: int = 0
     tx_bytes: int = 0
     drops: int = 0
+    tx_skb_packets: int = 0     # of tx_packets, sent by the skb path (the port does not take XDP redirects)
 
 
 def rank_masks(in_use: Sequence[int], hits: dict[int, int]) -> list[int]:

@@ -18,6 +18,7 @@ Concurrency with the fast path, which reads these maps while they are written:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -36,16 +37,23 @@ from pathlib import Path
 
 from bcc import BPF  # the only bcc import in the project
 from bcc.libbcc import lib as libbcc
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.netdev import takes_redirects
 from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader, xdp_mode
 
 log = logging.getLogger(__name__)
 
 XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
-PROGRAM_FILES = ("emc.c", "megaflow.c", "baseline.c")
+PROGRAM_FILES = ("emc.c", "megaflow.c", "skb_tx.c", "baseline.c")
+TC_PRIO = 120                  # the tc filter (clsact ingress) that runs dp_skb_tx on every port
+DP_PORT_SKB_TX = 1             # struct dp_port_cfg flags
+DP_CFG_SKB_FLOOD = 2           # struct dp_config flags
+DP_SKB_MAX_COPIES = 64         # dp_consts.h: ports a flood or group reaches on the skb path
 # What the maps look like: a build whose other files changed can share a running datapath's maps (and
 # replace its programs without a gap); one whose layout changed cannot.
 LAYOUT_FILES = ("dp_consts.h", "dp_structs.h", "dp_maps.h")
@@ -67,6 +75,7 @@ class Port:
     name: str
     ifindex: int
     mode: str  # as xdp_mode() reports it: "native" or "generic" for ports this process attached
+    tx_path: str = "xdp"  # how the fast path sends to it: "xdp" (redirect) or "skb" (dp_skb_tx)
 
 
 def xdp_dir() -> Path:
@@ -83,7 +92,7 @@ def map_layout(config: DatapathConfig) -> str:
 def map_names() -> set[str]:
     """Every map dp_maps.h declares (each pinned under its own name)."""
     text = (xdp_dir() / "dp_maps.h").read_text()
-    names = set(re.findall(r"^DP_MAP\([^;]*?,\s*(\w+),\s*[\w ]+\);", text, re.M))
+    names = set(re.findall(r"^DP_MAP\([^;]*?,\s*(\w+),\s*[^,;]+\);", text, re.M))
     names |= set(re.findall(r"^DP_DEVMAP\((\w+),", text, re.M))
     names |= set(re.findall(r"^_BPF_XSKMAP\((\w+),", text, re.M))
     return names
@@ -160,7 +169,12 @@ class Datapath:
             self.bpf = BPF(text=src, cflags=cflags)
             self.prog_emc = self.bpf.load_func("emc_rx", BPF.XDP)
             self.prog_mf = self.bpf.load_func("mf_rx", BPF.XDP)
+            self.prog_skb = self.bpf.load_func("dp_skb_tx", BPF.SCHED_CLS)
         except Exception as e:  # bcc raises plain Exception
+            if not reused_pins:  # maps this attempt pinned: nothing else uses them
+                shutil.rmtree(self.pin_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.pin_dir.parent.rmdir()
             raise DatapathError(f"loading the fast path failed: {e}") from e
         self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
 
@@ -248,7 +262,7 @@ class Datapath:
             if not present:
                 d.rmdir()
                 continue
-            if d.name == layout and present == expected:
+            if d.name == layout and expected <= present:
                 continue
             if d.name == layout:
                 gone = remove_pinned(self.name, d) if "dp_ports" in present else []
@@ -311,10 +325,87 @@ class Datapath:
             if m == "generic" and mode == "auto":
                 log.warning("%s: native XDP failed (%s); running in generic mode", ifname, errors[0])
             port = Port(port_no, ifname, ifindex, m)
-            self._write_port(port)
+            try:
+                self._attach_tc(ifindex)
+            except Exception as e:
+                if not replacing:
+                    BPF.remove_xdp(ifname.encode(), MODE_FLAGS[m])
+                raise DatapathError(f"attaching the skb path (tc clsact ingress) to {ifname} failed: {e}") from e
             self.ports[port_no] = port
+            port.tx_path = "xdp" if takes_redirects(ifindex) else "skb"
+            self._write_port(port)
             return port
         raise DatapathError(f"attaching to {ifname} failed: {'; '.join(errors)}")
+
+    def _attach_tc(self, ifindex: int) -> None:
+        """dp_skb_tx on the port's ingress (a clsact qdisc, made if absent; our filter replaced in place)."""
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("add", "clsact", ifindex)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+            ipr.tc("replace-filter", "bpf", ifindex, 1, prio=TC_PRIO, fd=self.prog_skb.fd, name="dp_skb_tx",
+                   parent="ffff:fff2", classid=1, direct_action=True)
+
+    def set_tx_path(self, port_no: int, path: str) -> None:
+        """Send to a port by "xdp" (redirect) or "skb" (dp_skb_tx), whatever the kernel says it takes (for
+        tests and benchmarks; refresh_tx_paths() goes back to what the kernel says)."""
+        if path not in ("xdp", "skb") or port_no not in self.ports:
+            raise DatapathError(f"no port {port_no}, or a path other than xdp or skb: {path!r}")
+        self.ports[port_no].tx_path = path
+        self._write_port_cfg(port_no)
+        self._write_skb_flood()
+
+    def refresh_tx_paths(self) -> list[str]:
+        """Ask the kernel again which ports take XDP_REDIRECTed frames (a container may turn GRO on or off
+        on its end at any time) and switch each port's path accordingly; what changed, for the log."""
+        changed = []
+        for port in list(self.ports.values()):
+            path = "xdp" if takes_redirects(port.ifindex) else "skb"
+            if path != port.tx_path:
+                port.tx_path = path
+                self._write_port_cfg(port.port_no)
+                changed.append(f"port {port.port_no} ({port.name}): now sent to by the {path} path")
+        if changed:
+            self._write_skb_flood()
+        return changed
+
+    def _write_port_cfg(self, port_no: int) -> None:
+        """struct dp_port_cfg of port_no: its ifindex and its tx path."""
+        port = self.ports.get(port_no)
+        cfg = self.bpf["dp_port_cfg"]
+        v = cfg.Leaf()
+        if port is not None:
+            v.ifindex = port.ifindex
+            v.flags = DP_PORT_SKB_TX if port.tx_path == "skb" else 0
+        cfg[ctypes.c_uint32(port_no)] = v
+
+    def _write_skb_targets(self, key: int | None = None) -> None:
+        """The ports a flood (key 0) and each output group (key 1 + g) reach on the skb path."""
+        keys = [key] if key is not None else [0, *range(1, 1 + N_GROUPS)]
+        table = self.bpf["dp_skb_targets"]
+        for k in keys:
+            if k == 0:
+                members = sorted(self.ports)
+            else:
+                members = sorted(p for p in self._group_ports(k - 1) if p in self.ports)
+            v = table.Leaf()
+            v.n = min(len(members), DP_SKB_MAX_COPIES)
+            for i, p in enumerate(members[:DP_SKB_MAX_COPIES]):
+                v.t[i].ifindex = self.ports[p].ifindex
+                v.t[i].port_no = p
+            table[ctypes.c_uint32(k)] = v
+
+    def _write_skb_flood(self) -> None:
+        """Floods and groups take the skb path while any port does (they reach every member either way)."""
+        on = any(p.tx_path == "skb" for p in self.ports.values())
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        flags = (cur.flags & ~DP_CFG_SKB_FLOOD) | (DP_CFG_SKB_FLOOD if on else 0)
+        if flags != cur.flags:
+            cur.flags = flags
+            cfg[ctypes.c_uint32(0)] = cur
 
     def _recorded_ifindexes(self) -> set[int]:
         return {p.ifindex for p in self.reader.ports()}
@@ -336,9 +427,12 @@ class Datapath:
                     del self.bpf["dp_tx_ports"][ctypes.c_int(p.port_no)]
                 except KeyError:
                     pass
+            if p.port_no not in mine:
+                self.bpf["dp_port_cfg"][ctypes.c_uint32(p.port_no)] = self.bpf["dp_port_cfg"].Leaf()
             if p.name.startswith("ifindex "):
                 done.append(f"port {p.port_no} ({p.name}) vanished while no daemon ran: forgotten")
                 continue
+            detach_tc(p.ifindex)
             if p.mode in MODE_FLAGS:
                 try:
                     BPF.remove_xdp(p.name.encode(), MODE_FLAGS[p.mode])
@@ -349,6 +443,9 @@ class Datapath:
         return done
 
     def _write_port(self, port: Port) -> None:
+        self._write_port_cfg(port.port_no)
+        self._write_skb_targets()
+        self._write_skb_flood()
         self.bpf["dp_ports"][ctypes.c_uint32(port.ifindex)] = self.bpf["dp_ports"].Leaf(port.port_no, 0)
         self.bpf["dp_tx_ports"][ctypes.c_int(port.port_no)] = ctypes.c_int(port.ifindex)
         for ports, g in self._groups.items():
@@ -360,8 +457,12 @@ class Datapath:
         if port is None:
             raise DatapathError(f"no port {port_no}")
         self._detach(port)
+        self._write_skb_targets()
+        self._write_skb_flood()
 
     def _detach(self, port: Port) -> None:
+        self.bpf["dp_port_cfg"][ctypes.c_uint32(port.port_no)] = self.bpf["dp_port_cfg"].Leaf()
+        detach_tc(port.ifindex)
         for table, key in (("dp_ports", ctypes.c_uint32(port.ifindex)), ("dp_tx_ports", ctypes.c_int(port.port_no))):
             try:
                 del self.bpf[table][key]
@@ -705,6 +806,7 @@ class Datapath:
                     table[ctypes.c_int(p)] = ctypes.c_int(self.ports[p].ifindex)
             self._groups[ports] = g
             self._group_refs[g] = 0
+            self._write_skb_targets(1 + g)  # the skb path finds the group's members here
         self._group_refs[g] += 1
         return g
 
@@ -719,7 +821,7 @@ class Datapath:
 
     def attached_ports(self) -> list[Port]:
         """Ports as the maps record them (for a reopened datapath, which attached none itself)."""
-        return [Port(p.port_no, p.name, p.ifindex, p.mode) for p in self.reader.ports()]
+        return [Port(p.port_no, p.name, p.ifindex, p.mode, p.tx_path) for p in self.reader.ports()]
 
     def _recover(self) -> None:
         """Rebuild flows, masks, order and groups from pinned maps left by an earlier process."""
@@ -808,6 +910,7 @@ def remove_pinned(name: str, pin_dir: Path) -> list[str]:
         log.warning("%s: cannot read its ports (%s); removing the pins only", pin_dir, e)
         ports = []
     for p in ports:
+        detach_tc(p.ifindex)
         if p.mode in MODE_FLAGS:
             try:
                 BPF.remove_xdp(p.name.encode(), MODE_FLAGS[p.mode])
@@ -832,3 +935,13 @@ def remove_datapath(name: str, pin_root: Path = PIN_ROOT, run_dir: Path = RUN_DI
         shutil.rmtree(root, ignore_errors=True)
     run.unlink(missing_ok=True)
     return gone
+
+
+def detach_tc(ifindex: int) -> None:
+    """Remove dp_skb_tx from a port's ingress (our filter only; the clsact qdisc stays for others)."""
+    try:
+        with IPRoute() as ipr:
+            ipr.tc("del-filter", "bpf", ifindex, 1, prio=TC_PRIO, parent="ffff:fff2")
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            log.warning("removing the skb path from ifindex %d failed: %s", ifindex, e)

@@ -174,6 +174,7 @@ class PortInfo:
     name: str
     ifindex: int
     mode: str  # as xdp_mode() reports it: native, generic, ...
+    tx_path: str = "xdp"  # "skb" when the port does not take XDP redirects (struct dp_port_cfg)
 
 
 def xdp_mode(ifname: str) -> str:
@@ -204,7 +205,7 @@ class DatapathReader:
         return DpStats.from_counters(s, d)
 
     def port_stats(self, port_no: int) -> PortStats:
-        (vals,) = self.map("dp_port_stats").sums(range(port_no, port_no + 1), "<QQQQQ")
+        (vals,) = self.map("dp_port_stats").sums(range(port_no, port_no + 1), "<QQQQQQ")
         return PortStats(*vals) if vals else PortStats()
 
     def ports(self) -> list[PortInfo]:
@@ -216,7 +217,13 @@ class DatapathReader:
                 name = socket.if_indextoname(ifindex)
             except OSError:
                 name = f"ifindex {ifindex} (gone)"
-            out.append(PortInfo(port_no, name, ifindex, xdp_mode(name) if not name.startswith("ifindex") else "none"))
+            try:
+                cfg = self.map("dp_port_cfg").u32(port_no) if port_no < self.config.max_ports else None
+            except ViewError:  # a datapath from before the skb path: every port by XDP redirect
+                cfg = None
+            skb = bool(cfg and struct.unpack_from("<II", cfg[0])[1] & 1)  # struct dp_port_cfg: DP_PORT_SKB_TX
+            out.append(PortInfo(port_no, name, ifindex, xdp_mode(name) if not name.startswith("ifindex") else "none",
+                                "skb" if skb else "xdp"))
         return sorted(out, key=lambda p: p.port_no)
 
     def mask_order(self) -> list[int]:

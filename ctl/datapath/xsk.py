@@ -93,6 +93,7 @@ class XskSocket:
         self._tx_lock = threading.Lock()
         self.tx_sent = 0
         self.tx_dropped = 0
+        self.received = 0       # upcalls read (the handler that owns the socket writes it)
         self._refill()
         sxdp = struct.pack("<HHIII", AF_XDP, XDP_COPY | XDP_USE_NEED_WAKEUP, socket.if_nametoindex(ifname),
                            queue, 0)
@@ -140,6 +141,7 @@ class XskSocket:
             out.append(Upcall(reason, in_port, h, bytes(self.umem[addr : addr + length])))
             self._free.append(addr - addr % self.frame_size)
         ring.consumer.value = (cons + n) % (1 << 32)
+        self.received += n
         self._refill()
         return out
 

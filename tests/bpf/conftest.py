@@ -56,7 +56,7 @@ def bench(module_net: Net) -> Iterator[Bench]:
     try:
         ifindex = {}
         for n in (1, 2, 3):
-            a, _b = module_net.veth(quiet=True)
+            a, _b = module_net.veth(quiet=True, gro=True)  # these cases are about the XDP redirect path
             ifindex[n] = dp.add_port(a, n).ifindex
         yield Bench(dp, ifindex)
     finally:

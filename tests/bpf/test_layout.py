@@ -3,6 +3,7 @@
 bcc builds each map's key and value types from clang's own layout, so they are the compiled C."""
 
 import ctypes
+import dataclasses
 
 from ctl.datapath import dpif
 from ctl.datapath.flowkey import FlowKey, field_layout
@@ -38,3 +39,16 @@ def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
 def test_enums_match(bench: Bench) -> None:
     assert bench.dp.bpf["dp_stats"].max_entries == len(dpif.Stat)
     assert bench.dp.bpf["dp_drops"].max_entries == len(dpif.DropReason)
+
+
+def test_every_map_is_pinned_and_known(bench: Bench) -> None:
+    """What a restart checks for (half-removed pins) is what bcc pins."""
+    from ctl.datapath.dpif_xdp import map_names
+
+    assert {p.name for p in bench.dp.pin_dir.iterdir()} == map_names()
+
+
+def test_port_structs_match(bench: Bench) -> None:
+    stats = bench.dp.bpf["dp_port_stats"].Leaf._type_  # per CPU: an array of the struct
+    assert [n for n, _t in stats._fields_] == [f.name for f in dataclasses.fields(dpif.PortStats)]
+    assert c_layout(bench.dp.bpf["dp_port_cfg"].Leaf) == {"ifindex": (0, 4), "flags": (4, 4)}

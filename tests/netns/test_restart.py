@@ -211,7 +211,7 @@ def test_what_a_start_finds_left_behind(hosts: list[Host], net: Net, tmp_path: P
         said.clear()
         sw = switch()
         try:
-            assert any("held 24 of the 25 maps" in m for m in said), said
+            assert any("held 26 of the 27 maps" in m for m in said), said
             time.sleep(0.3)
             assert ping(h1, h2.ip, 2)
         finally:

@@ -6,6 +6,7 @@ messages should have left, and traffic follows it. (Own module: its own hosts.)"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from ctl.daemon.switch import control_path, request
+from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
 from ctl.openflow import codec as oc
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.openflow_tables import parse_flow
@@ -219,3 +221,5 @@ def test_flow_mods_from_every_side_under_traffic(hosts: list[Host], tmp_path: Pa
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+        with contextlib.suppress(DatapathError):
+            remove_datapath(name)  # SIGTERM leaves the datapath running, by design

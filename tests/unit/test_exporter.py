@@ -23,7 +23,7 @@ def snapshot() -> Snapshot:
         dp=DpStats(emc_hits=900, megaflow_hits=80, misses=15, lost=5, mask_lookups=120, hint_hits=60, emc_inserts=3,
                    drops={"action": 2, "ttl_expired": 1, "controller": 0}),
         ports=[PortSample(1, "veth1", PortStats(600, 60000, 400, 40000, 1)),
-               PortSample(2, "veth2", PortStats(400, 40000, 580, 58000, 2))],
+               PortSample(2, "veth2", PortStats(400, 40000, 580, 58000, 2, 580), "skb")],
         maps={"mf_flows": (12, 262144), "mf_masks": (3, 64)}, megaflows=12, masks=3, rules=7, ukeys=12,
         upcalls={"ok": 14, "failed": 1, "lost": 5}, upcall_reasons={"miss": 15, "slow_path": 0},
         megaflows_installed=14, megaflows_deleted={"idle": 2, "stale": 1},
