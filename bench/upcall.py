@@ -48,10 +48,11 @@ def frame(dport: int, sport: int = 1000) -> bytes:
     return DST + SRC + b"\x08\x00" + ip + udp
 
 
-def setup() -> None:
+def setup(queues: int = 1) -> None:
     teardown()
     for a, b in ((GEN, P1), (P2, SINK)):
-        sh(f"ip link add {a} type veth peer name {b}")
+        q = f"numtxqueues {queues} numrxqueues {queues}" if a == GEN else ""
+        sh(f"ip link add {a} {q} type veth peer name {b} {q}")
     for d in (GEN, P1, P2, SINK):
         sh(f"ip link set {d} up")
         sh(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1")
@@ -88,13 +89,14 @@ print(sent)
 
 
 def setups_per_second(sw: Switch, first: int, n: int, seconds: float) -> dict[str, float]:
-    assert sw.udpif is not None
-    st = sw.udpif.stats
+    udpif = sw.udpif
+    assert udpif is not None
     gen = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", GENERATOR, GEN, str(first), str(n),
                             str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     samples = []
     t_end = time.time() + seconds + 1.0
     while time.time() < t_end:
+        st = udpif.stats  # every handler's counters, summed now
         samples.append((time.perf_counter(), st.installed, st.received))
         time.sleep(0.05)
     offered = int(gen.communicate(timeout=30)[0] or 0)
@@ -140,18 +142,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer flows and probes (a smoke run)")
+    ap.add_argument("--handlers", type=int, default=1,
+                    help="handler threads (port 1 gets as many receive queues, one upcall socket each)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.upcall needs root", file=sys.stderr)
         return 2
     n_rules = 20000 if args.quick else 65000
     probes = 200 if args.quick else 1000
-    setup()
+    setup(args.handlers)
     with tempfile.TemporaryDirectory() as d:
         state = Path(d) / "flows.json"
         flows = Path(d) / "bench.flows"
         flows.write_text("".join(f"priority=10,udp,tp_dst={p},actions=output:2\n" for p in range(1, n_rules + 1)))
-        sw = Switch("xsbench", [PortSpec(P1, 1), PortSpec(P2, 2)], state, flows,
+        sw = Switch("xsbench", [PortSpec(P1, 1), PortSpec(P2, 2)], state, flows, n_handlers=args.handlers,
                     config=DatapathConfig(max_flows=65536, emc_insert_inv_prob=100), say=lambda m: None)
         os.sched_setaffinity(0, {1})  # the handler thread inherits it; the generator runs on CPU 0
         try:
@@ -175,7 +179,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"flow setups: {rate['setups_per_s']:.0f}/s (target >= 20000) "
+    print(f"flow setups, {args.handlers} handler(s): {rate['setups_per_s']:.0f}/s (target >= 20000) "
           f"[offered {rate['offered']}, upcalls {rate['upcalls']}, installed {rate['installed']}]")
     for k, v in latency.items():
         print(f"{k:26s} p50 {v['p50']:8.1f} us  p99 {v['p99']:8.1f} us  lost {v['lost']:.0f}")

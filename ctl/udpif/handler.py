@@ -1,7 +1,12 @@
 """Handler threads (OVS: ofproto-dpif-upcall's handlers): each reads its AF_XDP upcall sockets in batches
 and hands them to the Udpif with counters of its own (``Udpif.handler_stats()``), so counts stay exact with
 several handlers and nobody else writes them. An exception in one batch is logged once, counted
-(``LoopErrors``, loop "handler") and the handler goes on with the next batch."""
+(``LoopErrors``, loop "handler") and the handler goes on with the next batch.
+
+Fairness between ports (OVS dispatches upcalls per port for the same reason): each round takes at most
+FAIR_BATCH upcalls from every socket that has some, and looks again for ready sockets before the next
+round, so a port flooding new flows delays another port's first packet by at most one small batch of its
+own, not by everything queued behind it."""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ import select
 import threading
 
 from ctl.common.loops import LoopErrors
-from ctl.datapath.xsk import XskSocket
+from ctl.datapath.xsk import Upcall, XskSocket
 from ctl.udpif.upcall import Udpif
+
+FAIR_BATCH = 16   # upcalls taken from one socket per round
 
 
 class Handler(threading.Thread):
@@ -33,7 +40,18 @@ class Handler(threading.Thread):
                 self.errors.record("handler")
 
     def _once(self, poller: select.poll, by_fd: dict[int, XskSocket]) -> None:
-        for fd, _ev in poller.poll(100):
-            ups = by_fd[fd].recv(timeout_ms=0, max_batch=self.batch)
-            if ups:
-                self.udpif.handle(ups, self.stats)
+        ready = [fd for fd, _ev in poller.poll(100)]
+        while ready:
+            batch = take_round([by_fd[fd] for fd in ready], min(self.batch, FAIR_BATCH))
+            if batch:
+                self.udpif.handle(batch, self.stats)
+            ready = [fd for fd, _ev in poller.poll(0)]  # who has upcalls now, the flooder and the rest alike
+
+
+def take_round(sockets: list[XskSocket], budget: int) -> list[Upcall]:
+    """One round: at most budget upcalls from each socket, interleaved socket by socket."""
+    per = [s.recv(timeout_ms=0, max_batch=budget) for s in sockets]
+    out: list[Upcall] = []
+    for i in range(max((len(p) for p in per), default=0)):
+        out.extend(p[i] for p in per if i < len(p))
+    return out

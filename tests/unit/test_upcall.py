@@ -196,3 +196,26 @@ def test_a_state_save_copies_under_the_lock_while_flow_mods_run() -> None:
         stop.set()
         t.join()
     assert not failures
+
+
+def test_a_flooding_port_delays_another_ports_upcall_by_one_small_batch_at_most() -> None:
+    """The handler's rounds take at most FAIR_BATCH from each socket, interleaved: the victim's one upcall
+    is in the first round even with a thousand of the flooder's queued ahead of it."""
+    from ctl.udpif.handler import FAIR_BATCH, take_round
+
+    class FakeSocket:
+        def __init__(self, ups: list[Upcall]) -> None:
+            self.ups = ups
+
+        def recv(self, timeout_ms: int = 0, max_batch: int = 64) -> list[Upcall]:
+            out, self.ups = self.ups[:max_batch], self.ups[max_batch:]
+            return out
+
+    flood = FakeSocket([up(1000 + i, in_port=1) for i in range(1000)])
+    victim = FakeSocket([up(53, in_port=2)])
+    first = take_round([flood, victim], FAIR_BATCH)  # type: ignore[list-item]
+    assert len(first) == FAIR_BATCH + 1 and first[1].in_port == 2  # interleaved: the victim's comes second
+    rounds = 1
+    while take_round([flood, victim], FAIR_BATCH):  # type: ignore[list-item]
+        rounds += 1
+    assert rounds == 1000 // FAIR_BATCH + (1000 % FAIR_BATCH > 0)
