@@ -30,6 +30,7 @@ from rich.table import Table
 from ctl.datapath.dpif import now_ns
 
 if TYPE_CHECKING:
+    from ctl.datapath.dpif import Megaflow
     from ctl.datapath.view import DatapathReader, DatapathView
 
 app = typer.Typer(help="An Open vSwitch-style switch with an XDP fast path.", no_args_is_help=True,
@@ -98,10 +99,19 @@ def dump_flows(dp: DatapathReader, fmt: Format = Format.text) -> None:
     now = now_ns()
     flows = dp.dump_flows()
     if fmt == Format.json:
+        texts: dict[tuple[object, ...], list[str]] = {}  # megaflows share action lists: format each once
+
+        def actions(f: Megaflow) -> list[str]:
+            key = tuple(f.actions)
+            t = texts.get(key)
+            if t is None:
+                t = texts[key] = [str(a) for a in f.actions]
+            return t
+
         _print_json([{
             "match": f.match(), "packets": f.packets, "bytes": f.bytes,
             "used_s": None if not f.used_ns else max(0, now - f.used_ns) / 1e9,
-            "actions": [str(a) for a in f.actions], "mask_id": f.mask_id} for f in flows])
+            "actions": actions(f), "mask_id": f.mask_id} for f in flows])
         return
     sys.stdout.write("".join(f.format(now) + "\n" for f in flows))
 

@@ -32,6 +32,7 @@ top of ``xdp/parser.h``; ``tests/bpf/test_parser_diff.py`` proves the two parser
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import socket
 import struct
@@ -327,11 +328,21 @@ def _fmt(value: int | bytes, mask: int | bytes | None, kind: str) -> str:
     return one(value) if mask is None else f"{one(value)}/{one(mask)}"
 
 
+@functools.lru_cache(maxsize=256)
+def _mask_fields(raw: bytes) -> dict[str, int | bytes]:
+    """A mask's fields (a dump has a few masks and many keys: each mask is unpacked once)."""
+    return _fields_of(raw)
+
+
 def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
     """A key (and mask) in the shape of ovs-dpctl dump-flows: fully wildcarded fields are left out."""
     if mask is not None:
-        key = key.masked(mask)
-    k, m = key.fields(), (mask.fields() if mask is not None else None)
+        mraw = bytes(mask)
+        kraw = bytes(key)
+        k = _fields_of((int.from_bytes(kraw, "little") & int.from_bytes(mraw, "little")).to_bytes(len(kraw), "little"))
+        m: dict[str, int | bytes] | None = _mask_fields(mraw)
+    else:
+        k, m = key.fields(), None
 
     def shown(name: str) -> bool:
         if m is None:

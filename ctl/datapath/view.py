@@ -142,6 +142,13 @@ class MapReader:
     def batch(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) with BPF_MAP_LOOKUP_BATCH; per-CPU values come concatenated (ncpu x stride)."""
         vsize = self.stride * self.ncpu
+        for count, kraw, vraw in self.batch_chunks(chunk):
+            for i in range(count):
+                yield kraw[i * self.key_size:(i + 1) * self.key_size], vraw[i * vsize:(i + 1) * vsize]
+
+    def batch_chunks(self, chunk: int = 16384) -> Iterator[tuple[int, bytes, bytes]]:
+        """BPF_MAP_LOOKUP_BATCH a chunk at a time: (count, keys, values), for readers that slice in bulk."""
+        vsize = self.stride * self.ncpu
         in_b = ctypes.create_string_buffer(max(self.key_size, 8))
         out_b = ctypes.create_string_buffer(max(self.key_size, 8))
         keys = ctypes.create_string_buffer(chunk * self.key_size)
@@ -159,9 +166,8 @@ class MapReader:
                     raise ViewError(f"reading {self.name} failed: {e.strerror}") from None
                 done = True
             count = struct.unpack_from("<I", attr, 32)[0]
-            kraw, vraw = keys.raw, vals.raw
-            for i in range(count):
-                yield kraw[i * self.key_size:(i + 1) * self.key_size], vraw[i * vsize:(i + 1) * vsize]
+            if count:
+                yield count, keys.raw[:count * self.key_size], vals.raw[:count * vsize]
             if done or count == 0:
                 return
             ctypes.memmove(in_b, out_b, len(out_b))
@@ -255,16 +261,19 @@ class DatapathReader:
         """(packets, bytes, last used) of every megaflow slot below hi, summed over CPUs."""
         ms = self.map("mf_stats")
         out: dict[int, tuple[int, int, int]] = {}
-        step = ms.stride // 8
-        for k, v in ms.batch(min(16384, max(hi or 16384, 1))):
-            idx = struct.unpack_from("<I", k)[0]
-            if hi is not None and idx >= hi:
-                break
-            w = memoryview(v).cast("Q")
-            packets = sum(w[i * step] for i in range(ms.ncpu))
-            nbytes = sum(w[i * step + 1] for i in range(ms.ncpu))
-            used = max(w[i * step + 2] for i in range(ms.ncpu))
-            out[idx] = (packets, nbytes, used)
+        step, ncpu = ms.stride // 8, ms.ncpu
+        row = step * ncpu  # per slot: ncpu x (packets, bytes, used), each CPU's value padded to 8 bytes
+        for _count, kraw, vraw in ms.batch_chunks(min(16384, max(hi or 16384, 1))):
+            keys = memoryview(kraw).cast("I").tolist()
+            w = memoryview(vraw).cast("Q")
+            cols = [[w[c * step + f::row].tolist() for c in range(ncpu)] for f in range(3)]
+            packets = list(map(sum, zip(*cols[0], strict=True)))
+            nbytes = list(map(sum, zip(*cols[1], strict=True)))
+            used = list(map(max, zip(*cols[2], strict=True)))
+            for i, idx in enumerate(keys):
+                if hi is not None and idx >= hi:
+                    return out
+                out[idx] = (packets[i], nbytes[i], used[i])
         return out
 
     def group_ports(self) -> dict[int, frozenset[int]]:
@@ -298,13 +307,18 @@ class DatapathReader:
             return groups.get(g, frozenset())
 
         out = []
+        decoded: dict[bytes, list[dpif.Action]] = {}  # megaflows share action lists: decode each once
         for fkey, idx in slots.items():
             mid = struct.unpack_from("<I", fkey)[0]
-            _gen, recs = dpif.decode_entry(raw_entries.get(idx, b"\0" * 8))
+            raw = raw_entries.get(idx, b"\0" * 8)
+            actions = decoded.get(raw[4:])  # without the generation
+            if actions is None:
+                _gen, recs = dpif.decode_entry(raw)
+                actions = decoded[raw[4:]] = dpif.decode_actions(recs, ports_of_group)
             packets, nbytes, used = stats.get(idx, (0, 0, 0))
             out.append(Megaflow(key=FlowKey.from_bytes(fkey[8:]), mask=masks.get(mid, FlowKey()),
-                                actions=dpif.decode_actions(recs, ports_of_group),
-                                packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
+                                actions=list(actions), packets=packets, bytes=nbytes, used_ns=used, mask_id=mid,
+                                flow_idx=idx))
         return out
 
     def map_usage(self, n_flows: int | None = None) -> dict[str, tuple[int, int]]:
