@@ -115,10 +115,13 @@ PIN_ROOT = "/sys/fs/bpf/xdpswitch"
 
 
 def _datapaths() -> set[str]:
+    """Datapaths this test process named (unique() puts its pid in every name), running or not."""
+    mine = str(os.getpid() % 10000)
     try:
-        return {n for n in os.listdir(PIN_ROOT) if n.startswith("xs")}
+        names = os.listdir(PIN_ROOT)
     except OSError:
         return set()
+    return {n for n in names if n.startswith("xs") and mine in n}
 
 
 @pytest.fixture(scope="session", autouse=True)
