@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.revalidator import fill
+from bench.revalidator import RULES, fill
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
 from ctl.udpif.upcall import Udpif
@@ -45,13 +45,13 @@ def main() -> int:
         print("bench.dpctl needs root", file=sys.stderr)
         return 2
     tables = OpenFlowTables()
-    tables.add_many(parse_flow(f"priority=10,udp,tp_dst={p},actions=output:2") for p in range(1, 60001))
-    tables.add(parse_flow("priority=20,udp,tp_src=1001,actions=output:2"))
+    tables.add_many(parse_flow(r) for r in RULES)
     name = "xsbenchdpctl"
     dp = Datapath(name, DatapathConfig(max_flows=262144))
     try:
         u = Udpif(dp, tables, lambda port, frames: len(frames), lambda: [1, 2], flow_limit=10_000_000)
         fill(dp, u, args.flows, 0)
+        assert dp.n_flows == args.flows, f"{dp.n_flows} megaflows, not {args.flows}"
         base = best_of([*CLI, "--help"])
         rows = {"cli start-up (--help)": base}
         for label, cmd in (("dpctl show", ["dpctl", "show"]), ("stats", ["stats"]),

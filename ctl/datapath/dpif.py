@@ -529,9 +529,13 @@ class Megaflow:
         return format_key(self.key, self.mask)
 
     def format(self, now_ns: int) -> str:
-        used = "never" if not self.used_ns else f"{max(0, now_ns - self.used_ns) / 1e9:.3f}s"
-        return (f"{self.match()}, packets:{self.packets}, bytes:{self.bytes}, used:{used}, "
-                f"actions:{format_actions(self.actions)}")
+        return flow_line(self.match(), self.packets, self.bytes, self.used_ns, format_actions(self.actions), now_ns)
+
+
+def flow_line(match: str, packets: int, nbytes: int, used_ns: int, actions: str, now_ns: int) -> str:
+    """A megaflow as ovs-dpctl dump-flows prints it."""
+    used = "never" if not used_ns else f"{max(0, now_ns - used_ns) / 1e9:.3f}s"
+    return f"{match}, packets:{packets}, bytes:{nbytes}, used:{used}, actions:{actions}"
 
 
 @dataclass

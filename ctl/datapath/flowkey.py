@@ -340,7 +340,11 @@ def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
     a few masks (format_key_reference is the same, unplanned)."""
     if mask is None:
         return format_key_reference(key)
-    mraw, kraw = bytes(mask), bytes(key)
+    return format_masked(bytes(key), bytes(mask))
+
+
+def format_masked(kraw: bytes, mraw: bytes) -> str:
+    """format_key of a key and mask given as the bytes of struct flow_key (as the maps hold them)."""
     k = _fields_of((int.from_bytes(kraw, "little") & int.from_bytes(mraw, "little")).to_bytes(len(kraw), "little"))
     out = []
     for head, fields, tail in _plan(mraw, int(k["dl_type"]), int(k["nw_proto"])):

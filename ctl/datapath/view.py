@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import DatapathConfig, DpStats, Megaflow, PortStats
@@ -174,6 +175,19 @@ class MapReader:
             first = False
 
 
+class FlowRow(NamedTuple):
+    """One megaflow as the maps hold it (see DatapathReader.dump_rows)."""
+
+    key: bytes          # struct flow_key, masked
+    mask: bytes
+    actions: tuple[dpif.Action, ...]
+    packets: int
+    bytes: int
+    used_ns: int
+    mask_id: int
+    flow_idx: int
+
+
 @dataclass
 class PortInfo:
     port_no: int
@@ -286,6 +300,13 @@ class DatapathReader:
 
     def dump_flows(self) -> list[Megaflow]:
         """Every megaflow with its actions, packets, bytes and last use."""
+        return [Megaflow(key=FlowKey.from_bytes(r.key), mask=FlowKey.from_bytes(r.mask), actions=list(r.actions),
+                         packets=r.packets, bytes=r.bytes, used_ns=r.used_ns, mask_id=r.mask_id, flow_idx=r.flow_idx)
+                for r in self.dump_rows()]
+
+    def dump_rows(self) -> list[FlowRow]:
+        """dump_flows() without building objects per megaflow: keys and masks as the maps' bytes, action lists
+        shared between the megaflows that have the same (what dpctl dump-flows prints 100k of)."""
         slots = self.flow_slots()
         if not slots:
             return []
@@ -307,18 +328,18 @@ class DatapathReader:
             return groups.get(g, frozenset())
 
         out = []
-        decoded: dict[bytes, list[dpif.Action]] = {}  # megaflows share action lists: decode each once
+        decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # megaflows share action lists: decode each once
+        mask_raw = {mid: bytes(m) for mid, m in masks.items()}
+        no_mask = bytes(FlowKey())
         for fkey, idx in slots.items():
             mid = struct.unpack_from("<I", fkey)[0]
             raw = raw_entries.get(idx, b"\0" * 8)
             actions = decoded.get(raw[4:])  # without the generation
             if actions is None:
                 _gen, recs = dpif.decode_entry(raw)
-                actions = decoded[raw[4:]] = dpif.decode_actions(recs, ports_of_group)
+                actions = decoded[raw[4:]] = tuple(dpif.decode_actions(recs, ports_of_group))
             packets, nbytes, used = stats.get(idx, (0, 0, 0))
-            out.append(Megaflow(key=FlowKey.from_bytes(fkey[8:]), mask=masks.get(mid, FlowKey()),
-                                actions=list(actions), packets=packets, bytes=nbytes, used_ns=used, mask_id=mid,
-                                flow_idx=idx))
+            out.append(FlowRow(fkey[8:], mask_raw.get(mid, no_mask), actions, packets, nbytes, used, mid, idx))
         return out
 
     def map_usage(self, n_flows: int | None = None) -> dict[str, tuple[int, int]]:
