@@ -111,12 +111,12 @@ def dump_flows(dp: DatapathReader, fmt: Format = Format.text) -> None:
 
     if fmt == Format.json:
         _print_json([{
-            "match": format_masked(r.key, r.mask), "packets": r.packets, "bytes": r.bytes,
+            "match": format_masked(r.key, r.mask, premasked=True), "packets": r.packets, "bytes": r.bytes,
             "used_s": None if not r.used_ns else max(0, now - r.used_ns) / 1e9,
             "actions": actions(r.actions), "mask_id": r.mask_id} for r in rows])
         return
     line = {id(r.actions): format_actions(r.actions) for r in rows}
-    sys.stdout.write("".join(flow_line(format_masked(r.key, r.mask), r.packets, r.bytes, r.used_ns,
+    sys.stdout.write("".join(flow_line(format_masked(r.key, r.mask, premasked=True), r.packets, r.bytes, r.used_ns,
                                        line[id(r.actions)], now) + "\n" for r in rows))
 
 

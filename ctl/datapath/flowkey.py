@@ -36,6 +36,7 @@ import functools
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 
 FLOW_DL_TYPE_NONE = 0x05FF
 VLAN_CFI = 0x1000
@@ -343,22 +344,68 @@ def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
     return format_masked(bytes(key), bytes(mask))
 
 
-def format_masked(kraw: bytes, mraw: bytes) -> str:
-    """format_key of a key and mask given as the bytes of struct flow_key (as the maps hold them)."""
-    k = _fields_of((int.from_bytes(kraw, "little") & int.from_bytes(mraw, "little")).to_bytes(len(kraw), "little"))
-    out = []
-    for head, fields, tail in _plan(mraw, int(k["dl_type"]), int(k["nw_proto"])):
+def format_masked(kraw: bytes, mraw: bytes, premasked: bool = False) -> str:
+    """format_key of a key and mask given as the bytes of struct flow_key (as the maps hold them; keys from
+    mf_flows are premasked). Each (mask, Ethernet type, IP protocol) is compiled once into a format string
+    and the conversions of the fields it shows, so a key costs one unpack and one format."""
+    if not premasked:
+        kraw = (int.from_bytes(kraw, "little") & int.from_bytes(mraw, "little")).to_bytes(len(kraw), "little")
+    vals = (_KEY.unpack_from(kraw)[0], *_BODY.unpack_from(kraw, 4))
+    template, convs = _compiled(mraw, vals[_POS["dl_type"]], vals[_POS["nw_proto"]])
+    return template.format(*[c(vals[i]) if c else vals[i] for i, c in convs])
+
+
+_POS = {"in_port": 0, **{n: i + 1 for i, n in enumerate(_NAMES)}}
+_FRAG = {0: "no", 1: "first", 3: "later"}
+
+
+def _one(kind: str) -> Callable[[int | bytes], str] | None:
+    """How a field of this kind prints (None: as the integer it is)."""
+    if kind == "mac":
+        return lambda v: mac_str(v)  # type: ignore[arg-type]
+    if kind == "ip4":
+        return lambda v: socket.inet_ntoa(v.to_bytes(4, "big"))  # type: ignore[union-attr]
+    if kind == "ip6":
+        return lambda v: str(ipaddress.IPv6Address(v))
+    if kind == "hex":
+        return lambda v: f"{v:#x}" if isinstance(v, int) else v.hex()
+    return None
+
+
+Conv = Callable[[int | bytes], str] | None
+
+
+def _esc(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(mraw: bytes, dl_type: int, proto: int) -> tuple[str, list[tuple[int, Conv]]]:
+    """_plan as one format string and, per placeholder, the field's position and converter."""
+    parts: list[str] = []
+    convs: list[tuple[int, Conv]] = []
+    for head, fields, tail in _plan(mraw, dl_type, proto):
         if fields is None:
-            out.append(head.format(k=k))
+            if "{k[in_port]}" in head:
+                parts.append(head.replace("{k[in_port]}", "{}"))
+                convs.append((0, None))
+            else:
+                parts.append(head)
             continue
-        vals = []
+        items = []
         for label, name, kind, mv in fields:
-            v = _fmt(k[name], mv, kind)
+            one = _one(kind)
             if name == "nw_frag":
-                v = {0: "no", 1: "first", 3: "later"}.get(int(k[name]), v)  # type: ignore[arg-type]
-            vals.append(label + v)
-        out.append(head + ",".join(vals) + tail)
-    return ",".join(out)
+                def frag(v: int | bytes, mv: int | bytes | None = mv) -> str:
+                    return _FRAG.get(int(v), _fmt(v, mv, ""))  # type: ignore[arg-type]
+                items.append(_esc(label) + "{}")
+                convs.append((_POS[name], frag))
+                continue
+            suffix = "" if mv is None else "/" + _fmt(mv, None, kind)
+            items.append(_esc(label) + "{}" + _esc(suffix))
+            convs.append((_POS[name], one))
+        parts.append(_esc(head) + ",".join(items) + _esc(tail))
+    return ",".join(parts), convs
 
 
 Plan = list[tuple[str, "list[tuple[str, str, str, int | bytes | None]] | None", str]]

@@ -266,7 +266,13 @@ class DatapathReader:
 
     def flow_slots(self) -> dict[bytes, int]:
         """mf_flows: every megaflow's key (mask id, pad, masked key) -> its slot."""
-        return {k: struct.unpack_from("<I", v)[0] for k, v in self.map("mf_flows").batch()}
+        m = self.map("mf_flows")
+        out: dict[bytes, int] = {}
+        ks = m.key_size
+        for count, kraw, vraw in m.batch_chunks():
+            slots = memoryview(vraw).cast("I").tolist()  # values: u32, packed
+            out.update(zip((kraw[i * ks:(i + 1) * ks] for i in range(count)), slots, strict=True))
+        return out
 
     def n_flows(self) -> int:
         return sum(1 for _ in self.map("mf_flows").batch())
@@ -314,12 +320,14 @@ class DatapathReader:
         entries = self.map("mf_entries")
         hi = max(slots.values()) + 1
         stats = self.flow_stats_all(hi)
-        raw_entries: dict[int, bytes] = {}
-        for k, v in entries.batch(min(16384, hi)):  # an array: slots in order, so stop at the last in use
-            i = struct.unpack_from("<I", k)[0]
-            if i >= hi:
+        # mf_entries is an array, read in slot order: slot i's entry is at actions[i] (the action part only:
+        # without the generation, so megaflows with the same actions share the same bytes)
+        es = entries.stride
+        acts: list[bytes] = []
+        for _count, _kraw, vraw in entries.batch_chunks(min(16384, hi)):
+            acts.extend(vraw[j:j + es] for j in range(0, len(vraw), es))
+            if len(acts) >= hi:
                 break
-            raw_entries[i] = v
         groups: dict[int, frozenset[int]] = {}
 
         def ports_of_group(g: int) -> frozenset[int]:
@@ -331,14 +339,16 @@ class DatapathReader:
         decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # megaflows share action lists: decode each once
         mask_raw = {mid: bytes(m) for mid, m in masks.items()}
         no_mask = bytes(FlowKey())
+        none = (0, 0, 0)
         for fkey, idx in slots.items():
             mid = struct.unpack_from("<I", fkey)[0]
-            raw = raw_entries.get(idx, b"\0" * 8)
-            actions = decoded.get(raw[4:])  # without the generation
+            raw = acts[idx] if idx < len(acts) else b"\0" * 8
+            body = raw[4:]  # without the generation
+            actions = decoded.get(body)
             if actions is None:
                 _gen, recs = dpif.decode_entry(raw)
-                actions = decoded[raw[4:]] = tuple(dpif.decode_actions(recs, ports_of_group))
-            packets, nbytes, used = stats.get(idx, (0, 0, 0))
+                actions = decoded[body] = tuple(dpif.decode_actions(recs, ports_of_group))
+            packets, nbytes, used = stats.get(idx, none)
             out.append(FlowRow(fkey[8:], mask_raw.get(mid, no_mask), actions, packets, nbytes, used, mid, idx))
         return out
 
