@@ -175,6 +175,19 @@ class MapReader:
             first = False
 
 
+class FlowColumns(NamedTuple):
+    """Every megaflow as parallel lists (see DatapathReader.dump_columns)."""
+
+    keys: list[bytes]
+    masks: list[bytes]
+    actions: list[tuple[dpif.Action, ...]]
+    packets: list[int]
+    bytes: list[int]
+    used_ns: list[int]
+    mask_ids: list[int]
+    slots: list[int]
+
+
 class FlowRow(NamedTuple):
     """One megaflow as the maps hold it (see DatapathReader.dump_rows)."""
 
@@ -277,6 +290,21 @@ class DatapathReader:
     def n_flows(self) -> int:
         return sum(1 for _ in self.map("mf_flows").batch())
 
+    def flow_stats_columns(self, hi: int) -> tuple[list[int], list[int], list[int]]:
+        """Packets, bytes and last use of slots 0..hi-1, each a list indexed by slot, summed over CPUs (an
+        array: read in slot order)."""
+        ms = self.map("mf_stats")
+        step, ncpu = ms.stride // 8, ms.ncpu
+        row = step * ncpu
+        cols: list[list[int]] = [[], [], []]
+        for _count, _kraw, vraw in ms.batch_chunks(min(16384, max(hi, 1))):
+            w = memoryview(vraw).cast("Q")
+            for f, agg in ((0, sum), (1, sum), (2, max)):
+                cols[f].extend(map(agg, zip(*[w[c * step + f::row].tolist() for c in range(ncpu)], strict=True)))
+            if len(cols[0]) >= hi:
+                break
+        return cols[0], cols[1], cols[2]
+
     def flow_stats_all(self, hi: int | None = None) -> dict[int, tuple[int, int, int]]:
         """(packets, bytes, last used) of every megaflow slot below hi, summed over CPUs."""
         ms = self.map("mf_stats")
@@ -313,20 +341,32 @@ class DatapathReader:
     def dump_rows(self) -> list[FlowRow]:
         """dump_flows() without building objects per megaflow: keys and masks as the maps' bytes, action lists
         shared between the megaflows that have the same (what dpctl dump-flows prints 100k of)."""
-        slots = self.flow_slots()
+        c = self.dump_columns()
+        return [FlowRow(*r) for r in zip(c.keys, c.masks, c.actions, c.packets, c.bytes, c.used_ns, c.mask_ids,
+                                          c.slots, strict=True)]
+
+    def dump_columns(self) -> FlowColumns:
+        """Every megaflow, as parallel lists (bulk reads, one list per field: 100k megaflows in a few tenths of
+        a second)."""
+        fl = self.map("mf_flows")
+        ks = fl.key_size
+        keys: list[bytes] = []
+        mids: list[int] = []
+        slots: list[int] = []
+        for count, kraw, vraw in fl.batch_chunks():
+            mids.extend(memoryview(kraw).cast("I")[0::ks // 4].tolist())  # struct mf_key starts with mask_id
+            slots.extend(memoryview(vraw).cast("I").tolist())
+            keys.extend(kraw[i + 8:i + ks] for i in range(0, count * ks, ks))
         if not slots:
-            return []
-        masks = self.masks()
+            return FlowColumns([], [], [], [], [], [], [], [])
+        hi = max(slots) + 1
+        packets, nbytes, used = self.flow_stats_columns(hi)
         entries = self.map("mf_entries")
-        hi = max(slots.values()) + 1
-        stats = self.flow_stats_all(hi)
-        # mf_entries is an array, read in slot order: slot i's entry is at actions[i] (the action part only:
-        # without the generation, so megaflows with the same actions share the same bytes)
         es = entries.stride
-        acts: list[bytes] = []
-        for _count, _kraw, vraw in entries.batch_chunks(min(16384, hi)):
-            acts.extend(vraw[j:j + es] for j in range(0, len(vraw), es))
-            if len(acts) >= hi:
+        raw: list[bytes] = []
+        for _count, _kraw, vraw in entries.batch_chunks(min(16384, hi)):  # an array: read in slot order
+            raw.extend(vraw[j:j + es] for j in range(0, len(vraw), es))
+            if len(raw) >= hi:
                 break
         groups: dict[int, frozenset[int]] = {}
 
@@ -335,22 +375,18 @@ class DatapathReader:
                 groups.update(self.group_ports())
             return groups.get(g, frozenset())
 
-        out = []
-        decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # megaflows share action lists: decode each once
-        mask_raw = {mid: bytes(m) for mid, m in masks.items()}
+        decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # by the entry without its generation
+        actions = []
+        for s in slots:
+            body = raw[s][4:]
+            a = decoded.get(body)
+            if a is None:
+                a = decoded[body] = tuple(dpif.decode_actions(dpif.decode_entry(raw[s])[1], ports_of_group))
+            actions.append(a)
+        mask_raw = {mid: bytes(m) for mid, m in self.masks().items()}
         no_mask = bytes(FlowKey())
-        none = (0, 0, 0)
-        for fkey, idx in slots.items():
-            mid = struct.unpack_from("<I", fkey)[0]
-            raw = acts[idx] if idx < len(acts) else b"\0" * 8
-            body = raw[4:]  # without the generation
-            actions = decoded.get(body)
-            if actions is None:
-                _gen, recs = dpif.decode_entry(raw)
-                actions = decoded[body] = tuple(dpif.decode_actions(recs, ports_of_group))
-            packets, nbytes, used = stats.get(idx, none)
-            out.append(FlowRow(fkey[8:], mask_raw.get(mid, no_mask), actions, packets, nbytes, used, mid, idx))
-        return out
+        return FlowColumns(keys, [mask_raw.get(m, no_mask) for m in mids], actions, [packets[s] for s in slots],
+                           [nbytes[s] for s in slots], [used[s] for s in slots], mids, slots)
 
     def map_usage(self, n_flows: int | None = None) -> dict[str, tuple[int, int]]:
         """(entries in use, max entries) of the maps that fill up."""
