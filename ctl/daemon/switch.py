@@ -198,9 +198,14 @@ class Switch:
                 self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s); {how})")
             for msg in dp.prune_ports({p.ifindex for p in dp.ports.values()}):
                 self.say(msg)
-        except Exception:
+            self._start_services(dp)
+        except BaseException:
             self.shutdown(remove=created)  # a datapath this start made goes; one it adopted keeps running
             raise
+
+    def _start_services(self, dp: Datapath) -> None:
+        """Everything after the ports: the Udpif, the revalidator, the OpenFlow channel, the handlers, the
+        control socket and the metrics (a failure in any stops the start, and start() cleans up)."""
         self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac,
                            clock=self.clock)
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
@@ -215,11 +220,7 @@ class Switch:
                                    on_fail_open=self.udpif.set_fail_open, errors=self.errors,
                                    clock=self.clock.monotonic)
         self.udpif.packet_in = self.connmgr.packet_in
-        try:
-            self.connmgr.start()
-        except OSError:
-            self.shutdown()
-            raise
+        self.connmgr.start()
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._register_commands()
@@ -231,7 +232,10 @@ class Switch:
             self.say(f"OpenFlow 1.3: controller {t} (fail-mode {self.channel.fail_mode}, "
                      f"datapath id {self.datapath_id:016x})")
         if self.metrics_address:
-            self._metrics = serve(self.metrics_snapshot, self.metrics_address)
+            try:
+                self._metrics = serve(self.metrics_snapshot, self.metrics_address)
+            except OSError as e:
+                raise OSError(e.errno, f"serving metrics on {self.metrics_address}: {e.strerror}") from None
             host, port = self._metrics.server_address[:2]
             self.say(f"metrics on http://{host}:{port}/metrics")
         self.say(f"{self.name}: {len(self.ports)} ports, {len(self.tables)} flows, {self.n_handlers} handler(s); "

@@ -108,3 +108,25 @@ def test_cli_start_ofctl_and_sigterm(hosts: list[Host], tmp_path: Path) -> None:
     assert all(xdp_mode(h.port) == "none" for h in hosts)
     r = subprocess.run([*cli, "dpctl", "del-dp", "--name", name], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "no datapath named" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_failed_start_names_what_failed_and_leaves_nothing_behind(hosts: list[Host], tmp_path: Path) -> None:
+    import socket
+
+    name = unique("xsfs")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    addr = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        r = subprocess.run([sys.executable, "-m", "ctl.cli", "start", "--name", name, "--state-dir", str(tmp_path),
+                            "--metrics-address", addr,
+                            *[a for h in hosts for a in ("--port", f"{h.port}={h.port_no}")]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        taken.close()
+    assert r.returncode == 1 and addr in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not Path(f"/sys/fs/bpf/xdpswitch/{name}").exists()  # the datapath it made is gone again
+    assert not control_path(name).exists() and not Path(f"/run/xdpswitch/{name}.pid").exists()
+    assert not Path(f"/run/xdpswitch/{name}.json").exists()
+    assert all(xdp_mode(h.port) == "none" for h in hosts)
