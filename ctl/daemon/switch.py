@@ -171,6 +171,7 @@ class Switch:
             self.tables.add(parse_flow("priority=0,actions=NORMAL"))
             self.say("no controller and fail-mode standalone: added priority=0,actions=NORMAL (a learning switch)")
         self._lock_name()
+        _raise_nofile()
         self.save()
         self.say(f"loading the fast path for {self.name} (bcc compiles xdp/*.c)")
         try:
@@ -457,6 +458,18 @@ class Switch:
         with self.udpif.lock:
             entries, mac_stats = len(self.mac), dict(vars(self.mac.stats))
         return {"datapath_id": f"{self.datapath_id:016x}", "mac_entries": entries, "mac": mac_stats}
+
+
+def _raise_nofile() -> None:
+    """Open files up to the hard limit (systemd's default soft limit, 1024, is about 1000 OpenFlow clients)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
 
 
 def _default_dpid(name: str) -> int:
