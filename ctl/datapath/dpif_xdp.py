@@ -78,6 +78,18 @@ class Port:
     tx_path: str = "xdp"  # how the fast path sends to it: "xdp" (redirect) or "skb" (dp_skb_tx)
 
 
+@dataclass
+class _Pending:
+    """A megaflow prepared by put_flow: its slot, mask id, mf_flows key and entry, and what it replaces."""
+
+    idx: int
+    mid: int
+    fkey: bytes
+    entry: bytes
+    old: tuple[int, int] | None
+    groups: list[int]
+
+
 def xdp_dir() -> Path:
     """The fast path's sources: xdp/ beside ctl/, or $XDPSWITCH_XDP_DIR (a build to test or upgrade to)."""
     return Path(os.environ.get("XDPSWITCH_XDP_DIR") or XDP_DIR)
@@ -501,6 +513,76 @@ class Datapath:
 
         Raises ActionError for actions the fast path cannot run and MapFull when a map or the mask,
         flow or group space is full; in both cases nothing changes."""
+        p = self._prepare(key, mask, actions)
+        self._write_entry(p.idx, p.entry)
+        self._write_stats(p.idx, p.old[0] if p.old else None)
+        try:
+            self._raw_update("mf_flows", p.fkey, struct.pack("<I", p.idx))
+        except MapFull:
+            self._abandon(p)
+            raise
+        self._committed(p)
+        return p.idx
+
+    def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]:
+        """put_flow for a batch (an upcall batch's new megaflows): the entries and then the flow keys are
+        written with one BPF_MAP_UPDATE_BATCH each instead of a syscall per megaflow, in the order the fast
+        path needs (an entry before the key that points at it). Per item: its flow index, or the exception
+        put_flow would have raised (nothing changed for that one)."""
+        out: list[int | Exception] = []
+        pending: list[tuple[int, _Pending]] = []
+        seen: set[tuple[bytes, bytes]] = set()
+        for i, (key, mask, actions) in enumerate(items):
+            ident = (bytes(key.masked(mask)), bytes(mask))
+            if ident in seen:  # the same megaflow twice in one batch: write what came before it first, so that
+                self._flush(pending, out)  # this one replaces it as put_flow would
+                pending, seen = [], set()
+            seen.add(ident)
+            try:
+                p = self._prepare(key, mask, actions)
+            except Exception as e:
+                out.append(e)
+                continue
+            out.append(p.idx)
+            pending.append((i, p))
+        self._flush(pending, out)
+        return out
+
+    def _flush(self, pending: list[tuple[int, _Pending]], out: list[int | Exception]) -> None:
+        if not pending:
+            return
+        ps = [p for _i, p in pending]
+        self._batch_update("mf_entries", [struct.pack("<I", p.idx) for p in ps], [p.entry for p in ps])
+        for p in ps:
+            self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
+            self._write_stats(p.idx, p.old[0] if p.old else None)
+        done = self._batch_update("mf_flows", [p.fkey for p in ps], [struct.pack("<I", p.idx) for p in ps],
+                                  partial=True)
+        for j, (i, p) in enumerate(pending):
+            if j < done:
+                self._committed(p)
+                continue
+            try:  # what the batch left (a full map): one by one, as put_flow would
+                self._raw_update("mf_flows", p.fkey, struct.pack("<I", p.idx))
+                self._committed(p)
+            except MapFull as e:
+                self._abandon(p)
+                out[i] = e
+
+    def _batch_update(self, name: str, keys: list[bytes], values: list[bytes], partial: bool = False) -> int:
+        """BPF_MAP_UPDATE_BATCH; how many went in (with partial, an error after some is not raised)."""
+        table = self.bpf[name]
+        count = ctypes.c_uint32(len(keys))
+        kbuf = ctypes.create_string_buffer(b"".join(keys))
+        vbuf = ctypes.create_string_buffer(b"".join(values))
+        r = libbcc.bpf_update_batch(table.map_fd, kbuf, vbuf, ctypes.byref(count))
+        if r < 0 and not partial:
+            err = -r if r != -1 else ctypes.get_errno()
+            raise DatapathError(f"writing {name} in a batch failed: {os.strerror(err)}")
+        return len(keys) if r >= 0 else int(count.value)
+
+    def _prepare(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> _Pending:
+        """Everything of put_flow but the three map writes: encode, take a slot, a mask and groups."""
         masked = key.masked(mask)
         mask_raw = bytes(mask)
         new_mask = mask_raw not in self._masks
@@ -533,24 +615,24 @@ class Datapath:
         old = self._flows.get(fkey)
         gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
-        self._write_entry(idx, dpif.encode_entry(gen, recs, self.config.max_actions))
-        self._write_stats(idx, old[0] if old else None)
-        try:
-            self._raw_update("mf_flows", fkey, struct.pack("<I", idx))
-        except MapFull:
-            self._kill(idx)
-            self._free_idx.append(idx)
-            for g in group_taken:
-                self._group_release(g)
-            self._mask_release(mid)
-            raise
-        self._flows[fkey] = (idx, mid)
-        if group_taken:
-            self._flow_group[idx] = group_taken[0]
-        if old:
-            self._mask_release(old[1])  # the replaced flow's reference to the same mask
-            self._retire(old[0])
-        return idx
+        return _Pending(idx, mid, fkey, dpif.encode_entry(gen, recs, self.config.max_actions), old, group_taken)
+
+    def _committed(self, p: _Pending) -> None:
+        """The flow key is in mf_flows: record it, and retire the megaflow it replaced."""
+        self._flows[p.fkey] = (p.idx, p.mid)
+        if p.groups:
+            self._flow_group[p.idx] = p.groups[0]
+        if p.old:
+            self._mask_release(p.old[1])  # the replaced flow's reference to the same mask
+            self._retire(p.old[0])
+
+    def _abandon(self, p: _Pending) -> None:
+        """The flow key could not go in: give back the slot, the groups and the mask."""
+        self._kill(p.idx)
+        self._free_idx.append(p.idx)
+        for g in p.groups:
+            self._group_release(g)
+        self._mask_release(p.mid)
 
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
         """Delete the megaflow key/mask; False if there is none."""

@@ -56,6 +56,7 @@ class DatapathOps(Protocol):
     """What the upcall layer needs of a datapath (ctl.datapath.dpif_xdp.Datapath; a fake in the unit tier)."""
 
     def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int: ...
+    def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]: ...
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
     def flow_stats(self, idx: int) -> tuple[int, int, int]: ...
     def flow_stats_all(self) -> dict[int, tuple[int, int, int]]: ...
@@ -251,6 +252,7 @@ class Udpif:
         stats: the calling handler's own counters (``handler_stats()``)."""
         st = stats if stats is not None else self._default_stats
         work: list[Decision] = []
+        pending: list[tuple[Ukey, FlowKey]] = []  # new megaflows, installed together after the batch's decisions
         t0 = time.perf_counter()
         with self.lock:
             ports = set(self.ports())
@@ -259,10 +261,12 @@ class Udpif:
                 reason = UPCALL_REASONS.get(up.reason, f"reason_{up.reason}")
                 st.by_reason[reason] = st.by_reason.get(reason, 0) + 1
                 try:
-                    work.append(self._decide(up, ports, st))
+                    work.append(self._decide(up, ports, st, pending))
                 except Exception:
                     st.failed += 1
                     log.exception("upcall from port %d failed", up.in_port)
+            if pending:
+                self._install(pending, st)
         out: dict[int, list[bytes]] = {}
         for d in work:
             if self._execute(d.upcall.frame, d.upcall.in_port, d.actions, out, st, d.layout):
@@ -338,7 +342,10 @@ class Udpif:
                 self.fail_open = on
                 self.xlate_changed()
 
-    def _decide(self, up: Upcall, ports: set[int], st: UpcallStats) -> Decision:
+    def _decide(self, up: Upcall, ports: set[int], st: UpcallStats,
+                pending: list[tuple[Ukey, FlowKey]]) -> Decision:
+        """What the pipeline does with one upcall. A new megaflow's ukey goes into the ukeys at once (a later
+        upcall of the same batch finds it) and into pending, to be installed with the batch's others."""
         layout = parse_layout(up.frame, up.in_port)
         key = layout[0]
         u = self.ukeys.find(key)
@@ -364,29 +371,36 @@ class Udpif:
         mask = key_of(tr.wc)
         u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
                  created_ns=self.clock.now_ns(), normal=tr.normal)
-        if self.dp.n_flows >= self.flow_limit:
+        if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
             return Decision(up, tr.actions, layout)
-        try:
-            u.idx = self._install(key, mask, u)
-        except (ActionError, MapFull) as e:
-            st.install_failed += 1
-            log.warning("megaflow not installed: %s", e)
-            return Decision(up, tr.actions, layout)
-        st.installed += 1
-        if u.slow_path:
-            st.slow_path += 1
         self.ukeys.add(u)
+        pending.append((u, key))
         return Decision(up, tr.actions, layout)
 
-    def _install(self, key: FlowKey, mask: FlowKey, u: Ukey) -> int:
-        """Put u's megaflow: its actions if the fast path can run them, else userspace (slow path)."""
-        if not u.slow_path:
-            try:
-                return self.dp.put_flow(key, mask, u.actions)
-            except (ActionError, GroupsFull) as e:
-                u.slow_path = str(e)  # e.g. every output group in use: the handler runs the actions instead
-        return self.dp.put_flow(key, mask, [dpif.DpUpcall()])
+    def _install(self, pending: list[tuple[Ukey, FlowKey]], st: UpcallStats) -> None:
+        """Put a batch's new megaflows in one go (batched map writes): each with its actions if the fast path
+        can run them, else userspace (slow path); one that cannot go in leaves the ukeys again (its packet
+        was handled all the same, and the next comes up)."""
+        slow = [dpif.DpUpcall()]
+        results = self.dp.put_flows([(key, u.mask, slow if u.slow_path else u.actions) for u, key in pending])
+        for (u, key), r in zip(pending, results, strict=True):
+            if isinstance(r, ActionError | GroupsFull) and not u.slow_path:
+                u.slow_path = str(r)  # e.g. every output group in use: the handler runs the actions instead
+                try:
+                    r = self.dp.put_flow(key, u.mask, slow)
+                except (ActionError, MapFull) as e:
+                    r = e
+            if isinstance(r, Exception):
+                st.install_failed += 1
+                log.warning("megaflow not installed: %s", r)
+                u.dead = True
+                self.ukeys.remove(u)
+                continue
+            u.idx = r
+            st.installed += 1
+            if u.slow_path:
+                st.slow_path += 1
 
     def adopt(self, megaflows: Iterable[dpif.Megaflow]) -> int:
         """Make ukeys for megaflows an earlier process installed (a restart adopting a running datapath).

@@ -266,3 +266,21 @@ def test_batched_stats_dump_agrees_with_single_reads(tb: Bench) -> None:
     batched = tb.dp.flow_stats_all(chunk=16)  # several batches
     assert {i: batched[i] for i in idxs} == {i: tb.dp.flow_stats(i) for i in idxs}
     assert [batched[i][0] for i in idxs] == [p % 5 for p in range(100, 140)]
+
+
+def test_a_batch_of_puts_is_what_one_put_at_a_time_makes(tb: Bench) -> None:
+    """put_flows (an upcall batch's installs, with batched map writes) leaves the datapath as put_flow one at
+    a time would: the same megaflows and actions; a megaflow twice in one batch replaces itself; an item the
+    fast path cannot run fails alone."""
+    m = mask_for("in_port", "tp_dst")
+    items = [(parse(udp(dport=1000 + i), 1), m, [DpOutput(2)]) for i in range(40)]
+    items.insert(10, (parse(udp(dport=5000), 1), m, [DpOutput(2), DpSetEthDst("02:00:00:00:00:09")]))  # not in XDP
+    items.append((parse(udp(dport=1003), 1), m, [DpOutput(3)]))  # the same megaflow as item 3: replaces it
+    results = tb.dp.put_flows(items)
+    assert isinstance(results[10], ActionError) and all(isinstance(r, int) for i, r in enumerate(results) if i != 10)
+    flows = {f.key.tp_dst: [str(a) for a in f.actions] for f in tb.dp.dump_flows()}
+    assert sorted(flows) == list(range(1000, 1040)) and tb.dp.n_flows == 40
+    assert flows[1003] == ["3"] and flows[1004] == ["2"]
+    assert tb.run(udp(dport=1004)).verdict == XDP_REDIRECT and tb.run(udp(dport=5000)).verdict == XDP_DROP
+    assert all(tb.dp.del_flow(k, mk) for k, mk, _a in items[:10] + items[11:-1])
+    assert tb.dp.n_flows == 0 and tb.dp.n_masks == 0

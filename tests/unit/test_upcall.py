@@ -34,6 +34,16 @@ class FakeDatapath:
         self.flows[(bytes(key.masked(mask)), bytes(mask))] = (self.next, list(actions))
         return self.next
 
+    def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]:
+        self.batches = getattr(self, "batches", 0) + 1
+        out: list[int | Exception] = []
+        for key, mask, actions in items:
+            try:
+                out.append(self.put_flow(key, mask, actions))
+            except Exception as e:
+                out.append(e)
+        return out
+
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
         return self.flows.pop((bytes(key.masked(mask)), bytes(mask)), None) is not None
 
