@@ -34,6 +34,10 @@ class CommandError(RuntimeError):
         self.reply = reply or {"ok": False, "error": msg}
 
 
+class NotListening(CommandError):
+    """Nothing listens on the socket (no daemon of that name is running)."""
+
+
 class Unixctl:
     """The command registry and its server thread. ``register()`` before or after ``serve()``."""
 
@@ -49,9 +53,6 @@ class Unixctl:
         if name in self._commands:
             raise ValueError(f"control command {name!r} registered twice")
         self._commands = {**self._commands, name: fn}
-
-    def commands(self) -> list[str]:
-        return sorted(self._commands)
 
     def run(self, req: object) -> dict[str, Any]:
         """One request, as the socket would answer it."""
@@ -152,8 +153,8 @@ def request(path: Path, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:
     s.settimeout(timeout)
     try:
         s.connect(str(path))
-    except FileNotFoundError:
-        raise CommandError(f"nothing is listening on {path}") from None
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise NotListening(f"nothing is listening on {path}") from None
     except PermissionError:
         raise CommandError(f"{path} is for root only") from None
     except OSError as e:

@@ -528,11 +528,11 @@ def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:
     for bad flow text, with its position)."""
     try:
         return unixctl.request(control_path(name), cmd, timeout=timeout, **args)
+    except unixctl.NotListening:
+        raise ControlError(f"no switch named {name!r} is running (no {control_path(name)}); start one with "
+                           "xdpswitch start") from None
     except unixctl.CommandError as e:
         reply = e.reply
         if "pos" in reply:
             raise FlowSyntaxError(reply["error"], reply.get("text", ""), reply["pos"], reply.get("length", 1)) from None
-        if str(e).startswith("nothing is listening on"):
-            raise ControlError(f"no switch named {name!r} is running (no {control_path(name)}); start one with "
-                               "xdpswitch start") from None
         raise ControlError(str(e)) from None

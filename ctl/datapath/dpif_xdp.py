@@ -531,20 +531,21 @@ class Datapath:
         put_flow would have raised (nothing changed for that one)."""
         out: list[int | Exception] = []
         pending: list[tuple[int, _Pending]] = []
-        seen: set[tuple[bytes, bytes]] = set()
+        keys: set[bytes] = set()
         for i, (key, mask, actions) in enumerate(items):
-            ident = (bytes(key.masked(mask)), bytes(mask))
-            if ident in seen:  # the same megaflow twice in one batch: write what came before it first, so that
-                self._flush(pending, out)  # this one replaces it as put_flow would
-                pending, seen = [], set()
-            seen.add(ident)
             try:
                 p = self._prepare(key, mask, actions)
+                if p.fkey in keys:  # the same megaflow twice in one batch (rare): write what came before it
+                    self._abandon(p)  # first, then prepare this one again, so that it replaces it as put_flow
+                    self._flush(pending, out)  # would
+                    pending, keys = [], set()
+                    p = self._prepare(key, mask, actions)
             except Exception as e:
                 out.append(e)
                 continue
             out.append(p.idx)
             pending.append((i, p))
+            keys.add(p.fkey)
         self._flush(pending, out)
         return out
 
@@ -655,54 +656,14 @@ class Datapath:
                    for fkey, (_idx, mid) in list(self._flows.items()))
 
     def dump_flows(self) -> list[Megaflow]:
-        """Every megaflow with its actions and its packets, bytes and last use summed over CPUs."""
-        entries = self.bpf["mf_entries"]
-        out = []
-        masks = {mid: FlowKey.from_bytes(raw) for raw, mid in self._masks.items()}
-        stats = self.flow_stats_all()
-        for fkey, (idx, mid) in self._flows.items():
-            raw = bytes(entries[ctypes.c_uint32(idx)])
-            _gen, recs = dpif.decode_entry(raw)
-            packets, nbytes, used = stats.get(idx, (0, 0, 0))
-            out.append(Megaflow(
-                key=FlowKey.from_bytes(fkey[8:]), mask=masks[mid],
-                actions=dpif.decode_actions(recs, self._group_ports),
-                packets=packets, bytes=nbytes, used_ns=used, mask_id=mid, flow_idx=idx))
-        return out
+        """Every megaflow with its actions and its packets, bytes and last use summed over CPUs (read from the
+        maps, as the read-only tools read them)."""
+        return self.reader.dump_flows()
 
-    def flow_stats_all(self, chunk: int = 16384) -> dict[int, tuple[int, int, int]]:
-        """(packets, bytes, last used) of every slot in use, read in batches (BPF_MAP_LOOKUP_BATCH): a few
-        syscalls for 200k megaflows instead of one each. Slots never used are left out."""
-        table = self.bpf["mf_stats"]
-        ncpu = len(table.Leaf())
-        out: dict[int, tuple[int, int, int]] = {}
-        hi = self._next_idx
-        in_batch = ctypes.c_uint(0)
-        out_batch = ctypes.c_uint(0)
-        first = True
-        while True:
-            n = min(chunk, max(hi, 1))
-            keys = (ctypes.c_uint * n)()
-            vals = ctypes.create_string_buffer(n * ncpu * ctypes.sizeof(table.Leaf()[0]))
-            count = ctypes.c_uint(n)
-            r = libbcc.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(in_batch),
-                                        ctypes.byref(out_batch), keys, vals, ctypes.byref(count))
-            err = -r if r < -1 else (ctypes.get_errno() if r == -1 else 0)
-            words = memoryview(vals.raw).cast("Q")  # per key: ncpu x (packets, bytes, used)
-            step = 3 * ncpu
-            for i in range(count.value):
-                k = keys[i]
-                if k >= hi:
-                    continue
-                w = words[i * step : (i + 1) * step]
-                out[k] = (sum(w[0::3]), sum(w[1::3]), max(w[2::3]))
-            if err == errno.ENOENT or count.value == 0 or (keys[count.value - 1] + 1 >= hi if count.value else True):
-                break
-            if err:
-                raise DatapathError(f"reading mf_stats failed: {os.strerror(err)}")
-            in_batch.value = out_batch.value
-            first = False
-        return out
+    def flow_stats_all(self) -> dict[int, tuple[int, int, int]]:
+        """(packets, bytes, last used) of every slot ever used, read in batches (BPF_MAP_LOOKUP_BATCH): a few
+        syscalls for 200k megaflows instead of one each."""
+        return self.reader.flow_stats_all(self._next_idx)
 
     @property
     def n_flows(self) -> int:

@@ -385,13 +385,6 @@ def _compiled(mraw: bytes, dl_type: int, proto: int) -> tuple[str, list[tuple[in
     parts: list[str] = []
     convs: list[tuple[int, Conv]] = []
     for head, fields, tail in _plan(mraw, dl_type, proto):
-        if fields is None:
-            if "{k[in_port]}" in head:
-                parts.append(head.replace("{k[in_port]}", "{}"))
-                convs.append((0, None))
-            else:
-                parts.append(head)
-            continue
         items = []
         for label, name, kind, mv in fields:
             one = _one(kind)
@@ -408,13 +401,12 @@ def _compiled(mraw: bytes, dl_type: int, proto: int) -> tuple[str, list[tuple[in
     return ",".join(parts), convs
 
 
-Plan = list[tuple[str, "list[tuple[str, str, str, int | bytes | None]] | None", str]]
+Plan = list[tuple[str, "list[tuple[str, str, str, int | bytes | None]]", str]]
 
 
-@functools.lru_cache(maxsize=1024)
 def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
     """What format_key prints for keys under this mask: segments of (head, fields, tail), each field as
-    (label=, name, kind, mask to print or None); a segment with fields None is a format string of k."""
+    (label=, name, kind, mask to print or None); a segment without fields is printed as it is."""
     m = _mask_fields(mraw)
 
     def shown(name: str) -> bool:
@@ -431,14 +423,14 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
 
     plan: Plan = []
     if m["in_port"]:
-        plan.append(("in_port({k[in_port]})", None, ""))
+        plan.append(("in_port(", [("", "in_port", "", None)], ")"))
     if shown("vlan_tci"):
         plan.append(("vlan_tci(", [field("", "vlan_tci", "hex", 0xFFFF)], ")"))
     eth = [field(f"{n}=", f"dl_{n}", "mac", 0) for n in ("src", "dst") if shown(f"dl_{n}")]
     if eth:
         plan.append(("eth(", eth, ")"))
     if m["dl_type"]:
-        plan.append((f"eth_type({dl_type:#06x})".replace("{", "{{").replace("}", "}}"), None, ""))
+        plan.append((f"eth_type({dl_type:#06x})", [], ""))
     if dl_type == ETH_P_ARP:
         arp = [field(f"{label}=", name, kind, 0xFF)
                for label, name, kind in (("sip", "nw_src", "ip4"), ("tip", "nw_dst", "ip4"), ("op", "nw_proto", ""),

@@ -188,19 +188,6 @@ class FlowColumns(NamedTuple):
     slots: list[int]
 
 
-class FlowRow(NamedTuple):
-    """One megaflow as the maps hold it (see DatapathReader.dump_rows)."""
-
-    key: bytes          # struct flow_key, masked
-    mask: bytes
-    actions: tuple[dpif.Action, ...]
-    packets: int
-    bytes: int
-    used_ns: int
-    mask_id: int
-    flow_idx: int
-
-
 @dataclass
 class PortInfo:
     port_no: int
@@ -277,52 +264,27 @@ class DatapathReader:
                 out[mid] = FlowKey.from_bytes(v[0])
         return out
 
-    def flow_slots(self) -> dict[bytes, int]:
-        """mf_flows: every megaflow's key (mask id, pad, masked key) -> its slot."""
-        m = self.map("mf_flows")
-        out: dict[bytes, int] = {}
-        ks = m.key_size
-        for count, kraw, vraw in m.batch_chunks():
-            slots = memoryview(vraw).cast("I").tolist()  # values: u32, packed
-            out.update(zip((kraw[i * ks:(i + 1) * ks] for i in range(count)), slots, strict=True))
-        return out
-
     def n_flows(self) -> int:
         return sum(1 for _ in self.map("mf_flows").batch())
 
-    def flow_stats_columns(self, hi: int) -> tuple[list[int], list[int], list[int]]:
+    def flow_stats_columns(self, hi: int, chunk: int = 16384) -> tuple[list[int], list[int], list[int]]:
         """Packets, bytes and last use of slots 0..hi-1, each a list indexed by slot, summed over CPUs (an
         array: read in slot order)."""
         ms = self.map("mf_stats")
         step, ncpu = ms.stride // 8, ms.ncpu
         row = step * ncpu
         cols: list[list[int]] = [[], [], []]
-        for _count, _kraw, vraw in ms.batch_chunks(min(16384, max(hi, 1))):
+        for _count, _kraw, vraw in ms.batch_chunks(min(chunk, max(hi, 1))):
             w = memoryview(vraw).cast("Q")
             for f, agg in ((0, sum), (1, sum), (2, max)):
                 cols[f].extend(map(agg, zip(*[w[c * step + f::row].tolist() for c in range(ncpu)], strict=True)))
             if len(cols[0]) >= hi:
                 break
-        return cols[0], cols[1], cols[2]
+        return cols[0][:hi], cols[1][:hi], cols[2][:hi]
 
-    def flow_stats_all(self, hi: int | None = None) -> dict[int, tuple[int, int, int]]:
+    def flow_stats_all(self, hi: int, chunk: int = 16384) -> dict[int, tuple[int, int, int]]:
         """(packets, bytes, last used) of every megaflow slot below hi, summed over CPUs."""
-        ms = self.map("mf_stats")
-        out: dict[int, tuple[int, int, int]] = {}
-        step, ncpu = ms.stride // 8, ms.ncpu
-        row = step * ncpu  # per slot: ncpu x (packets, bytes, used), each CPU's value padded to 8 bytes
-        for _count, kraw, vraw in ms.batch_chunks(min(16384, max(hi or 16384, 1))):
-            keys = memoryview(kraw).cast("I").tolist()
-            w = memoryview(vraw).cast("Q")
-            cols = [[w[c * step + f::row].tolist() for c in range(ncpu)] for f in range(3)]
-            packets = list(map(sum, zip(*cols[0], strict=True)))
-            nbytes = list(map(sum, zip(*cols[1], strict=True)))
-            used = list(map(max, zip(*cols[2], strict=True)))
-            for i, idx in enumerate(keys):
-                if hi is not None and idx >= hi:
-                    return out
-                out[idx] = (packets[i], nbytes[i], used[i])
-        return out
+        return dict(enumerate(zip(*self.flow_stats_columns(hi, chunk), strict=True))) if hi > 0 else {}
 
     def group_ports(self) -> dict[int, frozenset[int]]:
         """Each output group's ports (a devmap each)."""
@@ -334,16 +296,10 @@ class DatapathReader:
 
     def dump_flows(self) -> list[Megaflow]:
         """Every megaflow with its actions, packets, bytes and last use."""
-        return [Megaflow(key=FlowKey.from_bytes(r.key), mask=FlowKey.from_bytes(r.mask), actions=list(r.actions),
-                         packets=r.packets, bytes=r.bytes, used_ns=r.used_ns, mask_id=r.mask_id, flow_idx=r.flow_idx)
-                for r in self.dump_rows()]
-
-    def dump_rows(self) -> list[FlowRow]:
-        """dump_flows() without building objects per megaflow: keys and masks as the maps' bytes, action lists
-        shared between the megaflows that have the same (what dpctl dump-flows prints 100k of)."""
         c = self.dump_columns()
-        return [FlowRow(*r) for r in zip(c.keys, c.masks, c.actions, c.packets, c.bytes, c.used_ns, c.mask_ids,
-                                          c.slots, strict=True)]
+        return [Megaflow(key=FlowKey.from_bytes(k), mask=FlowKey.from_bytes(m), actions=list(a), packets=p, bytes=b,
+                         used_ns=u, mask_id=mid, flow_idx=s)
+                for k, m, a, p, b, u, mid, s in zip(*c, strict=True)]
 
     def dump_columns(self) -> FlowColumns:
         """Every megaflow, as parallel lists (bulk reads, one list per field: 100k megaflows in a few tenths of
