@@ -72,10 +72,14 @@ def test_first_packet_is_an_upcall_later_ones_stay_in_xdp(sw: Switch, hosts: lis
     assert ping(h1, h2.ip, 10)
     time.sleep(0.2)
     d, u = sw.dp.stats().delta(st0), delta(upcalls(sw), up0)
-    # one megaflow each way: its first packet missed and came up, the other 18 never left XDP
-    assert (d.misses, u["installed"], u["ok"], u["failed"]) == (2, 2, 2, 0)
-    assert d.megaflow_hits + d.emc_hits == 18 and d.lost == 0 and d.emc_hits > 0
+    # one megaflow each way: its first packet missed and came up, the other 18 never left XDP (the hosts'
+    # own packets, an IPv6 multicast report now and then, may add a megaflow of their own: not counted here)
     flows = {f.match(): (f.packets, [str(a) for a in f.actions]) for f in sw.dp.dump_flows()}
+    stray = sum(1 for m in flows if "eth_type(0x0800)" not in m)
+    assert (d.misses - stray, u["installed"] - stray, u["ok"] - stray, u["failed"]) == (2, 2, 2, 0), flows
+    assert d.megaflow_hits + d.emc_hits == 18 + sum(p for m, (p, _a) in flows.items() if "0x0800" not in m)
+    assert d.lost == 0 and d.emc_hits > 0
+    flows = {m: v for m, v in flows.items() if "eth_type(0x0800)" in m}
     assert flows == {
         f"in_port(1),eth(dst={h2.mac}),eth_type(0x0800)": (9, ["2"]),
         f"in_port(2),eth(dst={h1.mac}),eth_type(0x0800)": (9, ["1"]),
