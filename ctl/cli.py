@@ -1,6 +1,6 @@
 """The xdpswitch command line: one typer app whose sub-commands mirror the OVS tools.
 
-    xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen ptcp:P]   the switch
+    xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen pssl:P]   the switch
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ app.add_typer(revalidator, name="revalidator")
 fdb = typer.Typer(help="The MAC learning table of the NORMAL action (like ovs-appctl fdb/*).", no_args_is_help=True)
 app.add_typer(fdb, name="fdb")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
 class Format(StrEnum):
@@ -217,10 +218,23 @@ def start(
     metrics_address: str = typer.Option("127.0.0.1:9640", "--metrics-address",
                                          help="Serve Prometheus /metrics here (HOST:PORT); 'none' to turn off."),
     controller: list[str] = typer.Option([], "--controller",
-                                         help="An OpenFlow 1.3 controller to connect to: tcp:HOST[:PORT] (repeat)."),
+                                         help="An OpenFlow 1.3 controller to connect to: tcp:HOST[:PORT], "
+                                              "ssl:HOST[:PORT] or unix:PATH (repeat)."),
     listen: list[str] = typer.Option([], "--listen",
-                                     help="Accept OpenFlow connections (ovs-ofctl): ptcp:PORT[:IP], loopback "
-                                          "unless IP is given (repeat)."),
+                                     help="Also accept OpenFlow connections on pssl:[PORT][:IP] (TLS), punix:PATH "
+                                          "or ptcp:[PORT][:IP] (plain TCP, loopback unless IP is given; any "
+                                          "local user can change flows through it) (repeat). The root-only "
+                                          "punix:/run/xdpswitch/NAME.mgmt is always there."),
+    private_key: str = typer.Option(None, "--private-key", help="TLS: the switch's private key (PEM), for ssl: "
+                                                                "and pssl:."),
+    certificate: str = typer.Option(None, "--certificate", help="TLS: the switch's certificate (PEM)."),
+    ca_cert: str = typer.Option(None, "--ca-cert", help="TLS: the CA certificate peers' certificates must be "
+                                                        "signed by (ovs-pki's controllerca/cacert.pem)."),
+    max_connections: int = typer.Option(100, "--max-connections",
+                                        help="OpenFlow connections at most; more are refused and counted."),
+    allow_remote_plain: bool = typer.Option(False, "--allow-remote-plain",
+                                            help="Allow ptcp: on a non-loopback address (anyone who reaches it "
+                                                 "can change flows; prefer pssl:)."),
     fail_mode: str = typer.Option("standalone", "--fail-mode",
                                   help="Without a controller: standalone (NORMAL, a learning switch) or secure "
                                        "(installed flows only)."),
@@ -242,24 +256,31 @@ def start(
     datapath. The OpenFlow tables persist in STATE_DIR/NAME/flows.json.
 
     Examples: sudo xdpswitch start --port veth1 --port veth2 --flows my.flows
-              sudo xdpswitch start -p veth1 -p veth2 --controller tcp:127.0.0.1:6653 --listen ptcp:6654
+              sudo xdpswitch start -p veth1 -p veth2 --controller tcp:127.0.0.1:6653
+              sudo xdpswitch start -p veth1 -p veth2 --controller ssl:10.0.0.9:6653 --private-key sc-privkey.pem \\
+                  --certificate sc-cert.pem --ca-cert controllerca/cacert.pem
+    ovs-ofctl reaches it as root: ovs-ofctl -O OpenFlow13 dump-flows unix:/run/xdpswitch/NAME.mgmt
     """
     from pathlib import Path
 
     from ctl.daemon.switch import Switch, parse_ports
     from ctl.datapath.dpif_xdp import DatapathConfig, DatapathError
-    from ctl.openflow.connmgr import ChannelConfig
+    from ctl.openflow.connmgr import ChannelConfig, TlsConfig
     from ctl.pipeline.ofmatch import FlowSyntaxError
 
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
+    if os.geteuid() != 0:
+        raise _fail("start needs root (it loads BPF programs, attaches XDP and binds AF_XDP sockets)")
     try:
         specs = parse_ports(port)
         try:
             dpid = int(datapath_id, 16) if datapath_id else None
         except ValueError:
             raise ValueError(f"--datapath-id {datapath_id!r} is not hexadecimal") from None
-        channel = ChannelConfig(list(controller), list(listen), fail_mode, inactivity_probe, dpid)
+        channel = ChannelConfig(list(controller), list(listen), fail_mode, inactivity_probe, dpid,
+                                tls=TlsConfig(private_key, certificate, ca_cert), max_connections=max_connections,
+                                allow_remote_plain=allow_remote_plain)
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
                     say=lambda m: out.print(m, highlight=False, markup=False),
@@ -287,6 +308,8 @@ def del_dp(name: str = NAME) -> None:
     from ctl.daemon.switch import ControlError, request
     from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
 
+    if os.geteuid() != 0:
+        raise _fail("del-dp needs root (it detaches XDP programs and removes pinned maps)")
     try:
         request(name, "upcall-show", timeout=5)
     except ControlError:
@@ -402,13 +425,18 @@ def ofctl_show(name: str = NAME, fmt: Format = FORMAT) -> None:
     mode = st["fail_mode"] + (" (fail-open: NORMAL)" if st["fail_open"] else "")
     lines = [f"dpid:{st['datapath_id']}  fail-mode {mode}",
              "  controllers : " + (", ".join(st["controllers"]) or "none"),
-             "  listening   : " + (", ".join(st["listening"]) or "no"),
-             f"  flow-mods {st['flow_mods']}, packet-outs {st['packet_outs']}, MACs learned {st['mac_entries']}"]
+             "  listening   : " + (", ".join(f"{x['target']} ({x['access']})" for x in st["listening"]) or "no"),
+             *[f"  WARNING: {x['target']}: {x['access']} can change flows" for x in st["listening"]
+               if x["access"].startswith("plain TCP: any host")],
+             f"  flow-mods {st['flow_mods']}, packet-outs {st['packet_outs']}, MACs learned {st['mac_entries']}",
+             f"  connections {len(st['connections'])} of at most {st['max_connections']}; refused or closed: "
+             + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in st["refused"].items() if v) or "none")]
     for c in st["connections"]:
-        lines.append(f"  {c['type']:10s} {c['peer']:22s} role {c['role']:6s} up {c['connected_s']}s  "
+        lines.append(f"  {c['type']:10s} {c['peer']:22s}{' TLS' if c['tls'] else ''} role {c['role']:6s} "
+                     f"up {c['connected_s']}s  "
                      f"rx {c['rx_msgs']} tx {c['tx_msgs']} packet-ins {c['packet_ins']} "
                      f"(dropped {c['packet_ins_dropped']}) errors sent {c['errors_sent']}")
-    out.print("\n".join(lines), highlight=False, markup=False)
+    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 @fdb.command("show")
@@ -495,6 +523,8 @@ def demo() -> None:
 
     Example: sudo xdpswitch demo
     """
+    if os.geteuid() != 0:
+        raise _fail("demo needs root (it makes network namespaces and loads XDP programs)")
     from ctl.demo import run_demo
 
     def show(dp: DatapathReader) -> None:

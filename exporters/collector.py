@@ -12,16 +12,15 @@ or an address as a label.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from ctl.datapath.dpif import DpStats, PortStats
+from exporters.server import MetricsServer
 
 VERSION = "0.1.0"
 DEFAULT_ADDRESS = "127.0.0.1:9640"
@@ -56,9 +55,12 @@ class Snapshot:
     revalidator_dump_seconds: float = 0.0     # how long the last dump-and-sweep pass took
     flow_limit: int = 0                       # the flow-limit in force (adapted by the revalidator)
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> exceptions caught (the loop went on)
+    openflow_connections: int = 0
+    openflow_refused: dict[str, int] = field(default_factory=dict)  # reason -> connections refused or closed
 
 
 LOOPS = ("control", "handler", "openflow", "revalidator", "tick")  # every loop that counts, shown at 0 too
+REFUSALS = ("max_connections", "accept_failed", "tls_failed", "inactive", "not_reading")  # ChannelStats' fields
 
 
 class SwitchCollector(Collector):
@@ -150,6 +152,13 @@ class SwitchCollector(Collector):
         for loop in LOOPS:
             le.add_metric([loop], s.loop_errors.get(loop, 0))
         yield le
+        yield GaugeMetricFamily("xdpswitch_openflow_connections", "OpenFlow connections up (controllers and "
+                                "management clients).", value=s.openflow_connections)
+        ref = CounterMetricFamily("xdpswitch_openflow_refused", "OpenFlow connections refused or closed by a limit "
+                                  "or a check (docs/security.md).", labels=["reason"])
+        for reason in REFUSALS:
+            ref.add_metric([reason], s.openflow_refused.get(reason, 0))
+        yield ref
 
 
 def _le(bound: float) -> str:
@@ -169,33 +178,10 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _MetricsHandler(BaseHTTPRequestHandler):
-    registry: CollectorRegistry
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        if self.path.split("?")[0] not in ("/metrics", "/"):
-            self.send_error(404, "only /metrics is here")
-            return
-        try:
-            body = generate_latest(self.registry)
-        except Exception as e:  # the switch could not answer (e.g. restarting): this scrape fails, not the daemon
-            self.send_error(503, f"scrape failed: {e}")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet: one line per scrape is noise
-        pass
-
-
-def serve(snapshot: Callable[[], Snapshot], address: str = DEFAULT_ADDRESS) -> ThreadingHTTPServer:
-    """Serve /metrics on address in a daemon thread; returns the server (call shutdown() to stop)."""
+def serve(snapshot: Callable[[], Snapshot], address: str = DEFAULT_ADDRESS, max_clients: int = 16,
+          timeout: float = 10.0) -> MetricsServer:
+    """Serve /metrics on address (exporters/server.py: one thread, bounded clients, deadlines); returns the
+    server (close() stops it). OSError if the address cannot be bound."""
     host, port = parse_address(address)
-    handler = type("Handler", (_MetricsHandler,), {"registry": registry_for(snapshot)})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    registry = registry_for(snapshot)
+    return MetricsServer(lambda: (generate_latest(registry), CONTENT_TYPE_LATEST), host, port, max_clients, timeout)

@@ -21,6 +21,11 @@ if ! command -v ovs-ofctl >/dev/null; then
   echo "test: installing openvswitch-common (ovs-ofctl drives the switch's OpenFlow listener)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-common >/dev/null
 fi
+# ovs-pki makes the certificates of the TLS tests, in the layout OVS documents
+if ! command -v ovs-pki >/dev/null; then
+  echo "test: installing openvswitch-pki (ovs-pki makes the TLS tests' certificates)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-pki >/dev/null
+fi
 osken=$here/.cache/osken
 if [ ! -x "$osken/bin/osken-manager" ] || [ ! -f "$here/.cache/simple_switch_13.py" ]; then
   echo "test: installing os-ken 3.1.1 and simple_switch_13.py (os-ken 1.4.1) under .cache/"

@@ -9,18 +9,22 @@ exception is rare; the lock is not on any fast path) and read as a copy.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("xdpswitch")
+SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
 
 
 class LoopErrors:
     """Exceptions caught per loop (``xdpswitch_loop_errors_total{loop}``): the first of each loop is logged with
-    its traceback, later ones in one line with the count so far."""
+    its traceback, later ones in one line with the count so far; a shortage of descriptors or memory is
+    always one line (the machine's state, not a bug)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -34,7 +38,12 @@ class LoopErrors:
         """Count the exception being handled and log it (call from an except block)."""
         with self._lock:
             n = self._counts[loop] = self._counts.get(loop, 0) + 1
-        if n == 1:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and exc.errno in SHORTAGES:
+            # the machine ran short (descriptors, memory), not a bug: one line, no traceback
+            log.error("%s: an iteration failed for want of resources (%s; %d so far); the loop goes on", loop,
+                      exc, n)
+        elif n == 1:
             log.exception("%s: an iteration failed; the loop goes on", loop)
         else:
             log.error("%s: an iteration failed again (%d so far); the loop goes on", loop, n)

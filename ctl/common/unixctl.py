@@ -109,7 +109,10 @@ class Unixctl:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, OSError):
+            except TimeoutError:
+                continue
+            except OSError:   # out of descriptors: this request fails, the loop rests a moment and goes on
+                self._stop.wait(0.1)
                 continue
             try:
                 with conn:

@@ -22,12 +22,13 @@ adopts it (megaflows, EMC and all). Who owns what and which thread runs where: d
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,11 @@ class ControlError(RuntimeError):
 
 def control_path(name: str) -> Path:
     return RUN_DIR / f"{name}.ctl"
+
+
+def mgmt_path(name: str) -> Path:
+    """The OpenFlow management socket (ovs-ofctl -O OpenFlow13 dump-flows unix:PATH)."""
+    return RUN_DIR / f"{name}.mgmt"
 
 
 @dataclass
@@ -129,6 +135,8 @@ class Switch:
     def __post_init__(self) -> None:
         # settings are checked before the fast path is compiled, so a mistake costs no time
         check_settings(self.flow_limit, self.max_idle_ms, self.max_revalidator_ms)
+        if self.channel.mgmt is None:   # as OVS's BRIDGE.mgmt: OpenFlow management only root can reach
+            self.channel = replace(self.channel, mgmt=str(mgmt_path(self.name)))
         self._targets = self.channel.targets()
         self.mac = MacLearning(self.mac_aging_s)
         self.datapath_id = self.channel.datapath_id or _default_dpid(self.name)
@@ -219,16 +227,20 @@ class Switch:
         controllers, listeners = self._targets
         self.connmgr = ConnManager(self, controllers, listeners, self.channel.fail_mode, self.channel.probe_interval,
                                    on_fail_open=self.udpif.set_fail_open, errors=self.errors,
-                                   clock=self.clock.monotonic)
+                                   clock=self.clock.monotonic, tls=self.channel.tls,
+                                   max_connections=self.channel.max_connections)
         self.udpif.packet_in = self.connmgr.packet_in
         self.connmgr.start()
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._register_commands()
         self.unixctl.serve()
-        for host, lport in self.connmgr.listen_addresses():
-            self.say(f"OpenFlow 1.3: listening on ptcp:{lport}:{host} "
-                     f"(ovs-ofctl -O OpenFlow13 show tcp:{host}:{lport})")
+        for t in self.connmgr.listening():
+            where = f"unix:{t.path}" if t.kind == "unix" else f"{t.kind}:{t.host}:{t.port}"
+            self.say(f"OpenFlow 1.3: listening on {t} ({t.exposure}; ovs-ofctl -O OpenFlow13 show {where})")
+            if t.kind == "tcp":
+                log.warning("OpenFlow listener %s is plain TCP: %s can change flows (docs/security.md)", t,
+                            "any local user" if t.loopback else "any host that reaches it")
         for t in controllers:
             self.say(f"OpenFlow 1.3: controller {t} (fail-mode {self.channel.fail_mode}, "
                      f"datapath id {self.datapath_id:016x})")
@@ -239,6 +251,9 @@ class Switch:
                 raise OSError(e.errno, f"serving metrics on {self.metrics_address}: {e.strerror}") from None
             host, port = self._metrics.server_address[:2]
             self.say(f"metrics on http://{host}:{port}/metrics")
+            if not ipaddress.ip_address(host).is_loopback:
+                log.warning("metrics on %s:%d can be read by any host that reaches it (counters, port names; "
+                            "nothing can be changed through it)", host, port)
         self.say(f"{self.name}: {len(self.ports)} ports, {len(self.tables)} flows, {self.n_handlers} handler(s); "
                  f"control socket {control_path(self.name)}")
 
@@ -306,8 +321,7 @@ class Switch:
         for h in self.handlers:
             h.join(timeout=2)
         if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+            self._metrics.close()
         self.unixctl.close()
         if self.dp is not None:
             names = [p.name for p in self.dp.ports.values()]
@@ -520,7 +534,9 @@ def _snapshot_of(sw: Switch) -> Any:
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
         handling_buckets=buckets, handling_sum=st.handling_sum,
         revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,
-        flow_limit=up.flow_limit, loop_errors=sw.errors.counts())
+        flow_limit=up.flow_limit, loop_errors=sw.errors.counts(),
+        openflow_connections=len(sw.connmgr.connected()) if sw.connmgr else 0,
+        openflow_refused=sw.connmgr.stats.as_dict() if sw.connmgr else {})
 
 
 def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:

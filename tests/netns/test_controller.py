@@ -40,7 +40,10 @@ def free_port() -> int:
 
 
 class Controller:
-    def __init__(self, log: Path) -> None:
+    """osken-manager running simple_switch_13; with tls (key, certificate, CA file) it listens for TLS only."""
+
+    def __init__(self, log: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.tls = tls
         if not OSKEN.exists() or not APP.exists():
             msg = f"os-ken is not set up ({OSKEN}, {APP}); scripts/test.sh sets it up"
             if IN_CI:
@@ -52,9 +55,13 @@ class Controller:
 
     def start(self) -> None:
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([str(OSKEN), "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port",
-                                          str(self.port), str(APP)], stdout=f, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            listen = ["--ofp-tcp-listen-port", str(self.port)]
+            if self.tls is not None:
+                key, cert, ca = self.tls
+                listen = ["--ofp-ssl-listen-port", str(self.port), "--ctl-privkey", str(key), "--ctl-cert",
+                          str(cert), "--ca-certs", str(ca)]
+            self.proc = subprocess.Popen([str(OSKEN), "--ofp-listen-host", "127.0.0.1", *listen, str(APP)],
+                                         stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -83,7 +90,7 @@ def sdn(hosts: list[Host], tmp_path: Path) -> Iterator[tuple[Switch, Controller]
     ctl.start()
     sw = Switch(unique("xsctl"), [PortSpec(h.port, h.port_no) for h in hosts], tmp_path / "flows.json",
                 config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None,
-                channel=ChannelConfig(controllers=[f"tcp:127.0.0.1:{ctl.port}"], listen=["ptcp:0"],
+                channel=ChannelConfig(controllers=[f"tcp:127.0.0.1:{ctl.port}"],
                                       fail_mode="secure", probe_interval=2))
     try:
         sw.start()

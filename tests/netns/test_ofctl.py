@@ -1,4 +1,4 @@
-"""ovs-ofctl -O OpenFlow13 against the switch's OpenFlow listener: the real client, real hosts, real packets.
+"""ovs-ofctl -O OpenFlow13 against the switch's management socket: the real client, real hosts, real packets.
 
 Plain ovs-ofctl (no --no-names) first asks for TABLE_FEATURES and PORT_DESC, so these tests also prove
 those replies are good enough for it."""
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ctl.daemon.switch import PortSpec, Switch, request
+from ctl.daemon.switch import PortSpec, Switch, mgmt_path, request
 from ctl.datapath.dpif_xdp import DatapathConfig
 from ctl.openflow.connmgr import ChannelConfig
 from tests.conftest import IN_CI, unique
@@ -37,7 +37,7 @@ def ofsw(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> Iterato
     sw = Switch(unique("xsof"), [PortSpec(h.port, h.port_no) for h in hosts],
                 tmp_path_factory.mktemp("state") / "flows.json",
                 config=DatapathConfig(max_flows=4096, emc_insert_inv_prob=1), say=lambda m: None,
-                channel=ChannelConfig(listen=["ptcp:0"], fail_mode="secure"))
+                channel=ChannelConfig(fail_mode="secure"))
     sw.start()
     try:
         time.sleep(1.0)
@@ -47,9 +47,8 @@ def ofsw(hosts: list[Host], tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def target(sw: Switch) -> str:
-    assert sw.connmgr is not None
-    host, port = sw.connmgr.listen_addresses()[0]
-    return f"tcp:{host}:{port}"
+    """The switch's root-only management socket (as OVS's unix:/var/run/openvswitch/BRIDGE.mgmt)."""
+    return f"unix:{mgmt_path(sw.name)}"
 
 
 def ofctl(sw: Switch, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,9 @@ the exporter's behaviour when the switch cannot answer. UPDATE_GOLDEN=1 rewrites
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -64,11 +67,97 @@ def test_served_over_http_and_a_failing_snapshot_fails_only_the_scrape() -> None
         state["fail"] = False
         assert urllib.request.urlopen(url, timeout=5).status == 200  # the server lives on
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+def _scrape(port: int) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split()[1]), data
+
+
+def test_idle_clients_cost_no_thread_and_are_closed_at_their_deadline() -> None:
+    """300 idle connections held 300 threads of http.server; here they hold none, the oldest make room for
+    newer ones, the rest are closed at their deadline, and a scrape gets through at once."""
+    server = serve(snapshot, "127.0.0.1:0", max_clients=8, timeout=1.5)
+    port = server.server_address[1]
+    threads = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() == threads
+        assert server.clients() <= 8
+        assert server.stats.evicted >= 32
+        # the cap is full of idle clients: a scrape gets through at once
+        code, body = _scrape(port)
+        assert code == 200 and b"xdpswitch_lookups_total" in body
+        assert server.stats.timed_out == 0   # it got in by making room, not by waiting for a deadline
+        for s in idle:   # every idle one was closed by the server (by the cap or at its deadline)
+            s.settimeout(5)
+            try:
+                assert s.recv(10) == b""
+            except ConnectionResetError:
+                pass
+        assert server.stats.timed_out >= 7
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_bad_requests_get_an_http_error_and_the_server_goes_on() -> None:
+    server = serve(snapshot, "127.0.0.1:0", timeout=2)
+    port = server.server_address[1]
+    try:
+        for raw, code in [(b"POST /metrics HTTP/1.1\r\n\r\n", b"405"), (b"GET /admin HTTP/1.1\r\n\r\n", b"404"),
+                          (b"\x16\x03\x01 garbage\r\n\r\n", b"400"), (b"GET /" + b"a" * 9000, b"431")]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(raw)
+                assert s.recv(100).split()[1] == code
+        assert server.stats.bad_requests == 4
+        assert _scrape(port)[0] == 200
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("bad", ["9640", "host:", "host:99999", ":80"])
 def test_bad_address_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="bad metrics address"):
         parse_address(bad)
+
+
+def test_every_refusal_reason_of_the_channel_is_exported() -> None:
+    from ctl.openflow.connmgr import ChannelStats
+    from exporters.collector import REFUSALS
+
+    assert REFUSALS == tuple(ChannelStats().as_dict())
+
+
+def test_out_of_descriptors_fails_one_accept_not_the_server() -> None:
+    import resource
+
+    server = serve(snapshot, "127.0.0.1:0")
+    port = server.server_address[1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
+        for _ in range(6):
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        deadline = time.monotonic() + 3
+        while server.stats.accept_failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.stats.accept_failed >= 1
+    time.sleep(1.2)   # the listener rests a second
+    assert _scrape(port)[0] == 200
+    server.close()

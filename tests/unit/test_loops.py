@@ -3,6 +3,7 @@ socket answers bad requests, unknown commands and command bugs without dying."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -28,6 +29,19 @@ def test_loop_errors_are_counted_and_the_first_is_logged_with_its_traceback(capl
     assert errors.counts() == {"handler": 2}
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and "2 so far" in caplog.records[-1].getMessage()
+
+
+def test_running_short_of_descriptors_is_one_line_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    errors = LoopErrors()
+
+    def short() -> None:
+        raise OSError(errno.EMFILE, "Too many open files", "/sys/devices/system/cpu/possible")
+
+    with caplog.at_level(logging.ERROR):
+        errors.run("tick", short)
+    assert errors.counts() == {"tick": 1}
+    assert not any(r.exc_info for r in caplog.records)
+    assert "for want of resources ([Errno 24] Too many open files" in caplog.records[-1].getMessage()
 
 
 def test_unixctl_registry_answers_every_kind_of_request(tmp_path: Path) -> None:
