@@ -2,11 +2,13 @@
 
     xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen pssl:P]   the switch
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
+    xdpswitch add-port IF [--ofport N] | del-port IF    (ovs-vsctl add-port / del-port)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
     xdpswitch revalidator purge                         (ovs-appctl revalidator/purge)
     xdpswitch dpctl show|dump-flows|del-dp              (ovs-appctl dpctl/*, ovs-dpctl del-dp)
     xdpswitch stats                                     (ovs-appctl dpif-netdev/pmd-stats-show)
+    xdpswitch top                                       (a live view, refreshed every second)
     xdpswitch demo
 
 ofctl, trace and upcall talk to the running daemon over its control socket; dpctl and stats open the
@@ -54,6 +56,20 @@ err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 class Format(StrEnum):
     text = "text"
     json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ctl import __version__
+
+        out.print(f"xdpswitch {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """An Open vSwitch-style switch with an XDP fast path."""
 
 
 NAME = typer.Option("xdpswitch", "--name", "-n", help="The datapath's name (its pinned maps).")
@@ -147,6 +163,30 @@ def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
         if n:
             table.add_row(f"drops: {reason}", str(n))
     out.print(table)
+
+
+@app.command("top")
+def top(name: str = NAME,
+        interval: float = typer.Option(1.0, "--interval", "-i", help="Seconds between refreshes."),
+        iterations: int = typer.Option(None, "--iterations", help="Stop after this many frames (default: "
+                                                                   "until Ctrl-C).")) -> None:
+    """A live view of the switch: packets/s per cache layer and their shares, upcalls/s and lost/s, megaflows
+    and masks, the revalidator's pass, per-port rx/tx/drops, and the top megaflows by packets/s.
+
+    Read-only: the pinned maps, and the daemon's counters if one runs (like watching pmd-stats-show).
+
+    Example: sudo xdpswitch top --name xdpswitch
+    """
+    from ctl.daemon.switch import request
+    from ctl.datapath.view import ViewError
+    from ctl.top import run_top
+
+    if not 0.1 <= interval <= 3600:
+        raise _fail(f"--interval {interval}: 0.1..3600 seconds")
+    try:
+        run_top(name, interval, iterations, out, ask=lambda cmd: request(name, cmd, timeout=2))
+    except ViewError as e:
+        raise _fail(str(e)) from None
 
 
 @dpctl.command("show")
@@ -296,6 +336,35 @@ def start(
         sw.run()
     finally:
         sw.shutdown()
+
+
+@app.command("add-port")
+def add_port(interface: str = typer.Argument(..., help="The interface to add (a veth, a tap, a NIC)."),
+             ofport: int = typer.Option(None, "--ofport", help="Its OpenFlow port number (default: the lowest "
+                                                                 "free)."),
+             name: str = NAME) -> None:
+    """Add a port to the running switch (like `ovs-vsctl add-port`), remembered across restarts.
+
+    Other ports keep forwarding meanwhile; controllers get PORT_STATUS (add); floods and NORMAL include it
+    once the revalidator has brought the megaflows up to date (this waits for that).
+
+    Example: sudo xdpswitch add-port veth7 --ofport 7
+    """
+    res = _request(name, "add-port", ifname=interface, ofport=ofport)
+    out.print(f"added {res['name']} as port {res['port']} ({res['queues']} upcall queue(s))", highlight=False)
+
+
+@app.command("del-port")
+def del_port(interface: str = typer.Argument(..., help="The port's interface."), name: str = NAME) -> None:
+    """Remove a port from the running switch (like `ovs-vsctl del-port`), remembered across restarts.
+
+    Its XDP program is detached, megaflows that sent to it are translated again, MACs learned on it are
+    forgotten, controllers get PORT_STATUS (delete). Other ports keep forwarding meanwhile.
+
+    Example: sudo xdpswitch del-port veth7
+    """
+    res = _request(name, "del-port", ifname=interface)
+    out.print(f"removed port {res['port']} ({res['name']})", highlight=False)
 
 
 @dpctl.command("del-dp")

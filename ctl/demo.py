@@ -34,9 +34,62 @@ table=1,priority=100,dl_dst=02:00:00:00:de:03,actions=output:3
 """
 
 
-def _sh(cmd: str, ns: str | None = None) -> subprocess.CompletedProcess[str]:
-    full = ["ip", "netns", "exec", ns, "sh", "-c", cmd] if ns else ["sh", "-c", cmd]
-    return subprocess.run(full, capture_output=True, text=True)
+def _in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run cmd in namespace ns (nsenter: the process joins the namespace pyroute2 made)."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], capture_output=True, text=True)
+
+
+def _quiet(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception:   # leftovers of an earlier demo that may not exist
+        pass
+
+
+def _build_host(n: int, cleanups: list[Callable[[], object]]) -> tuple[int, str, str, str, str, str]:
+    """Namespace xsdemo-hN with a veth (xsdemoNp inside, xsdemoN outside): made through pyroute2."""
+    from pyroute2 import IPRoute, NetNS, netns
+
+    ns, port, peer = f"xsdemo-h{n}", f"xsdemo{n}", f"xsdemo{n}p"
+    mac, ip = f"02:00:00:00:de:0{n}", f"10.77.0.{n}"
+    _quiet(lambda: netns.remove(ns))
+    with IPRoute() as ipr:
+        _quiet(lambda: ipr.link("del", ifname=port))
+        try:
+            netns.create(ns)
+        except OSError as e:
+            raise RuntimeError(f"could not create namespace {ns} ({e.strerror}; are you root?)") from None
+        cleanups.append(functools.partial(netns.remove, ns))
+        ipr.link("add", ifname=port, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
+        cleanups.append(functools.partial(_quiet, lambda: _del_link(port)))
+        ipr.link("set", index=ipr.link_lookup(ifname=port)[0], state="up")
+    with NetNS(ns) as nsr:
+        nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
+        idx = nsr.link_lookup(ifname=peer)[0]
+        nsr.link("set", index=idx, address=mac)
+        nsr.addr("add", index=idx, address=ip, prefixlen=24)
+        nsr.link("set", index=idx, state="up")
+    subprocess.run(["ethtool", "-K", port, "tx", "off"], capture_output=True)
+    _in_ns(ns, "ethtool", "-K", peer, "gro", "on", "tx", "off")
+    return (n, ns, peer, port, mac, ip)
+
+
+def _del_link(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.link("del", ifname=name)
+
+
+def _neighbours(hosts: list[tuple[int, str, str, str, str, str]]) -> None:
+    """Every host knows every other's MAC (no ARP needed for the demo's pings)."""
+    from pyroute2 import NetNS
+
+    for _, ns, peer, _, _, _ in hosts:
+        with NetNS(ns) as nsr:
+            idx = nsr.link_lookup(ifname=peer)[0]
+            for _, _, _, _, mac, ip in hosts:
+                nsr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=0x80)   # NUD_PERMANENT
 
 
 def run_demo(console: Console, show: Callable[[DatapathReader], None], name: str = "xsdemo") -> int:
@@ -45,21 +98,8 @@ def run_demo(console: Console, show: Callable[[DatapathReader], None], name: str
     try:
         console.print("[bold]building three hosts[/] (namespaces xsdemo-h1..3, veth xsdemo1..3 on the switch)")
         for n in (1, 2, 3):
-            ns, port, peer = f"xsdemo-h{n}", f"xsdemo{n}", f"xsdemo{n}p"
-            _sh(f"ip netns del {ns} 2>/dev/null; ip link del {port} 2>/dev/null")
-            if _sh(f"ip netns add {ns}").returncode:
-                raise RuntimeError(f"could not create namespace {ns} (are you root?)")
-            cleanups.append(functools.partial(_sh, f"ip netns del {ns}"))
-            _sh(f"ip link add {port} type veth peer name {peer}")
-            cleanups.append(functools.partial(_sh, f"ip link del {port}"))
-            _sh(f"ip link set {peer} netns {ns} && ip link set {port} up && ethtool -K {port} tx off")
-            mac, ip = f"02:00:00:00:de:0{n}", f"10.77.0.{n}"
-            _sh(f"ip link set lo up && ip link set {peer} address {mac} && ip addr add {ip}/24 dev {peer} && "
-                f"ip link set {peer} up && ethtool -K {peer} gro on tx off", ns)
-            hosts.append((n, ns, peer, port, mac, ip))
-        for _, ns, peer, _, _, _ in hosts:
-            for _, _, _, _, mac, ip in hosts:
-                _sh(f"ip neigh replace {ip} lladdr {mac} dev {peer} nud permanent", ns)
+            hosts.append(_build_host(n, cleanups))
+        _neighbours(hosts)
 
         console.print("[bold]starting the switch[/] (bcc compiles xdp/emc.c and xdp/megaflow.c)")
         state = Path(tempfile.mkdtemp(prefix="xsdemo.")) / "flows.json"
@@ -84,7 +124,7 @@ def run_demo(console: Console, show: Callable[[DatapathReader], None], name: str
         ok = True
         for (_, src_ns, _, _, _, _), (_, _, _, _, _, dst_ip) in ((hosts[0], hosts[1]), (hosts[1], hosts[2]),
                                                                   (hosts[2], hosts[0])):
-            r = _sh(f"ping -c 5 -i 0.1 -W 1 {dst_ip}", src_ns)
+            r = _in_ns(src_ns, "ping", "-c", "5", "-i", "0.1", "-W", "1", dst_ip)
             line = next((x for x in r.stdout.splitlines() if "packets transmitted" in x), r.stderr.strip())
             console.print(f"  {src_ns} -> {dst_ip}: {line}", soft_wrap=True)
             ok &= r.returncode == 0

@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from ctl import __version__
 from ctl.datapath.dpif import DpStats, PortStats
 from exporters.server import MetricsServer
 
-VERSION = "0.1.0"
 DEFAULT_ADDRESS = "127.0.0.1:9640"
 
 
@@ -60,6 +60,7 @@ class Snapshot:
 
 
 LOOPS = ("control", "handler", "openflow", "revalidator", "tick")  # every loop that counts, shown at 0 too
+DELETE_REASONS = ("flow_limit", "flush", "idle", "purge", "stale")   # why the revalidator or a flush deletes
 REFUSALS = ("max_connections", "accept_failed", "tls_failed", "inactive", "not_reading")  # ChannelStats' fields
 
 
@@ -70,7 +71,7 @@ class SwitchCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily]:
         s = self.snapshot()
         dp = s.dp
-        yield InfoMetricFamily("xdpswitch_build", "Version of xdpswitch.", value={"version": VERSION})
+        yield InfoMetricFamily("xdpswitch_build", "Version of xdpswitch.", value={"version": __version__})
         c = CounterMetricFamily("xdpswitch_lookups", "Packets by fast-path lookup result; the results partition "
                                 "every packet the fast path saw.", labels=["result"])
         for result, v in (("emc_hit", dp.emc_hits), ("megaflow_hit", dp.megaflow_hits), ("miss", dp.misses),
@@ -110,8 +111,8 @@ class SwitchCollector(Collector):
         yield CounterMetricFamily("xdpswitch_megaflows_installed", "Megaflows installed by the handlers.",
                                   value=s.megaflows_installed)
         dl = CounterMetricFamily("xdpswitch_megaflows_deleted", "Megaflows deleted, by reason.", labels=["reason"])
-        for reason, v in sorted(s.megaflows_deleted.items()):
-            dl.add_metric([reason], v)
+        for reason in sorted({*DELETE_REASONS, *s.megaflows_deleted}):   # every reason, at 0 until it happens
+            dl.add_metric([reason], s.megaflows_deleted.get(reason, 0))
         yield dl
         h = HistogramMetricFamily("xdpswitch_upcall_handling_seconds", "Time to handle one upcall (translate, "
                                   "install, execute, transmit).", unit="")

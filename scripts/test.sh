@@ -21,6 +21,11 @@ if ! command -v ovs-ofctl >/dev/null; then
   echo "test: installing openvswitch-common (ovs-ofctl drives the switch's OpenFlow listener)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-common >/dev/null
 fi
+# tmux runs `xdpswitch top` in a real terminal (tests/netns/test_top.py)
+if ! command -v tmux >/dev/null; then
+  echo "test: installing tmux (xdpswitch top is tested in a real terminal)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux >/dev/null
+fi
 # ovs-pki makes the certificates of the TLS tests, in the layout OVS documents
 if ! command -v ovs-pki >/dev/null; then
   echo "test: installing openvswitch-pki (ovs-pki makes the TLS tests' certificates)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -41,7 +42,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 def sh(cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    full = f"ip netns exec {ns} {cmd}" if ns else cmd
+    """A shell command, in namespace ns if given (ip netns exec: it also shows the namespace's own /sys)."""
+    full = f"ip netns exec {ns} sh -c {shlex.quote(cmd)}" if ns else cmd
     return subprocess.run(full, shell=True, check=check, capture_output=True, text=True)
 
 
@@ -51,16 +53,20 @@ def unique(prefix: str) -> str:
 
 
 class Net:
-    """Namespaces and veth pairs, each removed at teardown (registered the moment it is made)."""
+    """Namespaces and veth pairs, made with pyroute2 and each removed at teardown (registered the moment it
+    is made)."""
 
     def __init__(self, finalizer: Callable[[Callable[[], object]], None]) -> None:
         self._fin = finalizer
 
     def netns(self) -> str:
+        from pyroute2 import NetNS, netns
+
         name = unique("xsns")
-        sh(f"ip netns add {name}")
-        self._fin(lambda: sh(f"ip netns del {name}", check=False))
-        sh("ip link set lo up", ns=name)
+        netns.create(name)
+        self._fin(lambda: _quietly(netns.remove, name))
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         return name
 
     def veth(self, ns: str | None = None, quiet: bool = False, gro: bool = False,
@@ -72,20 +78,42 @@ class Net:
         redirect path). Both ends compute checksums themselves (a CHECKSUM_PARTIAL skb loses its offload
         state in XDP). quiet turns IPv6 off on both ends, so the kernel sends nothing (ND, MLD) that a
         counter would see. queues: rx and tx queues on each end."""
+        from pyroute2 import IPRoute, NetNS
+
         a, b = unique("xsa"), unique("xsb")
-        q = f"numtxqueues {queues} numrxqueues {queues}"
-        sh(f"ip link add {a} {q} type veth peer name {b} {q}")
-        self._fin(lambda: sh(f"ip link del {a}", check=False))
-        sh(f"ethtool -K {a} tx off tso off gso off", check=False)
-        sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1")
+        with IPRoute() as ipr:
+            peer: dict[str, object] = {"ifname": b, "num_rx_queues": queues, "num_tx_queues": queues}
+            if ns:
+                peer["net_ns_fd"] = ns
+            ipr.link("add", ifname=a, kind="veth", num_rx_queues=queues, num_tx_queues=queues, peer=peer)
+            self._fin(lambda: _quietly(_del_link, a))
+            sh(f"ethtool -K {a} tx off tso off gso off", check=False)
+            sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1")
+            if quiet:
+                sh(f"sysctl -qw net.ipv6.conf.{b}.disable_ipv6=1", ns=ns)
+            ipr.link("set", index=ipr.link_lookup(ifname=a)[0], state="up")
         if ns:
-            sh(f"ip link set {b} netns {ns}")
-        if quiet:
-            sh(f"sysctl -qw net.ipv6.conf.{b}.disable_ipv6=1", ns=ns)
-        sh(f"ip link set {a} up")
-        sh(f"ip link set {b} up", ns=ns)
+            with NetNS(ns) as nsr:
+                nsr.link("set", index=nsr.link_lookup(ifname=b)[0], state="up")
+        else:
+            with IPRoute() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname=b)[0], state="up")
         sh(f"ethtool -K {b} {'gro on ' if gro else ''}tx off tso off gso off", ns=ns, check=False)
         return a, b
+
+
+def _del_link(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.link("del", ifname=name)
+
+
+def _quietly(fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:   # already gone (a test removed it, or its namespace took it along)
+        pass
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ adopts it (megaflows, EMC and all). Who owns what and which thread runs where: d
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -34,9 +35,10 @@ from typing import Any
 
 from ctl.common import unixctl
 from ctl.common.loops import LoopErrors
-from ctl.common.unixctl import Unixctl
+from ctl.common.unixctl import CommandError, Unixctl
 from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import RUN_DIR, Datapath, DatapathConfig, DatapathError
+from ctl.datapath.netdev import LinkInfo, LinkMonitor, link_info, links
 from ctl.datapath.xsk import XskSocket
 from ctl.openflow import codec as oc
 from ctl.openflow.connmgr import ChannelConfig, ConnManager
@@ -108,10 +110,10 @@ def parse_ports(args: list[str]) -> list[PortSpec]:
 
 
 def rx_queues(ifname: str) -> int:
-    try:
-        return max(1, len(list(Path(f"/sys/class/net/{ifname}/queues").glob("rx-*"))))
-    except OSError:
-        return 1
+    li = link_info(ifname)
+    if li is None:
+        raise ValueError(f"no interface {ifname!r}")
+    return max(1, li.rx_queues)
 
 
 @dataclass
@@ -153,13 +155,18 @@ class Switch:
         self._pid_fd: int | None = None     # RUN_DIR/NAME.pid, locked while this daemon runs
         self._save_lock = threading.Lock()  # one writer of the state file at a time (tick, control, shutdown)
         self.dp: Datapath | None = None
-        self.sockets: dict[tuple[int, int], XskSocket] = {}
+        self.sockets: dict[tuple[int, int], XskSocket] = {}   # (port, queue): replaced whole, never mutated
+        self._handler_of: dict[tuple[int, int], int] = {}     # (port, queue) -> the handler that reads it
+        self._port_lock = threading.Lock()                    # one add-port/del-port at a time
+        self._ports_added: dict[str, int] = {}                # add-port'ed (persisted in the state file)
+        self._ports_deleted: set[str] = set()                 # del-port'ed ports of the command line (persisted)
         self.handlers: list[Handler] = []
         self.handler_restarts = 0
         self.tables = OpenFlowTables(self.clock.monotonic)
         self.udpif: Udpif | None = None
         self.revalidator: Revalidator | None = None
         self._metrics: Any = None
+        self._links: LinkMonitor | None = None   # kernel link events -> PORT_STATUS
         self.started = self.clock.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -179,6 +186,8 @@ class Switch:
             self.tables.add(parse_flow("priority=0,actions=NORMAL"))
             self.say("no controller and fail-mode standalone: added priority=0,actions=NORMAL (a learning switch)")
         self._lock_name()
+        if not fresh:
+            self._apply_port_changes()
         _raise_nofile()
         self.save()
         self.say(f"loading the fast path for {self.name} (bcc compiles xdp/*.c)")
@@ -195,16 +204,7 @@ class Switch:
         created = not dp.adopted
         try:
             for spec in self.ports:
-                port = dp.add_port(spec.name, spec.port_no, self.mode)
-                queues = min(rx_queues(spec.name), self.config.max_queues)
-                for q in range(queues):
-                    xs = XskSocket(spec.name, q)
-                    self.sockets[(port.port_no, q)] = xs
-                    dp.set_upcall_socket(port.port_no, q, xs.fileno())
-                how = ("sent to by XDP redirect" if port.tx_path == "xdp" else
-                       "sent to by the skb path: the device does not take XDP redirects (a veth whose peer has "
-                       "neither XDP nor GRO)")
-                self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {queues} upcall queue(s); {how})")
+                self._attach_port(spec)
             for msg in dp.prune_ports({p.ifindex for p in dp.ports.values()}):
                 self.say(msg)
             self._start_services(dp)
@@ -231,6 +231,7 @@ class Switch:
                                    max_connections=self.channel.max_connections)
         self.udpif.packet_in = self.connmgr.packet_in
         self.connmgr.start()
+        self._links = LinkMonitor(lambda _ifindex: self.connmgr.ports_changed() if self.connmgr else None)
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._register_commands()
@@ -257,10 +258,40 @@ class Switch:
         self.say(f"{self.name}: {len(self.ports)} ports, {len(self.tables)} flows, {self.n_handlers} handler(s); "
                  f"control socket {control_path(self.name)}")
 
+    def _attach_port(self, spec: PortSpec) -> list[XskSocket]:
+        """Attach the fast path to a port and open its upcall sockets (one per receive queue); on failure,
+        undo what it did and raise. The sockets are not yet read by any handler."""
+        assert self.dp is not None
+        dp = self.dp
+        port = dp.add_port(spec.name, spec.port_no, self.mode)
+        made: list[XskSocket] = []
+        try:
+            for q in range(min(rx_queues(spec.name), self.config.max_queues)):
+                xs = XskSocket(spec.name, q)
+                made.append(xs)
+                dp.set_upcall_socket(port.port_no, q, xs.fileno())
+        except BaseException:
+            for xs in made:
+                xs.close()
+            dp.del_port(port.port_no)
+            raise
+        # copy on write: handlers and the metrics read the dict without a lock
+        self.sockets = {**self.sockets, **{(port.port_no, q): xs for q, xs in enumerate(made)}}
+        for q in range(len(made)):
+            self._handler_of[(port.port_no, q)] = min(
+                range(self.n_handlers), key=lambda h: sum(v == h for v in self._handler_of.values()))
+        how = ("sent to by XDP redirect" if port.tx_path == "xdp" else
+               "sent to by the skb path: the device does not take XDP redirects (a veth whose peer has "
+               "neither XDP nor GRO)")
+        self.say(f"port {port.port_no}: {port.name} ({port.mode} XDP, {len(made)} upcall queue(s); {how})")
+        return made
+
+    def _handler_sockets(self, hid: int) -> list[XskSocket]:
+        return [xs for key, xs in self.sockets.items() if self._handler_of.get(key) == hid]
+
     def _start_handler(self, hid: int) -> None:
         assert self.udpif is not None
-        mine = [s for i, s in enumerate(self.sockets.values()) if i % self.n_handlers == hid]
-        h = Handler(hid, self.udpif, mine, self.stop, self.errors)
+        h = Handler(hid, self.udpif, self._handler_sockets(hid), self.stop, self.errors)
         if hid < len(self.handlers):
             self.handlers[hid] = h
         else:
@@ -311,6 +342,9 @@ class Switch:
         established flows keep forwarding, misses are counted lost) until the next start adopts it; with
         remove it goes too (``xdpswitch dpctl del-dp``)."""
         self.stop.set()
+        if self._links is not None:
+            self._links.close()
+            self._links = None
         if self.connmgr is not None:
             self.connmgr.stop()
         if self._dirty:
@@ -368,6 +402,119 @@ class Switch:
             os.close(fd)
             self._pid_fd = None
 
+    # --- ports at run time (ovs-vsctl add-port / del-port) ----------------------------------------------
+
+    def add_port(self, ifname: str, ofport: int | None = None) -> dict[str, object]:
+        """Add a port to the running switch: attached, its upcall sockets read, floods and NORMAL include it
+        once the revalidator pass this waits for is done, PORT_STATUS (add) sent, and remembered in the
+        state file. Any refusal (no such interface, already a port here or on another switch, it carries
+        the default route, the number taken) changes nothing."""
+        assert self.dp is not None and self.udpif is not None and self.revalidator is not None
+        with self._port_lock:
+            if any(p.name == ifname for p in self.ports):
+                raise CommandError(f"{ifname} is already port {next(p.port_no for p in self.ports if p.name == ifname)}"
+                                   f" of {self.name}")
+            if link_info(ifname) is None:
+                raise CommandError(f"no interface named {ifname!r}")
+            taken = {p.port_no for p in self.ports}
+            if ofport is None:
+                ofport = next(n for n in range(1, self.config.max_ports) if n not in taken)
+            elif ofport in taken:
+                raise CommandError(f"port number {ofport} is taken by "
+                                   f"{next(p.name for p in self.ports if p.port_no == ofport)}")
+            spec = PortSpec(ifname, ofport)
+            try:
+                with self.udpif.lock:
+                    made = self._attach_port(spec)
+            except (DatapathError, OSError, ValueError) as e:
+                raise CommandError(f"add-port {ifname}: {e}") from None
+            self.ports = [*self.ports, spec]
+            for h in self.handlers:   # each new queue goes to the handler with the fewest
+                h.set_sockets(self._handler_sockets(h.hid))
+            self._ports_added[ifname] = ofport
+            self._ports_deleted.discard(ifname)
+            self._port_changes_saved()
+            with self.udpif.lock:
+                self.udpif.xlate_changed()   # floods, groups and NORMAL now reach it
+            self.revalidator.request()
+            if self.connmgr is not None:
+                self.connmgr.ports_changed()
+            return {"port": ofport, "name": ifname, "queues": len(made)}
+
+    def del_port(self, ifname: str) -> dict[str, object]:
+        """Remove a port from the running switch: its upcall sockets closed once no handler reads them, the
+        fast path detached, megaflows that output to it translated again (the revalidator pass this waits
+        for), MACs learned on it forgotten, PORT_STATUS (delete) sent, and remembered in the state file."""
+        assert self.dp is not None and self.udpif is not None and self.revalidator is not None
+        with self._port_lock:
+            spec = next((p for p in self.ports if p.name == ifname), None)
+            if spec is None:
+                raise CommandError(f"{ifname} is not a port of {self.name} (ports: "
+                                   f"{', '.join(p.name for p in self.ports) or 'none'})")
+            gone = {k: xs for k, xs in self.sockets.items() if k[0] == spec.port_no}
+            self.sockets = {k: xs for k, xs in self.sockets.items() if k[0] != spec.port_no}
+            for h in self.handlers:
+                if not h.set_sockets(self._handler_sockets(h.hid)):
+                    log.warning("handler %d did not take its new socket list; it is restarted", h.hid)
+            for key in gone:
+                self._handler_of.pop(key, None)
+            with self.udpif.lock:
+                for port, q in gone:
+                    try:
+                        self.dp.set_upcall_socket(port, q, None)
+                    except DatapathError:
+                        pass
+                try:
+                    self.dp.del_port(spec.port_no)
+                except DatapathError as e:
+                    log.warning("del-port %s: %s (the port is forgotten anyway)", ifname, e)
+                self.mac.flush(spec.port_no)
+                self.udpif.xlate_changed()
+            for xs in gone.values():
+                xs.close()
+            self.ports = [p for p in self.ports if p is not spec]
+            if self._ports_added.pop(ifname, None) is None:
+                self._ports_deleted.add(ifname)   # a port of the command line: stays deleted at restart
+            self._port_changes_saved()
+            self.revalidator.request()
+            if self.connmgr is not None:
+                self.connmgr.ports_changed()
+            return {"port": spec.port_no, "name": ifname}
+
+    def _port_changes_saved(self) -> None:
+        try:
+            self.save()
+        except OSError as e:
+            self._dirty = True
+            log.error("writing %s failed (%s); retried every second", self.state_file, e.strerror)
+
+    def _apply_port_changes(self) -> None:
+        """The state file's run-time port changes on top of the command line's ports: ports added with
+        add-port come back, ports of the command line removed with del-port stay removed."""
+        try:
+            data = json.loads(self.state_file.read_text())
+            ports = data.get("ports", {}) if isinstance(data, dict) else {}
+            added = ports.get("added", {})
+            deleted = ports.get("deleted", [])
+            if not (isinstance(added, dict) and all(isinstance(k, str) and isinstance(v, int) for k, v in added.items())
+                    and isinstance(deleted, list) and all(isinstance(d, str) for d in deleted)):
+                raise ValueError("'ports' must be {\"added\": {IF: N}, \"deleted\": [IF]}")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.state_file}: {e}") from None
+        self._ports_added, self._ports_deleted = dict(added), set(deleted)
+        for name in sorted(self._ports_deleted & {p.name for p in self.ports}):
+            self.say(f"port {name} was removed with del-port: not adding it (xdpswitch add-port brings it back)")
+        keep = [p for p in self.ports if p.name not in self._ports_deleted]
+        for name, no in self._ports_added.items():
+            if any(p.name == name for p in keep):
+                continue
+            if any(p.port_no == no for p in keep):
+                raise ValueError(f"{self.state_file}: port {name} was added as number {no}, which the command line "
+                                 "gives to another port")
+            keep.append(PortSpec(name, no))
+            self.say(f"port {name} (added with add-port) comes back as port {no}")
+        self.ports = keep
+
     def metrics_snapshot(self) -> Snapshot:
         """What a Prometheus scrape reports (exporters.collector.Snapshot), read now."""
         return _snapshot_of(self)
@@ -378,7 +525,8 @@ class Switch:
         with self._save_lock:
             with lock:
                 snap = self.tables.snapshot()
-            write_state(self.state_file, snap.to_json())
+            write_state(self.state_file, {**snap.to_json(), "ports": {"added": dict(self._ports_added),
+                                                                       "deleted": sorted(self._ports_deleted)}})
 
     def _expired(self, rules: list[tuple[Rule, str]]) -> None:
         self._dirty = True  # saved by the next tick
@@ -410,7 +558,10 @@ class Switch:
         return set(self.dp.ports) if self.dp is not None else set()
 
     def port_descs(self) -> list[oc.PortDesc]:
-        return [_port_desc(p.port_no, p.name) for p in (self.dp.ports.values() if self.dp is not None else [])]
+        if self.dp is None:
+            return []
+        kernel = {li.ifindex: li for li in links().values()}
+        return [_port_desc(p.port_no, p.name, kernel.get(p.ifindex)) for p in list(self.dp.ports.values())]
 
     def port_counters(self) -> list[oc.PortCounters]:
         assert self.dp is not None and self.udpif is not None
@@ -449,6 +600,8 @@ class Switch:
         register_upcall_commands(ctl, self.udpif, self.name, self.port_numbers, self._saved, self._upcall_show)
         register_revalidator_commands(ctl, self.revalidator)
         register_channel_commands(ctl, self.connmgr, self._channel_show)
+        ctl.register("add-port", self.add_port)
+        ctl.register("del-port", self.del_port)
 
     def _saved(self) -> None:
         """After an ofctl change (already in the tables and the datapath): write the state file now; if that
@@ -493,24 +646,15 @@ def _default_dpid(name: str) -> int:
     return int.from_bytes(hashlib.sha1(name.encode()).digest()[:6], "big") or 1
 
 
-def _sysfs(ifname: str, attr: str) -> str:
-    try:
-        return Path(f"/sys/class/net/{ifname}/{attr}").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _port_desc(port_no: int, ifname: str) -> oc.PortDesc:
-    """An OpenFlow port description from the kernel's view of the interface."""
-    mac = _sysfs(ifname, "address") or "00:00:00:00:00:00"
-    flags = int(_sysfs(ifname, "flags") or "0", 16)
-    admin_up = bool(flags & 1)
-    carrier = _sysfs(ifname, "carrier") == "1" if admin_up else False
-    speed = _sysfs(ifname, "speed")
-    mbps = int(speed) if speed.lstrip("-").isdigit() and int(speed) > 0 else 0
+def _port_desc(port_no: int, ifname: str, li: LinkInfo | None) -> oc.PortDesc:
+    """An OpenFlow port description from the kernel's view of the interface; one whose link is gone (a
+    container deleted) is reported administratively down with no link."""
+    if li is None:
+        return oc.PortDesc(port_no, bytes(6), ifname, 1, 1, 0, 0)
+    mbps = li.speed_mbps
     curr = {10: 1 << 1, 100: 1 << 3, 1000: 1 << 5, 10000: 1 << 6, 40000: 1 << 7, 100000: 1 << 8}.get(mbps, 0)
-    return oc.PortDesc(port_no, bytes.fromhex(mac.replace(":", "")), ifname, 0 if admin_up else 1,
-                       4 if carrier else 1, curr | (1 << 11 if curr else 0), mbps * 1000)
+    return oc.PortDesc(port_no, bytes.fromhex(li.mac.replace(":", "")), ifname, 0 if li.admin_up else 1,
+                       4 if li.carrier else 1, curr | (1 << 11 if curr else 0), mbps * 1000)
 
 
 def _snapshot_of(sw: Switch) -> Any:

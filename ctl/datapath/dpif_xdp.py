@@ -40,15 +40,16 @@ from bcc.libbcc import lib as libbcc
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import xdp  # the fast path's C sources travel as this package
 from ctl.datapath import dpif
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
-from ctl.datapath.netdev import takes_redirects
-from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader, xdp_mode
+from ctl.datapath.netdev import takes_redirects, xdp_mode
+from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader
 
 log = logging.getLogger(__name__)
 
-XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
+XDP_DIR = Path(xdp.__file__).resolve().parent   # the xdp package: installed with ctl (a wheel carries it)
 PROGRAM_FILES = ("emc.c", "megaflow.c", "skb_tx.c", "baseline.c")
 TC_PRIO = 120                  # the tc filter (clsact ingress) that runs dp_skb_tx on every port
 DP_PORT_SKB_TX = 1             # struct dp_port_cfg flags
@@ -91,7 +92,7 @@ class _Pending:
 
 
 def xdp_dir() -> Path:
-    """The fast path's sources: xdp/ beside ctl/, or $XDPSWITCH_XDP_DIR (a build to test or upgrade to)."""
+    """The fast path's sources: the xdp package, or $XDPSWITCH_XDP_DIR (a build to test or upgrade to)."""
     return Path(os.environ.get("XDPSWITCH_XDP_DIR") or XDP_DIR)
 
 

@@ -16,9 +16,7 @@ import dataclasses
 import errno
 import json
 import os
-import socket
 import struct
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import NamedTuple
 from ctl.datapath import dpif
 from ctl.datapath.dpif import DatapathConfig, DpStats, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.netdev import links
 
 PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
 RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config and pin directory a datapath runs with
@@ -197,17 +196,6 @@ class PortInfo:
     tx_path: str = "xdp"  # "skb" when the port does not take XDP redirects (struct dp_port_cfg)
 
 
-def xdp_mode(ifname: str) -> str:
-    """The XDP mode attached to ifname as the kernel reports it: native, generic, offload or none."""
-    try:
-        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True,
-                             text=True, check=True).stdout
-        mode = json.loads(out)[0].get("xdp", {}).get("mode", 0)
-    except (subprocess.CalledProcessError, ValueError, IndexError, FileNotFoundError):
-        return "unknown"
-    return {0: "none", 1: "native", 2: "generic", 3: "offload", 4: "multi"}.get(mode, str(mode))
-
-
 class DatapathReader:
     """What can be read from a datapath's maps, given a reader per map name (pinned or the daemon's own)."""
 
@@ -231,18 +219,17 @@ class DatapathReader:
     def ports(self) -> list[PortInfo]:
         """Ports as the maps record them (ifindex -> port number)."""
         out = []
+        kernel = {li.ifindex: li for li in links().values()}   # one netlink dump for every port
         for k, v in self.map("dp_ports").batch():
             ifindex, port_no = struct.unpack_from("<I", k)[0], struct.unpack_from("<I", v)[0]
-            try:
-                name = socket.if_indextoname(ifindex)
-            except OSError:
-                name = f"ifindex {ifindex} (gone)"
+            li = kernel.get(ifindex)
+            name = li.name if li is not None else f"ifindex {ifindex} (gone)"
             try:
                 cfg = self.map("dp_port_cfg").u32(port_no) if port_no < self.config.max_ports else None
             except ViewError:  # a datapath from before the skb path: every port by XDP redirect
                 cfg = None
             skb = bool(cfg and struct.unpack_from("<II", cfg[0])[1] & 1)  # struct dp_port_cfg: DP_PORT_SKB_TX
-            out.append(PortInfo(port_no, name, ifindex, xdp_mode(name) if not name.startswith("ifindex") else "none",
+            out.append(PortInfo(port_no, name, ifindex, li.xdp_mode if li is not None else "none",
                                 "skb" if skb else "xdp"))
         return sorted(out, key=lambda p: p.port_no)
 

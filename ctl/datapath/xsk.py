@@ -180,6 +180,10 @@ class XskSocket:
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError as e:
+                    if e.errno in (errno.ENXIO, errno.ENETDOWN, errno.ENODEV):
+                        # the device is down or gone (a container deleted): these frames go nowhere
+                        self.tx_dropped += n
+                        return 0
                     if e.errno not in (errno.EBUSY, errno.ENOBUFS):
                         raise
                 if ring.consumer.value == ring.producer.value:

@@ -72,6 +72,7 @@ MAX_BACKLOG = 4 << 20          # packet-ins queued for one connection at most (b
 PAUSE_READING = 1 << 20        # stop reading a connection while this much of its output is queued
 MAX_OUTPUT = 64 << 20          # close a connection whose queued output passes this
 DEFAULT_MAX_CONNECTIONS = 100
+PORT_POLL_S = 10.0             # ports are compared on every link event, and at least this often
 TLS_CHUNK = 16384              # one TLS record per write, so a retried write is the same write
 FAIL_MODES = ("standalone", "secure")
 OFP_TCP_PORT = 6653
@@ -334,8 +335,10 @@ class ConnManager:
         self._active: dict[Target, list[object]] = {t: [0.0, 1.0, None] for t in controllers}
         self.last_controller = time.monotonic()  # when a controller was last connected (start: now)
         self.fail_open = False
-        self._ports: dict[int, tuple[int, int]] = {}
+        self._ports: dict[int, tuple[int, int]] = {}   # port -> (config, state) as last told to controllers
+        self._descs: dict[int, oc.PortDesc] = {}        # port -> its last description (sent again on delete)
         self._next_port_check = 0.0
+        self._ports_changed = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -682,9 +685,16 @@ class ConnManager:
             up = any(c.is_controller and c.negotiated for c in self.conns)
             if not up and now - self.last_controller >= 3 * self.probe_interval:
                 self._set_fail_open(True)
-        if now >= self._next_port_check:
-            self._next_port_check = now + 1.0
+        if self._ports_changed.is_set() or now >= self._next_port_check:
+            # the kernel's link events set _ports_changed (ports_changed()); the poll is only a safety net
+            self._ports_changed.clear()
+            self._next_port_check = now + PORT_POLL_S
             self._check_ports()
+
+    def ports_changed(self) -> None:
+        """A link changed (the kernel said so): compare the ports now and send PORT_STATUS for each change."""
+        self._ports_changed.set()
+        self._wake()
 
     def _set_fail_open(self, on: bool) -> None:
         if self.fail_open == on:
@@ -695,13 +705,22 @@ class ConnManager:
             self.on_fail_open(on)
 
     def _check_ports(self) -> None:
-        """PORT_STATUS (modify) for every port whose config or link state changed."""
-        for p in self.sw.port_descs():
+        """PORT_STATUS for every port added (reason ADD), deleted (DELETE) or whose config or link state
+        changed (MODIFY) since the last look."""
+        descs = self.sw.port_descs()
+        for p in descs:
             now = (p.config, p.state)
-            if self._ports.get(p.port_no) != now:
-                if p.port_no in self._ports:
-                    self.send_async("port_status", 2, oc.port_status(2, p))
+            before = self._ports.get(p.port_no)
+            if before != now:
+                reason = oc.OFPPR_ADD if before is None else oc.OFPPR_MODIFY
+                self.send_async("port_status", reason, oc.port_status(reason, p))
                 self._ports[p.port_no] = now
+            self._descs[p.port_no] = p
+        current = {p.port_no for p in descs}
+        for port_no in [n for n in self._ports if n not in current]:
+            del self._ports[port_no]
+            gone = self._descs.pop(port_no, None) or oc.PortDesc(port_no, bytes(6), "", 1, 1, 0, 0)
+            self.send_async("port_status", oc.OFPPR_DELETE, oc.port_status(oc.OFPPR_DELETE, gone))
 
     # --- asynchronous messages -------------------------------------------------------------------------
 

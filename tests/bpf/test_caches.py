@@ -14,8 +14,8 @@ from scapy.layers.l2 import ARP, Ether
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
+from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
-from ctl.datapath.view import xdp_mode
 from tests.bpf.conftest import CONFIG, Bench
 from tests.conftest import Net
 

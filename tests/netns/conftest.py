@@ -3,6 +3,7 @@ port, with permanent neighbour entries (no ARP or ND needed) and IPv6 made quiet
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -10,9 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from pyroute2 import NetNS
 
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from tests.conftest import Net, need_root, sh, unique
+
+NUD_PERMANENT, IFA_F_NODAD = 0x80, 0x02
 
 
 @dataclass
@@ -70,14 +74,17 @@ def hosts(module_net: Net) -> list[Host]:
         for knob in ("accept_ra=0", "router_solicitations=0", "dad_transmits=0", "accept_dad=0"):
             sh(f"sysctl -qw net.ipv6.conf.{ifname}.{knob}", ns=ns)
         hosts.append(Host(n, ns, ifname, port, n))
-    for h in hosts:
-        h.sh(f"ip link set {h.ifname} address {h.mac}")
-        h.sh(f"ip addr add {h.ip}/24 dev {h.ifname}")
-        h.sh(f"ip -6 addr add {h.ip6}/64 dev {h.ifname} nodad")
-        for o in hosts:
-            if o is not h:
-                h.sh(f"ip neigh replace {o.ip} lladdr {o.mac} dev {h.ifname} nud permanent")
-                h.sh(f"ip -6 neigh replace {o.ip6} lladdr {o.mac} dev {h.ifname} nud permanent")
+    for h in hosts:   # addresses and neighbours through pyroute2, in each host's namespace
+        with NetNS(h.ns) as nsr:
+            idx = nsr.link_lookup(ifname=h.ifname)[0]
+            nsr.link("set", index=idx, address=h.mac)
+            nsr.addr("add", index=idx, address=h.ip, prefixlen=24)
+            nsr.addr("add", index=idx, address=h.ip6, prefixlen=64, flags=IFA_F_NODAD)
+            for o in hosts:
+                if o is not h:
+                    nsr.neigh("replace", dst=o.ip, lladdr=o.mac, ifindex=idx, state=NUD_PERMANENT)
+                    nsr.neigh("replace", dst=o.ip6, lladdr=o.mac, ifindex=idx, state=NUD_PERMANENT,
+                              family=socket.AF_INET6)
     return hosts
 
 

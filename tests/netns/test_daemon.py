@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ctl.daemon.switch import control_path, request
 from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
-from ctl.datapath.view import DatapathView, xdp_mode
+from ctl.datapath.netdev import xdp_mode
+from ctl.datapath.view import DatapathView
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping

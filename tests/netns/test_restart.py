@@ -22,7 +22,8 @@ import pytest
 from ctl.daemon.switch import PortSpec, Switch, control_path, request
 from ctl.datapath.dpif import DatapathConfig
 from ctl.datapath.dpif_xdp import XDP_DIR, DatapathError, remove_datapath
-from ctl.datapath.view import RUN_DIR, DatapathView, xdp_mode
+from ctl.datapath.netdev import xdp_mode
+from ctl.datapath.view import RUN_DIR, DatapathView
 from tests.conftest import Net, sh, unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping

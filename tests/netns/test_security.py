@@ -243,7 +243,8 @@ def test_every_cli_command_of_a_non_root_user_is_a_one_line_error(hosts: list[Ho
 
 
 def test_a_failed_start_names_what_is_taken_and_leaves_nothing(hosts: list[Host], tmp_path: Path) -> None:
-    from ctl.datapath.view import PIN_ROOT, RUN_DIR, xdp_mode
+    from ctl.datapath.netdev import xdp_mode
+    from ctl.datapath.view import PIN_ROOT, RUN_DIR
 
     spec = [PortSpec(h.port, h.port_no) for h in hosts]
     with socket.socket() as taken:

@@ -72,3 +72,18 @@ class FakeSwitch:
 
     def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None:
         self.packet_outs.append((in_port, actions, data))
+
+
+def fill_descriptors(rlimit: int, hard: int) -> list[Any]:
+    """Lower the open-file limit a little above the highest descriptor and open /dev/null until none is left;
+    returns the files (close them and restore the limit afterwards)."""
+    import os
+    import resource
+
+    resource.setrlimit(rlimit, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 16, hard))
+    files = []
+    while True:
+        try:
+            files.append(open("/dev/null"))  # noqa: SIM115 (held open on purpose)
+        except OSError:
+            return files

@@ -4,7 +4,6 @@ never changes the tables nor stops the channel."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import struct
@@ -22,7 +21,7 @@ from ctl.pipeline import ofactions as of
 from ctl.pipeline.ofmatch import parse_match
 from ctl.pipeline.openflow_tables import parse_flow
 from tests.pki import Pki, make_pki
-from tests.unit.ofhelpers import FakeSwitch, flow_mod, msg
+from tests.unit.ofhelpers import FakeSwitch, fill_descriptors, flow_mod, msg
 
 
 class Peer:
@@ -183,6 +182,7 @@ def test_port_status_on_a_link_change(mgr: tuple[ConnManager, FakeSwitch]) -> No
     p.send(msg(T.BARRIER_REQUEST))
     p.expect(T.BARRIER_REPLY)
     sw.link_down.add(2)
+    cm.ports_changed()   # what the daemon's LinkMonitor calls on the kernel's link event
     ps = p.expect(T.PORT_STATUS)
     assert ps[8] == 2 and struct.unpack_from("!I", ps, 16)[0] == 2
     assert struct.unpack_from("!I", ps, 16 + 36)[0] == 1   # OFPPS_LINK_DOWN
@@ -299,9 +299,12 @@ def test_a_peer_that_never_reads_is_bounded_then_dropped_and_keeps_its_flow_mods
     t_end = time.monotonic() + 8
     p.s.setblocking(False)
     closed = False
+    stream = bytearray()
     while time.monotonic() < t_end and not closed:
+        if len(stream) < len(echo):
+            stream += echo   # whole messages only: a send may take part of one
         try:
-            p.s.send(echo)
+            del stream[:p.s.send(stream)]
         except BlockingIOError:
             time.sleep(0.05)
         except OSError:
@@ -321,8 +324,9 @@ def test_out_of_descriptors_fails_one_accept_not_the_channel(mgr: tuple[ConnMana
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
-        for _ in range(6):   # the client ends use descriptors too: the switch's accept runs out first or soon
+        held += fill_descriptors(resource.RLIMIT_NOFILE, hard)
+        held.pop().close()   # one left: the client's socket takes it, and the accept has none
+        for _ in range(1):
             try:
                 held.append(socket.create_connection(cm.listen_addresses()[0], timeout=2))
             except OSError:

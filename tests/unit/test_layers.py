@@ -10,12 +10,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # lowest first; a level holds groups of modules, and groups on one level do not import each other
 LAYERS: list[list[tuple[str, ...]]] = [
-    [("ctl.common",)],                               # loops that survive an exception; nothing switch-specific
+    [("ctl.common", "ctl.__version__")],             # loops that survive an exception; nothing switch-specific
     [("ctl.datapath",)],                             # the fast path's maps, programs, sockets, key, actions
     [("ctl.pipeline",)],                             # OpenFlow tables, classifier, translation, NORMAL
     [("ctl.udpif",), ("ctl.openflow",), ("exporters",)],  # upcalls, revalidator; the OpenFlow channel; metrics
     [("ctl.daemon",)],                               # the switch: wiring, threads, control socket, state
-    [("ctl.cli", "ctl.demo")],                       # the command line
+    [("ctl.cli", "ctl.demo", "ctl.top")],            # the command line
 ]
 
 
@@ -78,3 +78,17 @@ def test_only_the_datapath_module_imports_bcc() -> None:
              if any(isinstance(x, (ast.Import, ast.ImportFrom)) and "bcc" in ast.unparse(x).split()[1].split(".")[0]
                     for x in ast.walk(ast.parse(p.read_text())))]
     assert users == ["ctl.datapath.dpif_xdp"]
+
+
+def test_no_ip_subprocess_in_the_control_plane() -> None:
+    """Every netlink job goes through pyroute2 (links, events, namespaces, veths, addresses): no `ip` command
+    is run from ctl/."""
+    import re
+
+    bad = []
+    for name, path in modules().items():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"""\[\s*["']ip["']\s*,|["']ip (?:-\w+ )*(?:link|netns|addr|route|neigh)\b""", line) \
+                    and "detach it first" not in line:
+                bad.append(f"{name}:{n}: {line.strip()}")
+    assert not bad, "\n".join(bad)

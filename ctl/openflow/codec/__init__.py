@@ -77,6 +77,9 @@ from ctl.openflow.codec.messages import (
 )
 from ctl.openflow.codec.oxm import encode_match
 from ctl.openflow.codec.replies import (
+    OFPPR_ADD,
+    OFPPR_DELETE,
+    OFPPR_MODIFY,
     FlowStat,
     PortCounters,
     PortDesc,
@@ -102,6 +105,9 @@ from ctl.openflow.codec.replies import (
 )
 
 __all__ = [
+    "OFPPR_ADD",
+    "OFPPR_DELETE",
+    "OFPPR_MODIFY",
     "BAC_BAD_EXPERIMENTER",
     "BAC_BAD_OUT_GROUP",
     "BAC_BAD_OUT_PORT",

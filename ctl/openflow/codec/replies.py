@@ -123,6 +123,9 @@ def _port(p: PortDesc) -> bytes:
     return _pyport(p).pack()  # type: ignore[no-any-return]
 
 
+OFPPR_ADD, OFPPR_DELETE, OFPPR_MODIFY = 0, 1, 2   # PORT_STATUS reasons
+
+
 def port_status(reason: int, port: PortDesc) -> bytes:
     """PORT_STATUS: reason 0 add, 1 delete, 2 modify."""
     return PyPortStatus(xid=0, reason=reason, desc=_pyport(port)).pack()  # type: ignore[no-any-return]
