@@ -1,6 +1,6 @@
-"""Read-only tools at scale: `xdpswitch dpctl show`, `stats` and `dpctl dump-flows` on a datapath with
+"""Read-only tools at scale: `xdpswitch dpctl show`, `stats`, `dpctl dump-flows` and `top` on a datapath with
 100k megaflows, as a user runs them (a new process each), against the command line's own start-up
-(`xdpswitch --help`) measured in the same run.
+(`xdpswitch --help`) measured in the same run; and what one refresh of `top` costs in its process.
 
     sudo .venv/bin/python -m bench.dpctl [--json] [--flows N]
 
@@ -24,6 +24,38 @@ from ctl.udpif.upcall import Udpif
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "ctl.cli"]
+
+
+def top_refresh(name: str, flows: int) -> dict[str, float]:
+    """What one refresh of `xdpswitch top` costs in its process (a sample and a frame): with the top-megaflow
+    dump (every ceil(megaflows / 10k) seconds), without it (the other seconds), and without it when the
+    daemon answers how many megaflows there are (its upcall-show; here a reply with that figure)."""
+    from rich.console import Console
+
+    from ctl.datapath.view import DatapathView
+    from ctl.top import Top
+
+    console = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    rows: dict[str, float] = {}
+    with DatapathView.open(name) as view:
+        for label, ask in (("no daemon", None), ("daemon answers", lambda cmd: {"flows": flows})):
+            top = Top(view, ask)
+            top.sample()
+            with_dump = without = 1e9
+            for _ in range(3):
+                assert top.cur is not None
+                top.cur.megaflows_t = 0.0   # due: the next sample dumps
+                t0 = time.perf_counter()
+                top.sample()
+                console.print(top.frame(name))
+                with_dump = min(with_dump, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                top.sample()
+                console.print(top.frame(name))
+                without = min(without, time.perf_counter() - t0)
+            rows[f"top refresh + dump ({label})"] = with_dump
+            rows[f"top refresh ({label})"] = without
+    return rows
 
 
 def best_of(cmd: list[str], runs: int = 5) -> float:
@@ -55,8 +87,10 @@ def main() -> int:
         base = best_of([*CLI, "--help"])
         rows = {"cli start-up (--help)": base}
         for label, cmd in (("dpctl show", ["dpctl", "show"]), ("stats", ["stats"]),
-                           ("dpctl dump-flows", ["dpctl", "dump-flows", "-f", "json"])):
+                           ("dpctl dump-flows", ["dpctl", "dump-flows", "-f", "json"]),
+                           ("top, first frame", ["top", "--interval", "0.1", "--iterations", "1"])):
             rows[label] = best_of([*CLI, *cmd, "--name", name], runs=3 if "dump" in label else 5)
+        rows.update(top_refresh(name, args.flows))
     finally:
         dp.close(unpin=True)
     if args.json:
@@ -64,7 +98,7 @@ def main() -> int:
         return 0
     print(f"{args.flows} megaflows, best of runs, each a new process:")
     for label, s in rows.items():
-        print(f"  {label:<22} {s * 1000:7.0f} ms  ({s / base:.2f}x the command line's start-up)")
+        print(f"  {label:<38} {s * 1000:7.0f} ms  ({s / base:.2f}x the command line's start-up)")
     return 0
 
 

@@ -57,10 +57,12 @@ class Snapshot:
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> exceptions caught (the loop went on)
     openflow_connections: int = 0
     openflow_refused: dict[str, int] = field(default_factory=dict)  # reason -> connections refused or closed
+    http: dict[str, int] = field(default_factory=dict)   # the /metrics server's own counters (ServerStats)
 
 
 LOOPS = ("control", "handler", "openflow", "revalidator", "tick")  # every loop that counts, shown at 0 too
 DELETE_REASONS = ("flow_limit", "flush", "idle", "purge", "stale")   # why the revalidator or a flush deletes
+HTTP_RESULTS = ("scrapes", "evicted", "refused", "timed_out", "bad_requests", "accept_failed", "errors")
 REFUSALS = ("max_connections", "accept_failed", "tls_failed", "inactive", "not_reading")  # ChannelStats' fields
 
 
@@ -160,6 +162,11 @@ class SwitchCollector(Collector):
         for reason in REFUSALS:
             ref.add_metric([reason], s.openflow_refused.get(reason, 0))
         yield ref
+        http = CounterMetricFamily("xdpswitch_metrics_http_requests", "The /metrics endpoint's own connections "
+                                   "by outcome (exporters/server.py: bounded clients, deadlines).", labels=["result"])
+        for result in HTTP_RESULTS:
+            http.add_metric([result], s.http.get(result, 0))
+        yield http
 
 
 def _le(bound: float) -> str:
@@ -184,5 +191,14 @@ def serve(snapshot: Callable[[], Snapshot], address: str = DEFAULT_ADDRESS, max_
     """Serve /metrics on address (exporters/server.py: one thread, bounded clients, deadlines); returns the
     server (close() stops it). OSError if the address cannot be bound."""
     host, port = parse_address(address)
-    registry = registry_for(snapshot)
-    return MetricsServer(lambda: (generate_latest(registry), CONTENT_TYPE_LATEST), host, port, max_clients, timeout)
+    server: MetricsServer | None = None
+
+    def with_http() -> Snapshot:
+        snap = snapshot()
+        if server is not None:
+            snap.http = dict(vars(server.stats))
+        return snap
+
+    registry = registry_for(with_http)
+    server = MetricsServer(lambda: (generate_latest(registry), CONTENT_TYPE_LATEST), host, port, max_clients, timeout)
+    return server

@@ -56,8 +56,10 @@ def test_link_events_are_port_status_at_once_and_a_vanished_port_is_down(
         p.handshake()
         p.send(msg(T.BARRIER_REQUEST))
         p.expect(T.BARRIER_REPLY)
+        t0 = time.monotonic()
         sh(f"ip link set {peer} down", ns=ns)   # the container's end goes down: no carrier on the port
         assert port_status(p, 5) == (2, 9, 0, OFPPS_LINK_DOWN)
+        print(f"\nPORT_STATUS {1000 * (time.monotonic() - t0):.1f} ms after `ip link set down` (poll off)")
         sh(f"ip link set {peer} up", ns=ns)
         assert port_status(p, 5) == (2, 9, 0, 4)   # OFPPS_LIVE
         sh(f"ip netns del {ns}")   # the container is deleted, and its veth pair with it

@@ -312,6 +312,7 @@ def test_a_peer_that_never_reads_is_bounded_then_dropped_and_keeps_its_flow_mods
         with cm.lock:
             highest = max([highest, *(c.pending() for c in cm.conns)])
     assert closed, "a peer that never reads is closed"
+    print(f"\nnon-reader: at most {highest} bytes queued for it, closed after {time.monotonic() - t_end + 8:.1f} s")
     assert cm.stats.inactive == 1
     assert highest <= PAUSE_READING + 65536 + len(echo), f"{highest} bytes queued for it"
     assert len(sw.tables) == 1

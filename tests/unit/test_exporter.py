@@ -119,7 +119,8 @@ def test_bad_requests_get_an_http_error_and_the_server_goes_on() -> None:
                 s.sendall(raw)
                 assert s.recv(100).split()[1] == code
         assert server.stats.bad_requests == 4
-        assert _scrape(port)[0] == 200
+        code, body = _scrape(port)
+        assert code == 200 and b'xdpswitch_metrics_http_requests_total{result="bad_requests"} 4.0' in body
     finally:
         server.close()
 
@@ -132,9 +133,11 @@ def test_bad_address_is_refused(bad: str) -> None:
 
 def test_every_refusal_reason_of_the_channel_is_exported() -> None:
     from ctl.openflow.connmgr import ChannelStats
-    from exporters.collector import REFUSALS
+    from exporters.collector import HTTP_RESULTS, REFUSALS
+    from exporters.server import ServerStats
 
     assert REFUSALS == tuple(ChannelStats().as_dict())
+    assert HTTP_RESULTS == tuple(vars(ServerStats()))
 
 
 def test_out_of_descriptors_fails_one_accept_not_the_server() -> None:
