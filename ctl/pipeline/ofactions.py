@@ -10,7 +10,7 @@ Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, `
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ctl.pipeline.ofmatch import FIELD_BITS, OFPP_MAX, FlowSyntaxError, parse_int, parse_mac, parse_prefix
 
@@ -20,6 +20,9 @@ N_TABLES = 255
 @dataclass(frozen=True)
 class Output:
     port: int
+    # what the FLOW_MOD said (OpenFlow echoes it in FLOW stats, as OVS does); it means nothing for a port and
+    # is no part of the action's identity
+    max_len: int = field(default=0, compare=False)
 
     def __str__(self) -> str:
         return f"output:{self.port}"

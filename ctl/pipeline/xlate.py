@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from ctl.datapath import dpif
 from ctl.datapath.flowkey import VLAN_CFI, mac_str
@@ -59,6 +60,8 @@ class Translation:
     slow_path: str = ""             # why the fast path cannot run the actions ("" when it can)
     normal: bool = False            # NORMAL ran: the megaflow depends on the MAC learning table
     learned: bool = False           # NORMAL learned (or moved) the source MAC
+    missed: list[Any] = field(default_factory=list)   # the tables it found no rule in (their miss counters)
+    error: str = ""                 # why the packet is dropped as unsupported ("": it is not)
 
     def megaflow(self) -> Match:
         return Match.from_masked(self.flow, self.wc)
@@ -107,6 +110,7 @@ class _Ctx:
         self.ports = ports
         self.actions: list[dpif.Action] = []
         self.rules: list[Rule] = []
+        self.missed: list[Any] = []     # tables that matched no rule (TABLE stats count the megaflow's packets)
         self.steps: list[TraceStep] = []
         self.error = ""
         self.depth = 0
@@ -148,6 +152,7 @@ class _Ctx:
             if self.tracing:
                 self.steps.append(step)
             if rule is None:
+                self.missed.append(table)
                 if self.may_learn:
                     table.n_missed += 1
                 if table.miss == "continue":
@@ -366,7 +371,7 @@ class _Ctx:
             self.wc["tcp_flags"] = 0
         slow = dpif.fast_path_error(acts)
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
-                           self.learned)
+                           self.learned, self.missed, self.error)
 
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,

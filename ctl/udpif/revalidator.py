@@ -228,6 +228,7 @@ class Revalidator:
             k.actions = tr.actions
             self.stats.updated += 1
         k.rules = tr.rules
+        k.missed = tr.missed
         k.normal = tr.normal
         k.version = version
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ctl.common.unixctl import Unixctl
 from ctl.datapath import dpif
@@ -36,7 +36,7 @@ from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, key_of
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
-from ctl.pipeline.xlate import translate, translate_actions
+from ctl.pipeline.xlate import Translation, translate, translate_actions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +85,7 @@ class Ukey:
     created_ns: int = 0         # the Udpif's clock.now_ns() when it was made (the fast path's clock)
     dead: bool = False
     normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
+    missed: list[Any] = field(default_factory=list)   # tables it matched no rule in: credited as misses
 
 
 class Ukeys:
@@ -222,6 +223,7 @@ class Udpif:
         self.lock = threading.RLock()   # see the class docstring for what it guards
         self._locked_stats = UpcallStats()    # written only under lock (deletions)
         self._channel_stats = UpcallStats()   # written only by the thread that calls packet_out()
+        self._unsupported_logged: set[tuple[int, str]] = set()   # (rule, why) already logged; under the lock
         self._default_stats = UpcallStats()   # handle() without stats of its own (one caller at a time)
         self._handler_stats: list[UpcallStats] = []   # one per handler, each written by its handler only
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
@@ -366,11 +368,13 @@ class Udpif:
         now = self.clock.monotonic()
         for r in tr.rules:
             r.credit(1, len(up.frame), now)
+        if tr.error:
+            self._unsupported(tr)
         if tr.learned:
             self.xlate_changed()
         mask = key_of(tr.wc)
         u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
-                 created_ns=self.clock.now_ns(), normal=tr.normal)
+                 created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed)
         if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
             return Decision(up, tr.actions, layout)
@@ -401,6 +405,17 @@ class Udpif:
             st.installed += 1
             if u.slow_path:
                 st.slow_path += 1
+
+    def _unsupported(self, tr: Translation) -> None:
+        """A translation that ends in an unsupported action drops its packets (counted as drops, reason
+        unsupported): say so in the log, once per rule that led there (the caller holds the lock)."""
+        rule = tr.rules[-1] if tr.rules else None
+        key = (id(rule), tr.error)
+        if key in self._unsupported_logged:
+            return
+        self._unsupported_logged.add(key)
+        log.warning("packets matching %s are dropped (counted as drops, reason unsupported): %s %s",
+                    tr.megaflow(), rule.to_text() if rule is not None else "the pipeline", tr.error)
 
     def adopt(self, megaflows: Iterable[dpif.Megaflow]) -> int:
         """Make ukeys for megaflows an earlier process installed (a restart adopting a running datapath).
@@ -447,6 +462,8 @@ class Udpif:
                 now = self.clock.monotonic()
                 for r in u.rules:
                     r.credit(dp_, db, now)
+                for t in u.missed:   # TABLE stats: a fast-path packet that missed a table is a lookup there
+                    t.n_missed += dp_
             u.packets, u.bytes = packets, nbytes
 
     def change_tables(self, change: Callable[[OpenFlowTables], T], wait: bool = False) -> T:

@@ -3,6 +3,7 @@ leave the tables untouched."""
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -151,3 +152,14 @@ def test_async_config_and_switch_config(rig: Rig) -> None:
     rig.do(msg(T.SET_CONFIG, struct.pack("!HH", 0, 256)))
     [c] = rig.do(msg(T.GET_CONFIG_REQUEST))
     assert struct.unpack_from("!HH", c, 8) == (0, 256)
+
+
+def test_flow_stats_echo_the_output_max_len_the_flow_mod_gave(rig: Rig) -> None:
+    """As OVS: the max_len of an output to an ordinary port means nothing, but FLOW stats give back what the
+    FLOW_MOD said (os-ken's switch test tool compares it before it sends a packet)."""
+    rig.do(flow_mod(parse_match("tcp"), [of.Output(1, max_len=0xFFE5)], priority=3))
+    rig.do(flow_mod(parse_match("udp"), [of.Output(2)], priority=3))
+    [reply] = rig.do(flow_stats_request())
+    outputs = re.findall(rb"\x00\x00\x00\x10(\x00\x00\x00[\x01\x02])(..)\x00{6}", reply, re.S)
+    assert sorted((struct.unpack("!I", p)[0], struct.unpack("!H", m)[0]) for p, m in outputs) == [(1, 0xFFE5), (2, 0)]
+    assert rig.rules() == ["table=0,priority=3,tcp,actions=output:1", "table=0,priority=3,udp,actions=output:2"]

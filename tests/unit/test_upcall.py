@@ -3,11 +3,12 @@ flow-limit, failures counted, and the flush on table changes crediting rule coun
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import Action, MapFull
@@ -229,3 +230,30 @@ def test_a_flooding_port_delays_another_ports_upcall_by_one_small_batch_at_most(
     while take_round([flood, victim], FAIR_BATCH):  # type: ignore[list-item]
         rounds += 1
     assert rounds == 1000 // FAIR_BATCH + (1000 % FAIR_BATCH > 0)
+
+
+def test_table_stats_count_the_fast_paths_packets_too() -> None:
+    """A megaflow that missed table 1 (after a goto from table 0) keeps missing it for every fast-path packet:
+    TABLE stats (lookups = matched + missed) must count them, not just the upcall."""
+    u, dp, _sent = make("table=0,udp,actions=goto_table:1", "table=1,priority=5,tcp,actions=output:2")
+    u.handle([up(53)])
+    t0, t1 = u.tables.tables[0], u.tables.tables[1]
+    assert (t0.n_missed, t1.n_missed) == (0, 1)
+    (idx, _), = dp.flows.values()
+    dp.stats[idx] = (10, 1000, 0)       # ten fast-path packets of that megaflow
+    u.push_stats()
+    assert u.tables.rules()[0].n_packets == 11   # table 0 matched all eleven
+    assert (t0.n_missed, t1.n_missed) == (0, 11)  # table 1 missed all eleven
+
+
+def test_an_unsupported_action_is_logged_once_per_rule_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    u, dp, sent = make("priority=5,dl_vlan=7,actions=push_vlan:0x8100,output:2")
+    tagged = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=7)
+                   / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=9))
+    with caplog.at_level(logging.WARNING):
+        u.handle([Upcall(1, 1, 0, tagged)])
+        u.handle([Upcall(1, 1, 0, tagged[:-1] + b"x")])
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1 and "double tagging is not supported" in lines[0] and "push_vlan" in lines[0], lines
+    (_, actions), = dp.flows.values()
+    assert actions == [dpif.DpDrop(dpif.DropReason.UNSUPPORTED)] and not sent

@@ -133,7 +133,7 @@ def port_action(port: int, max_len: int = OFPCML_NO_BUFFER) -> of.OfAction:
         return special[port]
     if not 0 < port < 0xFF00:
         raise OfError(ET.BAD_ACTION, BAC_BAD_OUT_PORT, f"output to port {port:#x}")
-    return of.Output(port)
+    return of.Output(port, max_len)
 
 
 def _actions(acts: Iterable[Any]) -> list[of.OfAction]:
@@ -213,7 +213,7 @@ def encode_actions(actions: Sequence[of.OfAction]) -> bytes:
     out = []
     for a in actions:
         if isinstance(a, of.Output):
-            out.append(struct.pack("!HHIH6x", 0, 16, a.port, 0))
+            out.append(struct.pack("!HHIH6x", 0, 16, a.port, a.max_len))
         elif isinstance(a, of.Controller):
             out.append(struct.pack("!HHIH6x", 0, 16, OFPP_CONTROLLER, a.max_len))
         elif isinstance(a, of.InPort | of.Flood | of.Normal | of.TablePort):
