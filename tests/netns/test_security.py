@@ -227,7 +227,8 @@ def test_every_cli_command_of_a_non_root_user_is_a_one_line_error(hosts: list[Ho
                     ["ofctl", "add-flow", "priority=9,actions=drop", *n], ["ofctl", "del-flows", *n],
                     ["ofctl", "show", *n], ["upcall", "show", *n], ["fdb", "show", *n], ["trace", "in_port=1", *n],
                     ["revalidator", "purge", *n], ["dpctl", "del-dp", *n], ["start", "-p", hosts[0].port, *n],
-                    ["demo"], ["upcall", "set", "--flow-limit", "5", *n], ["ofctl", "mod-table", "0", "drop", *n]]
+                    ["demo"], ["upcall", "set", "--flow-limit", "5", *n], ["ofctl", "mod-table", "0", "drop", *n],
+                    ["top", "--iterations", "1", *n], ["add-port", hosts[0].port, *n], ["del-port", hosts[0].port, *n]]
         for cmd in commands:
             r = as_nobody([str(XDPSWITCH), *cmd])
             lines = r.stderr.strip().splitlines()
