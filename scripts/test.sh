@@ -5,32 +5,19 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/setup.sh
-# test-only tools: vagrant validates the Vagrantfile (not part of setup.sh, which also provisions the VM)
-if ! command -v vagrant >/dev/null; then
-  echo "test: installing vagrant (to validate the Vagrantfile)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq vagrant >/dev/null
-fi
-# a real Prometheus server scrapes the daemon in tests/netns/test_prometheus.py (its service is not started)
-if ! command -v prometheus >/dev/null; then
-  echo "test: installing prometheus (a real server scrapes the switch in the netns tier)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
-# OpenFlow peers for the netns tier: ovs-ofctl (Debian), and os-ken's manager in a venv of its own with the
-# unmodified simple_switch_13.py of the os-ken 1.4.1 wheel (3.1.1 has the manager but no sample apps)
-if ! command -v ovs-ofctl >/dev/null; then
-  echo "test: installing openvswitch-common (ovs-ofctl drives the switch's OpenFlow listener)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-common >/dev/null
-fi
-# tmux runs `xdpswitch top` in a real terminal (tests/netns/test_top.py)
-if ! command -v tmux >/dev/null; then
-  echo "test: installing tmux (xdpswitch top is tested in a real terminal)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux >/dev/null
-fi
-# ovs-pki makes the certificates of the TLS tests, in the layout OVS documents
-if ! command -v ovs-pki >/dev/null; then
-  echo "test: installing openvswitch-pki (ovs-pki makes the TLS tests' certificates)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openvswitch-pki >/dev/null
-fi
+# test-only tools, each installed if its command is missing: need COMMAND PACKAGE WHY [APT-OPTION...]
+need() {
+  command -v "$1" >/dev/null && return
+  echo "test: installing $2 ($3)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:4}" "$2" >/dev/null
+}
+need vagrant vagrant "to validate the Vagrantfile; not in setup.sh, which also provisions the VM"
+need prometheus prometheus "a real server scrapes the switch in the netns tier; its service is not started" --no-install-recommends
+need ovs-ofctl openvswitch-common "ovs-ofctl drives the switch's management socket" --no-install-recommends
+need tmux tmux "xdpswitch top is tested in a real terminal" --no-install-recommends
+need ovs-pki openvswitch-pki "ovs-pki makes the TLS tests' certificates, in the layout OVS documents" --no-install-recommends
+# os-ken's manager in a venv of its own with the unmodified simple_switch_13.py of the os-ken 1.4.1 wheel
+# (3.1.1 has the manager but no sample apps)
 osken=$here/.cache/osken
 if [ ! -x "$osken/bin/osken-manager" ] || [ ! -f "$here/.cache/simple_switch_13.py" ]; then
   echo "test: installing os-ken 3.1.1 and simple_switch_13.py (os-ken 1.4.1) under .cache/"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -39,6 +40,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if IN_CI and rep.skipped and any(item.iter_markers(name="root")):
         rep.outcome = "failed"
         rep.longrepr = f"privileged test skipped under CI=true: {rep.longrepr}"
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of a command the test needs; missing, the test fails under CI and skips elsewhere (scripts/test.sh
+    installs package)."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (apt-get install {package}; scripts/test.sh does)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
 
 
 def sh(cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

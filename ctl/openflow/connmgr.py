@@ -358,7 +358,7 @@ class ConnManager:
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         """The TCP listeners' bound (host, port): a listener given port 0 gets a free one."""
-        return [s.getsockname()[:2] for s, t in self.listeners if t.kind != "unix"]
+        return [(t.host, t.port) for t in self.listening() if t.kind != "unix"]
 
     def listening(self) -> list[Target]:
         """Every listener as bound (port 0 resolved)."""

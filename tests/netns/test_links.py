@@ -50,12 +50,7 @@ def test_link_events_are_port_status_at_once_and_a_vanished_port_is_down(
                 tmp_path / "flows.json", config=DatapathConfig(max_flows=4096), say=lambda m: None)
     sw.start()
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(str(mgmt_path(sw.name)))
-        p = Peer(s)
-        p.handshake()
-        p.send(msg(T.BARRIER_REQUEST))
-        p.expect(T.BARRIER_REPLY)
+        p = mgmt_peer(sw)
         t0 = time.monotonic()
         sh(f"ip link set {peer} down", ns=ns)   # the container's end goes down: no carrier on the port
         assert port_status(p, 5) == (2, 9, 0, OFPPS_LINK_DOWN)

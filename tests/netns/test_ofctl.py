@@ -6,7 +6,6 @@ those replies are good enough for it."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 from ctl.daemon.switch import PortSpec, Switch, mgmt_path, request
 from ctl.datapath.dpif_xdp import DatapathConfig
 from ctl.openflow.connmgr import ChannelConfig
-from tests.conftest import IN_CI, unique
+from tests.conftest import need_tool, unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping
 
@@ -24,11 +23,7 @@ pytestmark = pytest.mark.root
 
 
 def need_ofctl() -> None:
-    if shutil.which("ovs-ofctl") is None:
-        msg = "ovs-ofctl is not installed (apt-get install openvswitch-common; scripts/test.sh does)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    need_tool("ovs-ofctl", "openvswitch-common")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ numbers have moved (packets/s per cache layer, per-port totals, the busiest mega
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -13,23 +12,13 @@ from pathlib import Path
 import pytest
 
 from ctl.daemon.switch import request
-from tests.conftest import IN_CI, unique
+from tests.conftest import need_tool, unique
 from tests.netns.conftest import Host
 from tests.netns.test_switch import L2, make_switch
 
 pytestmark = pytest.mark.root
 
 XDPSWITCH = Path(sys.executable).parent / "xdpswitch"
-
-
-def tmux() -> str:
-    path = shutil.which("tmux")
-    if path is None:
-        msg = "tmux is not installed (scripts/test.sh installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def number(pane: str, label: str) -> float:
@@ -45,7 +34,7 @@ def port_rx_total(pane: str, port: str) -> int:
 
 
 def test_top_in_tmux_moves_under_traffic(hosts: list[Host], tmp_path: Path) -> None:
-    binary = tmux()
+    binary = need_tool("tmux", "tmux")
     h1, h2, _ = hosts
     sw = make_switch(unique("xstop"), hosts, tmp_path / "flows.json")
     server = unique("xstmux")

@@ -74,16 +74,30 @@ class FakeSwitch:
         self.packet_outs.append((in_port, actions, data))
 
 
-def fill_descriptors(rlimit: int, hard: int) -> list[Any]:
-    """Lower the open-file limit a little above the highest descriptor and open /dev/null until none is left;
-    returns the files (close them and restore the limit afterwards)."""
+def exhaust_one_accept(address: tuple[str, int], failed: Callable[[], int]) -> None:
+    """Connect to address with the descriptor table full but for the client's own socket, so the server's
+    accept() has none; returns once failed() (the server's count of failed accepts) is above zero or 3 s
+    passed. The open-file limit is restored."""
     import os
     import resource
+    import socket
+    import time
 
-    resource.setrlimit(rlimit, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 16, hard))
-    files = []
-    while True:
-        try:
-            files.append(open("/dev/null"))  # noqa: SIM115 (held open on purpose)
-        except OSError:
-            return files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[Any] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 16, hard))
+        while True:
+            try:
+                held.append(open("/dev/null"))  # noqa: SIM115 (held open on purpose)
+            except OSError:
+                break
+        held.pop().close()   # one left: the client's socket takes it
+        held.append(socket.create_connection(address, timeout=2))
+        deadline = time.monotonic() + 3
+        while failed() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -21,7 +21,7 @@ from ctl.pipeline import ofactions as of
 from ctl.pipeline.ofmatch import parse_match
 from ctl.pipeline.openflow_tables import parse_flow
 from tests.pki import Pki, make_pki
-from tests.unit.ofhelpers import FakeSwitch, fill_descriptors, flow_mod, msg
+from tests.unit.ofhelpers import FakeSwitch, exhaust_one_accept, flow_mod, msg
 
 
 class Peer:
@@ -319,26 +319,8 @@ def test_a_peer_that_never_reads_is_bounded_then_dropped_and_keeps_its_flow_mods
 
 
 def test_out_of_descriptors_fails_one_accept_not_the_channel(mgr: tuple[ConnManager, FakeSwitch]) -> None:
-    import resource
-
     cm, _ = mgr
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held = []
-    try:
-        held += fill_descriptors(resource.RLIMIT_NOFILE, hard)
-        held.pop().close()   # one left: the client's socket takes it, and the accept has none
-        for _ in range(1):
-            try:
-                held.append(socket.create_connection(cm.listen_addresses()[0], timeout=2))
-            except OSError:
-                break
-        deadline = time.monotonic() + 3
-        while cm.stats.accept_failed == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        for s in held:
-            s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    exhaust_one_accept(cm.listen_addresses()[0], lambda: cm.stats.accept_failed)
     assert cm.stats.accept_failed >= 1
     assert cm.is_alive()
     time.sleep(1.2)   # the listener rests a second, then accepts again

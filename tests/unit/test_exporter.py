@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 
 from ctl.datapath.dpif import DpStats, PortStats
 from exporters.collector import PortSample, Snapshot, parse_address, registry_for, serve
-from tests.unit.ofhelpers import fill_descriptors
+from tests.unit.ofhelpers import exhaust_one_accept
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "metrics.golden"
 
@@ -141,27 +141,9 @@ def test_every_refusal_reason_of_the_channel_is_exported() -> None:
 
 
 def test_out_of_descriptors_fails_one_accept_not_the_server() -> None:
-    import resource
-
     server = serve(snapshot, "127.0.0.1:0")
     port = server.server_address[1]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held = []
-    try:
-        held += fill_descriptors(resource.RLIMIT_NOFILE, hard)
-        held.pop().close()   # one left: the client's socket takes it, and the accept has none
-        for _ in range(1):
-            try:
-                held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
-            except OSError:
-                break
-        deadline = time.monotonic() + 3
-        while server.stats.accept_failed == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        for s in held:
-            s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    exhaust_one_accept(("127.0.0.1", port), lambda: server.stats.accept_failed)
     assert server.stats.accept_failed >= 1
     time.sleep(1.2)   # the listener rests a second
     assert _scrape(port)[0] == 200

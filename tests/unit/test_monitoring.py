@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.conftest import need_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "xdpswitch.rules.yml"
@@ -21,13 +18,7 @@ GOLDEN = ROOT / "tests" / "fixtures" / "metrics.golden"
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool is not installed (Debian's prometheus package; scripts/test.sh installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return need_tool("promtool", "prometheus")
 
 
 def test_promtool_checks_the_rules() -> None:
