@@ -40,6 +40,8 @@
 #define ETH_P_IP_ 0x0800
 #define ETH_P_ARP_ 0x0806
 #define ETH_P_IPV6_ 0x86DD
+#define ETH_P_MPLS_UC_ 0x8847
+#define ETH_P_MPLS_MC_ 0x8848
 #define ETH_TYPE_MIN_ 0x0600
 #define FLOW_DL_TYPE_NONE 0x05FF    /* as OVS: an 802.3 frame without an Ethernet II type */
 #define VLAN_CFI 0x1000             /* in flow_key.vlan_tci: a tag is present (as OVS) */

@@ -24,7 +24,8 @@ struct flow_key {
     __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
     __u8 arp_sha[6];
     __u8 arp_tha[6];
-    __u8 pad[6];        /* always zero */
+    __u8 pad[2];        /* always zero */
+    __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label (20 bits) */
     __u8 ipv6_src[16];
     __u8 ipv6_dst[16];
 };

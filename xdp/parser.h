@@ -9,7 +9,9 @@
  *  - IPv6 needs version 6 and payload_len <= the bytes present; up to DP_IPV6_MAX_EXT extension headers
  *    (hop-by-hop, routing, destination, AH, fragment) are walked; nw_proto is where the walk stopped,
  *    and L4 is parsed only if it stopped on a non-extension header;
- *  - later fragments have no L4 fields; a truncated L4 header leaves them zero. */
+ *  - later fragments have no L4 fields; a truncated L4 header leaves them zero;
+ *  - MPLS (0x8847, 0x8848): the top label stack entry goes to label, nothing past it is parsed (as OVS: the
+ *    payload's type is not in the packet); IPv6's flow label goes to label too. */
 #ifndef XDPSWITCH_PARSER_H
 #define XDPSWITCH_PARSER_H
 
@@ -95,6 +97,7 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
         return;
     __builtin_memcpy(key->ipv6_src, &ip6->saddr, 16);
     __builtin_memcpy(key->ipv6_dst, &ip6->daddr, 16);
+    key->label = *(__be32 *)ip6 & bpf_htonl(0x000fffff);
     key->nw_tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
     key->nw_ttl = ip6->hop_limit;
 
@@ -172,6 +175,10 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
         parse_ipv4(data, end, off, key, lay);
     } else if (type == bpf_htons(ETH_P_IPV6_)) {
         parse_ipv6(data, end, off, key, lay);
+    } else if (type == bpf_htons(ETH_P_MPLS_UC_) || type == bpf_htons(ETH_P_MPLS_MC_)) {
+        __be32 *lse = data + off;
+        if ((void *)(lse + 1) <= end)
+            key->label = *lse;
     } else if (type == bpf_htons(ETH_P_ARP_)) {
         __u8 *a = data + off;
         if ((void *)(a + 28) > end)

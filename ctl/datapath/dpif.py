@@ -126,11 +126,13 @@ class DpController:
     max_len: int = 0xFFFF
     table_id: int = 0
     cookie: int = 0xFFFFFFFFFFFFFFFF
+    pipeline: tuple[tuple[str, int], ...] = ()   # metadata and registers that are not zero (the PACKET_IN's match)
 
     def __str__(self) -> str:
         why = PACKET_IN_REASONS.get(self.reason, str(self.reason))
         ml = "miss_send_len" if self.max_len < 0 else str(self.max_len)
-        return f"controller(reason={why},max_len={ml},table={self.table_id},cookie={self.cookie:#x})"
+        extra = "".join(f",{f}={v:#x}" for f, v in self.pipeline)
+        return f"controller(reason={why},max_len={ml},table={self.table_id},cookie={self.cookie:#x}{extra})"
 
 
 @dataclass(frozen=True)
@@ -243,12 +245,48 @@ class DpSetTpDst:
         return f"set(l4(dst={self.port}))"
 
 
+def _lse_str(lse: int) -> str:
+    return f"label={lse >> 12},tc={lse >> 9 & 7},ttl={lse & 0xFF},bos={lse >> 8 & 1}"
+
+
+@dataclass(frozen=True)
+class DpPushMpls:
+    """Insert an MPLS label stack entry after the Ethernet header (and its VLAN tag): the slow path only."""
+
+    ethertype: int
+    lse: int
+
+    def __str__(self) -> str:
+        return f"push_mpls({_lse_str(self.lse)},eth_type={self.ethertype:#x})"
+
+
+@dataclass(frozen=True)
+class DpPopMpls:
+    """Remove the top MPLS label stack entry; the frame's Ethernet type becomes ethertype: the slow path only."""
+
+    ethertype: int
+
+    def __str__(self) -> str:
+        return f"pop_mpls(eth_type={self.ethertype:#x})"
+
+
+@dataclass(frozen=True)
+class DpSetMpls:
+    """Rewrite the top MPLS label stack entry: the slow path only."""
+
+    lse: int
+
+    def __str__(self) -> str:
+        return f"set(mpls({_lse_str(self.lse)}))"
+
+
 Action = (
     DpOutput | DpFlood | DpDrop | DpController | DpUpcall | DpSetEthSrc | DpSetEthDst | DpPushVlan | DpPopVlan
     | DpSetVlan | DpSetIpv4Src | DpSetIpv4Dst | DpSetDscp | DpDecTtl | DpSetIpv6Src | DpSetIpv6Dst | DpSetTpSrc
-    | DpSetTpDst
+    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls
 )
 TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall)
+SLOW_PATH_ONLY = (DpPushMpls, DpPopMpls, DpSetMpls)  # user space runs them (ctl/datapath/execute.py), XDP does not
 
 
 def format_actions(actions: Sequence[Action]) -> str:
@@ -267,6 +305,8 @@ def fast_path_error(actions: Sequence[Action]) -> str:
     acts = list(actions)
     if any(isinstance(a, DpController) for a in acts):
         return "it sends packets to the controller"
+    if any(isinstance(a, SLOW_PATH_ONLY) for a in acts):
+        return "MPLS push, pop and rewrite run in user space"
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):
             rest = acts[i + 1 :]

@@ -117,6 +117,27 @@ def _set_tp(p: _Pkt, off: int, port: int) -> int:
     return 0
 
 
+def _mpls(p: _Pkt, a: dpif.DpPushMpls | dpif.DpPopMpls | dpif.DpSetMpls) -> int:
+    """MPLS push, pop and rewrite at the end of the Ethernet header (after its VLAN tag), as OVS does."""
+    b = p.b
+    l2 = 18 if p.tagged else 14
+    if len(b) < l2:
+        return DropReason.BAD_ACTION
+    if isinstance(a, dpif.DpPushMpls):
+        b[l2:l2] = struct.pack("!I", a.lse)
+        p.put16(l2 - 2, a.ethertype)
+    else:
+        if p.dl_type not in (0x8847, 0x8848) or len(b) < l2 + 4:
+            return DropReason.BAD_ACTION
+        if isinstance(a, dpif.DpPopMpls):
+            del b[l2: l2 + 4]
+            p.put16(l2 - 2, a.ethertype)
+        else:
+            struct.pack_into("!I", b, l2, a.lse)
+    p.layout()
+    return 0
+
+
 def _one(p: _Pkt, a: dpif.Action) -> int:
     """Apply one modification; a DropReason (non-zero) when it cannot."""
     b = p.b
@@ -158,6 +179,8 @@ def _one(p: _Pkt, a: dpif.Action) -> int:
             b[p.l3 + 1] = (b[p.l3 + 1] & 0x0F) | ((tc << 4) & 0xF0)
         else:
             return DropReason.BAD_ACTION
+    elif isinstance(a, dpif.DpPushMpls | dpif.DpPopMpls | dpif.DpSetMpls):
+        return _mpls(p, a)
     elif isinstance(a, dpif.DpDecTtl):
         if p.dl_type == 0x0800 and p.l3:
             if b[p.l3 + 8] <= 1:
@@ -174,6 +197,18 @@ def _one(p: _Pkt, a: dpif.Action) -> int:
     else:
         return DropReason.BAD_ACTION
     return 0
+
+
+def transform(frame: bytes, actions: Sequence[dpif.Action]) -> bytes | None:
+    """The frame after the modifications among actions (outputs skipped), or None if one cannot apply: what a
+    recirculation parses again (OVS: recirc after pop_mpls)."""
+    p = _Pkt(frame)
+    for a in actions:
+        if isinstance(a, dpif.DpOutput | dpif.DpFlood | dpif.DpController | dpif.DpDrop | dpif.DpUpcall):
+            continue
+        if _one(p, a):
+            return None
+    return bytes(p.b)
 
 
 def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey, int, int] | None = None) -> Result:

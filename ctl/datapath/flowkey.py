@@ -19,7 +19,8 @@ The C header is the source of truth::
         __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
         __u8 arp_sha[6];
         __u8 arp_tha[6];
-        __u8 pad[6];        /* always zero */
+        __u8 pad[2];        /* always zero */
+        __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label */
         __u8 ipv6_src[16];
         __u8 ipv6_dst[16];
     };
@@ -49,6 +50,7 @@ ETH_P_8021Q = 0x8100
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
+ETH_P_MPLS = (0x8847, 0x8848)
 
 
 class FlowKey(ctypes.BigEndianStructure):
@@ -75,7 +77,8 @@ class FlowKey(ctypes.BigEndianStructure):
         ("tcp_flags", ctypes.c_uint16),
         ("arp_sha", ctypes.c_uint8 * 6),
         ("arp_tha", ctypes.c_uint8 * 6),
-        ("pad", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint8 * 2),
+        ("label", ctypes.c_uint32),
         ("ipv6_src", ctypes.c_uint8 * 16),
         ("ipv6_dst", ctypes.c_uint8 * 16),
     ]
@@ -117,7 +120,7 @@ class FlowKey(ctypes.BigEndianStructure):
 
 
 _KEY = struct.Struct("<I")
-_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s6s16s16s")
+_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s2sI16s16s")
 _NAMES = tuple(f[0] for f in FlowKey._fields_[1:])
 
 
@@ -218,6 +221,7 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
         return 0, 0
     key.ipv6_src[:] = list(p[off + 8 : off + 24])
     key.ipv6_dst[:] = list(p[off + 24 : off + 40])
+    key.label = struct.unpack_from("!I", p, off)[0] & 0x000FFFFF
     key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
     key.nw_ttl = p[off + 7]
     nh = p[off + 6]
@@ -281,6 +285,10 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
         return (key, *_parse_ipv4(p, off, key))
     if dl_type == ETH_P_IPV6:
         return (key, *_parse_ipv6(p, off, key))
+    if dl_type in ETH_P_MPLS:
+        if len(p) - off >= 4:
+            key.label = struct.unpack_from("!I", p, off)[0]
+        return key, 0, 0
     if dl_type == ETH_P_ARP:
         if len(p) - off >= 28:
             htype, ptype, hlen, plen = struct.unpack_from("!HHBB", p, off)
@@ -438,6 +446,10 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
         if arp:
             plan.append(("arp(", arp, ")"))
         return plan
+    if dl_type in ETH_P_MPLS:
+        if shown("label"):
+            plan.append(("mpls(", [field("lse=", "label", "hex", 0xFFFFFFFF)], ")"))
+        return plan
     l3 = []
     if dl_type == ETH_P_IP:
         l3 += [field(f"{label}=", name, "ip4", 0xFFFFFFFF) for label, name in (("src", "nw_src"), ("dst", "nw_dst"))
@@ -445,6 +457,8 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
     elif dl_type == ETH_P_IPV6:
         l3 += [field(f"{label}=", name, "ip6", 0) for label, name in (("src", "ipv6_src"), ("dst", "ipv6_dst"))
                if shown(name)]
+    if dl_type == ETH_P_IPV6 and shown("label"):
+        l3.append(field("label=", "label", "hex", 0x000FFFFF))
     l3 += [field(f"{label}=", name, "hex" if label == "tos" else "", 0xFF)
            for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag"))
            if shown(name)]
@@ -506,6 +520,10 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
         if arp:
             out.append(f"arp({','.join(arp)})")
         return ",".join(out)
+    if dl_type in ETH_P_MPLS:
+        if shown("label"):
+            out.append(f"mpls(lse={part('label', 'hex', 0xFFFFFFFF)})")
+        return ",".join(out)
     l3 = []
     if dl_type == ETH_P_IP:
         for label, name, kind in (("src", "nw_src", "ip4"), ("dst", "nw_dst", "ip4")):
@@ -515,6 +533,8 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
         for label, name in (("src", "ipv6_src"), ("dst", "ipv6_dst")):
             if shown(name):
                 l3.append(f"{label}={part(name, 'ip6', 0)}")
+        if shown("label"):
+            l3.append(f"label={part('label', 'hex', 0x000FFFFF)}")
     for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag")):
         if shown(name):
             value = part(name, "hex" if label in ("tos",) else "", 0xFF)

@@ -742,7 +742,8 @@ class ConnManager:
                 continue
             max_len = c.state.miss_send_len if ctrl.max_len < 0 else ctrl.max_len
             data = frame if max_len == oc.OFPCML_NO_BUFFER else frame[:max_len]
-            msg = oc.packet_in(oc.OFP_NO_BUFFER, len(frame), ctrl.reason, ctrl.table_id, ctrl.cookie, in_port, data)
+            msg = oc.packet_in(oc.OFP_NO_BUFFER, len(frame), ctrl.reason, ctrl.table_id, ctrl.cookie, in_port, data,
+                               ctrl.pipeline)
             if c.send(msg, droppable=True):
                 c.stats.packet_ins += 1
                 sent = True

@@ -3,8 +3,9 @@
 Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, ``all``, ``in_port``,
 ``controller[:MAX_LEN]``, ``normal``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
 ``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
-``mod_tp_src``/``mod_tp_dst``, ``set_field:V->F``, ``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``,
-``goto_table:T`` (last). What they do to a packet is ``ctl/pipeline/xlate.py``'s business.
+``mod_tp_src``/``mod_tp_dst``, ``set_field:V[/M]->F``, ``load:V->F[a..b]``, ``move:F[a..b]->G[c..d]``,
+``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``, and the instructions ``write_metadata:V[/M]`` and
+``goto_table:T`` (in that order, last). What they do to a packet is ``ctl/pipeline/xlate.py``'s business.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ctl.pipeline.ofmatch import FIELD_BITS, OFPP_MAX, FlowSyntaxError, parse_int, parse_mac, parse_prefix
+from ctl.pipeline.ofmatch import (
+    FIELD_BITS,
+    OFPP_MAX,
+    PIPELINE_FIELDS,
+    FlowSyntaxError,
+    parse_int,
+    parse_mac,
+    parse_masked_int,
+    parse_prefix,
+)
 
 N_TABLES = 255
 
@@ -70,18 +80,69 @@ class TablePort:
 
 @dataclass(frozen=True)
 class SetField:
-    """mod_* and set_field: set (value, mask) bits of a flow-key field. name: how it was written."""
+    """mod_*, set_field and load: set (value, mask) bits of a field. name: how it was written (for load,
+    the destination subfield); load: it came as ``load:`` (NXAST_REG_LOAD on the wire, as OVS keeps it)."""
 
     field: str
     value: int
     mask: int
     name: str
     text: str
+    load: bool = False
 
     def __str__(self) -> str:
+        if self.load:
+            return f"load:{self.text}->{self.name}"
         if self.name.startswith("mod_"):
             return f"{self.name}:{self.text}"
         return f"set_field:{self.text}->{self.name}"
+
+
+@dataclass(frozen=True)
+class Subfield:
+    """Bits [ofs, ofs + n_bits) of an NXM/OXM field (OVS's mf_subfield), by its NXM name."""
+
+    nxm: str
+    ofs: int
+    n_bits: int
+
+    @property
+    def field(self) -> str:
+        return SUBFIELDS[self.nxm][0]
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.n_bits) - 1) << self.ofs
+
+    def __str__(self) -> str:
+        width = SUBFIELDS[self.nxm][1]
+        if self.ofs == 0 and self.n_bits == width:
+            return f"{self.nxm}[]"
+        if self.n_bits == 1:
+            return f"{self.nxm}[{self.ofs}]"
+        return f"{self.nxm}[{self.ofs}..{self.ofs + self.n_bits - 1}]"
+
+
+@dataclass(frozen=True)
+class Move:
+    """move:SRC->DST (NXAST_REG_MOVE): copy bits of one field into another."""
+
+    src: Subfield
+    dst: Subfield
+
+    def __str__(self) -> str:
+        return f"move:{self.src}->{self.dst}"
+
+
+@dataclass(frozen=True)
+class WriteMetadata:
+    """The write_metadata instruction: metadata = (metadata & ~mask) | (value & mask)."""
+
+    value: int
+    mask: int = (1 << 64) - 1
+
+    def __str__(self) -> str:
+        return f"write_metadata:{self.value:#x}" + ("" if self.mask == (1 << 64) - 1 else f"/{self.mask:#x}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +151,36 @@ class PushVlan:
 
     def __str__(self) -> str:
         return f"push_vlan:{self.tpid:#06x}"
+
+
+@dataclass(frozen=True)
+class PushMpls:
+    ethertype: int = 0x8847
+
+    def __str__(self) -> str:
+        return f"push_mpls:{self.ethertype:#06x}"
+
+
+@dataclass(frozen=True)
+class PopMpls:
+    ethertype: int
+
+    def __str__(self) -> str:
+        return f"pop_mpls:{self.ethertype:#06x}"
+
+
+@dataclass(frozen=True)
+class SetMplsTtl:
+    ttl: int
+
+    def __str__(self) -> str:
+        return f"set_mpls_ttl({self.ttl})"
+
+
+@dataclass(frozen=True)
+class DecMplsTtl:
+    def __str__(self) -> str:
+        return "dec_mpls_ttl"
 
 
 @dataclass(frozen=True)
@@ -123,12 +214,47 @@ class GotoTable:
         return f"goto_table:{self.table}"
 
 
-OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField | PushVlan | StripVlan | DecTtl
-            | Resubmit | GotoTable)
+OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField | Move | PushVlan | StripVlan
+            | DecTtl | PushMpls | PopMpls | SetMplsTtl | DecMplsTtl | Resubmit | WriteMetadata | GotoTable)
 
 ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
-                "mod_nw_tos", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "resubmit", "goto_table")
+                "mod_nw_tos", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "load", "move", "push_mpls",
+                "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "write_metadata", "goto_table")
+MPLS_TYPES = (0x8847, 0x8848)
+
+# NXM/OXM field names for load and move -> (our field, width in bits, (NXM class, field, bytes)). Our arp_op is
+# 8 bits wide (nw_proto), NXM's 16: bits above 7 can only be written as zero.
+SUBFIELDS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
+    "NXM_OF_IN_PORT": ("in_port", 16, (0, 0, 2)),
+    "NXM_OF_ETH_DST": ("dl_dst", 48, (0, 1, 6)), "NXM_OF_ETH_SRC": ("dl_src", 48, (0, 2, 6)),
+    "NXM_OF_ETH_TYPE": ("dl_type", 16, (0, 3, 2)), "NXM_OF_VLAN_TCI": ("vlan_tci", 16, (0, 4, 2)),
+    "NXM_OF_IP_TOS": ("nw_tos", 8, (0, 5, 1)), "NXM_OF_IP_PROTO": ("nw_proto", 8, (0, 6, 1)),
+    "NXM_OF_IP_SRC": ("nw_src", 32, (0, 7, 4)), "NXM_OF_IP_DST": ("nw_dst", 32, (0, 8, 4)),
+    "NXM_OF_TCP_SRC": ("tp_src", 16, (0, 9, 2)), "NXM_OF_TCP_DST": ("tp_dst", 16, (0, 10, 2)),
+    "NXM_OF_UDP_SRC": ("tp_src", 16, (0, 11, 2)), "NXM_OF_UDP_DST": ("tp_dst", 16, (0, 12, 2)),
+    "NXM_OF_ARP_OP": ("nw_proto", 16, (0, 15, 2)),
+    "NXM_OF_ARP_SPA": ("nw_src", 32, (0, 16, 4)), "NXM_OF_ARP_TPA": ("nw_dst", 32, (0, 17, 4)),
+    "NXM_NX_ARP_SHA": ("arp_sha", 48, (1, 17, 6)), "NXM_NX_ARP_THA": ("arp_tha", 48, (1, 18, 6)),
+    "NXM_NX_IPV6_SRC": ("ipv6_src", 128, (1, 19, 16)), "NXM_NX_IPV6_DST": ("ipv6_dst", 128, (1, 20, 16)),
+    "NXM_NX_IP_TTL": ("nw_ttl", 8, (1, 29, 1)),
+    "OXM_OF_METADATA": ("metadata", 64, (0x8000, 2, 8)),
+    **{f"NXM_NX_REG{i}": (f"reg{i}", 32, (1, i, 4)) for i in range(16)},
+}
+# the names ovs-ofctl also accepts for them (lib/meta-flow.xml)
+SUBFIELD_ALIASES = {
+    "in_port": "NXM_OF_IN_PORT", "eth_dst": "NXM_OF_ETH_DST", "dl_dst": "NXM_OF_ETH_DST", "eth_src": "NXM_OF_ETH_SRC",
+    "dl_src": "NXM_OF_ETH_SRC", "eth_type": "NXM_OF_ETH_TYPE", "dl_type": "NXM_OF_ETH_TYPE",
+    "vlan_tci": "NXM_OF_VLAN_TCI", "ip_src": "NXM_OF_IP_SRC", "nw_src": "NXM_OF_IP_SRC", "ip_dst": "NXM_OF_IP_DST",
+    "nw_dst": "NXM_OF_IP_DST", "nw_proto": "NXM_OF_IP_PROTO", "ip_proto": "NXM_OF_IP_PROTO",
+    "tcp_src": "NXM_OF_TCP_SRC", "tcp_dst": "NXM_OF_TCP_DST", "udp_src": "NXM_OF_UDP_SRC", "udp_dst": "NXM_OF_UDP_DST",
+    "arp_op": "NXM_OF_ARP_OP", "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA", "arp_sha": "NXM_NX_ARP_SHA",
+    "arp_tha": "NXM_NX_ARP_THA", "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST",
+    "nw_ttl": "NXM_NX_IP_TTL", "metadata": "OXM_OF_METADATA", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(16)},
+}
+# what load, move and set_field may write: the pipeline fields and the packet fields the datapath can rewrite
+WRITABLE = {"dl_src", "dl_dst", "vlan_tci", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
+            "mpls_lse", *PIPELINE_FIELDS}
 
 # set_field targets: name -> (flow-key field, kind)
 SET_FIELDS = {
@@ -140,7 +266,10 @@ SET_FIELDS = {
     "ip_dscp": ("nw_tos", "dscp"), "nw_tos": ("nw_tos", "tos"),
     "tcp_src": ("tp_src", "port"), "tcp_dst": ("tp_dst", "port"), "udp_src": ("tp_src", "port"),
     "udp_dst": ("tp_dst", "port"), "tp_src": ("tp_src", "port"), "tp_dst": ("tp_dst", "port"),
+    "metadata": ("metadata", "masked"), **{f"reg{i}": (f"reg{i}", "masked") for i in range(16)},
+    "mpls_label": ("mpls_lse", "mpls_label"), "mpls_tc": ("mpls_lse", "mpls_tc"),
 }
+MPLS_SET = {"mpls_label": (12, 20), "mpls_tc": (9, 3)}
 MOD_ACTIONS = {
     "mod_dl_src": "eth_src", "mod_dl_dst": "eth_dst", "mod_vlan_vid": "vlan_vid", "mod_vlan_pcp": "vlan_pcp",
     "mod_nw_src": "ip_src", "mod_nw_dst": "ip_dst", "mod_nw_tos": "nw_tos", "mod_tp_src": "tp_src",
@@ -175,6 +304,12 @@ def _set_field(target: str, text: str, written: str) -> SetField:
         return SetField(field, v, 0x0FFF, written, text)
     if kind == "pcp":
         return SetField(field, parse_int(text, 3, written) << 13, 0xE000, written, text)
+    if kind in MPLS_SET:
+        shift, nbits = MPLS_SET[kind]
+        return SetField(field, parse_int(text, nbits, written) << shift, ((1 << nbits) - 1) << shift, written, text)
+    if kind == "masked":  # a pipeline field: set_field:VALUE[/MASK]->reg0
+        value, mask = parse_masked_int(text, bits, written)
+        return SetField(field, value, mask, written, text)
     if kind == "dscp":
         return SetField(field, parse_int(text, 6, written) << 2, 0xFC, written, text)
     if kind == "tos":
@@ -183,6 +318,60 @@ def _set_field(target: str, text: str, written: str) -> SetField:
             raise ValueError(f"{written}: {v} has ECN bits set; give the DSCP bits only (a multiple of 4)")
         return SetField(field, v, 0xFC, written, text)
     return SetField(field, parse_int(text, 16, written), 0xFFFF, written, text)
+
+
+def parse_subfield(text: str, what: str) -> Subfield:
+    """``NAME[]``, ``NAME[START..END]``, ``NAME[BIT]`` or a bare NAME (the whole field), as mf_parse_subfield."""
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z_0-9]*)(?:\[(?:(\d+)(?:\.\.(\d+))?)?\])?", text.strip())
+    if not m:
+        raise ValueError(f"{what}: {text!r} is not a field or subfield (e.g. NXM_NX_REG0[0..15])")
+    name = SUBFIELD_ALIASES.get(m.group(1), m.group(1))
+    if name not in SUBFIELDS:
+        raise ValueError(f"{what}: unknown field {m.group(1)!r}")
+    width = SUBFIELDS[name][1]
+    start = int(m.group(2)) if m.group(2) is not None else 0
+    end = int(m.group(3)) if m.group(3) is not None else (start if m.group(2) is not None else width - 1)
+    if start > end or end >= width:
+        raise ValueError(f"{what}: bits {start}..{end} are outside {name} ({width} bits)")
+    return Subfield(name, start, end - start + 1)
+
+
+def _check_writable(sub: Subfield, what: str) -> None:
+    if sub.field not in WRITABLE:
+        raise ValueError(f"{what}: {sub.nxm} cannot be written")
+
+
+def parse_load(arg: str) -> SetField:
+    """load:VALUE->DST: set the bits of DST to VALUE (a set_field on part of a field, as OVS holds it)."""
+    value_text, sep, dst_text = arg.partition("->")
+    if not sep:
+        raise ValueError("load needs VALUE->DST (e.g. load:0x5->NXM_NX_REG0[])")
+    dst = parse_subfield(dst_text, "load")
+    _check_writable(dst, "load")
+    v = parse_int(value_text.strip(), max(dst.n_bits, 1), "load")
+    field, fbits = dst.field, FIELD_BITS[dst.field]
+    if (v << dst.ofs) >> fbits:
+        raise ValueError(f"load: {dst.nxm} keeps only {fbits} bits here")
+    mask = dst.mask & ((1 << fbits) - 1)
+    return SetField(field, v << dst.ofs, mask, str(dst), f"{v:#x}", load=True)
+
+
+def parse_move(arg: str) -> Move:
+    src_text, sep, dst_text = arg.partition("->")
+    if not sep:
+        raise ValueError("move needs SRC->DST (e.g. move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[])")
+    src, dst = parse_subfield(src_text, "move"), parse_subfield(dst_text, "move")
+    _check_writable(dst, "move")
+    if src.n_bits != dst.n_bits:
+        raise ValueError(f"move: source and destination widths differ ({src.n_bits} and {dst.n_bits} bits)")
+    return Move(src, dst)
+
+
+def parse_write_metadata(arg: str | None) -> WriteMetadata:
+    if not arg:
+        raise ValueError("write_metadata needs a value (write_metadata:VALUE[/MASK])")
+    value, mask = parse_masked_int(arg, 64, "write_metadata")
+    return WriteMetadata(value, mask)
 
 
 def _port(text: str, what: str) -> int:
@@ -249,6 +438,29 @@ def parse_one(item: str) -> OfAction | None:
         value, _, target = arg.rpartition("->")
         sf = _set_field(target, value, target)
         return sf
+    if low in ("push_mpls", "pop_mpls"):
+        if not arg:
+            raise ValueError(f"{low} needs an Ethernet type ({low}:0x8847)")
+        et = parse_int(arg, 16, low)
+        if low == "push_mpls":
+            if et not in MPLS_TYPES:
+                raise ValueError(f"push_mpls: {et:#x} is not an MPLS Ethernet type (0x8847 or 0x8848)")
+            return PushMpls(et)
+        if et in (0x8100, 0x88A8) or et < 0x600:
+            raise ValueError(f"pop_mpls: {et:#x} cannot follow an MPLS header")
+        return PopMpls(et)
+    if low == "set_mpls_ttl":
+        return SetMplsTtl(parse_int(paren if paren is not None else arg or "", 8, "set_mpls_ttl"))
+    if low == "dec_mpls_ttl":
+        if paren or arg:
+            raise ValueError("dec_mpls_ttl takes no argument")
+        return DecMplsTtl()
+    if low == "load":
+        return parse_load(arg or "")
+    if low == "move":
+        return parse_move(arg or "")
+    if low == "write_metadata":
+        return parse_write_metadata(arg)
     if low == "resubmit":
         if paren is not None:
             parts = paren.split(",")
@@ -315,6 +527,9 @@ def parse_actions(text: str, full_text: str | None = None, offset: int = 0) -> l
             out.append(a)
         if any(isinstance(x, GotoTable) for x in out[:-1]):
             raise FlowSyntaxError("goto_table must be the last action", full, offset + pos, len(item))
+        if any(isinstance(x, WriteMetadata) for x in out[:-1]) and not isinstance(out[-1], GotoTable):
+            raise FlowSyntaxError("write_metadata is an instruction: only goto_table may follow it", full,
+                                  offset + pos, len(item))
         if item.lower() == "drop" and len(items) > 1:
             raise FlowSyntaxError("drop cannot be combined with other actions", full, offset + pos, len(item))
     return out

@@ -24,22 +24,30 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6 = 1, 6, 17,
 FIELD_BITS: dict[str, int] = {
     "in_port": 32, "vlan_tci": 16, "dl_type": 16, "dl_dst": 48, "dl_src": 48, "nw_src": 32, "nw_dst": 32,
     "nw_proto": 8, "nw_tos": 8, "nw_ttl": 8, "nw_frag": 8, "tp_src": 16, "tp_dst": 16, "tcp_flags": 16,
-    "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128,
+    "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "mpls_lse": 32, "ipv6_label": 32,
 }
+# mpls_lse and ipv6_label share the key's label word: the Ethernet type (always in a megaflow) tells which
+LABEL_FIELDS = ("mpls_lse", "ipv6_label")
+ETH_P_MPLS = (0x8847, 0x8848)
+# Pipeline fields: OpenFlow's metadata and OVS's registers. They are no part of a packet: every packet enters
+# table 0 with them all zero and only actions write them, so a megaflow never carries them (as in OVS).
+PIPELINE_FIELDS = ("metadata", *(f"reg{i}" for i in range(16)))
+FIELD_BITS.update({"metadata": 64, **{f"reg{i}": 32 for i in range(16)}})
 FIELDS = tuple(FIELD_BITS)
+PACKET_FIELDS = tuple(f for f in FIELDS if f not in PIPELINE_FIELDS)
 FULL = {f: (1 << b) - 1 for f, b in FIELD_BITS.items()}
 PREFIX_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst")  # tracked by prefix tries
 OFPP_MAX = 0xFF00  # ports above are reserved numbers
 
-# OVS's lookup stages (flow segments): metadata, L2, L3, L4. tcp_flags and the ARP hardware addresses sit
-# in OVS's L3 segment, so they do here too.
+# OVS's lookup stages (flow segments, include/openvswitch/flow.h): metadata, L2 (with MPLS), L3, and L4 from
+# nd_target on, which holds the ARP hardware addresses and tcp_flags too.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("in_port",),
-    ("vlan_tci", "dl_type", "dl_dst", "dl_src"),
-    ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "nw_proto", "nw_tos", "nw_ttl", "nw_frag", "tcp_flags",
-     "arp_sha", "arp_tha"),
-    ("tp_src", "tp_dst"),
+    ("in_port", *PIPELINE_FIELDS),
+    ("vlan_tci", "dl_type", "dl_dst", "dl_src", "mpls_lse"),
+    ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag"),
+    ("arp_sha", "arp_tha", "tcp_flags", "tp_src", "tp_dst"),
 )
+assert sorted(f for s in STAGES for f in s) == sorted(FIELD_BITS), "every field belongs to one stage"
 
 Flow = dict[str, int]
 
@@ -69,24 +77,34 @@ class FlowSyntaxError(ValueError):
 
 
 # struct flow_key after in_port (host order), every field big-endian; wide fields come out as bytes
-_KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s6x16s16s")
+_KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s2xI16s16s")
 _BODY_FIELDS = ("vlan_tci", "dl_type", "dl_dst", "dl_src", "nw_src", "nw_dst", "nw_proto", "nw_tos", "nw_ttl",
-                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "ipv6_src", "ipv6_dst")
-_WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if FIELD_BITS[f] > 32}
+                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "label", "ipv6_src", "ipv6_dst")
+_WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if f != "label" and FIELD_BITS[f] > 32}
+
+
+_PIPELINE_ZERO = dict.fromkeys(PIPELINE_FIELDS, 0)
 
 
 def flow_of(key: FlowKey) -> Flow:
-    """The packet fields of a flow key, every one an integer."""
+    """The packet fields of a flow key, every one an integer, and the pipeline fields (zero)."""
     raw = bytes(key)
-    flow = {"in_port": int.from_bytes(raw[:4], "little")}
+    flow = {"in_port": int.from_bytes(raw[:4], "little"), **_PIPELINE_ZERO}
     for f, v in zip(_BODY_FIELDS, _KEY_BODY.unpack_from(raw, 4), strict=True):
         flow[f] = int.from_bytes(v, "big") if isinstance(v, bytes) else v
+    label = flow.pop("label")
+    flow["mpls_lse"] = label if flow["dl_type"] in ETH_P_MPLS else 0
+    flow["ipv6_label"] = label if flow["dl_type"] == ETH_P_IPV6 else 0
     return flow
 
 
+_LABEL_AT = _BODY_FIELDS.index("label")
+
+
 def key_of(flow: Flow) -> FlowKey:
-    """A FlowKey (or a mask) from integer fields; absent fields are zero."""
+    """A FlowKey (or a mask) from integer fields; absent fields are zero, pipeline fields are left out."""
     vals: list[int | bytes] = [flow.get(f, 0) for f in _BODY_FIELDS]
+    vals[_LABEL_AT] = flow.get("mpls_lse", 0) | flow.get("ipv6_label", 0)  # one word: a mask may carry both
     for i, f in enumerate(_BODY_FIELDS):
         n = _WIDE.get(f)
         if n:
@@ -243,8 +261,7 @@ SHORTHANDS: dict[str, tuple[int, int | None]] = {
 }
 # Fields a datapath flow line (ofproto/trace's "Megaflow:") may carry that a rule never does.
 DP_ONLY = {"recirc_id", "eth", "packet_type", "dp_hash", "skb_priority", "pkt_mark", "ct_state", "ct_zone",
-           "ct_mark", "ct_label", "ct_nw_src", "ct_nw_dst", "ct_nw_proto", "ct_tp_src", "ct_tp_dst", "tun_id",
-           "metadata"}
+           "ct_mark", "ct_label", "ct_nw_src", "ct_nw_dst", "ct_nw_proto", "ct_tp_src", "ct_tp_dst", "tun_id"}
 
 IP_ANY = (ETH_P_IP, ETH_P_IPV6)
 L4_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
@@ -296,12 +313,23 @@ def _specs() -> dict[str, FieldSpec]:
         FieldSpec("arp_sha", "arp_sha", "mac", (ETH_P_ARP,)), FieldSpec("arp_tha", "arp_tha", "mac", (ETH_P_ARP,)),
         FieldSpec("ipv6_src", "ipv6_src", "ip6", (ETH_P_IPV6,)),
         FieldSpec("ipv6_dst", "ipv6_dst", "ip6", (ETH_P_IPV6,)),
+        FieldSpec("ipv6_label", "ipv6_label", "label", (ETH_P_IPV6,)),
+        FieldSpec("mpls_label", "mpls_lse", "mpls_label", ETH_P_MPLS),
+        FieldSpec("mpls_tc", "mpls_lse", "mpls_tc", ETH_P_MPLS),
+        FieldSpec("mpls_bos", "mpls_lse", "mpls_bos", ETH_P_MPLS),
+        FieldSpec("mpls_ttl", "mpls_lse", "mpls_ttl", ETH_P_MPLS),
+        FieldSpec("metadata", "metadata", "int"),
+        *(FieldSpec(f"reg{i}", f"reg{i}", "int") for i in range(16)),
     ]
     return {x.name: x for x in s}
 
 
 SPECS = _specs()
 MATCH_FIELD_NAMES = sorted(SPECS) + sorted(SHORTHANDS)
+
+
+# the parts of an MPLS label stack entry: kind -> (shift, bits)
+MPLS_PARTS = {"mpls_label": (12, 20), "mpls_tc": (9, 3), "mpls_bos": (8, 1), "mpls_ttl": (0, 8)}
 
 
 def parse_field_value(spec: FieldSpec, text: str) -> tuple[int, int]:
@@ -341,6 +369,11 @@ def parse_field_value(spec: FieldSpec, text: str) -> tuple[int, int]:
         return parse_int(text, 6, spec.name) << 2, 0xFC
     if k == "ecn":
         return parse_int(text, 2, spec.name), 0x03
+    if k == "label":
+        return parse_masked_int(text, 20, spec.name)
+    if k in MPLS_PARTS:
+        shift, bits = MPLS_PARTS[k]  # not maskable, as in OVS
+        return parse_int(text, bits, spec.name) << shift, ((1 << bits) - 1) << shift
     if k == "frag":
         if text not in NW_FRAG:
             raise ValueError(f"nw_frag: {text!r} is not one of {', '.join(NW_FRAG)}")
@@ -493,6 +526,13 @@ def format_match(match: Match, priority: int | None = None) -> str:
     if short:
         out.append(short)
         f.pop("dl_type")
+    for i in range(16):  # OVS's order (lib/match.c): registers, metadata, then in_port
+        if f"reg{i}" in f:
+            v, m = f.pop(f"reg{i}")
+            out.append(f"reg{i}={v:#x}" + ("" if m == 0xFFFFFFFF else f"/{m:#x}"))
+    if "metadata" in f:
+        v, m = f.pop("metadata")
+        out.append(f"metadata={v:#x}" + ("" if m == FULL["metadata"] else f"/{m:#x}"))
     if "in_port" in f:
         out.append(f"in_port={f.pop('in_port')[0]}")
     if "vlan_tci" in f:
@@ -509,11 +549,20 @@ def format_match(match: Match, priority: int | None = None) -> str:
     if "dl_type" in f:
         v, m = f.pop("dl_type")
         out.append(f"dl_type={v:#06x}" + ("" if m == 0xFFFF else f"/{m:#06x}"))
+    if "mpls_lse" in f:
+        v, m = f.pop("mpls_lse")
+        for name, (shift, bits) in MPLS_PARTS.items():
+            pm = (m >> shift) & ((1 << bits) - 1)
+            if pm:
+                out.append(f"{name}={_fmt_int((v >> shift) & pm, pm, (1 << bits) - 1)}")
     arp = dl_type == ETH_P_ARP
     for name, label in (("nw_src", "arp_spa" if arp else "nw_src"), ("nw_dst", "arp_tpa" if arp else "nw_dst"),
                         ("ipv6_src", "ipv6_src"), ("ipv6_dst", "ipv6_dst")):
         if name in f:
             out.append(f"{label}={_fmt_ip(*f.pop(name), FIELD_BITS[name])}")
+    if "ipv6_label" in f:
+        v, m = f.pop("ipv6_label")
+        out.append(f"ipv6_label={v:#07x}" + ("" if m == 0xFFFFF else f"/{m:#07x}"))
     if "nw_proto" in f:
         v, m = f.pop("nw_proto")
         out.append(f"{'arp_op' if arp else 'nw_proto'}={_fmt_int(v, m, 0xFF)}")
@@ -552,6 +601,10 @@ def format_flow(flow: Flow) -> str:
     for f in ("in_port", "vlan_tci", "dl_src", "dl_dst", "dl_type"):
         m.fields[f] = (flow[f], FULL[f])
     dl_type = flow["dl_type"]
+    if dl_type in ETH_P_MPLS:
+        m.fields["mpls_lse"] = (flow["mpls_lse"], FULL["mpls_lse"])
+    if dl_type == ETH_P_IPV6:
+        m.fields["ipv6_label"] = (flow["ipv6_label"], 0xFFFFF)
     if dl_type == ETH_P_ARP:
         for f in ("nw_src", "nw_dst", "nw_proto", "arp_sha", "arp_tha"):
             m.fields[f] = (flow[f], FULL[f])

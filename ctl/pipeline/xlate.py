@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctl.datapath import dpif
-from ctl.datapath.flowkey import VLAN_CFI, mac_str
+from ctl.datapath.execute import transform
+from ctl.datapath.flowkey import VLAN_CFI, mac_str, parse
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
 from ctl.pipeline.ofmatch import (
@@ -31,8 +32,11 @@ from ctl.pipeline.ofmatch import (
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    PACKET_FIELDS,
+    PIPELINE_FIELDS,
     Flow,
     Match,
+    flow_of,
     format_flow,
 )
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
@@ -62,6 +66,8 @@ class Translation:
     learned: bool = False           # NORMAL learned (or moved) the source MAC
     missed: list[Any] = field(default_factory=list)   # the tables it found no rule in (their miss counters)
     error: str = ""                 # why the packet is dropped as unsupported ("": it is not)
+    recirc: bool = False            # the pipeline read the packet again after a pop_mpls: every packet of the
+                                    # megaflow is translated on its own (OVS recirculates)
 
     def megaflow(self) -> Match:
         return Match.from_masked(self.flow, self.wc)
@@ -91,8 +97,12 @@ class Translation:
 
 class _Ctx:
     def __init__(self, tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None,
-                 tracing: bool = True, mac: MacLearning | None = None, may_learn: bool = False) -> None:
+                 tracing: bool = True, mac: MacLearning | None = None, may_learn: bool = False,
+                 packet: bytes | None = None) -> None:
         self.tables = tables
+        self.packet = packet            # the frame itself, when there is one: a recirculation parses it again
+        self.recirc = False
+        self.halt = 0                   # a DropReason that ended the actions (an MPLS TTL that ran out)
         self.mac = mac
         self.may_learn = may_learn
         self.normal_used = False
@@ -121,6 +131,8 @@ class _Ctx:
 
     def consult(self, f: str, bits: int) -> None:
         """The translation depended on these bits of the packet's field f."""
+        if self.recirc:
+            return  # past a recirculation: the megaflow sends every packet up, the bits read now are the inner ones
         if f == "nw_ttl" and self.ttl_changed and bits:
             bits = FULL[f]  # the packet's TTL went through a decrement: all of it matters
         self.wc[f] |= bits & ~self.set_bits[f]
@@ -175,7 +187,7 @@ class _Ctx:
     def do_actions(self, actions: list[of.OfAction], step: TraceStep, tid: int, rule: Rule | None) -> int | None:
         """Run a rule's actions; returns the goto_table target, if any."""
         for a in actions:
-            if self.error:
+            if self.error or self.halt:
                 return None
             if self.tracing:
                 step.notes.append(str(a))
@@ -239,7 +251,82 @@ class _Ctx:
             self.set("vlan_tci", 0, 0xFFFF)
         elif isinstance(a, of.SetField):
             return self.set_field(a)
+        elif isinstance(a, of.Move):
+            return self.move(a)
+        elif isinstance(a, of.WriteMetadata):
+            self.set("metadata", a.value, a.mask)
+        elif isinstance(a, of.PushMpls | of.PopMpls | of.SetMplsTtl | of.DecMplsTtl):
+            return self.mpls(a)
         return ""
+
+    def mpls(self, a: of.PushMpls | of.PopMpls | of.SetMplsTtl | of.DecMplsTtl) -> str:
+        """MPLS as OVS's flow_push_mpls/flow_pop_mpls: the datapath actions run in user space."""
+        fl = self.flow
+        is_mpls = fl["dl_type"] in of.MPLS_TYPES
+        if isinstance(a, of.PushMpls):
+            if is_mpls:
+                self.consult("mpls_lse", FULL["mpls_lse"])
+                lse = fl["mpls_lse"] & ~0x100        # a copy of the top entry, no longer the bottom of the stack
+            elif fl["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
+                self.consult("nw_tos", 0xE0)
+                self.consult("nw_ttl", 0xFF)
+                lse = (fl["nw_tos"] >> 5) << 9 | 0x100 | fl["nw_ttl"]
+            else:
+                lse = 0x100 | 64
+            self.commit()
+            self.actions.append(dpif.DpPushMpls(a.ethertype, lse))
+            self.set("dl_type", a.ethertype, 0xFFFF)
+            self.set("mpls_lse", lse, FULL["mpls_lse"])
+            self.dirty.discard("mpls_lse")
+            self.dirty.discard("dl_type")
+            return ""
+        if not is_mpls:
+            return "skipped: not MPLS"
+        if isinstance(a, of.SetMplsTtl):
+            self.set("mpls_lse", a.ttl, 0xFF)
+            return ""
+        if isinstance(a, of.DecMplsTtl):
+            self.consult("mpls_lse", 0xFF)
+            ttl = fl["mpls_lse"] & 0xFF
+            if ttl <= 1:
+                self.halt = dpif.DropReason.TTL_EXPIRED
+                return "the MPLS TTL ran out: dropped"
+            self.set("mpls_lse", ttl - 1, 0xFF)
+            return ""
+        self.commit()
+        self.actions.append(dpif.DpPopMpls(a.ethertype))
+        return self.recirculate(a.ethertype)
+
+    def recirculate(self, ethertype: int) -> str:
+        """Read the packet again after a pop_mpls (OVS: recirculation): the fields past the label are only in the
+        frame. Without a frame (a trace of a flow) they stay zero."""
+        self.recirc = True
+        self.changed = True
+        frame = transform(self.packet, self.actions) if self.packet is not None else None
+        if frame is None:
+            for f in PACKET_FIELDS:
+                if f not in ("in_port", "vlan_tci", "dl_src", "dl_dst"):
+                    self.flow[f] = 0
+            self.flow["dl_type"] = ethertype
+            return "recirculated: the fields after the label are not known without a packet"
+        new = flow_of(parse(frame, self.orig["in_port"]))
+        for f in PACKET_FIELDS:
+            if f != "in_port":
+                self.flow[f] = new[f]
+        self.dp_tagged = bool(self.flow["vlan_tci"] & VLAN_CFI)
+        return "recirculated: the packet is parsed again past the popped label"
+
+    def move(self, a: of.Move) -> str:
+        """Copy bits between fields; the source bits are consulted (the result depends on them)."""
+        src, dst = a.src, a.dst
+        why = _unmet(dst.field, self.flow) or _unmet(src.field, self.flow)
+        if why:
+            self.consult("dl_type", FULL["dl_type"])
+            return f"skipped: {why}"
+        bits = (self.flow[src.field] >> src.ofs) & ((1 << src.n_bits) - 1)
+        self.consult(src.field, src.mask & FULL[src.field])
+        return self.set_field(of.SetField(dst.field, (bits << dst.ofs) & FULL[dst.field], dst.mask & FULL[dst.field],
+                                          str(dst), hex(bits), load=True))
 
     def to_controller(self, a: of.Controller, rule: Rule | None, tid: int) -> str:
         """A PACKET_IN of the packet as it is now: reason no_match for a table-miss (a miss with no rule,
@@ -247,7 +334,8 @@ class _Ctx:
         self.commit()
         miss = rule is None or (rule.priority == 0 and not rule.match.fields)
         cookie = rule.cookie if rule is not None else 0xFFFFFFFFFFFFFFFF
-        self.actions.append(dpif.DpController(0 if miss else 1, a.max_len, tid, cookie))
+        pipeline = tuple((f, self.flow[f]) for f in PIPELINE_FIELDS if self.flow[f])
+        self.actions.append(dpif.DpController(0 if miss else 1, a.max_len, tid, cookie, pipeline))
         return "sent to the controller (a PACKET_IN; the megaflow takes the slow path)"
 
     def normal(self) -> str:
@@ -284,6 +372,14 @@ class _Ctx:
         fl = self.flow
         f = a.field
         dl_type = fl["dl_type"]
+        if f in PIPELINE_FIELDS:
+            self.set(f, a.value, a.mask)
+            return ""
+        if f == "mpls_lse":
+            if dl_type not in of.MPLS_TYPES:
+                return "skipped: not MPLS"
+            self.set(f, a.value, a.mask)
+            return ""
         if f == "vlan_tci":
             self.consult("vlan_tci", VLAN_CFI)
             if not fl["vlan_tci"] & VLAN_CFI:
@@ -327,6 +423,9 @@ class _Ctx:
                 self.consult("vlan_tci", 0xE000)  # SetVlan/PushVlan write the PCP too
                 out.append(dpif.DpSetVlan(tci & 0x0FFF, tci >> 13) if was_tagged
                            else dpif.DpPushVlan(tci & 0x0FFF, tci >> 13, self.vlan_tpid))
+        for f in dirty:
+            if f in _WHOLE_FIELD_SETS:  # the datapath writes the whole field: bits not set came from the packet
+                self.consult(f, FULL[f])
         for f, act4 in (("nw_src", dpif.DpSetIpv4Src), ("nw_dst", dpif.DpSetIpv4Dst)):
             if f in dirty:
                 out.append(act4(str(ipaddress.IPv4Address(fl[f]))))
@@ -338,6 +437,8 @@ class _Ctx:
         for f, actp in (("tp_src", dpif.DpSetTpSrc), ("tp_dst", dpif.DpSetTpDst)):
             if f in dirty:
                 out.append(actp(fl[f]))
+        if "mpls_lse" in dirty:
+            out.append(dpif.DpSetMpls(fl["mpls_lse"]))
         self.dp_tagged = bool(fl["vlan_tci"] & VLAN_CFI)
         dirty.clear()
 
@@ -347,6 +448,8 @@ class _Ctx:
         outputs = [a for a in acts if isinstance(a, emitting)]
         if self.error:
             acts = [dpif.DpDrop(dpif.DropReason.UNSUPPORTED)]
+        elif self.halt and not outputs:
+            acts = [dpif.DpDrop(self.halt)]
         elif not outputs:
             acts = [dpif.DpDrop(0)]
         else:
@@ -369,20 +472,40 @@ class _Ctx:
                 self.wc["nw_proto"] == 0xFF and self.orig["nw_proto"] != IPPROTO_TCP):
             # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
             self.wc["tcp_flags"] = 0
+        for f in PIPELINE_FIELDS:  # zero in every packet at table 0: never part of a megaflow
+            self.wc[f] = 0
         slow = dpif.fast_path_error(acts)
+        if self.recirc:
+            slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
-                           self.learned, self.missed, self.error)
+                           self.learned, self.missed, self.error, self.recirc)
+
+
+# fields whose datapath set action writes every bit (the value comes from the working flow)
+_WHOLE_FIELD_SETS = ("dl_src", "dl_dst", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "mpls_lse")
+_FIELD_NEEDS = {"nw_src": (ETH_P_IP, 0x0806), "nw_dst": (ETH_P_IP, 0x0806), "ipv6_src": (ETH_P_IPV6,),
+                "ipv6_dst": (ETH_P_IPV6,), "nw_tos": (ETH_P_IP, ETH_P_IPV6), "nw_ttl": (ETH_P_IP, ETH_P_IPV6),
+                "nw_proto": (ETH_P_IP, ETH_P_IPV6, 0x0806), "tp_src": (ETH_P_IP, ETH_P_IPV6),
+                "tp_dst": (ETH_P_IP, ETH_P_IPV6), "arp_sha": (0x0806,), "arp_tha": (0x0806,)}
+
+
+def _unmet(f: str, flow: Flow) -> str:
+    """Why a packet does not have field f (its dl_type is not one the field lives in), or ""."""
+    need = _FIELD_NEEDS.get(f)
+    if need and flow["dl_type"] not in need:
+        return f"the packet has no {f} (dl_type {flow['dl_type']:#06x})"
+    return ""
 
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,
               trace: bool = True, *, mac: MacLearning | None = None, may_learn: bool = False,
-              fail_open: bool = False) -> Translation:
+              fail_open: bool = False, packet: bytes | None = None) -> Translation:
     """Run flow through the pipeline from table 0. ports: the switch's port numbers (outputs elsewhere
     are skipped); None skips that check. trace=False leaves the per-table steps out (the handlers' way).
     mac: the table NORMAL uses; may_learn: NORMAL may add to it (a real packet, not a revalidation or a
     trace). fail_open: no controller is connected in fail-mode standalone, so every packet takes NORMAL
-    whatever the tables say (OVS's fail-open flow)."""
-    ctx = _Ctx(tables, flow, ports, trace, mac, may_learn)
+    whatever the tables say (OVS's fail-open flow). packet: the frame, for a recirculation to parse again."""
+    ctx = _Ctx(tables, flow, ports, trace, mac, may_learn, packet)
     if fail_open:
         step = TraceStep(0, 0, None, ["fail-open: no controller is connected, so NORMAL handles every packet"])
         ctx.steps.append(step)
@@ -395,9 +518,10 @@ def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None 
 
 
 def translate_actions(tables: OpenFlowTables, flow: Flow, actions: list[of.OfAction],
-                      ports: Collection[int] | None = None, *, mac: MacLearning | None = None) -> Translation:
+                      ports: Collection[int] | None = None, *, mac: MacLearning | None = None,
+                      packet: bytes | None = None) -> Translation:
     """A PACKET_OUT's actions on its packet (output:TABLE runs the pipeline from table 0)."""
-    ctx = _Ctx(tables, flow, ports, True, mac, True)
+    ctx = _Ctx(tables, flow, ports, True, mac, True, packet)
     step = TraceStep(0, 0, None, ["packet-out"])
     ctx.steps.append(step)
     ctx.do_actions(actions, step, 0, None)

@@ -86,6 +86,7 @@ class Ukey:
     dead: bool = False
     normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
     missed: list[Any] = field(default_factory=list)   # tables it matched no rule in: credited as misses
+    recirc: bool = False        # slow path, and each packet is translated on its own (it recirculates)
 
 
 class Ukeys:
@@ -318,7 +319,7 @@ class Udpif:
         layout = parse_layout(frame, in_port)
         with self.lock:
             flow = flow_of(layout[0])
-            tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac)
+            tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac, packet=frame)
             now = self.clock.monotonic()
             for r in tr.rules:
                 r.credit(1, len(frame), now)
@@ -356,6 +357,8 @@ class Udpif:
             # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
             self.delete_ukey(u, "stale")
             u = None
+        if u is not None and u.recirc:
+            return self._translate_one(up, key, ports, layout)
         if u is not None:
             if not u.slow_path:
                 st.existing += 1
@@ -364,7 +367,8 @@ class Udpif:
                 r.credit(1, len(up.frame), now)
             return Decision(up, u.actions, layout)
         flow = flow_of(key)
-        tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open)
+        tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open,
+                       packet=up.frame)
         now = self.clock.monotonic()
         for r in tr.rules:
             r.credit(1, len(up.frame), now)
@@ -374,12 +378,25 @@ class Udpif:
             self.xlate_changed()
         mask = key_of(tr.wc)
         u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
-                 created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed)
+                 created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed, recirc=tr.recirc)
         if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
             return Decision(up, tr.actions, layout)
         self.ukeys.add(u)
         pending.append((u, key))
+        return Decision(up, tr.actions, layout)
+
+    def _translate_one(self, up: Upcall, key: FlowKey, ports: set[int],
+                       layout: tuple[FlowKey, int, int]) -> Decision:
+        """A packet of a recirculating megaflow: translated with its own bytes (the megaflow says only that it
+        comes up), its rules credited."""
+        tr = translate(self.tables, flow_of(key), ports, trace=False, mac=self.mac, may_learn=True,
+                       fail_open=self.fail_open, packet=up.frame)
+        now = self.clock.monotonic()
+        for r in tr.rules:
+            r.credit(1, len(up.frame), now)
+        if tr.learned:
+            self.xlate_changed()
         return Decision(up, tr.actions, layout)
 
     def _install(self, pending: list[tuple[Ukey, FlowKey]], st: UpcallStats) -> None:

@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
+from scapy.contrib.mpls import MPLS
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
@@ -51,6 +52,10 @@ SAMPLES = [
     Ether(**E) / IPv6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrHopByHop() / IPv6ExtHdrHopByHop()
     / IPv6ExtHdrHopByHop() / UDP(),
     Ether(**E) / IPv6(nh=0) / b"\x11\x10",  # hop-by-hop header claiming 136 bytes
+    Ether(**E) / MPLS(label=100, cos=3, s=1, ttl=64) / IP() / TCP(),
+    Ether(**E) / MPLS(label=0xFFFFF, s=0, ttl=1) / MPLS(label=7, s=1) / IPv6() / UDP(),
+    Ether(**E, type=0x8848) / MPLS(label=16) / (b"x" * 20),
+    Ether(**E) / Dot1Q(vlan=5) / MPLS(label=200) / IP() / UDP(),
     Ether(**E, type=0x88CC) / (b"lldp" * 10),
     Ether(**E, type=0x05DC) / (b"llc" * 10),
 ]
@@ -85,7 +90,7 @@ def test_random_bytes(tb: Bench, data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8100]), st.binary(min_size=0, max_size=120))
+@given(st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8100, 0x8847, 0x8848]), st.binary(min_size=0, max_size=120))
 def test_random_bytes_behind_a_real_ethernet_type(tb: Bench, dl_type: int, body: bytes) -> None:
     check(tb, bytes(Ether(**E, type=dl_type)) + body, in_port=3)
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctl.datapath.flowkey import VLAN_CFI
-from ctl.pipeline.ofmatch import FIELD_BITS, FIELDS, flow_from_text, parse_match
+from ctl.pipeline.ofmatch import FIELD_BITS, FIELDS, PACKET_FIELDS, flow_from_text, parse_match
 from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
 from ctl.pipeline.xlate import translate
 
@@ -69,7 +69,7 @@ def test_megaflow_sound_on_fixture_rulesets(name: str) -> None:
         flow = flow_from_text(case["packet"])
         tr = translate(tables, flow)
         # flip each wildcarded bit in turn: the actions must not change
-        for f in FIELDS:
+        for f in PACKET_FIELDS:
             for bit in range(FIELD_BITS[f]):
                 if tr.wc[f] >> bit & 1:
                     continue
@@ -129,6 +129,9 @@ def matches(draw: st.DrawFn) -> str:
         parts.append(f"icmp_type={draw(st.sampled_from([0, 3, 8]))}")
     if kind in ("ip", "tcp", "udp") and draw(st.integers(0, 3)) == 0:
         parts.append(f"nw_tos={draw(st.sampled_from([0, 32, 64]))}")
+    if draw(st.integers(0, 2)) == 0:  # pipeline fields, written by earlier tables' actions
+        parts.append(draw(st.sampled_from(["reg0=0x5", "reg0=0x1/0x1", "reg0=0", "metadata=0x2", "reg1=0x2",
+                                           "reg2=0xa000001/0xffffff00", "metadata=0/0xf"])))
     return ",".join(parts)
 
 
@@ -138,11 +141,18 @@ def actions(draw: st.DrawFn, table: int) -> str:
     for _ in range(draw(st.integers(0, 2))):
         acts.append(draw(st.sampled_from(["mod_dl_src:02:00:00:00:00:aa", "mod_vlan_vid:30", "strip_vlan",
                                           "mod_nw_dst:10.0.0.2", "dec_ttl", "mod_tp_dst:8080", "push_vlan:0x8100",
-                                          "mod_nw_tos:32", "set_field:10.0.0.1->ip_src"])))
+                                          "mod_nw_tos:32", "set_field:10.0.0.1->ip_src", "load:0x5->NXM_NX_REG0[]",
+                                          "load:0x1->NXM_NX_REG0[0]", "move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15]",
+                                          "move:NXM_OF_IP_SRC[]->NXM_NX_REG2[]", "set_field:0x2->metadata",
+                                          "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
+                                          "move:NXM_NX_REG0[0..15]->NXM_OF_TCP_DST[]",
+                                          "load:0x2->NXM_OF_IP_DST[0..7]"])))
     if table < 2 and draw(st.integers(0, 2)) == 0:
         acts.append(f"resubmit(,{draw(st.integers(table + 1, 2))})")
     acts.append(draw(st.sampled_from(["output:1", "output:2", "output:3", "flood", "in_port", "drop", "controller"])))
     if table < 2 and draw(st.integers(0, 3)) == 0:
+        if draw(st.booleans()):
+            acts.append(draw(st.sampled_from(["write_metadata:0x2", "write_metadata:0x1/0x3"])))
         acts.append(f"goto_table:{table + 1}")
     return ",".join(a for a in acts if a != "drop") or "drop"
 
@@ -195,7 +205,7 @@ def test_megaflow_soundness(rules: list[str], pkt: dict[str, int], data: st.Data
     tr = translate(tables, pkt, ports={1, 2, 3})
     for _ in range(8):
         other = dict(pkt)
-        for f in FIELDS:
+        for f in PACKET_FIELDS:  # the pipeline fields are zero in every packet
             free = ((1 << FIELD_BITS[f]) - 1) & ~tr.wc[f]
             if free:
                 other[f] = (pkt[f] & tr.wc[f]) | (data.draw(st.integers(0, (1 << FIELD_BITS[f]) - 1)) & free)

@@ -1,12 +1,11 @@
 """The OpenFlow 1.3 wire codec: bytes in, our messages out; our replies in, bytes out.
 
 The only package that imports the codec library, python-openflow (``pyof.v0x04``), so it can be swapped.
-pyof decodes the instruction and action lists of FLOW_MOD and PACKET_OUT and flow-stats requests, and
-encodes most replies. Written here with ``struct``: what pyof cannot do (TABLE_FEATURES replies, the hello
-version bitmap, Nicira resubmit, ONF's tcp_flags OXM), what it does too slowly for the per-message paths
-(PACKET_IN, packed per slow-path packet: 600 us with pyof, 1 us here; a FLOW_MOD's fixed fields and
-match: 600 us whole with pyof, 140 us with pyof on the instructions only), and a walk of every length field
-before pyof sees a message. What comes out of ``decode()`` is already in the switch's own terms (a
+pyof decodes flow-stats and port-stats requests and encodes most replies. Written here with ``struct``: what
+pyof cannot do (TABLE_FEATURES replies, the hello version bitmap, the Nicira actions, ONF's tcp_flags OXM,
+registers), what it does too slowly for the per-message paths (PACKET_IN, packed per slow-path packet: 600 us
+with pyof, 1 us here; a FLOW_MOD: 600 us whole with pyof), and the instruction and action lists, read length
+by length so a bad one gets the right error. What comes out of ``decode()`` is already in the switch's own terms (a
 ``Match`` and a list of OpenFlow actions), so nothing past this package sees an OXM TLV.
 
 By concern: ``framing`` (constants, error numbers, ``OfError``, the framer), ``oxm`` (matches),

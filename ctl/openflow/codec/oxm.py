@@ -20,7 +20,7 @@ from ctl.openflow.codec.framing import (
     OFPVID_PRESENT,
     OfError,
 )
-from ctl.pipeline.ofmatch import ETH_P_ARP, FULL, SPECS, Match, check_prereqs
+from ctl.pipeline.ofmatch import ETH_P_ARP, FULL, MPLS_PARTS, SPECS, Match, check_prereqs
 
 # --- matches --------------------------------------------------------------------------------------------
 
@@ -31,14 +31,21 @@ OXM_FIELDS: dict[int, tuple[str, int]] = {
     12: ("ip_dst", 4), 13: ("tcp_src", 2), 14: ("tcp_dst", 2), 15: ("udp_src", 2), 16: ("udp_dst", 2),
     17: ("sctp_src", 2), 18: ("sctp_dst", 2), 19: ("icmp_type", 1), 20: ("icmp_code", 1), 21: ("arp_op", 2),
     22: ("arp_spa", 4), 23: ("arp_tpa", 4), 24: ("arp_sha", 6), 25: ("arp_tha", 6), 26: ("ipv6_src", 16),
-    27: ("ipv6_dst", 16), 29: ("icmpv6_type", 1), 30: ("icmpv6_code", 1),
+    27: ("ipv6_dst", 16), 28: ("ipv6_label", 4), 29: ("icmpv6_type", 1), 30: ("icmpv6_code", 1),
+    34: ("mpls_label", 4), 35: ("mpls_tc", 1), 36: ("mpls_bos", 1),
 }
-MASKABLE = {3, 4, 6, 11, 12, 22, 23, 24, 25, 26, 27}
+MASKABLE = {3, 4, 6, 11, 12, 22, 23, 24, 25, 26, 27, 28}
 # Nicira extension fields (class 1) that ovs-ofctl uses in OpenFlow 1.3 for what OXM basic lacks
-NXM_FIELDS: dict[int, tuple[str, int]] = {29: ("nw_ttl", 1), 26: ("nw_frag", 1), 34: ("tcp_flags", 2)}
+NXM_FIELDS: dict[int, tuple[str, int]] = {29: ("nw_ttl", 1), 26: ("nw_frag", 1), 34: ("tcp_flags", 2),
+                                          30: ("mpls_ttl", 1)}
+# the pipeline fields: OXM metadata and the Nicira registers NXM_NX_REG0..15 (class 1, fields 0..15), all maskable
+PIPELINE_OXMS: dict[tuple[int, int], tuple[str, int]] = {
+    (0x8000, 2): ("metadata", 8), **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
 # ovs-ofctl writes tcp_flags in OpenFlow 1.3 as ONF's experimenter OXM (EXT-109): class 0xffff, experimenter
 # 0x4f4e4600, field 42. Decoded under the pseudo-class ONF_CLASS.
 OXM_EXPERIMENTER, ONF_EXPERIMENTER, ONF_CLASS, ONF_TCP_FLAGS = 0xFFFF, 0x4F4E4600, 0x4F4E, 42
+_MPLS_OXMS = {"mpls_label": (0x8000, 34, 4), "mpls_tc": (0x8000, 35, 1), "mpls_bos": (0x8000, 36, 1),
+              "mpls_ttl": (0x0001, 30, 1)}
 VALID_BITS = {"nw_frag": FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER}
 
 
@@ -87,19 +94,13 @@ def match_of_oxms(tlvs: Iterable[tuple[int, int, bool, bytes]]) -> Match:
             name, size = NXM_FIELDS[fld]
         elif cls == ONF_CLASS and fld == ONF_TCP_FLAGS:
             name, size = "tcp_flags", 2
-        elif cls == 0x8000 and fld == 2:  # metadata: the pipeline never writes it, so only 0 can match
-            if len(payload) != (16 if hasmask else 8):
-                raise OfError(ET.BAD_MATCH, BMC_BAD_LEN, "metadata is 8 bytes")
-            v = int.from_bytes(payload[:8], "big")
-            m = int.from_bytes(payload[8:], "big") if hasmask else (1 << 64) - 1
-            if v & m:
-                raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, "metadata is always 0 (write_metadata is not supported)")
-            continue
+        elif (cls, fld) in PIPELINE_OXMS:
+            name, size = PIPELINE_OXMS[(cls, fld)]
         else:
             raise OfError(ET.BAD_MATCH, BMC_BAD_FIELD, f"OXM field {cls:#x}:{fld} is not supported")
         if len(payload) != size * (2 if hasmask else 1):
             raise OfError(ET.BAD_MATCH, BMC_BAD_LEN, f"{name}: {len(payload)} bytes")
-        if hasmask and cls == 0x8000 and fld not in MASKABLE:
+        if hasmask and cls == 0x8000 and fld not in MASKABLE and name != "metadata":
             raise OfError(ET.BAD_MATCH, BMC_BAD_MASK, f"{name} takes no mask")
         v = int.from_bytes(payload[:size], "big")
         m = int.from_bytes(payload[size:], "big") if hasmask else (1 << (8 * size)) - 1
@@ -129,6 +130,15 @@ def match_of_oxms(tlvs: Iterable[tuple[int, int, bool, bytes]]) -> Match:
                 if v > 255:
                     raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"arp_op {v} (the flow key keeps 8 bits)")
                 match.set("nw_proto", v, 0xFF)
+            elif name in MPLS_PARTS:
+                shift, bits = MPLS_PARTS[name]
+                if v >> bits or m >> bits:
+                    raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"{name} {v} does not fit {bits} bits")
+                match.set("mpls_lse", v << shift, m << shift)
+            elif name == "ipv6_label":
+                if v >> 20 or m >> 20:
+                    raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"ipv6_flabel {v:#x} does not fit 20 bits")
+                match.set("ipv6_label", v, m)
             elif name == "in_port":
                 if not 0 < v < 0xFF00:
                     raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"in_port {v:#x} is not a port of this switch")
@@ -165,6 +175,10 @@ def oxms_of_match(match: Match) -> bytes:
     dl_type = match.value("dl_type")
     if "in_port" in f:
         out.append(_tlv(0, 4, f.pop("in_port")[0], 0xFFFFFFFF, 0xFFFFFFFF))
+    for (cls, fld), (name, size) in PIPELINE_OXMS.items():
+        if name in f:
+            v, m = f.pop(name)
+            out.append(_tlv(fld, size, v, m, FULL[name], cls=cls))
     for fld, name in ((3, "dl_dst"), (4, "dl_src")):
         if name in f:
             v, m = f.pop(name)
@@ -209,6 +223,16 @@ def oxms_of_match(match: Match) -> bytes:
         if name in f:
             v, m = f.pop(name)
             out.append(_tlv(fld, 16, v, m, FULL[name]))
+    if "ipv6_label" in f:
+        v, m = f.pop("ipv6_label")
+        out.append(_tlv(28, 4, v, m, 0xFFFFF))
+    if "mpls_lse" in f:
+        v, m = f.pop("mpls_lse")
+        for name, (shift, bits) in MPLS_PARTS.items():
+            full = (1 << bits) - 1
+            if (m >> shift) & full:
+                cls, fld, size = _MPLS_OXMS[name]
+                out.append(_tlv(fld, size, (v >> shift) & full, (1 << 8 * size) - 1, (1 << 8 * size) - 1, cls=cls))
     if "tcp_flags" in f:
         v, m = f.pop("tcp_flags")
         masked = m != 0xFFFF

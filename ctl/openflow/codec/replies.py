@@ -79,14 +79,20 @@ def get_async_reply(xid: int, packet_in: tuple[int, int], port_status: tuple[int
                          flow_removed_mask1=flow_removed[0], flow_removed_mask2=flow_removed[1]).pack()
 
 
-_PIN_METADATA = _tlv(2, 8, 0, (1 << 64) - 1, (1 << 64) - 1)
+FULL64 = (1 << 64) - 1
+_PIN_METADATA = _tlv(2, 8, 0, FULL64, FULL64)
 
 
 def packet_in(buffer_id: int, total_len: int, reason: int, table_id: int, cookie: int, in_port: int,
-              data: bytes) -> bytes:
-    """PACKET_IN whose match carries OXM in_port (and metadata, which this pipeline keeps at 0). Packed here,
-    not by pyof: it is sent per slow-path packet, and pyof takes about 600 us to pack one."""
-    oxm = _tlv(0, 4, in_port, 0xFFFFFFFF, 0xFFFFFFFF) + _PIN_METADATA
+              data: bytes, pipeline: tuple[tuple[str, int], ...] = ()) -> bytes:
+    """PACKET_IN whose match carries OXM in_port, metadata and the registers that are not zero (as OVS).
+    Packed here, not by pyof: it is sent per slow-path packet, and pyof takes about 600 us to pack one."""
+    values = dict(pipeline)
+    oxm = _tlv(0, 4, in_port, 0xFFFFFFFF, 0xFFFFFFFF)
+    oxm += _tlv(2, 8, values["metadata"], FULL64, FULL64) if values.get("metadata") else _PIN_METADATA
+    for i in range(16):
+        if values.get(f"reg{i}"):
+            oxm += _tlv(i, 4, values[f"reg{i}"], 0xFFFFFFFF, 0xFFFFFFFF, cls=0x0001)
     match = struct.pack("!HH", 1, 4 + len(oxm)) + oxm + bytes((-(4 + len(oxm))) % 8)
     return _msg(T.PACKET_IN, 0, struct.pack("!IHBBQ", buffer_id, total_len, reason, table_id, cookie) + match
                 + b"\0\0" + data)
