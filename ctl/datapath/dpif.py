@@ -280,13 +280,30 @@ class DpSetMpls:
         return f"set(mpls({_lse_str(self.lse)}))"
 
 
+@dataclass(frozen=True)
+class DpSetField:
+    """A rewrite the fast path has no action for (ECN, SCTP ports with their CRC32c, ICMP type and code, ARP
+    fields, IPv6 flow label, the IP TTL): the slow path only. name is one of USER_SET_FIELDS."""
+
+    name: str
+    value: int
+
+    def __str__(self) -> str:
+        return f"set({self.name}={self.value:#x})"
+
+
+USER_SET_FIELDS = ("ecn", "sctp_src", "sctp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa",
+                   "arp_sha", "arp_tha", "ipv6_label", "nw_ttl")
+
+
 Action = (
     DpOutput | DpFlood | DpDrop | DpController | DpUpcall | DpSetEthSrc | DpSetEthDst | DpPushVlan | DpPopVlan
     | DpSetVlan | DpSetIpv4Src | DpSetIpv4Dst | DpSetDscp | DpDecTtl | DpSetIpv6Src | DpSetIpv6Dst | DpSetTpSrc
-    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls
+    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls | DpSetField
 )
 TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall)
-SLOW_PATH_ONLY = (DpPushMpls, DpPopMpls, DpSetMpls)  # user space runs them (ctl/datapath/execute.py), XDP does not
+# user space runs them (ctl/datapath/execute.py), XDP does not
+SLOW_PATH_ONLY = (DpPushMpls, DpPopMpls, DpSetMpls, DpSetField)
 
 
 def format_actions(actions: Sequence[Action]) -> str:
@@ -306,6 +323,9 @@ def fast_path_error(actions: Sequence[Action]) -> str:
     if any(isinstance(a, DpController) for a in acts):
         return "it sends packets to the controller"
     if any(isinstance(a, SLOW_PATH_ONLY) for a in acts):
+        user = next(a for a in acts if isinstance(a, SLOW_PATH_ONLY))
+        if isinstance(user, DpSetField):
+            return f"the fast path has no action for {user}: user space rewrites it"
         return "MPLS push, pop and rewrite run in user space"
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):

@@ -138,6 +138,100 @@ def _mpls(p: _Pkt, a: dpif.DpPushMpls | dpif.DpPopMpls | dpif.DpSetMpls) -> int:
     return 0
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def _ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _icmp_checksum(p: _Pkt) -> None:
+    """ICMP's or ICMPv6's checksum computed again whole (as a sender computes it, so 0 comes out as 0xffff
+    never as 0: the frame is byte for byte what the sender would have built)."""
+    b = p.b
+    if p.dl_type == 0x0800:
+        end, pseudo = p.l3 + p.u16(p.l3 + 2), b""
+    else:
+        end = p.l3 + 40 + p.u16(p.l3 + 4)
+        pseudo = bytes(b[p.l3 + 8: p.l3 + 40]) + struct.pack("!IxxxB", end - p.l4, 58)
+    p.put16(p.l4 + 2, 0)
+    p.put16(p.l4 + 2, ~_ones_sum(pseudo + bytes(b[p.l4: end])) & 0xFFFF)
+
+
+def _set_field(p: _Pkt, a: dpif.DpSetField) -> int:
+    """The rewrites only user space does, with their checksums (SCTP's CRC32c is computed again whole)."""
+    b, n, v = p.b, a.name, a.value
+    if n in ("ecn", "nw_ttl"):
+        if p.dl_type == 0x0800 and p.l3:
+            at = p.l3 if n == "ecn" else p.l3 + 8
+            old = p.u16(at)
+            if n == "ecn":
+                b[p.l3 + 1] = (b[p.l3 + 1] & 0xFC) | (v & 3)
+            else:
+                b[p.l3 + 8] = v & 0xFF
+            p.put16(p.l3 + 10, _apply(p.u16(p.l3 + 10), _diff16(old, p.u16(at))))
+        elif p.dl_type == 0x86DD and p.l3:
+            if n == "ecn":
+                b[p.l3 + 1] = (b[p.l3 + 1] & 0xCF) | ((v & 3) << 4)
+            else:
+                b[p.l3 + 7] = v & 0xFF
+        else:
+            return DropReason.BAD_ACTION
+    elif n == "ipv6_label":
+        if p.dl_type != 0x86DD or not p.l3:
+            return DropReason.BAD_ACTION
+        b[p.l3 + 1] = (b[p.l3 + 1] & 0xF0) | ((v >> 16) & 0x0F)
+        p.put16(p.l3 + 2, v & 0xFFFF)
+    elif n in ("icmp_type", "icmp_code"):
+        if not p.l4 or p.proto not in (1, 58):
+            return DropReason.BAD_ACTION
+        b[p.l4 + (0 if n == "icmp_type" else 1)] = v & 0xFF
+        _icmp_checksum(p)
+    elif n in ("sctp_src", "sctp_dst"):
+        if not p.l4 or p.proto != 132:
+            return DropReason.BAD_ACTION
+        p.put16(p.l4 + (0 if n == "sctp_src" else 2), v)
+        # the CRC covers the SCTP packet, which ends where the IP length says (not at the frame's padding)
+        end = p.l3 + p.u16(p.l3 + 2) if p.dl_type == 0x0800 else p.l3 + 40 + p.u16(p.l3 + 4)
+        b[p.l4 + 8: p.l4 + 12] = b"\0\0\0\0"
+        b[p.l4 + 8: p.l4 + 12] = crc32c(bytes(b[p.l4: end])).to_bytes(4, "little")
+    elif n.startswith("arp_"):
+        if p.dl_type != 0x0806 or len(b) < (18 if p.tagged else 14) + 28:
+            return DropReason.BAD_ACTION
+        a0 = 18 if p.tagged else 14
+        if n == "arp_op":
+            p.put16(a0 + 6, v)
+        else:
+            off, size = {"arp_sha": (8, 6), "arp_spa": (14, 4), "arp_tha": (18, 6), "arp_tpa": (24, 4)}[n]
+            b[a0 + off: a0 + off + size] = v.to_bytes(size, "big")
+    else:
+        return DropReason.BAD_ACTION
+    p.layout()
+    return 0
+
+
 def _one(p: _Pkt, a: dpif.Action) -> int:
     """Apply one modification; a DropReason (non-zero) when it cannot."""
     b = p.b
@@ -181,6 +275,8 @@ def _one(p: _Pkt, a: dpif.Action) -> int:
             return DropReason.BAD_ACTION
     elif isinstance(a, dpif.DpPushMpls | dpif.DpPopMpls | dpif.DpSetMpls):
         return _mpls(p, a)
+    elif isinstance(a, dpif.DpSetField):
+        return _set_field(p, a)
     elif isinstance(a, dpif.DpDecTtl):
         if p.dl_type == 0x0800 and p.l3:
             if b[p.l3 + 8] <= 1:

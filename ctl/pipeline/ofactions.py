@@ -219,8 +219,8 @@ OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField
 
 ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
-                "mod_nw_tos", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "load", "move", "push_mpls",
-                "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "write_metadata", "goto_table")
+                "mod_nw_tos", "mod_nw_ttl", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "load", "move",
+                "push_mpls", "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "write_metadata", "goto_table")
 MPLS_TYPES = (0x8847, 0x8848)
 
 # NXM/OXM field names for load and move -> (our field, width in bits, (NXM class, field, bytes)). Our arp_op is
@@ -238,7 +238,7 @@ SUBFIELDS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
     "NXM_NX_ARP_SHA": ("arp_sha", 48, (1, 17, 6)), "NXM_NX_ARP_THA": ("arp_tha", 48, (1, 18, 6)),
     "NXM_NX_IPV6_SRC": ("ipv6_src", 128, (1, 19, 16)), "NXM_NX_IPV6_DST": ("ipv6_dst", 128, (1, 20, 16)),
     "NXM_NX_IP_TTL": ("nw_ttl", 8, (1, 29, 1)),
-    "OXM_OF_METADATA": ("metadata", 64, (0x8000, 2, 8)),
+    "OXM_OF_METADATA": ("metadata", 64, (0x8000, 2, 8)), "NXM_NX_TUN_ID": ("tun_id", 64, (1, 16, 8)),
     **{f"NXM_NX_REG{i}": (f"reg{i}", 32, (1, i, 4)) for i in range(16)},
 }
 # the names ovs-ofctl also accepts for them (lib/meta-flow.xml)
@@ -250,11 +250,12 @@ SUBFIELD_ALIASES = {
     "tcp_src": "NXM_OF_TCP_SRC", "tcp_dst": "NXM_OF_TCP_DST", "udp_src": "NXM_OF_UDP_SRC", "udp_dst": "NXM_OF_UDP_DST",
     "arp_op": "NXM_OF_ARP_OP", "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA", "arp_sha": "NXM_NX_ARP_SHA",
     "arp_tha": "NXM_NX_ARP_THA", "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST",
-    "nw_ttl": "NXM_NX_IP_TTL", "metadata": "OXM_OF_METADATA", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(16)},
+    "nw_ttl": "NXM_NX_IP_TTL", "metadata": "OXM_OF_METADATA", "tun_id": "NXM_NX_TUN_ID",
+    "tunnel_id": "NXM_NX_TUN_ID", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(16)},
 }
 # what load, move and set_field may write: the pipeline fields and the packet fields the datapath can rewrite
 WRITABLE = {"dl_src", "dl_dst", "vlan_tci", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
-            "mpls_lse", *PIPELINE_FIELDS}
+            "mpls_lse", "arp_sha", "arp_tha", "nw_ttl", *PIPELINE_FIELDS}
 
 # set_field targets: name -> (flow-key field, kind)
 SET_FIELDS = {
@@ -266,12 +267,20 @@ SET_FIELDS = {
     "ip_dscp": ("nw_tos", "dscp"), "nw_tos": ("nw_tos", "tos"),
     "tcp_src": ("tp_src", "port"), "tcp_dst": ("tp_dst", "port"), "udp_src": ("tp_src", "port"),
     "udp_dst": ("tp_dst", "port"), "tp_src": ("tp_src", "port"), "tp_dst": ("tp_dst", "port"),
-    "metadata": ("metadata", "masked"), **{f"reg{i}": (f"reg{i}", "masked") for i in range(16)},
+    "metadata": ("metadata", "masked"), "tun_id": ("tun_id", "masked"), "tunnel_id": ("tun_id", "masked"),
+    **{f"reg{i}": (f"reg{i}", "masked") for i in range(16)},
+    "ip_ecn": ("nw_tos", "ecn"), "nw_ecn": ("nw_tos", "ecn"), "sctp_src": ("tp_src", "port"),
+    "sctp_dst": ("tp_dst", "port"), "icmp_type": ("tp_src", "icmp"), "icmp_code": ("tp_dst", "icmp"),
+    "icmpv4_type": ("tp_src", "icmp"), "icmpv4_code": ("tp_dst", "icmp"), "icmpv6_type": ("tp_src", "icmp"),
+    "icmpv6_code": ("tp_dst", "icmp"), "arp_op": ("nw_proto", "arp_op"), "arp_spa": ("nw_src", "ip4"),
+    "arp_tpa": ("nw_dst", "ip4"), "arp_sha": ("arp_sha", "mac"), "arp_tha": ("arp_tha", "mac"),
+    "ipv6_label": ("ipv6_label", "label"), "ipv6_flabel": ("ipv6_label", "label"), "nw_ttl": ("nw_ttl", "ttl"),
     "mpls_label": ("mpls_lse", "mpls_label"), "mpls_tc": ("mpls_lse", "mpls_tc"),
 }
 MPLS_SET = {"mpls_label": (12, 20), "mpls_tc": (9, 3)}
 MOD_ACTIONS = {
-    "mod_dl_src": "eth_src", "mod_dl_dst": "eth_dst", "mod_vlan_vid": "vlan_vid", "mod_vlan_pcp": "vlan_pcp",
+    "mod_nw_ttl": "nw_ttl", "mod_dl_src": "eth_src", "mod_dl_dst": "eth_dst", "mod_vlan_vid": "vlan_vid",
+    "mod_vlan_pcp": "vlan_pcp",
     "mod_nw_src": "ip_src", "mod_nw_dst": "ip_dst", "mod_nw_tos": "nw_tos", "mod_tp_src": "tp_src",
     "mod_tp_dst": "tp_dst",
 }
@@ -304,6 +313,16 @@ def _set_field(target: str, text: str, written: str) -> SetField:
         return SetField(field, v, 0x0FFF, written, text)
     if kind == "pcp":
         return SetField(field, parse_int(text, 3, written) << 13, 0xE000, written, text)
+    if kind == "ecn":
+        return SetField(field, parse_int(text, 2, written), 0x03, written, text)
+    if kind == "icmp":
+        return SetField(field, parse_int(text, 8, written), 0xFFFF, written, text)
+    if kind == "arp_op":
+        return SetField(field, parse_int(text, 8, written), 0xFF, written, text)
+    if kind == "label":
+        return SetField(field, parse_int(text, 20, written), 0xFFFFF, written, text)
+    if kind == "ttl":
+        return SetField(field, parse_int(text, 8, written), 0xFF, written, text)
     if kind in MPLS_SET:
         shift, nbits = MPLS_SET[kind]
         return SetField(field, parse_int(text, nbits, written) << shift, ((1 << nbits) - 1) << shift, written, text)

@@ -31,8 +31,8 @@ LABEL_FIELDS = ("mpls_lse", "ipv6_label")
 ETH_P_MPLS = (0x8847, 0x8848)
 # Pipeline fields: OpenFlow's metadata and OVS's registers. They are no part of a packet: every packet enters
 # table 0 with them all zero and only actions write them, so a megaflow never carries them (as in OVS).
-PIPELINE_FIELDS = ("metadata", *(f"reg{i}" for i in range(16)))
-FIELD_BITS.update({"metadata": 64, **{f"reg{i}": 32 for i in range(16)}})
+PIPELINE_FIELDS = ("metadata", "tun_id", *(f"reg{i}" for i in range(16)))
+FIELD_BITS.update({"metadata": 64, "tun_id": 64, **{f"reg{i}": 32 for i in range(16)}})
 FIELDS = tuple(FIELD_BITS)
 PACKET_FIELDS = tuple(f for f in FIELDS if f not in PIPELINE_FIELDS)
 FULL = {f: (1 << b) - 1 for f, b in FIELD_BITS.items()}
@@ -261,7 +261,7 @@ SHORTHANDS: dict[str, tuple[int, int | None]] = {
 }
 # Fields a datapath flow line (ofproto/trace's "Megaflow:") may carry that a rule never does.
 DP_ONLY = {"recirc_id", "eth", "packet_type", "dp_hash", "skb_priority", "pkt_mark", "ct_state", "ct_zone",
-           "ct_mark", "ct_label", "ct_nw_src", "ct_nw_dst", "ct_nw_proto", "ct_tp_src", "ct_tp_dst", "tun_id"}
+           "ct_mark", "ct_label", "ct_nw_src", "ct_nw_dst", "ct_nw_proto", "ct_tp_src", "ct_tp_dst"}
 
 IP_ANY = (ETH_P_IP, ETH_P_IPV6)
 L4_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
@@ -319,6 +319,7 @@ def _specs() -> dict[str, FieldSpec]:
         FieldSpec("mpls_bos", "mpls_lse", "mpls_bos", ETH_P_MPLS),
         FieldSpec("mpls_ttl", "mpls_lse", "mpls_ttl", ETH_P_MPLS),
         FieldSpec("metadata", "metadata", "int"),
+        FieldSpec("tun_id", "tun_id", "int"), FieldSpec("tunnel_id", "tun_id", "int"),
         *(FieldSpec(f"reg{i}", f"reg{i}", "int") for i in range(16)),
     ]
     return {x.name: x for x in s}
@@ -530,9 +531,10 @@ def format_match(match: Match, priority: int | None = None) -> str:
         if f"reg{i}" in f:
             v, m = f.pop(f"reg{i}")
             out.append(f"reg{i}={v:#x}" + ("" if m == 0xFFFFFFFF else f"/{m:#x}"))
-    if "metadata" in f:
-        v, m = f.pop("metadata")
-        out.append(f"metadata={v:#x}" + ("" if m == FULL["metadata"] else f"/{m:#x}"))
+    for name in ("tun_id", "metadata"):
+        if name in f:
+            v, m = f.pop(name)
+            out.append(f"{name}={v:#x}" + ("" if m == FULL[name] else f"/{m:#x}"))
     if "in_port" in f:
         out.append(f"in_port={f.pop('in_port')[0]}")
     if "vlan_tci" in f:

@@ -23,6 +23,7 @@ from ctl.datapath.flowkey import VLAN_CFI, mac_str, parse
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
 from ctl.pipeline.ofmatch import (
+    ETH_P_ARP,
     ETH_P_IP,
     ETH_P_IPV6,
     FIELDS,
@@ -388,19 +389,27 @@ class _Ctx:
                 return "pushes a tag: the packet had none"
             self.set(f, a.value, a.mask)
             return ""
-        if f in ("nw_src", "nw_dst") and dl_type != ETH_P_IP:
+        arp = a.name.startswith("arp_") or (a.load and "ARP" in a.name)
+        if arp or f in ("arp_sha", "arp_tha"):
+            if dl_type != ETH_P_ARP:
+                return "skipped: not ARP"
+        elif f in ("nw_src", "nw_dst") and dl_type != ETH_P_IP:
             return "skipped: not IPv4"
-        if f in ("ipv6_src", "ipv6_dst") and dl_type != ETH_P_IPV6:
+        if f in ("ipv6_src", "ipv6_dst", "ipv6_label") and dl_type != ETH_P_IPV6:
             return "skipped: not IPv6"
-        if f == "nw_tos" and dl_type not in (ETH_P_IP, ETH_P_IPV6):
+        if f in ("nw_tos", "nw_ttl") and dl_type not in (ETH_P_IP, ETH_P_IPV6):
             return "skipped: not IP"
+        if f == "nw_proto" and not arp:
+            return "skipped: the IP protocol cannot be rewritten"
         if f in ("tp_src", "tp_dst"):
             if dl_type not in (ETH_P_IP, ETH_P_IPV6):
                 return "skipped: not IP"
             self.consult("nw_proto", 0xFF)
             self.consult("nw_frag", 2)
-            if fl["nw_proto"] not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) or fl["nw_frag"] & 2:
-                return "skipped: no TCP, UDP or SCTP header"
+            icmp = "icmp" in a.name
+            want = (IPPROTO_ICMP, IPPROTO_ICMPV6) if icmp else (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
+            if fl["nw_proto"] not in want or fl["nw_frag"] & 2:
+                return "skipped: no ICMP header" if icmp else "skipped: no TCP, UDP or SCTP header"
         self.set(f, a.value, a.mask)
         return ""
 
@@ -426,17 +435,36 @@ class _Ctx:
         for f in dirty:
             if f in _WHOLE_FIELD_SETS:  # the datapath writes the whole field: bits not set came from the packet
                 self.consult(f, FULL[f])
+        arp = fl["dl_type"] == 0x0806
         for f, act4 in (("nw_src", dpif.DpSetIpv4Src), ("nw_dst", dpif.DpSetIpv4Dst)):
-            if f in dirty:
+            if f in dirty and arp:
+                out.append(dpif.DpSetField("arp_spa" if f == "nw_src" else "arp_tpa", fl[f]))
+            elif f in dirty:
                 out.append(act4(str(ipaddress.IPv4Address(fl[f]))))
+        for f, name in (("nw_proto", "arp_op"), ("arp_sha", "arp_sha"), ("arp_tha", "arp_tha"),
+                        ("ipv6_label", "ipv6_label"), ("nw_ttl", "nw_ttl")):
+            if f in dirty:
+                out.append(dpif.DpSetField(name, fl[f]))
         for f, act6 in (("ipv6_src", dpif.DpSetIpv6Src), ("ipv6_dst", dpif.DpSetIpv6Dst)):
             if f in dirty:
                 out.append(act6(str(ipaddress.IPv6Address(fl[f]))))
         if "nw_tos" in dirty:
-            out.append(dpif.DpSetDscp(fl["nw_tos"] >> 2))
-        for f, actp in (("tp_src", dpif.DpSetTpSrc), ("tp_dst", dpif.DpSetTpDst)):
-            if f in dirty:
-                out.append(actp(fl[f]))
+            if self.set_bits["nw_tos"] & 0xFC:
+                out.append(dpif.DpSetDscp(fl["nw_tos"] >> 2))
+            if self.set_bits["nw_tos"] & 0x03:
+                out.append(dpif.DpSetField("ecn", fl["nw_tos"] & 3))
+        proto = fl["nw_proto"]
+        for i, f in enumerate(("tp_src", "tp_dst")):
+            if f not in dirty:
+                continue
+            if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+                out.append(dpif.DpSetField(("icmp_type", "icmp_code")[i], fl[f] & 0xFF))
+            elif proto == IPPROTO_SCTP:
+                out.append(dpif.DpSetField(("sctp_src", "sctp_dst")[i], fl[f]))
+            elif i == 0:
+                out.append(dpif.DpSetTpSrc(fl[f]))
+            else:
+                out.append(dpif.DpSetTpDst(fl[f]))
         if "mpls_lse" in dirty:
             out.append(dpif.DpSetMpls(fl["mpls_lse"]))
         self.dp_tagged = bool(fl["vlan_tci"] & VLAN_CFI)
@@ -482,7 +510,8 @@ class _Ctx:
 
 
 # fields whose datapath set action writes every bit (the value comes from the working flow)
-_WHOLE_FIELD_SETS = ("dl_src", "dl_dst", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "mpls_lse")
+_WHOLE_FIELD_SETS = ("dl_src", "dl_dst", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "mpls_lse",
+                     "nw_proto", "arp_sha", "arp_tha", "ipv6_label", "nw_ttl")
 _FIELD_NEEDS = {"nw_src": (ETH_P_IP, 0x0806), "nw_dst": (ETH_P_IP, 0x0806), "ipv6_src": (ETH_P_IPV6,),
                 "ipv6_dst": (ETH_P_IPV6,), "nw_tos": (ETH_P_IP, ETH_P_IPV6), "nw_ttl": (ETH_P_IP, ETH_P_IPV6),
                 "nw_proto": (ETH_P_IP, ETH_P_IPV6, 0x0806), "tp_src": (ETH_P_IP, ETH_P_IPV6),

@@ -6,6 +6,7 @@ them; tests/unit covers the Python parser below that."""
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
@@ -16,7 +17,6 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
-from scapy.contrib.mpls import MPLS
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 

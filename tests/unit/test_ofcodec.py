@@ -105,7 +105,7 @@ def _fm_with_oxms(oxms: bytes, insts: bytes = b"") -> bytes:
 @pytest.mark.parametrize("oxms, insts, etype, code", [
     (_oxm(13, b"\0\x50"), b"", ET.BAD_MATCH, oc.BMC_BAD_PREREQ),                         # tcp_dst without tcp
     (_oxm(5, b"\x08\0") + _oxm(5, b"\x08\0"), b"", ET.BAD_MATCH, oc.BMC_DUP_FIELD),
-    (_oxm(38, b"\0" * 8), b"", ET.BAD_MATCH, oc.BMC_BAD_FIELD),                           # tunnel_id
+    (_oxm(37, b"\0" * 3), b"", ET.BAD_MATCH, oc.BMC_BAD_FIELD),                           # pbb_isid
     (_oxm(42, b"\x00\x00\x23\x20\x00\x02", cls=0xFFFF), b"", ET.BAD_MATCH, oc.BMC_BAD_FIELD),  # not ONF's
     (_oxm(5, b"\x08"), b"", ET.BAD_MATCH, oc.BMC_BAD_LEN),
     (_oxm(5, b"\x08\0", mask=b"\xff\0"), b"", ET.BAD_MATCH, oc.BMC_BAD_MASK),

@@ -132,6 +132,8 @@ def decode_actions(raw: bytes, off: int, end: int) -> list[of.OfAction]:
             out.append(_checked_as(BAC_BAD_ARGUMENT, of.parse_one, f"{name}:{et:#x}"))
         elif atype == 15:
             out.append(of.SetMplsTtl(body[4]))
+        elif atype == 23:
+            out.append(of.SetField("nw_ttl", body[4], 0xFF, "mod_nw_ttl", str(body[4])))
         elif atype == 16:
             out.append(of.DecMplsTtl())
         elif atype == 25:
@@ -233,8 +235,15 @@ def _load_oxm(cls: int, fld: int, hasmask: bool, payload: bytes) -> of.SetField:
 
 SET_FIELD_OXM = {3: "eth_dst", 4: "eth_src", 6: "vlan_vid", 7: "vlan_pcp", 8: "ip_dscp", 11: "ip_src", 12: "ip_dst",
                  13: "tcp_src", 14: "tcp_dst", 15: "udp_src", 16: "udp_dst", 26: "ipv6_src", 27: "ipv6_dst",
-                 34: "mpls_label", 35: "mpls_tc"}
-SET_FIELD_PIPELINE = {(0x8000, 2): ("metadata", 8), **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
+                 34: "mpls_label", 35: "mpls_tc", 9: "ip_ecn", 17: "sctp_src", 18: "sctp_dst", 19: "icmpv4_type",
+                 20: "icmpv4_code", 21: "arp_op", 22: "arp_spa", 23: "arp_tpa", 24: "arp_sha", 25: "arp_tha",
+                 28: "ipv6_flabel", 29: "icmpv6_type", 30: "icmpv6_code"}
+# the other way: a set_field as its writer named it -> (OXM field, bytes)
+_SET_FIELD_ENCODING = {name: (fld, OXM_FIELDS.get(fld, ("", 8))[1]) for fld, name in SET_FIELD_OXM.items()}
+_SET_FIELD_ENCODING.update({"icmp_type": (19, 1), "icmp_code": (20, 1), "nw_ecn": (9, 1), "ipv6_label": (28, 4),
+                            "tun_id": (38, 8), "tunnel_id": (38, 8), "metadata": (2, 8)})
+SET_FIELD_PIPELINE = {(0x8000, 2): ("metadata", 8), (0x8000, 38): ("tun_id", 8),
+                      **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
 
 
 def _set_field(body: bytes) -> of.SetField:
@@ -262,7 +271,7 @@ def _set_field(body: bytes) -> of.SetField:
     v = int.from_bytes(val, "big")
     if size == 6:
         text = mac_str(val)
-    elif name in ("ip_src", "ip_dst"):
+    elif name in ("ip_src", "ip_dst", "arp_spa", "arp_tpa"):
         text = str(ipaddress.IPv4Address(v))
     elif name in ("ipv6_src", "ipv6_dst"):
         text = str(ipaddress.IPv6Address(v))
@@ -343,6 +352,16 @@ def _encode_set_field(a: of.SetField) -> bytes:
     full = (1 << of.FIELD_BITS[a.field]) - 1
     if a.load or (a.field in of.PIPELINE_FIELDS and a.mask != full):
         return _reg_loads(a)
+    if a.name == "mod_nw_ttl":
+        return struct.pack("!HHB3x", 23, 8, a.value)
+    if a.name in _SET_FIELD_ENCODING and a.name not in of.MPLS_SET and a.mask == (1 << of.FIELD_BITS[a.field]) - 1 \
+            or a.name in ("ip_ecn", "nw_ecn", "icmp_type", "icmp_code", "icmpv4_type", "icmpv4_code",
+                          "icmpv6_type", "icmpv6_code", "arp_op", "ipv6_flabel", "ipv6_label"):
+        fld, size = _SET_FIELD_ENCODING[a.name]
+        v = a.value & ((1 << 8 * size) - 1)
+        tlv = _tlv(fld, size, v, (1 << 8 * size) - 1, (1 << 8 * size) - 1)
+        n = 4 + len(tlv)
+        return struct.pack("!HH", 25, n + (-n) % 8) + tlv + bytes((-n) % 8)
     if a.field in of.PIPELINE_FIELDS:
         cls, fld, size = of.SUBFIELDS[of.SUBFIELD_ALIASES[a.field]][2]
         tlv = _tlv(fld, size, a.value, full, full, cls=cls)

@@ -40,7 +40,7 @@ NXM_FIELDS: dict[int, tuple[str, int]] = {29: ("nw_ttl", 1), 26: ("nw_frag", 1),
                                           30: ("mpls_ttl", 1)}
 # the pipeline fields: OXM metadata and the Nicira registers NXM_NX_REG0..15 (class 1, fields 0..15), all maskable
 PIPELINE_OXMS: dict[tuple[int, int], tuple[str, int]] = {
-    (0x8000, 2): ("metadata", 8), **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
+    (0x8000, 2): ("metadata", 8), (0x8000, 38): ("tun_id", 8), **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
 # ovs-ofctl writes tcp_flags in OpenFlow 1.3 as ONF's experimenter OXM (EXT-109): class 0xffff, experimenter
 # 0x4f4e4600, field 42. Decoded under the pseudo-class ONF_CLASS.
 OXM_EXPERIMENTER, ONF_EXPERIMENTER, ONF_CLASS, ONF_TCP_FLAGS = 0xFFFF, 0x4F4E4600, 0x4F4E, 42
@@ -100,7 +100,7 @@ def match_of_oxms(tlvs: Iterable[tuple[int, int, bool, bytes]]) -> Match:
             raise OfError(ET.BAD_MATCH, BMC_BAD_FIELD, f"OXM field {cls:#x}:{fld} is not supported")
         if len(payload) != size * (2 if hasmask else 1):
             raise OfError(ET.BAD_MATCH, BMC_BAD_LEN, f"{name}: {len(payload)} bytes")
-        if hasmask and cls == 0x8000 and fld not in MASKABLE and name != "metadata":
+        if hasmask and cls == 0x8000 and fld not in MASKABLE and name not in ("metadata", "tun_id"):
             raise OfError(ET.BAD_MATCH, BMC_BAD_MASK, f"{name} takes no mask")
         v = int.from_bytes(payload[:size], "big")
         m = int.from_bytes(payload[size:], "big") if hasmask else (1 << (8 * size)) - 1
@@ -132,11 +132,13 @@ def match_of_oxms(tlvs: Iterable[tuple[int, int, bool, bytes]]) -> Match:
                 match.set("nw_proto", v, 0xFF)
             elif name in MPLS_PARTS:
                 shift, bits = MPLS_PARTS[name]
-                if v >> bits or m >> bits:
+                m &= (1 << bits) - 1
+                if v >> bits:
                     raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"{name} {v} does not fit {bits} bits")
                 match.set("mpls_lse", v << shift, m << shift)
             elif name == "ipv6_label":
-                if v >> 20 or m >> 20:
+                m &= 0xFFFFF
+                if v >> 20:
                     raise OfError(ET.BAD_MATCH, BMC_BAD_VALUE, f"ipv6_flabel {v:#x} does not fit 20 bits")
                 match.set("ipv6_label", v, m)
             elif name == "in_port":

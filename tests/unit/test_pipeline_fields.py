@@ -1,0 +1,165 @@
+"""Registers, metadata, tun_id, MPLS and the set_field targets only user space rewrites: their text, their
+OpenFlow encoding, what the pipeline does with them, and the frames the executor makes (checksums checked by
+scapy)."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.sctp import SCTP
+
+from ctl.datapath import dpif
+from ctl.datapath.execute import crc32c, execute
+from ctl.datapath.flowkey import parse
+from ctl.openflow.codec.actions import decode_instructions, encode_instructions
+from ctl.openflow.codec.oxm import match_of_oxms, oxms_of_match
+from ctl.pipeline.ofmatch import PIPELINE_FIELDS, flow_of, parse_match
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
+from ctl.pipeline.xlate import translate
+
+E = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+def tables(*rules: str) -> OpenFlowTables:
+    t = OpenFlowTables()
+    for r in rules:
+        t.add(parse_flow(r))
+    return t
+
+
+def run(t: OpenFlowTables, frame: bytes, in_port: int = 1) -> tuple[str, bytes | None]:
+    """The datapath actions for a frame and the frame that leaves port 2 (None: nothing does)."""
+    tr = translate(t, flow_of(parse(frame, in_port)), {1, 2, 3}, packet=frame)
+    out = [f for p, f in execute(frame, tr.actions).emits if p == 2]
+    return dpif.format_actions(tr.actions), (out[0] if out else None)
+
+
+@pytest.mark.parametrize("text", [
+    "reg0=0x5", "reg15=0x1/0xff", "metadata=0xff", "metadata=0x1/0x3", "tun_id=0x3039", "dl_type=0x8847,mpls_label=100",
+    "dl_type=0x8847,mpls_tc=3,mpls_bos=1", "ipv6,ipv6_label=0x00064", "ipv6,ipv6_label=0x00060/0xffff0",
+])
+def test_match_text_and_oxm_round_trip(text: str) -> None:
+    m = parse_match(text)
+    assert parse_match(m.format()) == m
+    raw = oxms_of_match(m)
+    tlvs, p = [], 0
+    while p < len(raw):
+        cls, fh, ln = int.from_bytes(raw[p:p + 2], "big"), raw[p + 2], raw[p + 3]
+        tlvs.append((cls, fh >> 1, bool(fh & 1), raw[p + 4:p + 4 + ln]))
+        p += 4 + ln
+    assert match_of_oxms(tlvs) == m
+
+
+@pytest.mark.parametrize("actions", [
+    "load:0x5->NXM_NX_REG0[],move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15],output:2",
+    "set_field:0x5->reg3,write_metadata:0x1/0x1,goto_table:2",
+    "push_mpls:0x8847,set_field:100->mpls_label,set_mpls_ttl(9),dec_mpls_ttl,output:2",
+    "pop_mpls:0x0800,goto_table:1", "set_field:1->ip_ecn,mod_nw_ttl:7,output:2",
+    "set_field:2->arp_op,set_field:10.1.1.1->arp_spa,set_field:aa:aa:aa:aa:aa:aa->arp_tha,output:2",
+    "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],load:0xa000001->NXM_OF_IP_DST[],output:2",
+])
+def test_actions_text_and_openflow_round_trip(actions: str) -> None:
+    rule = parse_flow(f"actions={actions}")
+    assert parse_flow(f"actions={','.join(str(a) for a in rule.actions)}").actions == rule.actions
+    assert decode_instructions(encode_instructions(rule.actions), 0) == rule.actions
+
+
+def test_bad_pipeline_text_is_refused_at_the_token() -> None:
+    for bad, why in (("actions=load:0x1ff->NXM_NX_REG0[0..7],output:2", "out of range"),
+                     ("actions=move:NXM_NX_REG0[0..7]->NXM_NX_REG1[0..3],output:2", "widths differ"),
+                     ("actions=load:1->NXM_OF_ETH_TYPE[],output:2", "cannot be written"),
+                     ("actions=write_metadata:1,output:2", "only goto_table may follow"),
+                     ("actions=load:1->NXM_NX_REG0[40],output:2", "outside"),
+                     ("actions=push_mpls:0x0800,output:2", "not an MPLS")):
+        with pytest.raises(ValueError, match=why):
+            parse_flow(bad)
+
+
+def test_registers_and_metadata_steer_without_entering_the_megaflow() -> None:
+    t = tables("table=0,ip,actions=load:0x5->NXM_NX_REG0[],write_metadata:0x2/0x2,goto_table:1",
+               "table=1,reg0=5,metadata=0x2/0x2,actions=output:2", "table=1,priority=0,actions=output:3")
+    frame = bytes(Ether(**E) / IP(dst="10.0.0.2") / UDP())
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3})
+    assert dpif.format_actions(tr.actions) == "2"
+    assert not any(tr.wc[f] for f in PIPELINE_FIELDS)
+    assert "reg0" not in tr.megaflow().format() and "metadata" not in tr.megaflow().format()
+
+
+def test_move_consults_the_bits_it_copies() -> None:
+    t = tables("ip,actions=move:NXM_OF_IP_SRC[0..7]->NXM_NX_REG0[0..7],resubmit(,1)",
+               "table=1,reg0=0x1/0xff,actions=output:2", "table=1,priority=0,actions=output:3")
+    a, _ = run(t, bytes(Ether(**E) / IP(src="10.0.0.1") / UDP()))
+    b, _ = run(t, bytes(Ether(**E) / IP(src="10.0.0.9") / UDP()))
+    assert (a, b) == ("2", "3")
+    tr = translate(t, flow_of(parse(bytes(Ether(**E) / IP(src="10.0.0.1") / UDP()), 1)), {1, 2, 3})
+    assert tr.wc["nw_src"] == 0xFF
+
+
+def test_pop_mpls_recirculates_and_matches_the_inner_packet() -> None:
+    t = tables("table=0,dl_type=0x8847,actions=pop_mpls:0x0800,goto_table:1",
+               "table=1,ip,nw_dst=10.0.0.2,actions=output:2", "table=1,priority=0,actions=output:3")
+    inner = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2)
+    frame = bytes(Ether(**E) / MPLS(label=100, s=1, ttl=64) / inner)
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3}, packet=frame)
+    assert tr.recirc and tr.slow_path
+    acts, out = run(t, frame)
+    assert acts == "pop_mpls(eth_type=0x800),2"
+    assert out == bytes(Ether(**E) / inner)
+    other = bytes(Ether(**E) / MPLS(label=100, s=1) / IP(src="10.0.0.1", dst="10.0.0.3") / TCP())
+    assert run(t, other)[0] == "pop_mpls(eth_type=0x800),3"
+
+
+def test_push_and_set_mpls() -> None:
+    t = tables("ip,actions=push_mpls:0x8847,set_field:100->mpls_label,dec_mpls_ttl,output:2")
+    acts, out = run(t, bytes(Ether(**E) / IP(tos=0x60, ttl=9) / UDP()))
+    assert out is not None
+    got = Ether(out)
+    assert got.type == 0x8847 and got[MPLS].label == 100 and got[MPLS].ttl == 8 and got[MPLS].cos == 3
+    assert got[MPLS].s == 1 and got[IP].ttl == 9
+
+
+def test_mpls_match_in_the_megaflow() -> None:
+    t = tables("dl_type=0x8847,mpls_label=100,actions=output:2", "priority=0,actions=output:3")
+    frame = bytes(Ether(**E) / MPLS(label=100, cos=5, ttl=3) / IP())
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3})
+    assert dpif.format_actions(tr.actions) == "2"
+    assert tr.wc["mpls_lse"] == 0xFFFFF000
+
+
+@pytest.mark.parametrize(("rule", "pkt", "check"), [
+    ("ip,actions=set_field:3->ip_ecn,output:2", Ether(**E) / IP(tos=0x20) / UDP(),
+     lambda p: p[IP].tos == 0x23),
+    ("ip,actions=mod_nw_ttl:7,output:2", Ether(**E) / IP(ttl=64) / UDP(), lambda p: p[IP].ttl == 7),
+    ("icmp,actions=set_field:0->icmpv4_type,output:2", Ether(**E) / IP() / ICMP(type=8), lambda p: p[ICMP].type == 0),
+    ("icmp6,actions=set_field:129->icmpv6_type,output:2", Ether(**E) / IPv6() / ICMPv6EchoRequest(),
+     lambda p: p[IPv6].payload.type == 129),
+    ("sctp,actions=set_field:6789->sctp_dst,output:2", Ether(**E) / IP() / SCTP(sport=1, dport=2),
+     lambda p: p[SCTP].dport == 6789),
+    ("arp,actions=set_field:2->arp_op,set_field:10.9.9.9->arp_spa,set_field:aa:aa:aa:aa:aa:aa->arp_tha,output:2",
+     Ether(**E) / ARP(op=1),
+     lambda p: p[ARP].op == 2 and p[ARP].psrc == "10.9.9.9" and p[ARP].hwdst == "aa:aa:aa:aa:aa:aa"),
+    ("ipv6,actions=set_field:203->ipv6_flabel,output:2", Ether(**E) / IPv6(fl=100) / UDP(),
+     lambda p: p[IPv6].fl == 203),
+])
+def test_user_space_rewrites_keep_checksums_right(rule: str, pkt, check) -> None:  # type: ignore[no-untyped-def]
+    acts, out = run(tables(rule), bytes(pkt))
+    assert out is not None, acts
+    got = Ether(out)
+    assert check(got), got.show(dump=True)
+    again = Ether(out)
+    for layer in (IP, ICMP, UDP, SCTP):
+        if layer in again and hasattr(again[layer], "chksum"):
+            want = again[layer].chksum
+            del again[layer].chksum
+            assert Ether(bytes(again))[layer].chksum == want, f"{layer.__name__} checksum"
+    if IPv6 in got and got[IPv6].payload.name.startswith("ICMPv6"):
+        want = got[IPv6].payload.cksum
+        del again[IPv6].payload.cksum
+        assert Ether(bytes(again))[IPv6].payload.cksum == want
+
+
+def test_crc32c_known_value() -> None:
+    assert crc32c(b"123456789") == 0xE3069283
