@@ -6,7 +6,7 @@
 
 #include "dp_consts.h"
 
-/* The flow key: every field a flow can match on. Defined here once. 88 bytes, no implicit padding. */
+/* The flow key: every field a flow can match on. Defined here once. 104 bytes, no implicit padding. */
 struct flow_key {
     __u32 in_port;      /* host order: datapath port number */
     __be16 vlan_tci;    /* network order: the 802.1Q TCI | VLAN_CFI when tagged, else 0 */
@@ -24,12 +24,13 @@ struct flow_key {
     __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
     __u8 arp_sha[6];
     __u8 arp_tha[6];
-    __u8 pad[2];        /* always zero */
+    __be16 ipv6_exthdr; /* network order: OpenFlow's IPv6 extension header flags (OFPIEH_*, 9 bits) */
     __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label (20 bits) */
     __u8 ipv6_src[16];
     __u8 ipv6_dst[16];
+    __u8 nd_target[16]; /* IPv6 neighbor discovery's target (its link-layer options go to arp_sha/arp_tha) */
 };
-_Static_assert(sizeof(struct flow_key) == 88, "flow_key layout changed: update ctl/flowkey.py");
+_Static_assert(sizeof(struct flow_key) == 104, "flow_key layout changed: update ctl/flowkey.py");
 #define FLOW_KEY_WORDS (sizeof(struct flow_key) / 8)
 
 /* A megaflow's key in mf_flows: the subtable (mask id) and the masked flow key. */
@@ -38,7 +39,7 @@ struct mf_key {
     __u32 pad;          /* always zero */
     struct flow_key key;
 };
-_Static_assert(sizeof(struct mf_key) == 96, "mf_key layout changed");
+_Static_assert(sizeof(struct mf_key) == 112, "mf_key layout changed");
 
 /* Datapath actions. Modifications come first; a megaflow ends in at most one terminal action
  * (output, group, flood, upcall, drop); no terminal action means drop. Never renumber. */

@@ -11,7 +11,13 @@
  *    and L4 is parsed only if it stopped on a non-extension header;
  *  - later fragments have no L4 fields; a truncated L4 header leaves them zero;
  *  - MPLS (0x8847, 0x8848): the top label stack entry goes to label, nothing past it is parsed (as OVS: the
- *    payload's type is not in the packet); IPv6's flow label goes to label too. */
+ *    payload's type is not in the packet); IPv6's flow label goes to label too;
+ *  - ipv6_exthdr: OpenFlow's flags for the extension headers walked (HOP 64, DEST 8, ROUTER 32, FRAG 16,
+ *    AUTH 4), ESP 2 and NONEXT 1 for where the walk stopped, UNREP 128 for a repeat (DEST may come twice),
+ *    UNSEQ 256 for one out of RFC 8200's order;
+ *  - neighbor discovery (ICMPv6 135/136, code 0): the target, then up to DP_ND_MAX_OPTS options within the
+ *    IPv6 payload as OVS reads them: source and target link-layer addresses (length 1) to arp_sha and
+ *    arp_tha; a zero-length or overlong option, or a second of either address, voids all three. */
 #ifndef XDPSWITCH_PARSER_H
 #define XDPSWITCH_PARSER_H
 
@@ -87,6 +93,50 @@ static __always_inline void parse_ipv4(void *data, void *end, __u32 off, struct 
     parse_l4(data, end, off + ihl, ip->protocol, 0, key, lay);
 }
 
+/* The ND target and link-layer options of an ICMPv6 NS/NA at off (its ICMPv6 header), within pend. */
+static __always_inline void parse_nd(void *data, void *end, void *pend, __u32 off, struct flow_key *key)
+{
+    __u8 *p = data + (off & PKT_OFF_MASK);
+    if ((void *)(p + 24) > end || (void *)(p + 24) > pend)
+        return;
+    __builtin_memcpy(key->nd_target, p + 8, 16);
+    off += 24;
+    for (int i = 0; i < DP_ND_MAX_OPTS; i++) {
+        __u8 *o = data + (off & PKT_OFF_MASK);
+        if ((void *)(o + 8) > end || (void *)(o + 8) > pend)
+            return;
+        __u32 len = o[1] * 8;
+        if (!len || (void *)o + len > pend)
+            goto invalid;
+        if (len == 8 && (o[0] == 1 || o[0] == 2)) {
+            __u8 *lla = o[0] == 1 ? key->arp_sha : key->arp_tha;
+            if (lla[0] | lla[1] | lla[2] | lla[3] | lla[4] | lla[5])
+                goto invalid;
+            __builtin_memcpy(lla, o + 2, 6);
+        }
+        off += len;
+    }
+    return;
+invalid:
+    __builtin_memset(key->nd_target, 0, 16);
+    __builtin_memset(key->arp_sha, 0, 6);
+    __builtin_memset(key->arp_tha, 0, 6);
+}
+
+/* OpenFlow's flag and RFC 8200's rank of an extension header (rank 0: not one we walk) */
+static __always_inline __u16 exthdr_flag(__u8 nh, __u16 seen, __u8 *rank)
+{
+    switch (nh) {
+    case 0: *rank = 1; return 64;
+    case 60: *rank = (seen & 32) ? 7 : 2; return 8;
+    case 43: *rank = 3; return 32;
+    case 44: *rank = 4; return 16;
+    case 51: *rank = 5; return 4;
+    }
+    *rank = 0;
+    return 0;
+}
+
 static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct flow_key *key,
                                        struct pkt_layout *lay)
 {
@@ -102,14 +152,25 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
     key->nw_ttl = ip6->hop_limit;
 
     __u8 nh = ip6->nexthdr;
+    void *pend = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
     off += sizeof(*ip6);
     int done = 0;
+    __u16 eh = 0, dests = 0;
+    __u8 last = 0;
     for (int i = 0; i < DP_IPV6_MAX_EXT; i++) {
         __u8 *h = data + (off & PKT_OFF_MASK);
         if (nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44) {
             done = 1;
             break;
         }
+        __u8 rank;
+        __u16 flag = exthdr_flag(nh, eh, &rank);
+        if (nh == 60 ? ++dests > 2 : (eh & flag) != 0)
+            eh |= 128;
+        if (rank < last || (nh == 0 && i))
+            eh |= 256;
+        eh |= flag;
+        last = rank;
         if ((void *)(h + 8) > end)
             break;
         if (nh == 44) {
@@ -119,6 +180,7 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
             if (offlg & bpf_htons(0xfff8)) {
                 key->nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER;
                 key->nw_proto = nh;
+                key->ipv6_exthdr = bpf_htons(eh);
                 return;
             }
             if (offlg & bpf_htons(0x0001))
@@ -133,9 +195,18 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
         /* the walk may have ended exactly on a non-extension header */
         done = nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44;
     }
+    if (done && nh == 50)
+        eh |= last > 6 ? 256 | 2 : 2;
+    else if (done && nh == 59)
+        eh |= 1;
+    key->ipv6_exthdr = bpf_htons(eh);
     key->nw_proto = nh;
-    if (done)
+    if (done) {
         parse_l4(data, end, off, nh, 1, key, lay);
+        if (nh == IPPROTO_ICMPV6_ && lay->l4_off && key->tp_dst == 0 &&
+            (key->tp_src == bpf_htons(135) || key->tp_src == bpf_htons(136)))
+            parse_nd(data, end, pend, off, key);
+    }
 }
 
 /* Fill key (which the caller has zeroed but for in_port) and lay from the packet. */

@@ -293,7 +293,7 @@ class DpSetField:
 
 
 USER_SET_FIELDS = ("ecn", "sctp_src", "sctp_dst", "icmp_type", "icmp_code", "arp_op", "arp_spa", "arp_tpa",
-                   "arp_sha", "arp_tha", "ipv6_label", "nw_ttl")
+                   "arp_sha", "arp_tha", "ipv6_label", "nw_ttl", "nd_target", "nd_sll", "nd_tll")
 
 
 Action = (

@@ -180,6 +180,27 @@ def _icmp_checksum(p: _Pkt) -> None:
     p.put16(p.l4 + 2, ~_ones_sum(pseudo + bytes(b[p.l4: end])) & 0xFFFF)
 
 
+def _set_nd(p: _Pkt, name: str, v: int) -> int:
+    """Neighbor discovery's target, or the address in its first source/target link-layer option."""
+    b = p.b
+    if not p.l4 or p.proto != 58 or p.dl_type != 0x86DD or len(b) < p.l4 + 24:
+        return DropReason.BAD_ACTION
+    if name == "nd_target":
+        b[p.l4 + 8: p.l4 + 24] = v.to_bytes(16, "big")
+    else:
+        want, off, end = (1 if name == "nd_sll" else 2), p.l4 + 24, p.l3 + 40 + p.u16(p.l3 + 4)
+        while off + 8 <= min(end, len(b)) and b[off + 1]:
+            if b[off] == want and b[off + 1] == 1:
+                b[off + 2: off + 8] = v.to_bytes(6, "big")
+                break
+            off += b[off + 1] * 8
+        else:
+            return DropReason.BAD_ACTION
+    _icmp_checksum(p)
+    p.layout()
+    return 0
+
+
 def _set_field(p: _Pkt, a: dpif.DpSetField) -> int:
     """The rewrites only user space does, with their checksums (SCTP's CRC32c is computed again whole)."""
     b, n, v = p.b, a.name, a.value
@@ -212,11 +233,17 @@ def _set_field(p: _Pkt, a: dpif.DpSetField) -> int:
     elif n in ("sctp_src", "sctp_dst"):
         if not p.l4 or p.proto != 132:
             return DropReason.BAD_ACTION
-        p.put16(p.l4 + (0 if n == "sctp_src" else 2), v)
-        # the CRC covers the SCTP packet, which ends where the IP length says (not at the frame's padding)
+        # the CRC covers the SCTP packet, which ends where the IP length says (not at the frame's padding). As
+        # OVS's packet_set_sctp_port: new = old ^ crc(before) ^ crc(after), so a wrong checksum stays wrong
         end = p.l3 + p.u16(p.l3 + 2) if p.dl_type == 0x0800 else p.l3 + 40 + p.u16(p.l3 + 4)
+        old = int.from_bytes(b[p.l4 + 8: p.l4 + 12], "little")
         b[p.l4 + 8: p.l4 + 12] = b"\0\0\0\0"
-        b[p.l4 + 8: p.l4 + 12] = crc32c(bytes(b[p.l4: end])).to_bytes(4, "little")
+        before = crc32c(bytes(b[p.l4: end]))
+        p.put16(p.l4 + (0 if n == "sctp_src" else 2), v)
+        after = crc32c(bytes(b[p.l4: end]))
+        b[p.l4 + 8: p.l4 + 12] = (old ^ before ^ after).to_bytes(4, "little")
+    elif n.startswith("nd_"):
+        return _set_nd(p, n, v)
     elif n.startswith("arp_"):
         if p.dl_type != 0x0806 or len(b) < (18 if p.tagged else 14) + 28:
             return DropReason.BAD_ACTION

@@ -19,10 +19,11 @@ The C header is the source of truth::
         __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
         __u8 arp_sha[6];
         __u8 arp_tha[6];
-        __u8 pad[2];        /* always zero */
+        __be16 ipv6_exthdr; /* network order: OpenFlow's IPv6 extension header flags (OFPIEH_*) */
         __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label */
         __u8 ipv6_src[16];
         __u8 ipv6_dst[16];
+        __u8 nd_target[16]; /* IPv6 neighbor discovery's target */
     };
 
 Multi-byte fields other than ``in_port`` hold network-order bytes; the ctypes mirror declares them as
@@ -44,6 +45,9 @@ VLAN_CFI = 0x1000
 FLOW_NW_FRAG_ANY = 1
 FLOW_NW_FRAG_LATER = 2
 IPV6_MAX_EXT = 4  # DP_IPV6_MAX_EXT
+ND_MAX_OPTS = 4  # DP_ND_MAX_OPTS
+# OpenFlow's ipv6_exthdr flag and RFC 8200's rank of each extension header walked (DEST: 2, or 7 after ROUTING)
+_EXTHDR = {0: (64, 1), 60: (8, 2), 43: (32, 3), 44: (16, 4), 51: (4, 5)}
 IPV6_EXT_HEADERS = (0, 43, 60, 51, 44)
 
 ETH_P_8021Q = 0x8100
@@ -54,7 +58,7 @@ ETH_P_MPLS = (0x8847, 0x8848)
 
 
 class FlowKey(ctypes.BigEndianStructure):
-    """ctypes mirror of ``struct flow_key`` (88 bytes).
+    """ctypes mirror of ``struct flow_key`` (104 bytes).
 
     ``in_port`` is host order in C; it is declared little-endian here via ``in_port_le`` and exposed as
     the ``in_port`` property, so every other field reads as a plain integer."""
@@ -77,10 +81,11 @@ class FlowKey(ctypes.BigEndianStructure):
         ("tcp_flags", ctypes.c_uint16),
         ("arp_sha", ctypes.c_uint8 * 6),
         ("arp_tha", ctypes.c_uint8 * 6),
-        ("pad", ctypes.c_uint8 * 2),
+        ("ipv6_exthdr", ctypes.c_uint16),
         ("label", ctypes.c_uint32),
         ("ipv6_src", ctypes.c_uint8 * 16),
         ("ipv6_dst", ctypes.c_uint8 * 16),
+        ("nd_target", ctypes.c_uint8 * 16),
     ]
 
     @property
@@ -120,7 +125,7 @@ class FlowKey(ctypes.BigEndianStructure):
 
 
 _KEY = struct.Struct("<I")
-_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s2sI16s16s")
+_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6sHI16s16s16s")
 _NAMES = tuple(f[0] for f in FlowKey._fields_[1:])
 
 
@@ -131,7 +136,7 @@ def _fields_of(raw: bytes) -> dict[str, int | bytes]:
 
 
 FLOW_KEY_SIZE = FLOW_KEY_BYTES = ctypes.sizeof(FlowKey)
-assert FLOW_KEY_SIZE == 88
+assert FLOW_KEY_SIZE == 104
 FIELD_NAMES = ["in_port"] + [f[0] for f in FlowKey._fields_[1:] if f[0] != "pad"]
 
 
@@ -225,12 +230,25 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
     key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
     key.nw_ttl = p[off + 7]
     nh = p[off + 6]
+    pend = off + 40 + struct.unpack_from("!H", p, off + 4)[0]
     off += 40
     done = False
-    for _ in range(IPV6_MAX_EXT):
+    eh = dests = last = 0
+    for i in range(IPV6_MAX_EXT):
         if nh not in IPV6_EXT_HEADERS:
             done = True
             break
+        flag, rank = _EXTHDR[nh]
+        if nh == 60 and eh & 32:
+            rank = 7
+        if nh == 60:
+            dests += 1
+        if (dests > 2) if nh == 60 else bool(eh & flag):
+            eh |= 128
+        if rank < last or (nh == 0 and i):
+            eh |= 256
+        eh |= flag
+        last = rank
         if len(p) - off < 8:
             break
         if nh == 44:
@@ -240,6 +258,7 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
             if offlg & 0xFFF8:
                 key.nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER
                 key.nw_proto = nh
+                key.ipv6_exthdr = eh
                 return l3, 0
             if offlg & 0x0001:
                 key.nw_frag = FLOW_NW_FRAG_ANY
@@ -249,8 +268,42 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
             off += length
     if not done:
         done = nh not in IPV6_EXT_HEADERS
+    if done and nh == 50:
+        eh |= 256 | 2 if last > 6 else 2
+    elif done and nh == 59:
+        eh |= 1
+    key.ipv6_exthdr = eh
     key.nw_proto = nh
-    return l3, (_parse_l4(p, off, nh, True, key) if done else 0)
+    l4 = _parse_l4(p, off, nh, True, key) if done else 0
+    if l4 and nh == 58 and key.tp_dst == 0 and key.tp_src in (135, 136):
+        _parse_nd(p, off, pend, key)
+    return l3, l4
+
+
+def _parse_nd(p: bytes, off: int, pend: int, key: FlowKey) -> None:
+    """Neighbor discovery's target and link-layer address options, as xdp/parser.h parse_nd()."""
+    if off + 24 > len(p) or off + 24 > pend:
+        return
+    key.nd_target[:] = list(p[off + 8: off + 24])
+    off += 24
+    for _ in range(ND_MAX_OPTS):
+        if off + 8 > len(p) or off + 8 > pend:
+            return
+        length = p[off + 1] * 8
+        if not length or off + length > pend:
+            key.nd_target[:] = [0] * 16
+            key.arp_sha[:] = [0] * 6
+            key.arp_tha[:] = [0] * 6
+            return
+        if length == 8 and p[off] in (1, 2):
+            lla = key.arp_sha if p[off] == 1 else key.arp_tha
+            if any(lla):
+                key.nd_target[:] = [0] * 16
+                key.arp_sha[:] = [0] * 6
+                key.arp_tha[:] = [0] * 6
+                return
+            lla[:] = list(p[off + 2: off + 8])
+        off += length
 
 
 def parse(frame: bytes, in_port: int = 0) -> FlowKey:
@@ -459,6 +512,8 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
                if shown(name)]
     if dl_type == ETH_P_IPV6 and shown("label"):
         l3.append(field("label=", "label", "hex", 0x000FFFFF))
+    if dl_type == ETH_P_IPV6 and shown("ipv6_exthdr"):
+        l3.append(field("exthdr=", "ipv6_exthdr", "hex", 0x1FF))
     l3 += [field(f"{label}=", name, "hex" if label == "tos" else "", 0xFF)
            for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag"))
            if shown(name)]
@@ -472,6 +527,11 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
         plan.append((f"{l4name}(", l4, ")"))
     if shown("tcp_flags"):
         plan.append(("tcp_flags(", [field("", "tcp_flags", "hex", 0x0FFF)], ")"))
+    if dl_type == ETH_P_IPV6:
+        nd = [field(f"{label}=", name, kind, 0) for label, name, kind in
+              (("target", "nd_target", "ip6"), ("sll", "arp_sha", "mac"), ("tll", "arp_tha", "mac")) if shown(name)]
+        if nd:
+            plan.append(("nd(", nd, ")"))
     return plan
 
 
@@ -535,6 +595,8 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
                 l3.append(f"{label}={part(name, 'ip6', 0)}")
         if shown("label"):
             l3.append(f"label={part('label', 'hex', 0x000FFFFF)}")
+        if shown("ipv6_exthdr"):
+            l3.append(f"exthdr={part('ipv6_exthdr', 'hex', 0x1FF)}")
     for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag")):
         if shown(name):
             value = part(name, "hex" if label in ("tos",) else "", 0xFF)
@@ -552,6 +614,11 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
         out.append(f"{l4name}({','.join(l4)})")
     if shown("tcp_flags"):
         out.append(f"tcp_flags({part('tcp_flags', 'hex', 0x0FFF)})")
+    if dl_type == ETH_P_IPV6:
+        nd = [f"{label}={part(name, kind, 0)}" for label, name, kind in
+              (("target", "nd_target", "ip6"), ("sll", "arp_sha", "mac"), ("tll", "arp_tha", "mac")) if shown(name)]
+        if nd:
+            out.append(f"nd({','.join(nd)})")
     return ",".join(out)
 
 
@@ -559,7 +626,7 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
 
 _MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "arp_tha"}
 _IP4_FIELDS = {"nw_src", "nw_dst"}
-_IP6_FIELDS = {"ipv6_src", "ipv6_dst"}
+_IP6_FIELDS = {"ipv6_src", "ipv6_dst", "nd_target"}
 
 
 def build(**fields: int | str | bytes) -> FlowKey:

@@ -237,7 +237,8 @@ SUBFIELDS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
     "NXM_OF_ARP_SPA": ("nw_src", 32, (0, 16, 4)), "NXM_OF_ARP_TPA": ("nw_dst", 32, (0, 17, 4)),
     "NXM_NX_ARP_SHA": ("arp_sha", 48, (1, 17, 6)), "NXM_NX_ARP_THA": ("arp_tha", 48, (1, 18, 6)),
     "NXM_NX_IPV6_SRC": ("ipv6_src", 128, (1, 19, 16)), "NXM_NX_IPV6_DST": ("ipv6_dst", 128, (1, 20, 16)),
-    "NXM_NX_IP_TTL": ("nw_ttl", 8, (1, 29, 1)),
+    "NXM_NX_IP_TTL": ("nw_ttl", 8, (1, 29, 1)), "NXM_NX_ND_TARGET": ("nd_target", 128, (1, 23, 16)),
+    "NXM_NX_ND_SLL": ("arp_sha", 48, (1, 24, 6)), "NXM_NX_ND_TLL": ("arp_tha", 48, (1, 25, 6)),
     "OXM_OF_METADATA": ("metadata", 64, (0x8000, 2, 8)), "NXM_NX_TUN_ID": ("tun_id", 64, (1, 16, 8)),
     **{f"NXM_NX_REG{i}": (f"reg{i}", 32, (1, i, 4)) for i in range(16)},
 }
@@ -255,7 +256,7 @@ SUBFIELD_ALIASES = {
 }
 # what load, move and set_field may write: the pipeline fields and the packet fields the datapath can rewrite
 WRITABLE = {"dl_src", "dl_dst", "vlan_tci", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
-            "mpls_lse", "arp_sha", "arp_tha", "nw_ttl", *PIPELINE_FIELDS}
+            "mpls_lse", "arp_sha", "arp_tha", "nw_ttl", "nd_target", *PIPELINE_FIELDS}
 
 # set_field targets: name -> (flow-key field, kind)
 SET_FIELDS = {
@@ -275,6 +276,8 @@ SET_FIELDS = {
     "icmpv6_code": ("tp_dst", "icmp"), "arp_op": ("nw_proto", "arp_op"), "arp_spa": ("nw_src", "ip4"),
     "arp_tpa": ("nw_dst", "ip4"), "arp_sha": ("arp_sha", "mac"), "arp_tha": ("arp_tha", "mac"),
     "ipv6_label": ("ipv6_label", "label"), "ipv6_flabel": ("ipv6_label", "label"), "nw_ttl": ("nw_ttl", "ttl"),
+    "nd_target": ("nd_target", "ip6"), "ipv6_nd_target": ("nd_target", "ip6"), "nd_sll": ("arp_sha", "mac"),
+    "ipv6_nd_sll": ("arp_sha", "mac"), "nd_tll": ("arp_tha", "mac"), "ipv6_nd_tll": ("arp_tha", "mac"),
     "mpls_label": ("mpls_lse", "mpls_label"), "mpls_tc": ("mpls_lse", "mpls_tc"),
 }
 MPLS_SET = {"mpls_label": (12, 20), "mpls_tc": (9, 3)}

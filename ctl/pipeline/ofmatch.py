@@ -25,6 +25,7 @@ FIELD_BITS: dict[str, int] = {
     "in_port": 32, "vlan_tci": 16, "dl_type": 16, "dl_dst": 48, "dl_src": 48, "nw_src": 32, "nw_dst": 32,
     "nw_proto": 8, "nw_tos": 8, "nw_ttl": 8, "nw_frag": 8, "tp_src": 16, "tp_dst": 16, "tcp_flags": 16,
     "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "mpls_lse": 32, "ipv6_label": 32,
+    "ipv6_exthdr": 16, "nd_target": 128,
 }
 # mpls_lse and ipv6_label share the key's label word: the Ethernet type (always in a megaflow) tells which
 LABEL_FIELDS = ("mpls_lse", "ipv6_label")
@@ -44,8 +45,9 @@ OFPP_MAX = 0xFF00  # ports above are reserved numbers
 STAGES: tuple[tuple[str, ...], ...] = (
     ("in_port", *PIPELINE_FIELDS),
     ("vlan_tci", "dl_type", "dl_dst", "dl_src", "mpls_lse"),
-    ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "ipv6_label", "nw_proto", "nw_tos", "nw_ttl", "nw_frag"),
-    ("arp_sha", "arp_tha", "tcp_flags", "tp_src", "tp_dst"),
+    ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "ipv6_label", "ipv6_exthdr", "nw_proto", "nw_tos", "nw_ttl",
+     "nw_frag"),
+    ("nd_target", "arp_sha", "arp_tha", "tcp_flags", "tp_src", "tp_dst"),
 )
 assert sorted(f for s in STAGES for f in s) == sorted(FIELD_BITS), "every field belongs to one stage"
 
@@ -77,9 +79,10 @@ class FlowSyntaxError(ValueError):
 
 
 # struct flow_key after in_port (host order), every field big-endian; wide fields come out as bytes
-_KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6s2xI16s16s")
+_KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6sHI16s16s16s")
 _BODY_FIELDS = ("vlan_tci", "dl_type", "dl_dst", "dl_src", "nw_src", "nw_dst", "nw_proto", "nw_tos", "nw_ttl",
-                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "label", "ipv6_src", "ipv6_dst")
+                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "ipv6_exthdr", "label", "ipv6_src",
+                "ipv6_dst", "nd_target")
 _WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if f != "label" and FIELD_BITS[f] > 32}
 
 
@@ -274,6 +277,7 @@ class FieldSpec:
     kind: str            # int, mac, ip4, ip6, tcp_flags, vlan, pcp, dscp, ecn, frag
     dl_types: tuple[int, ...] = ()       # prerequisite: one of these dl_types
     protos: tuple[int, ...] = ()         # prerequisite: one of these nw_protos
+    icmp_types: tuple[int, ...] = ()     # prerequisite: one of these ICMPv6 types, code 0 (neighbor discovery)
 
 
 def _specs() -> dict[str, FieldSpec]:
@@ -314,6 +318,10 @@ def _specs() -> dict[str, FieldSpec]:
         FieldSpec("ipv6_src", "ipv6_src", "ip6", (ETH_P_IPV6,)),
         FieldSpec("ipv6_dst", "ipv6_dst", "ip6", (ETH_P_IPV6,)),
         FieldSpec("ipv6_label", "ipv6_label", "label", (ETH_P_IPV6,)),
+        FieldSpec("ipv6_exthdr", "ipv6_exthdr", "exthdr", (ETH_P_IPV6,)),
+        FieldSpec("nd_target", "nd_target", "ip6", (ETH_P_IPV6,), (IPPROTO_ICMPV6,), (135, 136)),
+        FieldSpec("nd_sll", "arp_sha", "mac", (ETH_P_IPV6,), (IPPROTO_ICMPV6,), (135,)),
+        FieldSpec("nd_tll", "arp_tha", "mac", (ETH_P_IPV6,), (IPPROTO_ICMPV6,), (136,)),
         FieldSpec("mpls_label", "mpls_lse", "mpls_label", ETH_P_MPLS),
         FieldSpec("mpls_tc", "mpls_lse", "mpls_tc", ETH_P_MPLS),
         FieldSpec("mpls_bos", "mpls_lse", "mpls_bos", ETH_P_MPLS),
@@ -372,6 +380,8 @@ def parse_field_value(spec: FieldSpec, text: str) -> tuple[int, int]:
         return parse_int(text, 2, spec.name), 0x03
     if k == "label":
         return parse_masked_int(text, 20, spec.name)
+    if k == "exthdr":
+        return parse_masked_int(text, 9, spec.name)
     if k in MPLS_PARTS:
         shift, bits = MPLS_PARTS[k]  # not maskable, as in OVS
         return parse_int(text, bits, spec.name) << shift, ((1 << bits) - 1) << shift
@@ -437,12 +447,16 @@ class Match:
 def check_prereqs(spec: FieldSpec, match: Match) -> str | None:
     """Why spec's prerequisites are not met by match, or None."""
     if spec.dl_types and match.value("dl_type") not in spec.dl_types:
-        need = "/".join({ETH_P_IP: "ip", ETH_P_IPV6: "ipv6", ETH_P_ARP: "arp"}[t] for t in spec.dl_types)
+        need = "/".join({ETH_P_IP: "ip", ETH_P_IPV6: "ipv6", ETH_P_ARP: "arp"}.get(t, "mpls") for t in spec.dl_types)
         return f"{spec.name} needs {need} (dl_type={'/'.join(f'{t:#06x}' for t in spec.dl_types)}) in the match"
     if spec.protos and match.value("nw_proto") not in spec.protos:
         names = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_SCTP: "sctp", IPPROTO_ICMP: "icmp",
                  IPPROTO_ICMPV6: "icmp6"}
         return f"{spec.name} needs {'/'.join(names[p] for p in spec.protos)} in the match"
+    if spec.icmp_types:
+        (tv, tm), (cv, _cm) = match.fields.get("tp_src", (0, 0)), match.fields.get("tp_dst", (0, 0))
+        if tm & 0xFF != 0xFF or tv not in spec.icmp_types or cv:  # as OVS: the code is 0, or not matched
+            return f"{spec.name} needs icmp_type={'/'.join(map(str, spec.icmp_types))} (and code 0) in the match"
     return None
 
 
@@ -565,12 +579,17 @@ def format_match(match: Match, priority: int | None = None) -> str:
     if "ipv6_label" in f:
         v, m = f.pop("ipv6_label")
         out.append(f"ipv6_label={v:#07x}" + ("" if m == 0xFFFFF else f"/{m:#07x}"))
+    if "ipv6_exthdr" in f:
+        v, m = f.pop("ipv6_exthdr")
+        out.append(f"ipv6_exthdr={v:#x}" + ("" if m == 0x1FF else f"/{m:#x}"))
     if "nw_proto" in f:
         v, m = f.pop("nw_proto")
         out.append(f"{'arp_op' if arp else 'nw_proto'}={_fmt_int(v, m, 0xFF)}")
-    for name in ("arp_sha", "arp_tha"):
+    if "nd_target" in f:
+        out.append(f"nd_target={_fmt_ip(*f.pop('nd_target'), 128)}")
+    for name, nd in (("arp_sha", "nd_sll"), ("arp_tha", "nd_tll")):
         if name in f:
-            out.append(f"{name}={_fmt_mac(*f.pop(name))}")
+            out.append(f"{nd if dl_type == ETH_P_IPV6 else name}={_fmt_mac(*f.pop(name))}")
     if "nw_tos" in f:
         v, m = f.pop("nw_tos")
         if m & 0xFC:
@@ -623,6 +642,11 @@ def format_flow(flow: Flow) -> str:
             m.fields["tp_dst"] = (flow["tp_dst"] & 0xFF, 0xFF)
         if flow["nw_proto"] == IPPROTO_TCP:
             m.fields["tcp_flags"] = (flow["tcp_flags"], 0x0FFF)
+        if dl_type == ETH_P_IPV6:
+            m.fields["ipv6_exthdr"] = (flow["ipv6_exthdr"], 0x1FF)
+            if flow["nw_proto"] == IPPROTO_ICMPV6 and flow["tp_src"] in (135, 136) and not flow["tp_dst"]:
+                for f in ("nd_target", "arp_sha", "arp_tha"):
+                    m.fields[f] = (flow[f], FULL[f])
     if not flow["vlan_tci"]:
         m.fields["vlan_tci"] = (0, 0xFFFF)
     return format_match(m)

@@ -268,12 +268,15 @@ class _Ctx:
             if is_mpls:
                 self.consult("mpls_lse", FULL["mpls_lse"])
                 lse = fl["mpls_lse"] & ~0x100        # a copy of the top entry, no longer the bottom of the stack
-            elif fl["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
-                self.consult("nw_tos", 0xE0)
-                self.consult("nw_ttl", 0xFF)
-                lse = (fl["nw_tos"] >> 5) << 9 | 0x100 | fl["nw_ttl"]
             else:
-                lse = 0x100 | 64
+                # as OVS's flow_push_mpls: explicit null (label 2 for IPv6), TC from the DSCP's low bits, the
+                # IP TTL (64 when zero or not IP)
+                label, tc, ttl = (2 if fl["dl_type"] == ETH_P_IPV6 else 0), 0, 64
+                if fl["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
+                    self.consult("nw_tos", 0xFC)
+                    self.consult("nw_ttl", 0xFF)
+                    tc, ttl = (fl["nw_tos"] >> 2) & 7, fl["nw_ttl"] or 64
+                lse = label << 12 | tc << 9 | 0x100 | ttl
             self.commit()
             self.actions.append(dpif.DpPushMpls(a.ethertype, lse))
             self.set("dl_type", a.ethertype, 0xFFFF)
@@ -390,7 +393,15 @@ class _Ctx:
             self.set(f, a.value, a.mask)
             return ""
         arp = a.name.startswith("arp_") or (a.load and "ARP" in a.name)
-        if arp or f in ("arp_sha", "arp_tha"):
+        nd = f == "nd_target" or "nd_" in a.name or (a.load and "_ND_" in a.name)
+        if nd:
+            self.consult("nw_proto", 0xFF)
+            self.consult("tp_src", 0xFF)
+            self.consult("tp_dst", 0xFF)
+            if dl_type != ETH_P_IPV6 or fl["nw_proto"] != IPPROTO_ICMPV6 or fl["tp_src"] not in (135, 136) \
+                    or fl["tp_dst"]:
+                return "skipped: not IPv6 neighbor discovery"
+        elif arp or f in ("arp_sha", "arp_tha"):
             if dl_type != ETH_P_ARP:
                 return "skipped: not ARP"
         elif f in ("nw_src", "nw_dst") and dl_type != ETH_P_IP:
@@ -441,7 +452,9 @@ class _Ctx:
                 out.append(dpif.DpSetField("arp_spa" if f == "nw_src" else "arp_tpa", fl[f]))
             elif f in dirty:
                 out.append(act4(str(ipaddress.IPv4Address(fl[f]))))
-        for f, name in (("nw_proto", "arp_op"), ("arp_sha", "arp_sha"), ("arp_tha", "arp_tha"),
+        v6 = fl["dl_type"] == ETH_P_IPV6
+        for f, name in (("nw_proto", "arp_op"), ("arp_sha", "nd_sll" if v6 else "arp_sha"),
+                        ("arp_tha", "nd_tll" if v6 else "arp_tha"), ("nd_target", "nd_target"),
                         ("ipv6_label", "ipv6_label"), ("nw_ttl", "nw_ttl")):
             if f in dirty:
                 out.append(dpif.DpSetField(name, fl[f]))
@@ -511,7 +524,7 @@ class _Ctx:
 
 # fields whose datapath set action writes every bit (the value comes from the working flow)
 _WHOLE_FIELD_SETS = ("dl_src", "dl_dst", "nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst", "mpls_lse",
-                     "nw_proto", "arp_sha", "arp_tha", "ipv6_label", "nw_ttl")
+                     "nw_proto", "arp_sha", "arp_tha", "ipv6_label", "nw_ttl", "nd_target")
 _FIELD_NEEDS = {"nw_src": (ETH_P_IP, 0x0806), "nw_dst": (ETH_P_IP, 0x0806), "ipv6_src": (ETH_P_IPV6,),
                 "ipv6_dst": (ETH_P_IPV6,), "nw_tos": (ETH_P_IP, ETH_P_IPV6), "nw_ttl": (ETH_P_IP, ETH_P_IPV6),
                 "nw_proto": (ETH_P_IP, ETH_P_IPV6, 0x0806), "tp_src": (ETH_P_IP, ETH_P_IPV6),

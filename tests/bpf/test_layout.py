@@ -20,14 +20,14 @@ def c_layout(ctype: type) -> dict[str, tuple[int, int]]:
 
 def test_flow_key_matches_compiled_c(bench: Bench) -> None:
     compiled = bench.dp.bpf["mf_masks"].Leaf
-    assert ctypes.sizeof(compiled) == ctypes.sizeof(FlowKey) == 88
+    assert ctypes.sizeof(compiled) == ctypes.sizeof(FlowKey) == 104
     assert c_layout(compiled) == field_layout()
 
 
 def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
     mf_key = bench.dp.bpf["mf_flows"].Key
-    assert ctypes.sizeof(mf_key) == len(dpif.mf_key_bytes(0, FlowKey())) == 96
-    assert c_layout(mf_key)["key"] == (8, 88)
+    assert ctypes.sizeof(mf_key) == len(dpif.mf_key_bytes(0, FlowKey())) == 112
+    assert c_layout(mf_key)["key"] == (8, 104)
     entry = bench.dp.bpf["mf_entries"].Leaf
     n = bench.dp.config.max_actions
     assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))

@@ -11,6 +11,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptSrcLLAddr,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -52,6 +57,17 @@ SAMPLES = [
     Ether(**E) / IPv6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrHopByHop() / IPv6ExtHdrHopByHop()
     / IPv6ExtHdrHopByHop() / UDP(),
     Ether(**E) / IPv6(nh=0) / b"\x11\x10",  # hop-by-hop header claiming 136 bytes
+    Ether(**E) / IPv6() / ICMPv6ND_NS(tgt="2001:db8::7") / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:09"),
+    Ether(**E) / IPv6() / ICMPv6ND_NA(tgt="2001:db8::8") / ICMPv6NDOptMTU()
+    / ICMPv6NDOptDstLLAddr(lladdr="0a:0b:0c:0d:0e:0f"),
+    Ether(**E) / IPv6() / ICMPv6ND_NS(tgt="::1") / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:09")
+    / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:0a"),  # a second source address voids the ND fields
+    Ether(**E) / IPv6() / ICMPv6ND_NS(tgt="::2") / (b"\x01\x00" + b"\0" * 6),  # a zero-length option
+    Ether(**E) / IPv6(plen=32) / ICMPv6ND_NA(tgt="::3") / ICMPv6NDOptDstLLAddr() / (b"\0" * 16),  # padding
+    Ether(**E) / IPv6() / IPv6ExtHdrRouting() / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / TCP(),
+    Ether(**E) / IPv6() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / UDP(),
+    Ether(**E) / IPv6(nh=50) / (b"esp" * 8),
+    Ether(**E) / IPv6(nh=59),
     Ether(**E) / MPLS(label=100, cos=3, s=1, ttl=64) / IP() / TCP(),
     Ether(**E) / MPLS(label=0xFFFFF, s=0, ttl=1) / MPLS(label=7, s=1) / IPv6() / UDP(),
     Ether(**E, type=0x8848) / MPLS(label=16) / (b"x" * 20),

@@ -17,12 +17,13 @@ C_LAYOUT = {
     "in_port": (0, 4), "vlan_tci": (4, 2), "dl_type": (6, 2), "dl_dst": (8, 6), "dl_src": (14, 6),
     "nw_src": (20, 4), "nw_dst": (24, 4), "nw_proto": (28, 1), "nw_tos": (29, 1), "nw_ttl": (30, 1),
     "nw_frag": (31, 1), "tp_src": (32, 2), "tp_dst": (34, 2), "tcp_flags": (36, 2), "arp_sha": (38, 6),
-    "arp_tha": (44, 6), "pad": (50, 2), "label": (52, 4), "ipv6_src": (56, 16), "ipv6_dst": (72, 16),
+    "arp_tha": (44, 6), "ipv6_exthdr": (50, 2), "label": (52, 4), "ipv6_src": (56, 16), "ipv6_dst": (72, 16),
+    "nd_target": (88, 16),
 }
 
 
 def test_layout_matches_the_c_header() -> None:
-    assert flowkey.FLOW_KEY_SIZE == 88
+    assert flowkey.FLOW_KEY_SIZE == 104
     assert flowkey.field_layout() == C_LAYOUT
 
 
@@ -75,7 +76,7 @@ def test_truncated_packets_stop_at_the_broken_layer(cut: int) -> None:
     full = bytes(Ether(**MACS) / IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2))
     k = parse(full[:cut])
     if cut < 14:
-        assert bytes(k)[4:] == bytes(84)
+        assert bytes(k)[4:] == bytes(100)
     elif cut < 14 + 28:  # IPv4 tot_len (28) no longer fits: L3 and L4 stay zero
         assert k.dl_type == 0x0800 and k.nw_src == 0 and k.tp_src == 0
 
@@ -112,8 +113,8 @@ def test_planned_formatting_matches_the_reference_on_random_keys_and_masks() -> 
 
     rnd = random.Random(7)
     for _ in range(3000):
-        key = FlowKey.from_bytes(bytes(rnd.getrandbits(8) for _ in range(88)))
-        mask = FlowKey.from_bytes(bytes(rnd.choice((0, 0, 0xFF, rnd.getrandbits(8))) for _ in range(88)))
+        key = FlowKey.from_bytes(bytes(rnd.getrandbits(8) for _ in range(104)))
+        mask = FlowKey.from_bytes(bytes(rnd.choice((0, 0, 0xFF, rnd.getrandbits(8))) for _ in range(104)))
         key.dl_type = rnd.choice((0x0800, 0x86DD, 0x0806, 0x05FF, rnd.getrandbits(16)))
         key.nw_proto = rnd.choice((1, 6, 17, 58, 132, rnd.getrandbits(8)))
         key.nw_frag = rnd.choice((0, 1, 3, 2))

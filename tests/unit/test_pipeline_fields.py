@@ -114,7 +114,7 @@ def test_pop_mpls_recirculates_and_matches_the_inner_packet() -> None:
 
 def test_push_and_set_mpls() -> None:
     t = tables("ip,actions=push_mpls:0x8847,set_field:100->mpls_label,dec_mpls_ttl,output:2")
-    acts, out = run(t, bytes(Ether(**E) / IP(tos=0x60, ttl=9) / UDP()))
+    acts, out = run(t, bytes(Ether(**E) / IP(tos=0x0C, ttl=9) / UDP()))  # DSCP 3: TC 3, as OVS
     assert out is not None
     got = Ether(out)
     assert got.type == 0x8847 and got[MPLS].label == 100 and got[MPLS].ttl == 8 and got[MPLS].cos == 3

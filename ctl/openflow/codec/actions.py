@@ -237,11 +237,13 @@ SET_FIELD_OXM = {3: "eth_dst", 4: "eth_src", 6: "vlan_vid", 7: "vlan_pcp", 8: "i
                  13: "tcp_src", 14: "tcp_dst", 15: "udp_src", 16: "udp_dst", 26: "ipv6_src", 27: "ipv6_dst",
                  34: "mpls_label", 35: "mpls_tc", 9: "ip_ecn", 17: "sctp_src", 18: "sctp_dst", 19: "icmpv4_type",
                  20: "icmpv4_code", 21: "arp_op", 22: "arp_spa", 23: "arp_tpa", 24: "arp_sha", 25: "arp_tha",
-                 28: "ipv6_flabel", 29: "icmpv6_type", 30: "icmpv6_code"}
+                 28: "ipv6_flabel", 29: "icmpv6_type", 30: "icmpv6_code", 31: "ipv6_nd_target", 32: "ipv6_nd_sll",
+                 33: "ipv6_nd_tll"}
 # the other way: a set_field as its writer named it -> (OXM field, bytes)
 _SET_FIELD_ENCODING = {name: (fld, OXM_FIELDS.get(fld, ("", 8))[1]) for fld, name in SET_FIELD_OXM.items()}
 _SET_FIELD_ENCODING.update({"icmp_type": (19, 1), "icmp_code": (20, 1), "nw_ecn": (9, 1), "ipv6_label": (28, 4),
-                            "tun_id": (38, 8), "tunnel_id": (38, 8), "metadata": (2, 8)})
+                            "tun_id": (38, 8), "tunnel_id": (38, 8), "metadata": (2, 8),
+                            "nd_target": (31, 16), "nd_sll": (32, 6), "nd_tll": (33, 6)})
 SET_FIELD_PIPELINE = {(0x8000, 2): ("metadata", 8), (0x8000, 38): ("tun_id", 8),
                       **{(0x0001, i): (f"reg{i}", 4) for i in range(16)}}
 
@@ -273,7 +275,7 @@ def _set_field(body: bytes) -> of.SetField:
         text = mac_str(val)
     elif name in ("ip_src", "ip_dst", "arp_spa", "arp_tpa"):
         text = str(ipaddress.IPv4Address(v))
-    elif name in ("ipv6_src", "ipv6_dst"):
+    elif name in ("ipv6_src", "ipv6_dst", "ipv6_nd_target"):
         text = str(ipaddress.IPv6Address(v))
     elif name == "vlan_vid":
         text = str(v & 0x0FFF | OFPVID_PRESENT)

@@ -32,9 +32,10 @@ OXM_FIELDS: dict[int, tuple[str, int]] = {
     17: ("sctp_src", 2), 18: ("sctp_dst", 2), 19: ("icmp_type", 1), 20: ("icmp_code", 1), 21: ("arp_op", 2),
     22: ("arp_spa", 4), 23: ("arp_tpa", 4), 24: ("arp_sha", 6), 25: ("arp_tha", 6), 26: ("ipv6_src", 16),
     27: ("ipv6_dst", 16), 28: ("ipv6_label", 4), 29: ("icmpv6_type", 1), 30: ("icmpv6_code", 1),
-    34: ("mpls_label", 4), 35: ("mpls_tc", 1), 36: ("mpls_bos", 1),
+    34: ("mpls_label", 4), 35: ("mpls_tc", 1), 36: ("mpls_bos", 1), 31: ("nd_target", 16), 32: ("nd_sll", 6),
+    33: ("nd_tll", 6), 39: ("ipv6_exthdr", 2),
 }
-MASKABLE = {3, 4, 6, 11, 12, 22, 23, 24, 25, 26, 27, 28}
+MASKABLE = {3, 4, 6, 11, 12, 22, 23, 24, 25, 26, 27, 28, 31, 39}
 # Nicira extension fields (class 1) that ovs-ofctl uses in OpenFlow 1.3 for what OXM basic lacks
 NXM_FIELDS: dict[int, tuple[str, int]] = {29: ("nw_ttl", 1), 26: ("nw_frag", 1), 34: ("tcp_flags", 2),
                                           30: ("mpls_ttl", 1)}
@@ -46,7 +47,7 @@ PIPELINE_OXMS: dict[tuple[int, int], tuple[str, int]] = {
 OXM_EXPERIMENTER, ONF_EXPERIMENTER, ONF_CLASS, ONF_TCP_FLAGS = 0xFFFF, 0x4F4E4600, 0x4F4E, 42
 _MPLS_OXMS = {"mpls_label": (0x8000, 34, 4), "mpls_tc": (0x8000, 35, 1), "mpls_bos": (0x8000, 36, 1),
               "mpls_ttl": (0x0001, 30, 1)}
-VALID_BITS = {"nw_frag": FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER}
+VALID_BITS = {"ipv6_exthdr": 0x1FF, "nw_frag": FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER}
 
 
 def _match_at(raw: bytes, off: int) -> tuple[Match, int]:
@@ -217,10 +218,17 @@ def oxms_of_match(match: Match) -> bytes:
             v, m = f.pop(name)
             size = 1 if proto in (1, 58) else 2
             out.append(_tlv(ports[i], size, v, (1 << 8 * size) - 1, (1 << 8 * size) - 1))
-    for name, fld in (("arp_sha", 24), ("arp_tha", 25)):
+    nd = dl_type == 0x86DD
+    for name, fld in (("arp_sha", 32 if nd else 24), ("arp_tha", 33 if nd else 25)):
         if name in f:
             v, m = f.pop(name)
             out.append(_tlv(fld, 6, v, m, FULL[name]))
+    if "nd_target" in f:
+        v, m = f.pop("nd_target")
+        out.append(_tlv(31, 16, v, m, FULL["nd_target"]))
+    if "ipv6_exthdr" in f:
+        v, m = f.pop("ipv6_exthdr")
+        out.append(_tlv(39, 2, v, m, 0x1FF))
     for name, fld in (("ipv6_src", 26), ("ipv6_dst", 27)):
         if name in f:
             v, m = f.pop(name)
