@@ -3,7 +3,8 @@
  * tests/bpf/test_parser_diff.py checks it. Rules (as OVS's flow_extract, simplified):
  *  - fields are filled layer by layer; a layer that is truncated or fails its sanity check stops the
  *    parse and leaves it and every later layer zero;
- *  - an Ethernet type below 0x600 gives dl_type FLOW_DL_TYPE_NONE; one 802.1Q tag is parsed;
+ *  - an Ethernet type below 0x600 gives dl_type FLOW_DL_TYPE_NONE; one VLAN tag is parsed, 802.1Q (0x8100) or
+ *    802.1ad (0x88a8), as OVS with its default vlan-limit of 1: an inner tag is payload (dl_type its TPID);
  *  - ARP fields only for Ethernet/IPv4 ARP; the opcode goes to nw_proto when it fits a byte;
  *  - IPv4 needs version 4, ihl >= 5, tot_len >= ihl and tot_len <= the bytes present;
  *  - IPv6 needs version 6 and payload_len <= the bytes present; up to DP_IPV6_MAX_EXT extension headers
@@ -225,7 +226,7 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
     __be16 type = eth->h_proto;
     __u32 off = ETH_HLEN_;
 
-    if (type == bpf_htons(ETH_P_8021Q_)) {
+    if (type == bpf_htons(ETH_P_8021Q_) || type == bpf_htons(ETH_P_8021AD_)) {
         __be16 *tag = data + off;
         if ((void *)(tag + 2) > end) {
             key->dl_type = type;

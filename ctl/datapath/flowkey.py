@@ -51,6 +51,7 @@ _EXTHDR = {0: (64, 1), 60: (8, 2), 43: (32, 3), 44: (16, 4), 51: (4, 5)}
 IPV6_EXT_HEADERS = (0, 43, 60, 51, 44)
 
 ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
@@ -323,7 +324,7 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
     key.dl_src[:] = list(p[6:12])
     dl_type = struct.unpack_from("!H", p, 12)[0]
     off = 14
-    if dl_type == ETH_P_8021Q:
+    if dl_type in (ETH_P_8021Q, ETH_P_8021AD):
         if len(p) < 18:
             key.dl_type = dl_type
             return key, 0, 0

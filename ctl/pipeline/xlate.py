@@ -104,6 +104,8 @@ class _Ctx:
         self.packet = packet            # the frame itself, when there is one: a recirculation parses it again
         self.recirc = False
         self.halt = 0                   # a DropReason that ended the actions (an MPLS TTL that ran out)
+        self.hidden_tags: list[int] = []  # VLAN tags pushed under a newer outer one (802.1ad), innermost first
+        self.user_only = ""             # why the datapath actions must run in user space (beyond fast_path_error)
         self.mac = mac
         self.may_learn = may_learn
         self.normal_used = False
@@ -240,15 +242,29 @@ class _Ctx:
             return "the datapath drops the packet if its TTL is 1 or 0"
         elif isinstance(a, of.PushVlan):
             self.consult("vlan_tci", VLAN_CFI)
+            note = ""
             if fl["vlan_tci"] & VLAN_CFI:
-                self.error = "pushes a second VLAN tag (double tagging is not supported)"
-                return self.error
+                # 802.1ad/QinQ: the tag there becomes the inner one, payload as far as the flow is concerned
+                # (OVS's vlan-limit 1); the new outer tag starts at VID 0, PCP 0, as OVS's push_vlan
+                self.consult("vlan_tci", 0xFFFF)
+                self.commit()
+                self.hidden_tags.append(fl["vlan_tci"])
+                self.dp_tagged = False  # the datapath's outer tag is the inner one now: the next commit pushes
+                note = "an outer tag (802.1ad): the tag that was there is now the inner one"
             self.vlan_tpid = a.tpid
             self.set("vlan_tci", VLAN_CFI, 0xFFFF)
+            return note
         elif isinstance(a, of.StripVlan):
             self.consult("vlan_tci", VLAN_CFI)
             if not fl["vlan_tci"] & VLAN_CFI:
                 return "skipped: no VLAN tag"
+            if self.hidden_tags:
+                self.commit()
+                self.actions.append(dpif.DpPopVlan())
+                fl["vlan_tci"] = self.hidden_tags.pop()
+                self.dp_tagged = True
+                self.user_only = "popping the outer of two VLAN tags runs in user space"
+                return "popped the outer tag: the inner one is the packet's tag again"
             self.set("vlan_tci", 0, 0xFFFF)
         elif isinstance(a, of.SetField):
             return self.set_field(a)
@@ -516,6 +532,8 @@ class _Ctx:
         for f in PIPELINE_FIELDS:  # zero in every packet at table 0: never part of a megaflow
             self.wc[f] = 0
         slow = dpif.fast_path_error(acts)
+        if self.user_only and not slow:
+            slow = self.user_only
         if self.recirc:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,

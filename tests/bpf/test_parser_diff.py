@@ -22,7 +22,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
 from ctl.datapath.flowkey import FlowKey, format_key, key_hash, parse
@@ -41,6 +41,8 @@ SAMPLES = [
     Ether(**E) / IP(proto=47) / (b"gre" * 5),
     Ether(**E) / Dot1Q(vlan=4095, prio=7) / IP() / UDP(),
     Ether(**E) / Dot1Q(vlan=1) / Dot1Q(vlan=2) / IP() / UDP(),
+    Ether(**E) / Dot1AD(vlan=7, prio=5) / Dot1Q(vlan=2) / IP() / UDP(),  # QinQ: the inner tag is payload
+    Ether(**E) / Dot1AD(vlan=8) / IP() / TCP(),
     Ether(**E) / Dot1Q(vlan=3, type=0x0100) / (b"x" * 30),
     Ether(**E) / ARP(op=1, psrc="10.0.0.1", pdst="10.0.0.2"),
     Ether(**E) / ARP(op=0x0102),
@@ -106,7 +108,7 @@ def test_random_bytes(tb: Bench, data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8100, 0x8847, 0x8848]), st.binary(min_size=0, max_size=120))
+@given(st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8, 0x8847, 0x8848]), st.binary(min_size=0, max_size=120))
 def test_random_bytes_behind_a_real_ethernet_type(tb: Bench, dl_type: int, body: bytes) -> None:
     check(tb, bytes(Ether(**E, type=dl_type)) + body, in_port=3)
 

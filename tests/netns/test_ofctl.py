@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from ctl.daemon.switch import PortSpec, Switch, mgmt_path, request
+from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import DatapathConfig
 from ctl.openflow.connmgr import ChannelConfig
 from tests.conftest import need_tool, unique
@@ -143,3 +145,100 @@ def test_nicira_and_onf_fields_round_trip_through_ovs_ofctl(sw: Switch) -> None:
     lines = flows(sw)
     assert any("tcp_flags=+syn-ack actions=output:1" in ln for ln in lines), lines
     assert any("nw_ttl=3" in ln and "nw_frag=no" in ln for ln in lines), lines
+
+
+def test_registers_and_metadata_steer_packets(sw: Switch, hosts: list[Host]) -> None:
+    """load, move and write_metadata in table 0 choose the rule in table 1 (Nicira actions and OXM metadata over
+    OpenFlow 1.3, as ovs-ofctl writes them)."""
+    h1, h2, _ = hosts
+    ofctl(sw, "add-flow", f"table=0,in_port={h1.port_no},actions=load:0x2->NXM_NX_REG0[],"
+                          "write_metadata:0x10/0xff,goto_table:1")
+    ofctl(sw, "add-flow", f"table=0,in_port={h2.port_no},"
+                          "actions=move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15],goto_table:1")
+    ofctl(sw, "add-flow", f"table=1,priority=10,reg0=2,metadata=0x10/0xff,actions=output:{h2.port_no}")
+    ofctl(sw, "add-flow", f"table=1,priority=10,reg1={h2.port_no},actions=output:{h1.port_no}")
+    ofctl(sw, "add-flow", "table=1,priority=5,reg0=3,actions=output:3")
+    assert ping(h1, h2.ip, 3)
+    time.sleep(0.7)
+    lines = flows(sw)
+    assert any("load:0x2->NXM_NX_REG0[]" in ln and "write_metadata:0x10/0xff" in ln for ln in lines), lines
+    assert any("move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15]" in ln for ln in lines), lines
+    used = [ln for ln in lines if "reg0=0x2" in ln and "metadata=0x10/0xff" in ln]
+    assert used and "n_packets=0," not in used[0], lines
+    assert any("reg0=0x3" in ln and "n_packets=0," in ln for ln in lines), lines
+    # no register or metadata bit in any megaflow: the datapath never sees them
+    assert sw.dp is not None
+    dumped = [f.match() for f in sw.dp.dump_flows()]
+    assert dumped and not any("reg" in m or "metadata" in m for m in dumped), dumped
+
+
+CAPTURE = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+want = int(sys.argv[2], 16)
+end = time.time() + float(sys.argv[3])
+print("ready", flush=True)
+while time.time() < end:
+    try:
+        f = s.recv(4096)
+    except TimeoutError:
+        continue
+    if int.from_bytes(f[12:14], "big") == want:
+        print(f.hex(), flush=True)
+"""
+SEND = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for _ in range(3):
+    s.send(bytes.fromhex(sys.argv[2]))
+"""
+
+
+def _capture(h: Host, ethertype: int, seconds: float = 3.0) -> subprocess.Popen[str]:
+    p = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-c", CAPTURE, h.ifname, hex(ethertype),
+                          str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _send(h: Host, frame: bytes) -> None:
+    subprocess.run(["ip", "netns", "exec", h.ns, sys.executable, "-c", SEND, h.ifname, frame.hex()], check=True,
+                   timeout=10)
+
+
+def test_mpls_push_and_pop_with_a_recirculation(sw: Switch, hosts: list[Host]) -> None:
+    """push_mpls labels h1's IPv4 on its way to h3; an MPLS frame from h3 is popped and, read again past the label
+    (a recirculation), goes where its inner IPv4 destination says."""
+    from scapy.contrib.mpls import MPLS
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    h1, h2, h3 = hosts
+    ofctl(sw, "add-flow", f"in_port={h1.port_no},ip,actions=push_mpls:0x8847,set_field:77->mpls_label,"
+                          f"output:{h3.port_no}")
+    ofctl(sw, "add-flow", f"in_port={h3.port_no},dl_type=0x8847,mpls_label=88,actions=pop_mpls:0x0800,goto_table:1")
+    ofctl(sw, "add-flow", f"table=1,ip,nw_dst={h2.ip},actions=output:{h2.port_no}")
+    ofctl(sw, "add-flow", f"table=1,priority=0,actions=output:{h1.port_no}")
+    inner = IP(src=h1.ip, dst=h3.ip, ttl=9) / UDP(sport=5, dport=6) / b"labelled"
+    cap = _capture(h3, 0x8847)
+    _send(h1, bytes(Ether(src=h1.mac, dst=h3.mac) / inner))
+    out, _ = cap.communicate(timeout=10)
+    got = [Ether(bytes.fromhex(x)) for x in out.split()]
+    assert got, "no MPLS frame reached h3"
+    assert got[0][MPLS].label == 77 and got[0][MPLS].ttl == 9 and got[0][MPLS].s == 1
+    assert bytes(got[0][MPLS].payload)[:len(bytes(inner))] == bytes(inner)
+
+    back = IP(src=h3.ip, dst=h2.ip) / UDP(sport=7, dport=8) / b"popped"
+    cap2, cap1 = _capture(h2, 0x0800), _capture(h1, 0x0800)
+    _send(h3, bytes(Ether(src=h3.mac, dst=h2.mac, type=0x8847) / MPLS(label=88, s=1, ttl=5) / back))
+    out2, _ = cap2.communicate(timeout=10)
+    out1, _ = cap1.communicate(timeout=10)
+    frames = [bytes.fromhex(x) for x in out2.split()]
+    assert any(f[14:14 + len(bytes(back))] == bytes(back) for f in frames), out2
+    assert not any(bytes(back) in bytes.fromhex(x) for x in out1.split()), "went to table 1's default too"
+    # the popping megaflow sends its packets up: each is translated again past the label
+    assert sw.dp is not None
+    assert any("mpls" in f.match() and "userspace" in dpif.format_actions(f.actions) for f in sw.dp.dump_flows())

@@ -8,7 +8,7 @@ import pytest
 from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 
 from ctl.datapath import dpif
@@ -163,3 +163,23 @@ def test_user_space_rewrites_keep_checksums_right(rule: str, pkt, check) -> None
 
 def test_crc32c_known_value() -> None:
     assert crc32c(b"123456789") == 0xE3069283
+
+
+def test_802_1ad_outer_tag_is_parsed_and_a_second_tag_pushed_as_ovs() -> None:
+    """An 0x88a8 tag is the packet's VLAN (the inner one payload, as OVS's vlan-limit 1); push_vlan onto a
+    tagged packet adds an outer tag with VID 0 (set afterwards) in the fast path; popping back to the inner
+    tag runs in user space."""
+    k = parse(bytes(Ether(**E) / Dot1AD(vlan=7) / Dot1Q(vlan=100) / IP() / UDP()), 1)
+    assert k.vlan_tci == 0x1007 and k.dl_type == 0x8100
+    t = tables("ip,actions=push_vlan:0x88a8,mod_vlan_vid:7,output:2")
+    frame = bytes(Ether(**E) / Dot1Q(vlan=100, prio=3) / IP() / UDP())
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3}, packet=frame)
+    assert dpif.format_actions(tr.actions) == "push_vlan(tpid=0x88a8,vid=7,pcp=0),2" and not tr.slow_path
+    assert tr.wc["vlan_tci"] == 0xFFFF  # the inner tag goes out as it came: all of it is in the megaflow
+    got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 2][0])
+    assert got.type == 0x88A8 and got[Dot1AD].vlan == 7 and got[Dot1Q].vlan == 100 and got[Dot1Q].prio == 3
+    t = tables("ip,actions=push_vlan:0x88a8,strip_vlan,mod_vlan_vid:9,output:2")
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3}, packet=frame)
+    assert tr.slow_path == "popping the outer of two VLAN tags runs in user space"
+    got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 2][0])
+    assert got.type == 0x8100 and got[Dot1Q].vlan == 9 and got[Dot1Q].prio == 3 and Dot1AD not in got
