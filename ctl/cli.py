@@ -454,13 +454,20 @@ def ofctl_dump_flows(flow: str = typer.Argument("", help="A match to filter by (
 
 @ofctl.command("mod-table")
 def ofctl_mod_table(table: int = typer.Argument(..., help="Table 0..254."),
-                    miss: str = typer.Argument(..., help="drop (default), continue (next table) or controller."),
+                    setting: str = typer.Argument(..., help="drop (default), continue (next table), controller, or "
+                                                  "prefixes=FIELD,... (ip_dst, ip_src, ipv6_dst, ipv6_src; none)."),
                     name: str = NAME) -> None:
-    """Set what a table does with a packet no rule matches (OpenFlow 1.1's table-miss config).
+    """Set what a table does with a packet no rule matches (OpenFlow 1.1's table-miss config), or which address
+    fields get a prefix trie, in the order lookups consult them (OVS's Flow_Table prefixes, default
+    ip_dst,ip_src; none turns them off). A trie widens megaflows: a packet that no rule prefix matches
+    un-wildcards only the leading bits that tell it apart.
 
-    Example: xdpswitch ofctl mod-table 0 continue
+    Examples: xdpswitch ofctl mod-table 0 continue; xdpswitch ofctl mod-table 0 prefixes=ip_dst,ipv6_dst
     """
-    _request(name, "mod-table", table=table, miss=miss)
+    if setting.startswith("prefixes="):
+        _request(name, "mod-table", table=table, prefixes=setting.partition("=")[2])
+    else:
+        _request(name, "mod-table", table=table, miss=setting)
 
 
 @app.command("trace")

@@ -19,7 +19,17 @@ import operator
 from collections.abc import Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from ctl.pipeline.ofmatch import FIELD_BITS, FULL, PREFIX_FIELDS, STAGES, Flow, Match, prefix_len, prefix_mask
+from ctl.pipeline.ofmatch import (
+    DEFAULT_PREFIXES,
+    FIELD_BITS,
+    FULL,
+    PREFIX_FIELDS,
+    STAGES,
+    Flow,
+    Match,
+    prefix_len,
+    prefix_mask,
+)
 
 
 class ClsRule(Protocol):
@@ -221,13 +231,16 @@ class _TrieCtx:
     """One lookup's trie results, computed on demand (OVS: struct trie_ctx)."""
 
     def __init__(self, tries: dict[str, _Trie]) -> None:
-        self.tries = tries
+        self.tries = tries              # the table's tries, in the order they are consulted
         self.done: dict[str, tuple[set[int], int]] = {}
 
     def skip(self, st: Subtable, stage: tuple[str, ...], flow: Flow, wc: Flow) -> bool:
         """OVS's check_tries(): can the subtable be skipped because no rule prefix of its length on a trie
-        field in this stage matches? If so, the trie's examined bits go into wc."""
-        for f in stage:
+        field in this stage matches? If so, the trie's examined bits go into wc. The tries are consulted in
+        the table's order (its prefixes setting)."""
+        for f in self.tries:
+            if f not in stage:
+                continue
             plen = st.trie_plen.get(f)
             if not plen:
                 continue
@@ -254,7 +267,8 @@ class Table(Generic[R]):
         self.id = table_id
         self.subtables: dict[tuple[tuple[str, int], ...], Subtable] = {}
         self.order: list[Subtable] = []     # by max priority, highest first
-        self.tries = {f: _Trie(FIELD_BITS[f]) for f in PREFIX_FIELDS}
+        self.prefixes: tuple[str, ...] = DEFAULT_PREFIXES
+        self.tries = {f: _Trie(FIELD_BITS[f]) for f in self.prefixes}
         self.miss = "drop"
         self._seq = 0
         self.timed: set[R] = set()   # rules with an idle or hard timeout (the revalidator checks only these)
@@ -286,7 +300,7 @@ class Table(Generic[R]):
         rule.seq = self._seq
         st.insert(rule)
         for f, plen in st.trie_plen.items():
-            if plen:
+            if plen and f in self.tries:
                 self.tries[f].add(rule.match.fields[f][0], plen)
         if rule.idle_timeout or rule.hard_timeout:
             self.timed.add(rule)
@@ -304,11 +318,24 @@ class Table(Generic[R]):
             if not same:
                 del self.by_priority[rule.priority]
         for f, plen in st.trie_plen.items():
-            if plen:
+            if plen and f in self.tries:
                 self.tries[f].remove(rule.match.fields[f][0], plen)
         if not len(st):
             del self.subtables[mk]
         self._sort()
+
+    def set_prefixes(self, fields: tuple[str, ...]) -> None:
+        """Which address fields have a prefix trie, in the order lookups consult them (OVS's Flow_Table
+        prefixes); the tries are built again from the rules."""
+        assert all(f in PREFIX_FIELDS for f in fields), fields
+        self.prefixes = tuple(fields)
+        self.tries = {f: _Trie(FIELD_BITS[f]) for f in self.prefixes}
+        for st in self.subtables.values():
+            for f, plen in st.trie_plen.items():
+                if plen and f in self.tries:
+                    for rs in st.rules.values():
+                        for r in rs:
+                            self.tries[f].add(r.match.fields[f][0], plen)
 
     def _sort(self) -> None:
         self.order = sorted(self.subtables.values(), key=lambda s: (-s.max_priority, s.seq))

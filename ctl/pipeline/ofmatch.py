@@ -37,7 +37,34 @@ FIELD_BITS.update({"metadata": 64, "tun_id": 64, **{f"reg{i}": 32 for i in range
 FIELDS = tuple(FIELD_BITS)
 PACKET_FIELDS = tuple(f for f in FIELDS if f not in PIPELINE_FIELDS)
 FULL = {f: (1 << b) - 1 for f, b in FIELD_BITS.items()}
-PREFIX_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst")  # tracked by prefix tries
+PREFIX_FIELDS = ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst")  # the fields a prefix trie can track
+# a table's tries, in the order they are consulted: OVS's Flow_Table prefixes default, "ip_dst,ip_src"
+DEFAULT_PREFIXES = ("nw_dst", "nw_src")
+PREFIX_NAMES = {"ip_dst": "nw_dst", "nw_dst": "nw_dst", "ip_src": "nw_src", "nw_src": "nw_src",
+                "ipv6_dst": "ipv6_dst", "ipv6_src": "ipv6_src"}
+MAX_PREFIXES = 3  # as OVS (CLS_MAX_TRIES)
+
+
+def parse_prefixes(text: str) -> tuple[str, ...]:
+    """``ip_dst,ip_src`` (OVS's Flow_Table prefixes syntax) as flow-key fields, in order; ``none``: no tries."""
+    if text.strip() == "none":
+        return ()
+    out: list[str] = []
+    for name in (x.strip() for x in text.split(",")):
+        f = PREFIX_NAMES.get(name)
+        if f is None:
+            raise ValueError(f"prefixes: {name!r} is not one of {', '.join(PREFIX_NAMES)} (or none)")
+        if f in out:
+            raise ValueError(f"prefixes: {name} twice")
+        out.append(f)
+    if len(out) > MAX_PREFIXES:
+        raise ValueError(f"prefixes: at most {MAX_PREFIXES} fields, as Open vSwitch")
+    return tuple(out)
+
+
+def format_prefixes(fields: tuple[str, ...]) -> str:
+    names = {"nw_dst": "ip_dst", "nw_src": "ip_src", "ipv6_dst": "ipv6_dst", "ipv6_src": "ipv6_src"}
+    return ",".join(names[f] for f in fields) or "none"
 OFPP_MAX = 0xFF00  # ports above are reserved numbers
 
 # OVS's lookup stages (flow segments, include/openvswitch/flow.h): metadata, L2 (with MPLS), L3, and L4 from

@@ -17,11 +17,14 @@ from pathlib import Path
 from ctl.pipeline.classifier import Table, overlap
 from ctl.pipeline.ofactions import N_TABLES, Controller, GotoTable, OfAction, format_actions, parse_actions
 from ctl.pipeline.ofmatch import (
+    DEFAULT_PREFIXES,
     FlowSyntaxError,
     Match,
     format_match,
+    format_prefixes,
     parse_int,
     parse_match_tokens,
+    parse_prefixes,
     tokens,
 )
 
@@ -291,6 +294,11 @@ class OpenFlowTables:
         self.tables[table].miss = action
         self.version += 1
 
+    def set_prefixes(self, table: int, fields: tuple[str, ...]) -> None:
+        """The table's prefix tries (``ofmatch.parse_prefixes``): which address fields, consulted in order."""
+        self.tables[table].set_prefixes(fields)
+        self.version += 1
+
     # --- the state file ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, object]:
@@ -301,7 +309,9 @@ class OpenFlowTables:
         a rule's match and action list are replaced by flow-mods, never changed in place); format it
         outside the lock."""
         return TablesSnapshot([copy.copy(r) for r in self.rules()],
-                              {str(t.id): t.miss for t in self.tables if t.miss != "drop"})
+                              {str(t.id): t.miss for t in self.tables if t.miss != "drop"},
+                              {str(t.id): format_prefixes(t.prefixes) for t in self.tables
+                               if t.prefixes != DEFAULT_PREFIXES})
 
     def load_json(self, data: dict[str, object]) -> None:
         """Replace everything with the contents of a state file; on any error (ValueError) nothing changes."""
@@ -311,12 +321,19 @@ class OpenFlowTables:
         misses = data.get("table_miss", {})
         if not isinstance(flows, list) or not isinstance(misses, dict):
             raise ValueError("state file: 'flows' must be a list and 'table_miss' a map")
+        prefixes = data.get("table_prefixes", {})
+        if not isinstance(prefixes, dict):
+            raise ValueError("state file: 'table_prefixes' must be a map")
         specs = [parse_flow(str(t)) for t in flows]
         fresh = OpenFlowTables(self.clock)
-        for tid, action in misses.items():
-            if not str(tid).isdigit() or not 0 <= int(tid) < N_TABLES:
-                raise ValueError(f"state file: table_miss: table {tid!r} is out of range 0..{N_TABLES - 1}")
-            fresh.set_miss(int(tid), str(action))
+        for what, settings in (("table_miss", misses), ("table_prefixes", prefixes)):
+            for tid, value in settings.items():
+                if not str(tid).isdigit() or not 0 <= int(tid) < N_TABLES:
+                    raise ValueError(f"state file: {what}: table {tid!r} is out of range 0..{N_TABLES - 1}")
+                if what == "table_miss":
+                    fresh.set_miss(int(tid), str(value))
+                else:
+                    fresh.set_prefixes(int(tid), parse_prefixes(str(value)))
         fresh.add_many(specs)
         self.tables = fresh.tables
         self.version += 1
@@ -344,9 +361,14 @@ class OpenFlowTables:
 class TablesSnapshot:
     rules: list[Rule]
     misses: dict[str, str]
+    prefixes: dict[str, str] = field(default_factory=dict)   # tables whose tries are not the default ones
 
     def to_json(self) -> dict[str, object]:
-        return {"version": 1, "flows": [r.to_text() for r in self.rules], "table_miss": dict(self.misses)}
+        out: dict[str, object] = {"version": 1, "flows": [r.to_text() for r in self.rules],
+                                  "table_miss": dict(self.misses)}
+        if self.prefixes:
+            out["table_prefixes"] = dict(self.prefixes)
+        return out
 
 
 def write_state(path: Path, data: dict[str, object]) -> None:

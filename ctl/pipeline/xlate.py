@@ -19,7 +19,7 @@ from typing import Any
 
 from ctl.datapath import dpif
 from ctl.datapath.execute import transform
-from ctl.datapath.flowkey import VLAN_CFI, mac_str, parse
+from ctl.datapath.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, mac_str, parse
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
 from ctl.pipeline.ofmatch import (
@@ -129,6 +129,15 @@ class _Ctx:
         self.depth = 0
         for f in ALWAYS_EXACT:
             self.wc[f] = FULL[f]
+        if flow["dl_type"] in (ETH_P_IP, ETH_P_IPV6):
+            # OVS's default frag handling ("normal"): whether it is a fragment is always in the megaflow, and a
+            # fragment, even the first, has no transport ports as far as the tables are concerned
+            self.wc["nw_frag"] = FLOW_NW_FRAG_ANY
+            if flow["nw_frag"] & FLOW_NW_FRAG_ANY:
+                self.wc["nw_frag"] |= FLOW_NW_FRAG_LATER
+                self.flow["tp_src"] = self.flow["tp_dst"] = 0
+                self.set_bits["tp_src"] = self.set_bits["tp_dst"] = 0xFFFF
+                self.changed = True  # lookups go through consult(), which leaves the ports out
 
     # --- the mask ---------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
 from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.ofactions import N_TABLES, OfAction
-from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, key_of
+from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
 from ctl.pipeline.xlate import Translation, translate, translate_actions
 
@@ -561,12 +561,26 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
         with udpif.lock:
             return {"deleted": len(gone), "flows": len(udpif.tables)}
 
-    def mod_table(table: int, miss: str) -> dict[str, object]:
+    def mod_table(table: int, miss: str = "", prefixes: str = "") -> dict[str, object]:
+        """The table-miss behaviour (drop, continue, controller) and/or the prefix tries (``ip_dst,ip_src``,
+        ``none``) of one table."""
         if not isinstance(table, int) or not 0 <= table < N_TABLES:
             raise ValueError(f"table {table!r} is out of range 0..{N_TABLES - 1}")
-        udpif.change_tables(lambda t: t.set_miss(table, str(miss)), wait=True)
+        if not miss and not prefixes:
+            raise ValueError("mod-table needs a table-miss action or prefixes=...")
+        fields = parse_prefixes(str(prefixes)) if prefixes else None
+
+        def change(t: OpenFlowTables) -> None:
+            if miss:
+                t.set_miss(table, str(miss))
+            if fields is not None:
+                t.set_prefixes(table, fields)
+
+        udpif.change_tables(change, wait=True)
         saved()
-        return {"table": table, "miss": miss}
+        with udpif.lock:
+            tab = udpif.tables.tables[table]
+            return {"table": table, "miss": tab.miss, "prefixes": format_prefixes(tab.prefixes)}
 
     def dump_flows(filter: str = "", strict: bool = False) -> list[dict[str, object]]:
         spec = parse_flow(str(filter), actions=False)

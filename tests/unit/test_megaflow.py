@@ -21,7 +21,12 @@ RULESETS = sorted(p.stem for p in FIXTURES.glob("*.flows"))
 
 
 def _valid(flow: dict[str, int]) -> bool:
-    """A packet the parser can produce: an untagged one has an all-zero vlan_tci."""
+    """A packet the parser can produce: an untagged one has an all-zero vlan_tci; a later fragment has no
+    transport fields; nw_frag is no, first or later."""
+    if flow["nw_frag"] not in (0, 1, 3):
+        return False
+    if flow["nw_frag"] == 3 and (flow["tp_src"] or flow["tp_dst"] or flow["tcp_flags"]):
+        return False
     return bool(flow["vlan_tci"] & VLAN_CFI) or flow["vlan_tci"] == 0
 
 
@@ -86,7 +91,7 @@ def test_megaflow_matches_ovs_exactly_on_simple_prefix_case() -> None:
     t.add(parse_flow("priority=50,tcp,tp_dst=80,actions=output:3"))
     tr = translate(t, flow_from_text("in_port=1,tcp,nw_dst=192.168.1.1,tp_dst=443,tp_src=5555"))
     # ovs-vswitchd 3.1: recirc_id=0,eth,tcp,in_port=1,nw_dst=128.0.0.0/1,nw_frag=no,tp_dst=0x100/0xff00
-    assert tr.megaflow().format() == "tcp,in_port=1,nw_dst=128.0.0.0/1,tp_dst=0x100/0xff00"
+    assert tr.megaflow().format() == "tcp,in_port=1,nw_dst=128.0.0.0/1,nw_frag=no,tp_dst=0x100/0xff00"
 
 
 # --- random rule sets and packets -------------------------------------------------------------------------
@@ -193,6 +198,10 @@ def packets(draw: st.DrawFn) -> dict[str, int]:
         flow["tcp_flags"] = draw(st.sampled_from([0x002, 0x012, 0x010, 0x004]))
     if kind == "icmp":
         flow["tp_src"] = draw(st.sampled_from([0, 3, 8]))
+    if kind in ("tcp", "udp", "icmp", "ip", "ipv6"):
+        flow["nw_frag"] = draw(st.sampled_from([0, 0, 0, 1, 3]))  # no, first, later
+        if flow["nw_frag"] == 3:
+            flow["tp_src"] = flow["tp_dst"] = flow["tcp_flags"] = 0
     return flow
 
 

@@ -183,3 +183,51 @@ def test_802_1ad_outer_tag_is_parsed_and_a_second_tag_pushed_as_ovs() -> None:
     assert tr.slow_path == "popping the outer of two VLAN tags runs in user space"
     got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 2][0])
     assert got.type == 0x8100 and got[Dot1Q].vlan == 9 and got[Dot1Q].prio == 3 and Dot1AD not in got
+
+
+def test_prefix_tries_follow_the_tables_setting_in_order() -> None:
+    """OVS's Flow_Table prefixes: ip_dst then ip_src by default (the first trie that rules the subtable out
+    is the only one un-wildcarded), in the order given, or none (the stage's whole mask is consulted)."""
+    from ctl.pipeline.ofmatch import parse_prefixes
+
+    t = tables("ip,nw_src=10.0.0.0/8,nw_dst=10.0.0.0/8,actions=output:2", "priority=0,actions=output:3")
+    frame = bytes(Ether(**E) / IP(src="192.168.0.1", dst="172.16.0.1") / UDP())
+
+    def wc() -> tuple[int, int]:
+        tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3})
+        assert dpif.format_actions(tr.actions) == "3"
+        return tr.wc["nw_dst"], tr.wc["nw_src"]
+
+    assert wc() == (0x80000000, 0)
+    t.set_prefixes(0, parse_prefixes("ip_src,ip_dst"))
+    assert wc() == (0, 0x80000000)
+    t.set_prefixes(0, parse_prefixes("none"))
+    assert wc() == (0xFF000000, 0xFF000000)
+    for bad in ("ip_dst,ip_dst", "tcp_dst", "ip_dst,ip_src,ipv6_dst,ipv6_src"):
+        with pytest.raises(ValueError, match="prefixes"):
+            parse_prefixes(bad)
+
+
+def test_table_prefixes_survive_the_state_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ctl.pipeline.ofmatch import DEFAULT_PREFIXES, parse_prefixes
+
+    t = tables("ipv6,ipv6_dst=2001:db8::/32,actions=output:2")
+    frame = bytes(Ether(**E) / IPv6(dst="2002::1") / UDP())
+    assert translate(t, flow_of(parse(frame, 1)), {1, 2, 3}).wc["ipv6_dst"] >> 96 == 0xFFFFFFFF  # no trie
+    t.set_prefixes(0, parse_prefixes("ipv6_dst,ip_dst"))
+    t.save(tmp_path / "s.json")
+    back = OpenFlowTables.load(tmp_path / "s.json")
+    assert back.tables[0].prefixes == ("ipv6_dst", "nw_dst") and back.tables[1].prefixes == DEFAULT_PREFIXES
+    tr = translate(back, flow_of(parse(frame, 1)), {1, 2, 3})
+    assert tr.wc["ipv6_dst"] == 0xFFFE << 112  # decided by the leading bits the trie examined, not all 32
+
+
+def test_fragments_have_no_ports_for_the_tables_as_ovs_normal_frag_handling() -> None:
+    t = tables("tcp,tp_dst=80,actions=output:2", "priority=0,actions=output:3")
+    whole = bytes(Ether(**E) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(dport=80))
+    first = bytes(Ether(**E) / IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(dport=80))
+    a = translate(t, flow_of(parse(whole, 1)), {1, 2, 3})
+    b = translate(t, flow_of(parse(first, 1)), {1, 2, 3})
+    assert (dpif.format_actions(a.actions), dpif.format_actions(b.actions)) == ("2", "3")
+    assert "nw_frag=no" in a.megaflow().format() and "nw_frag=first" in b.megaflow().format()
+    assert b.wc["tp_dst"] == 0  # every first fragment of the megaflow, whatever its ports, goes the same way
