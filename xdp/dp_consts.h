@@ -42,6 +42,7 @@
 #define ETH_P_8021AD_ 0x88A8
 #define ETH_P_IP_ 0x0800
 #define ETH_P_ARP_ 0x0806
+#define ETH_P_RARP_ 0x8035
 #define ETH_P_IPV6_ 0x86DD
 #define ETH_P_MPLS_UC_ 0x8847
 #define ETH_P_MPLS_MC_ 0x8848

@@ -34,35 +34,71 @@ struct pkt_layout {
     __u16 l4_off;       /* 0: no L4 header (absent, truncated or a later fragment) */
 };
 
-static __always_inline void parse_l4(void *data, void *end, __u32 off, __u8 proto, int ipv6,
+/* The ND target and link-layer options of an ICMPv6 NS/NA at off (its ICMPv6 header), within pend, as OVS's
+ * parse_icmpv6(): a zero-length or overlong option ends the walk (what was found stays); a second source or
+ * target address voids all three. */
+static __always_inline void parse_nd(void *data, void *end, void *pend, __u32 off, struct flow_key *key)
+{
+    __u8 *p = data + (off & PKT_OFF_MASK);
+    if ((void *)(p + 24) > end || (void *)(p + 24) > pend)
+        return;
+    __builtin_memcpy(key->nd_target, p + 8, 16);
+    off += 24;
+    for (int i = 0; i < DP_ND_MAX_OPTS; i++) {
+        __u8 *o = data + (off & PKT_OFF_MASK);
+        if ((void *)(o + 8) > end || (void *)(o + 8) > pend)
+            return;
+        __u32 len = o[1] * 8;
+        if (!len || (void *)o + len > pend)
+            return;
+        if (len == 8 && (o[0] == 1 || o[0] == 2)) {
+            __u8 *lla = o[0] == 1 ? key->arp_sha : key->arp_tha;
+            if (lla[0] | lla[1] | lla[2] | lla[3] | lla[4] | lla[5])
+                goto invalid;
+            __builtin_memcpy(lla, o + 2, 6);
+        }
+        off += len;
+    }
+    return;
+invalid:
+    __builtin_memset(key->nd_target, 0, 16);
+    __builtin_memset(key->arp_sha, 0, 6);
+    __builtin_memset(key->arp_tha, 0, 6);
+}
+
+/* The transport header at off, within pend (the end of the IP payload: Ethernet padding is not payload), as
+ * OVS's miniflow_extract: by the protocol number alone, whatever the IP version. */
+static __always_inline void parse_l4(void *data, void *end, void *pend, __u32 off, __u8 proto,
                                      struct flow_key *key, struct pkt_layout *lay)
 {
     __u8 *p = data + (off & PKT_OFF_MASK);
 
     if (proto == IPPROTO_TCP_) {
-        if ((void *)(p + 20) > end)
+        if ((void *)(p + 20) > end || (void *)(p + 20) > pend)
             return;
         __u32 doff = (p[12] >> 4) * 4;
-        if (doff < 20 || (void *)p + doff > end)
+        if (doff < 20 || (void *)p + doff > pend)
             return;
         key->tp_src = *(__be16 *)p;
         key->tp_dst = *(__be16 *)(p + 2);
         key->tcp_flags = *(__be16 *)(p + 12) & bpf_htons(0x0fff);
     } else if (proto == IPPROTO_UDP_) {
-        if ((void *)(p + 8) > end)
+        if ((void *)(p + 8) > end || (void *)(p + 8) > pend)
             return;
         key->tp_src = *(__be16 *)p;
         key->tp_dst = *(__be16 *)(p + 2);
     } else if (proto == IPPROTO_SCTP_) {
-        if ((void *)(p + 12) > end)
+        if ((void *)(p + 12) > end || (void *)(p + 12) > pend)
             return;
         key->tp_src = *(__be16 *)p;
         key->tp_dst = *(__be16 *)(p + 2);
-    } else if ((proto == IPPROTO_ICMP_ && !ipv6) || (proto == IPPROTO_ICMPV6_ && ipv6)) {
-        if ((void *)(p + 8) > end)
+    } else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
+        if ((void *)(p + 8) > end || (void *)(p + 8) > pend)
             return;
         key->tp_src = bpf_htons(p[0]);
         key->tp_dst = bpf_htons(p[1]);
+        if (proto == IPPROTO_ICMPV6_ && (p[0] == 135 || p[0] == 136) && p[1] == 0)
+            parse_nd(data, end, pend, off, key);
     } else {
         return;
     }
@@ -91,37 +127,7 @@ static __always_inline void parse_ipv4(void *data, void *end, __u32 off, struct 
             return;
         }
     }
-    parse_l4(data, end, off + ihl, ip->protocol, 0, key, lay);
-}
-
-/* The ND target and link-layer options of an ICMPv6 NS/NA at off (its ICMPv6 header), within pend. */
-static __always_inline void parse_nd(void *data, void *end, void *pend, __u32 off, struct flow_key *key)
-{
-    __u8 *p = data + (off & PKT_OFF_MASK);
-    if ((void *)(p + 24) > end || (void *)(p + 24) > pend)
-        return;
-    __builtin_memcpy(key->nd_target, p + 8, 16);
-    off += 24;
-    for (int i = 0; i < DP_ND_MAX_OPTS; i++) {
-        __u8 *o = data + (off & PKT_OFF_MASK);
-        if ((void *)(o + 8) > end || (void *)(o + 8) > pend)
-            return;
-        __u32 len = o[1] * 8;
-        if (!len || (void *)o + len > pend)
-            goto invalid;
-        if (len == 8 && (o[0] == 1 || o[0] == 2)) {
-            __u8 *lla = o[0] == 1 ? key->arp_sha : key->arp_tha;
-            if (lla[0] | lla[1] | lla[2] | lla[3] | lla[4] | lla[5])
-                goto invalid;
-            __builtin_memcpy(lla, o + 2, 6);
-        }
-        off += len;
-    }
-    return;
-invalid:
-    __builtin_memset(key->nd_target, 0, 16);
-    __builtin_memset(key->arp_sha, 0, 6);
-    __builtin_memset(key->arp_tha, 0, 6);
+    parse_l4(data, end, (void *)ip + tot, off + ihl, ip->protocol, key, lay);
 }
 
 /* OpenFlow's flag and RFC 8200's rank of an extension header (rank 0: not one we walk) */
@@ -148,11 +154,8 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
         return;
     __builtin_memcpy(key->ipv6_src, &ip6->saddr, 16);
     __builtin_memcpy(key->ipv6_dst, &ip6->daddr, 16);
-    key->label = *(__be32 *)ip6 & bpf_htonl(0x000fffff);
-    key->nw_tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
-    key->nw_ttl = ip6->hop_limit;
 
-    __u8 nh = ip6->nexthdr;
+    __u8 nh = ip6->nexthdr, frag = 0;
     void *pend = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
     off += sizeof(*ip6);
     int done = 0;
@@ -172,42 +175,43 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
             eh |= 256;
         eh |= flag;
         last = rank;
-        if ((void *)(h + 8) > end)
-            break;
+        /* as OVS: an extension header cut short by the payload voids every L3 field but the addresses */
+        if ((void *)(h + 8) > end || (void *)(h + 8) > pend)
+            return;
+        __u32 len = nh == 51 ? (h[1] + 2) * 4 : nh == 44 ? 8 : (h[1] + 1) * 8;
+        if ((void *)h + len > pend)
+            return;
         if (nh == 44) {
             __be16 offlg = *(__be16 *)(h + 2);
-            nh = h[0];
-            off += 8;
+            if (offlg)
+                frag = FLOW_NW_FRAG_ANY;
             if (offlg & bpf_htons(0xfff8)) {
-                key->nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER;
-                key->nw_proto = nh;
-                key->ipv6_exthdr = bpf_htons(eh);
-                return;
+                /* a later fragment: OVS's nw_proto is the fragment header's own number */
+                nh = 44;
+                frag |= FLOW_NW_FRAG_LATER;
+                done = 2;
+                break;
             }
-            if (offlg & bpf_htons(0x0001))
-                key->nw_frag = FLOW_NW_FRAG_ANY;
-        } else {
-            __u32 len = nh == 51 ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
-            nh = h[0];
-            off += len;
         }
+        nh = h[0];
+        off += len;
     }
     if (!done) {
         /* the walk may have ended exactly on a non-extension header */
         done = nh != 0 && nh != 43 && nh != 60 && nh != 51 && nh != 44;
     }
-    if (done && nh == 50)
+    if (done == 1 && nh == 50)
         eh |= last > 6 ? 256 | 2 : 2;
-    else if (done && nh == 59)
+    else if (done == 1 && nh == 59)
         eh |= 1;
+    key->label = *(__be32 *)ip6 & bpf_htonl(0x000fffff);
+    key->nw_tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+    key->nw_ttl = ip6->hop_limit;
+    key->nw_frag = frag;
     key->ipv6_exthdr = bpf_htons(eh);
     key->nw_proto = nh;
-    if (done) {
-        parse_l4(data, end, off, nh, 1, key, lay);
-        if (nh == IPPROTO_ICMPV6_ && lay->l4_off && key->tp_dst == 0 &&
-            (key->tp_src == bpf_htons(135) || key->tp_src == bpf_htons(136)))
-            parse_nd(data, end, pend, off, key);
-    }
+    if (done == 1)
+        parse_l4(data, end, pend, off, nh, key, lay);
 }
 
 /* Fill key (which the caller has zeroed but for in_port) and lay from the packet. */
@@ -237,8 +241,15 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
         off += VLAN_HLEN_;
     }
     if (bpf_ntohs(type) < ETH_TYPE_MIN_) {
-        key->dl_type = bpf_htons(FLOW_DL_TYPE_NONE);
-        return;
+        /* 802.3: LLC/SNAP with OUI 0 carries an Ethernet type, as OVS's parse_ethertype reads it */
+        __u8 *llc = data + (off & PKT_OFF_MASK);
+        if ((void *)(llc + 8) > end || llc[0] != 0xaa || llc[1] != 0xaa || llc[2] != 0x03 || llc[3] || llc[4] ||
+            llc[5] || bpf_ntohs(*(__be16 *)(llc + 6)) < ETH_TYPE_MIN_) {
+            key->dl_type = bpf_htons(FLOW_DL_TYPE_NONE);
+            return;
+        }
+        type = *(__be16 *)(llc + 6);
+        off += 8;
     }
     key->dl_type = type;
     lay->l3_off = off;
@@ -251,7 +262,7 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
         __be32 *lse = data + off;
         if ((void *)(lse + 1) <= end)
             key->label = *lse;
-    } else if (type == bpf_htons(ETH_P_ARP_)) {
+    } else if (type == bpf_htons(ETH_P_ARP_) || type == bpf_htons(ETH_P_RARP_)) {
         __u8 *a = data + off;
         if ((void *)(a + 28) > end)
             return;

@@ -54,6 +54,7 @@ ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_RARP = 0x8035
 ETH_P_IPV6 = 0x86DD
 ETH_P_MPLS = (0x8847, 0x8848)
 
@@ -169,9 +170,10 @@ def key_hash(key: FlowKey) -> int:
 # --- the parser ------------------------------------------------------------------------------------
 
 
-def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> int:
-    """Fill the L4 fields (left zero when the header is missing or truncated); the L4 offset, or 0."""
-    rest = len(p) - off
+def _parse_l4(p: bytes, off: int, pend: int, proto: int, key: FlowKey) -> int:
+    """Fill the L4 fields within pend, the end of the IP payload (left zero when the header is missing or cut
+    short); by the protocol number alone, whatever the IP version (as OVS). The L4 offset, or 0."""
+    rest = min(len(p), pend) - off
     if proto == 6:
         if rest < 20:
             return 0
@@ -188,10 +190,12 @@ def _parse_l4(p: bytes, off: int, proto: int, ipv6: bool, key: FlowKey) -> int:
         if rest < 12:
             return 0
         key.tp_src, key.tp_dst = struct.unpack_from("!HH", p, off)
-    elif (proto == 1 and not ipv6) or (proto == 58 and ipv6):
+    elif proto in (1, 58):
         if rest < 8:
             return 0
         key.tp_src, key.tp_dst = p[off], p[off + 1]
+        if proto == 58 and p[off] in (135, 136) and p[off + 1] == 0:
+            _parse_nd(p, off, pend, key)
     else:
         return 0
     return off
@@ -215,11 +219,12 @@ def _parse_ipv4(p: bytes, off: int, key: FlowKey) -> tuple[int, int]:
         if frag_off & 0x1FFF:
             key.nw_frag |= FLOW_NW_FRAG_LATER
             return off, 0
-    return off, _parse_l4(p, off + ihl, key.nw_proto, False, key)
+    return off, _parse_l4(p, off + ihl, off + tot, key.nw_proto, key)
 
 
 def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
-    """Fill the IPv6 and L4 fields; (L3 offset, L4 offset), 0 for a header missing or refused."""
+    """Fill the IPv6 and L4 fields; (L3 offset, L4 offset), 0 for a header missing or refused. As OVS, an
+    extension header cut short by the payload leaves every L3 field but the addresses zero."""
     off = l3
     if len(p) - off < 40:
         return 0, 0
@@ -227,17 +232,14 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
         return 0, 0
     key.ipv6_src[:] = list(p[off + 8 : off + 24])
     key.ipv6_dst[:] = list(p[off + 24 : off + 40])
-    key.label = struct.unpack_from("!I", p, off)[0] & 0x000FFFFF
-    key.nw_tos = ((p[off] & 0x0F) << 4) | (p[off + 1] >> 4)
-    key.nw_ttl = p[off + 7]
     nh = p[off + 6]
     pend = off + 40 + struct.unpack_from("!H", p, off + 4)[0]
     off += 40
-    done = False
-    eh = dests = last = 0
+    done = 0
+    frag = eh = dests = last = 0
     for i in range(IPV6_MAX_EXT):
         if nh not in IPV6_EXT_HEADERS:
-            done = True
+            done = 1
             break
         flag, rank = _EXTHDR[nh]
         if nh == 60 and eh & 32:
@@ -250,39 +252,38 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
             eh |= 256
         eh |= flag
         last = rank
-        if len(p) - off < 8:
-            break
+        if off + 8 > min(len(p), pend):
+            return l3, 0
+        length = (p[off + 1] + 2) * 4 if nh == 51 else 8 if nh == 44 else (p[off + 1] + 1) * 8
+        if off + length > pend:
+            return l3, 0
         if nh == 44:
             offlg = struct.unpack_from("!H", p, off + 2)[0]
-            nh = p[off]
-            off += 8
+            if offlg:
+                frag = FLOW_NW_FRAG_ANY
             if offlg & 0xFFF8:
-                key.nw_frag = FLOW_NW_FRAG_ANY | FLOW_NW_FRAG_LATER
-                key.nw_proto = nh
-                key.ipv6_exthdr = eh
-                return l3, 0
-            if offlg & 0x0001:
-                key.nw_frag = FLOW_NW_FRAG_ANY
-        else:
-            length = (p[off + 1] + 2) * 4 if nh == 51 else (p[off + 1] + 1) * 8
-            nh = p[off]
-            off += length
+                nh, frag, done = 44, frag | FLOW_NW_FRAG_LATER, 2  # a later fragment: nw_proto 44, as OVS
+                break
+        nh = p[off]
+        off += length
     if not done:
-        done = nh not in IPV6_EXT_HEADERS
-    if done and nh == 50:
+        done = 1 if nh not in IPV6_EXT_HEADERS else 0
+    if done == 1 and nh == 50:
         eh |= 256 | 2 if last > 6 else 2
-    elif done and nh == 59:
+    elif done == 1 and nh == 59:
         eh |= 1
+    key.label = struct.unpack_from("!I", p, l3)[0] & 0x000FFFFF
+    key.nw_tos = ((p[l3] & 0x0F) << 4) | (p[l3 + 1] >> 4)
+    key.nw_ttl = p[l3 + 7]
+    key.nw_frag = frag
     key.ipv6_exthdr = eh
     key.nw_proto = nh
-    l4 = _parse_l4(p, off, nh, True, key) if done else 0
-    if l4 and nh == 58 and key.tp_dst == 0 and key.tp_src in (135, 136):
-        _parse_nd(p, off, pend, key)
-    return l3, l4
+    return l3, (_parse_l4(p, off, pend, nh, key) if done == 1 else 0)
 
 
 def _parse_nd(p: bytes, off: int, pend: int, key: FlowKey) -> None:
-    """Neighbor discovery's target and link-layer address options, as xdp/parser.h parse_nd()."""
+    """Neighbor discovery's target and link-layer address options, as xdp/parser.h parse_nd() (OVS's
+    parse_icmpv6): a zero-length or overlong option ends the walk; a second address of a kind voids all."""
     if off + 24 > len(p) or off + 24 > pend:
         return
     key.nd_target[:] = list(p[off + 8: off + 24])
@@ -292,9 +293,6 @@ def _parse_nd(p: bytes, off: int, pend: int, key: FlowKey) -> None:
             return
         length = p[off + 1] * 8
         if not length or off + length > pend:
-            key.nd_target[:] = [0] * 16
-            key.arp_sha[:] = [0] * 6
-            key.arp_tha[:] = [0] * 6
             return
         if length == 8 and p[off] in (1, 2):
             lla = key.arp_sha if p[off] == 1 else key.arp_tha
@@ -332,8 +330,13 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
         key.vlan_tci = tci | VLAN_CFI
         off = 18
     if dl_type < 0x600:
-        key.dl_type = FLOW_DL_TYPE_NONE
-        return key, 0, 0
+        # 802.3: LLC/SNAP with OUI 0 carries an Ethernet type (OVS's parse_ethertype)
+        llc = p[off: off + 8]
+        if len(llc) < 8 or llc[:6] != b"\xaa\xaa\x03\0\0\0" or int.from_bytes(llc[6:8], "big") < 0x600:
+            key.dl_type = FLOW_DL_TYPE_NONE
+            return key, 0, 0
+        dl_type = int.from_bytes(llc[6:8], "big")
+        off += 8
     key.dl_type = dl_type
     if dl_type == ETH_P_IP:
         return (key, *_parse_ipv4(p, off, key))
@@ -343,7 +346,7 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
         if len(p) - off >= 4:
             key.label = struct.unpack_from("!I", p, off)[0]
         return key, 0, 0
-    if dl_type == ETH_P_ARP:
+    if dl_type in (ETH_P_ARP, ETH_P_RARP):
         if len(p) - off >= 28:
             htype, ptype, hlen, plen = struct.unpack_from("!HHBB", p, off)
             if htype == 1 and ptype == ETH_P_IP and hlen == 6 and plen == 4:

@@ -27,6 +27,7 @@ from scapy.layers.sctp import SCTP
 
 from ctl.datapath.flowkey import FlowKey, format_key, key_hash, parse
 from tests.bpf.conftest import Bench
+from tests.frames import corpus
 
 MIN_FRAME = 14
 E = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -121,3 +122,13 @@ def test_random_ipv4_headers(tb: Bench, version: int, ihl: int, tot: int, frag: 
     hdr = bytes(IP(version=version, ihl=ihl, len=tot, proto=proto))[:20]
     hdr = hdr[:6] + frag.to_bytes(2, "big") + hdr[8:]
     check(tb, bytes(Ether(**E)) + hdr + tail)
+
+
+def test_the_corpus_checked_against_open_vswitch(tb: Bench) -> None:
+    """tests/frames.py's corpus (the one tests/unit/test_parser_ovs.py checks the Python parser on against
+    ovs-ofctl parse-pcap): the XDP parser agrees with the Python one on every frame of it."""
+    n = 0
+    for _name, frame in corpus():
+        check(tb, frame, in_port=3)
+        n += 1
+    assert n > 1500
