@@ -347,6 +347,9 @@ def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey,
             res.emits.append((FLOOD, bytes(p.b)))
         elif isinstance(a, dpif.DpController):
             res.controller.append((a, bytes(p.b)))
+            if a.reason == 2:  # invalid_ttl: the controllers get it, the network does not (OVS's dec_ttl)
+                res.drop = DropReason.TTL_EXPIRED
+                return res
         elif isinstance(a, dpif.DpDrop):
             res.drop = a.reason or DropReason.ACTION
             return res

@@ -217,6 +217,11 @@ class _Ctx:
                 note = self.to_controller(a, rule, tid)
                 if note and self.tracing:
                     step.notes.append(f"    -> {note}")
+            elif isinstance(a, of.DecTtl) and self.invalid_ttl(rule, tid):
+                if self.tracing:
+                    step.notes.append("    -> the TTL is 1 or 0: a PACKET_IN (invalid_ttl) to the controllers that "
+                                      "ask for it, and the rest of the actions do not run (as OVS)")
+                return None
             else:
                 note = self.do_action(a)
                 if note and self.tracing:
@@ -248,7 +253,7 @@ class _Ctx:
             self.actions.append(dpif.DpDecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
             self.ttl_changed = self.changed = True
-            return "the datapath drops the packet if its TTL is 1 or 0"
+            return "the datapath drops the packet if its TTL is 1 or 0 (it never gets here: see invalid_ttl)"
         elif isinstance(a, of.PushVlan):
             self.consult("vlan_tci", VLAN_CFI)
             note = ""
@@ -356,6 +361,22 @@ class _Ctx:
         self.consult(src.field, src.mask & FULL[src.field])
         return self.set_field(of.SetField(dst.field, (bits << dst.ofs) & FULL[dst.field], dst.mask & FULL[dst.field],
                                           str(dst), hex(bits), load=True))
+
+    def invalid_ttl(self, rule: Rule | None, tid: int) -> bool:
+        """dec_ttl of a packet whose TTL is 1 or 0, as OVS's compose_dec_ttl: a PACKET_IN with reason invalid_ttl,
+        then nothing more of this action list. The megaflow keeps the TTL's bits above the lowest, so it holds
+        either only such packets or none of them (the datapath's own check never sees one)."""
+        fl = self.flow
+        if fl["dl_type"] not in (ETH_P_IP, ETH_P_IPV6):
+            return False
+        self.consult("nw_ttl", 0xFE)
+        if fl["nw_ttl"] > 1:
+            return False
+        self.commit()
+        pipeline = tuple((f, self.flow[f]) for f in PIPELINE_FIELDS if self.flow[f])
+        cookie = rule.cookie if rule is not None else 0xFFFFFFFFFFFFFFFF
+        self.actions.append(dpif.DpController(2, 0xFFFF, tid, cookie, pipeline))
+        return True
 
     def to_controller(self, a: of.Controller, rule: Rule | None, tid: int) -> str:
         """A PACKET_IN of the packet as it is now: reason no_match for a table-miss (a miss with no rule,

@@ -231,3 +231,15 @@ def test_fragments_have_no_ports_for_the_tables_as_ovs_normal_frag_handling() ->
     assert (dpif.format_actions(a.actions), dpif.format_actions(b.actions)) == ("2", "3")
     assert "nw_frag=no" in a.megaflow().format() and "nw_frag=first" in b.megaflow().format()
     assert b.wc["tp_dst"] == 0  # every first fragment of the megaflow, whatever its ports, goes the same way
+
+
+def test_dec_ttl_of_an_expiring_packet_is_an_invalid_ttl_packet_in_as_ovs() -> None:
+    t = tables("table=0,ip,actions=dec_ttl,output:2,resubmit(,1)", "table=1,ip,actions=output:3")
+    expiring = bytes(Ether(**E) / IP(ttl=1) / UDP())
+    tr = translate(t, flow_of(parse(expiring, 1)), {1, 2, 3})
+    assert dpif.format_actions(tr.actions).startswith("controller(reason=invalid_ttl")
+    assert tr.wc["nw_ttl"] == 0xFE  # only TTL 0 and 1 share this megaflow
+    res = execute(expiring, tr.actions)
+    assert not res.emits and res.drop == dpif.DropReason.TTL_EXPIRED and len(res.controller) == 1
+    live = translate(t, flow_of(parse(bytes(Ether(**E) / IP(ttl=64) / UDP()), 1)), {1, 2, 3})
+    assert dpif.format_actions(live.actions) == "dec_ttl,2,3" and live.wc["nw_ttl"] == 0xFE
