@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctl.pipeline.classifier import Table, overlap
-from ctl.pipeline.ofactions import N_TABLES, Controller, GotoTable, OfAction, format_actions, parse_actions
+from ctl.pipeline.ofactions import (
+    N_TABLES,
+    Controller,
+    GotoTable,
+    OfAction,
+    consistency_error,
+    format_actions,
+    parse_actions,
+    split_actions,
+)
 from ctl.pipeline.ofmatch import (
     DEFAULT_PREFIXES,
     FlowSyntaxError,
@@ -98,6 +107,11 @@ def parse_flow(text: str, *, actions: bool = True) -> FlowSpec:
         start = apos + len("actions=")
         spec.actions = parse_actions(text[start:], text, start)
         spec.has_actions = True
+        bad = consistency_error(spec.match, spec.actions)
+        if bad is not None:
+            i, why = bad
+            item, pos = split_actions(text[start:])[i]  # one item per action ("drop" stands alone)
+            raise FlowSyntaxError(why, text, start + pos, len(item))
         tid = spec.table or 0
         for a in spec.actions:
             if isinstance(a, GotoTable) and a.table <= tid:

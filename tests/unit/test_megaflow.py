@@ -140,18 +140,24 @@ def matches(draw: st.DrawFn) -> str:
     return ",".join(parts)
 
 
+# actions and the match kinds they fit (a write's prerequisites must be in the match, as OVS checks)
+IP4 = ("ip", "tcp", "udp", "icmp")
+ACTIONS = {
+    "mod_dl_src:02:00:00:00:00:aa": None, "mod_vlan_vid:30": None, "strip_vlan": None, "push_vlan:0x8100": None,
+    "load:0x5->NXM_NX_REG0[]": None, "load:0x1->NXM_NX_REG0[0]": None, "set_field:0x2->metadata": None,
+    "move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15]": None, "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]": None,
+    "dec_ttl": None, "mod_nw_dst:10.0.0.2": IP4, "mod_nw_tos:32": IP4, "set_field:10.0.0.1->ip_src": IP4,
+    "move:NXM_OF_IP_SRC[]->NXM_NX_REG2[]": IP4, "load:0x2->NXM_OF_IP_DST[0..7]": IP4,
+    "mod_tp_dst:8080": ("tcp", "udp"), "move:NXM_NX_REG0[0..15]->NXM_OF_TCP_DST[]": ("tcp",),
+}
+
+
 @st.composite
-def actions(draw: st.DrawFn, table: int) -> str:
+def actions(draw: st.DrawFn, table: int, kind: str) -> str:
     acts = []
+    fits = sorted(a for a, kinds in ACTIONS.items() if kinds is None or kind in kinds)
     for _ in range(draw(st.integers(0, 2))):
-        acts.append(draw(st.sampled_from(["mod_dl_src:02:00:00:00:00:aa", "mod_vlan_vid:30", "strip_vlan",
-                                          "mod_nw_dst:10.0.0.2", "dec_ttl", "mod_tp_dst:8080", "push_vlan:0x8100",
-                                          "mod_nw_tos:32", "set_field:10.0.0.1->ip_src", "load:0x5->NXM_NX_REG0[]",
-                                          "load:0x1->NXM_NX_REG0[0]", "move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15]",
-                                          "move:NXM_OF_IP_SRC[]->NXM_NX_REG2[]", "set_field:0x2->metadata",
-                                          "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
-                                          "move:NXM_NX_REG0[0..15]->NXM_OF_TCP_DST[]",
-                                          "load:0x2->NXM_OF_IP_DST[0..7]"])))
+        acts.append(draw(st.sampled_from(fits)))
     if table < 2 and draw(st.integers(0, 2)) == 0:
         acts.append(f"resubmit(,{draw(st.integers(table + 1, 2))})")
     acts.append(draw(st.sampled_from(["output:1", "output:2", "output:3", "flood", "in_port", "drop", "controller"])))
@@ -169,7 +175,8 @@ def rulesets(draw: st.DrawFn) -> list[str]:
         table = draw(st.integers(0, 2))
         m = draw(matches())
         prio = draw(st.sampled_from([0, 10, 50, 100, 200, 32768]))
-        out.append(f"table={table},priority={prio}{',' + m if m else ''},actions={draw(actions(table))}")
+        kind = m.split(",")[0] if m.split(",")[0] in ("ip", "tcp", "udp", "arp", "icmp") else ""
+        out.append(f"table={table},priority={prio}{',' + m if m else ''},actions={draw(actions(table, kind))}")
     return out
 
 

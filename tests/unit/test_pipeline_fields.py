@@ -57,13 +57,15 @@ def test_match_text_and_oxm_round_trip(text: str) -> None:
     "load:0x5->NXM_NX_REG0[],move:NXM_OF_IN_PORT[]->NXM_NX_REG1[0..15],output:2",
     "set_field:0x5->reg3,write_metadata:0x1/0x1,goto_table:2",
     "push_mpls:0x8847,set_field:100->mpls_label,set_mpls_ttl(9),dec_mpls_ttl,output:2",
-    "pop_mpls:0x0800,goto_table:1", "set_field:1->ip_ecn,mod_nw_ttl:7,output:2",
-    "set_field:2->arp_op,set_field:10.1.1.1->arp_spa,set_field:aa:aa:aa:aa:aa:aa->arp_tha,output:2",
-    "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],load:0xa000001->NXM_OF_IP_DST[],output:2",
+    "pop_mpls:0x0800,goto_table:1", "ip,actions=set_field:1->ip_ecn,mod_nw_ttl:7,output:2",
+    "arp,actions=set_field:2->arp_op,set_field:10.1.1.1->arp_spa,set_field:aa:aa:aa:aa:aa:aa->arp_tha,output:2",
+    "ip,actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],load:0xa000001->NXM_OF_IP_DST[],output:2",
+    "dl_type=0x8847,actions=pop_mpls:0x0800,set_field:10.0.0.9->ip_dst,output:2",
 ])
 def test_actions_text_and_openflow_round_trip(actions: str) -> None:
-    rule = parse_flow(f"actions={actions}")
-    assert parse_flow(f"actions={','.join(str(a) for a in rule.actions)}").actions == rule.actions
+    match, _, actions = actions.rpartition("actions=")
+    rule = parse_flow(f"{match}actions={actions}")
+    assert parse_flow(f"{match}actions={','.join(str(a) for a in rule.actions)}").actions == rule.actions
     assert decode_instructions(encode_instructions(rule.actions), 0) == rule.actions
 
 
@@ -243,3 +245,33 @@ def test_dec_ttl_of_an_expiring_packet_is_an_invalid_ttl_packet_in_as_ovs() -> N
     assert not res.emits and res.drop == dpif.DropReason.TTL_EXPIRED and len(res.controller) == 1
     live = translate(t, flow_of(parse(bytes(Ether(**E) / IP(ttl=64) / UDP()), 1)), {1, 2, 3})
     assert dpif.format_actions(live.actions) == "dec_ttl,2,3" and live.wc["nw_ttl"] == 0xFE
+
+
+@pytest.mark.parametrize(("flow", "why"), [
+    ("actions=set_field:1.2.3.4->ip_src,output:2", "ip_src needs ip"),
+    ("ip,actions=load:1->NXM_OF_TCP_DST[],output:2", "tcp_dst needs tcp"),
+    ("tcp,actions=move:NXM_OF_UDP_SRC[]->NXM_NX_REG0[0..15],output:2", "udp_src needs udp"),
+    ("ipv6,actions=mod_nw_src:1.2.3.4,output:2", "ip_src needs ip"),
+    ("ip,actions=push_mpls:0x8847,set_field:1.2.3.4->ip_src,output:2", "ip_src needs ip"),
+])
+def test_a_write_without_its_prerequisite_is_refused_as_ovs(flow: str, why: str) -> None:
+    """As OVS's ofpacts_check: the text error points at the action, OpenFlow gets BAD_ACTION/MATCH_INCONSISTENT."""
+    import struct as _s
+
+    from ctl.openflow.codec import OfError, decode
+    from ctl.openflow.codec.oxm import encode_match
+    from ctl.pipeline.ofactions import parse_actions
+    from ctl.pipeline.ofmatch import FlowSyntaxError
+
+    with pytest.raises(FlowSyntaxError, match=why) as e:
+        parse_flow(flow)
+    pointed = flow[e.value.pos: e.value.pos + e.value.length]
+    assert pointed in flow.rpartition("actions=")[2].split(",") and not pointed.startswith(("output", "push_mpls"))
+    head, _, acts = flow.rpartition("actions=")
+    match = parse_match(head.rstrip(",")) if head else parse_match("")
+    body = _s.pack("!QQBBHHHIIIH2x", 0, 0, 0, 0, 0, 0, 100, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    raw = body + encode_match(match) + encode_instructions(parse_actions(acts))
+    msg = _s.pack("!BBHI", 4, 14, 8 + len(raw), 7) + raw
+    with pytest.raises(OfError) as err:
+        decode(msg)
+    assert (err.value.type, err.value.code) == (2, 12)

@@ -13,6 +13,7 @@ from pyof.v0x04.controller2switch.multipart_request import AggregateStatsRequest
 
 from ctl.openflow.codec.actions import decode_actions, decode_instructions
 from ctl.openflow.codec.framing import (
+    BAC_MATCH_INCONSISTENT,
     BRC_BAD_LEN,
     BRC_BAD_MULTIPART,
     BRC_BAD_TYPE,
@@ -204,6 +205,9 @@ def _flow_mod(raw: bytes, xid: int) -> FlowMod:
         raise OfError(ET.FLOW_MOD_FAILED, FMFC_BAD_FLAGS, f"flow-mod flags {flags:#x}")
     match, end = _match_at(raw, 48)
     acts = decode_instructions(raw, end)
+    bad = of.consistency_error(match, acts)
+    if bad is not None:
+        raise OfError(ET.BAD_ACTION, BAC_MATCH_INCONSISTENT, bad[1])
     return FlowMod(xid, T.FLOW_MOD, cookie, cookie_mask, table_id, command, idle, hard, priority, buffer_id,
                    out_port, out_group, flags, match, acts)
 
