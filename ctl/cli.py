@@ -253,6 +253,10 @@ def start(
     mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
                                             help="Insert into the EMC on 1 in N megaflow hits (0: never)."),
+    vlan_limit: int = typer.Option(1, "--vlan-limit",
+                                   help="VLAN tags parsed, as OVS's other_config:vlan-limit: 1 (an inner tag is "
+                                        "payload) or 2 (0: as many as the flow key holds, 2). A change is a new "
+                                        "datapath layout: start with --replace."),
     max_idle: int = typer.Option(10000, "--max-idle", help="Delete megaflows idle this long (ms)."),
     max_revalidator: int = typer.Option(500, "--max-revalidator", help="Revalidate at least this often (ms)."),
     metrics_address: str = typer.Option("127.0.0.1:9640", "--metrics-address",
@@ -322,7 +326,8 @@ def start(
                                 tls=TlsConfig(private_key, certificate, ca_cert), max_connections=max_connections,
                                 allow_remote_plain=allow_remote_plain)
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
-                    flow_limit, handlers, mode, DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob),
+                    flow_limit, handlers, mode,
+                    DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob, vlan_limit=vlan_limit),
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,

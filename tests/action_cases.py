@@ -88,6 +88,14 @@ CASES = [
          eth() / v4() / tcp()),
     Case("modify vlan", eth() / Dot1Q(vlan=100, prio=1) / v4() / tcp(), [DpSetVlan(200, 6), DpOutput(2)],
          XDP_REDIRECT, eth() / Dot1Q(vlan=200, prio=6) / v4() / tcp()),
+    # 802.1ad: an outer tag pushed onto a tagged frame, popped again, and the inner one rewritten (the fast path
+    # counts the tags a frame carries)
+    Case("push, pop and modify with two tags", eth() / Dot1Q(vlan=100, prio=1) / v4() / tcp(),
+         [DpPushVlan(7, 0, 0x88A8), DpPopVlan(), DpSetVlan(9, 3), DpOutput(2)], XDP_REDIRECT,
+         eth() / Dot1Q(vlan=9, prio=3) / v4() / tcp()),
+    Case("push an 802.1ad tag onto a tagged frame", eth() / Dot1Q(vlan=100) / v4() / udp(),
+         [DpPushVlan(7, 2, 0x88A8), DpOutput(2)], XDP_REDIRECT,
+         eth(type=0x88A8) / Dot1Q(vlan=7, prio=2) / Dot1Q(vlan=100) / v4() / udp()),
     Case("set ipv4 src, tcp", eth() / v4() / tcp(), [DpSetIpv4Src("192.0.2.77"), DpOutput(2)], XDP_REDIRECT,
          eth() / IP(src="192.0.2.77", dst="10.0.0.2") / tcp()),
     Case("set ipv4 dst, udp", eth() / v4() / udp(), [DpSetIpv4Dst("198.51.100.200"), DpOutput(2)], XDP_REDIRECT,

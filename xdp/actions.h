@@ -162,6 +162,10 @@ static __always_inline __u32 act_dec_ttl(struct xdp_md *ctx, struct dp_scratch *
     return DROP_BAD_ACTION;
 }
 
+/* The VLAN tags a frame carries now, read and written through memory every time: the verifier then keeps no
+ * exact count across the action loop, which would multiply the states it walks (one per count). */
+#define TAGS(ps) (*(volatile __u32 *)&(ps)->tagged)
+
 static __always_inline __u32 act_push_vlan(struct xdp_md *ctx, struct dp_scratch *ps, __be16 tci, __u32 tpid)
 {
     __u8 macs[12];
@@ -181,7 +185,7 @@ static __always_inline __u32 act_push_vlan(struct xdp_md *ctx, struct dp_scratch
         ps->l3_off += VLAN_HLEN_;
     if (ps->l4_off)
         ps->l4_off += VLAN_HLEN_;
-    ps->tagged = 1;
+    TAGS(ps) = TAGS(ps) + 1;
     return 0;
 }
 
@@ -189,7 +193,7 @@ static __always_inline __u32 act_pop_vlan(struct xdp_md *ctx, struct dp_scratch 
 {
     __u8 macs[12];
     __u8 *eth = PKT_AT(ctx, 0, 18);
-    if (!eth || !ps->tagged)
+    if (!eth || !TAGS(ps))
         return DROP_BAD_ACTION;
     __builtin_memcpy(macs, eth, 12);
     if (bpf_xdp_adjust_head(ctx, VLAN_HLEN_))
@@ -202,7 +206,7 @@ static __always_inline __u32 act_pop_vlan(struct xdp_md *ctx, struct dp_scratch 
         ps->l3_off -= VLAN_HLEN_;
     if (ps->l4_off)
         ps->l4_off -= VLAN_HLEN_;
-    ps->tagged = 0;
+    TAGS(ps) = TAGS(ps) - 1;
     return 0;
 }
 
@@ -313,7 +317,7 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
             break;
         case DP_ACT_SET_VLAN: {
             __be16 *tci = PKT_AT(ctx, 14, 2);
-            if (!tci || !ps->tagged)
+            if (!tci || !TAGS(ps))
                 r = DROP_BAD_ACTION;
             else
                 *tci = a->arg16 & ~bpf_htons(VLAN_CFI);
@@ -378,7 +382,9 @@ static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const stru
     }
     dp_stat_add(stat, 1);
 
-    s->tagged = s->key.vlan_tci != 0;
+    /* branch-free (a branch here doubles the states the verifier walks through the action loop): a parsed tag
+     * always has VLAN_CFI set */
+    s->tagged = ((bpf_ntohs(s->key.vlan_tci) >> 12) & 1) + ((bpf_ntohs(s->key.vlan_tci1) >> 12) & 1);
     int verdict = dp_execute(ctx, f, s);
     if (verdict == DP_VERDICT_UPCALL) {
         verdict = dp_upcall(ctx, s->key.in_port, s->hash, UPCALL_SLOW_PATH);

@@ -32,6 +32,9 @@
 #ifndef DP_IPV6_MAX_EXT
 #define DP_IPV6_MAX_EXT 4           /* IPv6 extension headers walked before giving up */
 #endif
+#ifndef DP_VLAN_LIMIT
+#define DP_VLAN_LIMIT 1             /* VLAN tags parsed (OVS's vlan-limit): 1, or 2 (0 means 2: all the key holds) */
+#endif
 #ifndef DP_ND_MAX_OPTS
 #define DP_ND_MAX_OPTS 4            /* neighbor discovery options read (OVS reads them all) */
 #endif

@@ -67,7 +67,7 @@ struct dp_scratch {
     __u32 hash;
     __u16 l3_off;       /* 0: no L3 header; moves when a tag is pushed or popped */
     __u16 l4_off;       /* 0: no L4 header */
-    __u32 tagged;       /* the packet carries a VLAN tag now */
+    __u32 tagged;       /* the VLAN tags the packet carries now (as parsed, then pushed and popped) */
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
 };
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);

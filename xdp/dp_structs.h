@@ -24,8 +24,9 @@ struct flow_key {
     __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
     __u8 arp_sha[6];
     __u8 arp_tha[6];
-    __be16 ipv6_exthdr; /* network order: OpenFlow's IPv6 extension header flags (OFPIEH_*, 9 bits) */
-    __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label (20 bits) */
+    __be16 vlan_tci1;   /* network order: the inner VLAN tag's TCI | VLAN_CFI, with DP_VLAN_LIMIT 2; else 0 */
+    __be32 label;       /* network order: MPLS's top label stack entry; for IPv6, the flow label (the low 20
+                         * bits) and OpenFlow's extension header flags (OFPIEH_*, 9 bits) above it */
     __u8 ipv6_src[16];
     __u8 ipv6_dst[16];
     __u8 nd_target[16]; /* IPv6 neighbor discovery's target (its link-layer options go to arp_sha/arp_tha) */

@@ -3,8 +3,9 @@
  * tests/bpf/test_parser_diff.py checks it. Rules (as OVS's flow_extract, simplified):
  *  - fields are filled layer by layer; a layer that is truncated or fails its sanity check stops the
  *    parse and leaves it and every later layer zero;
- *  - an Ethernet type below 0x600 gives dl_type FLOW_DL_TYPE_NONE; one VLAN tag is parsed, 802.1Q (0x8100) or
- *    802.1ad (0x88a8), as OVS with its default vlan-limit of 1: an inner tag is payload (dl_type its TPID);
+ *  - an Ethernet type below 0x600 gives dl_type FLOW_DL_TYPE_NONE; VLAN tags, 802.1Q (0x8100) or 802.1ad
+ *    (0x88a8), are parsed up to DP_VLAN_LIMIT (OVS's vlan-limit; default 1: an inner tag is payload, dl_type
+ *    its TPID; 2: the inner tag goes to vlan_tci1);
  *  - ARP fields only for Ethernet/IPv4 ARP; the opcode goes to nw_proto when it fits a byte;
  *  - IPv4 needs version 4, ihl >= 5, tot_len >= ihl and tot_len <= the bytes present;
  *  - IPv6 needs version 6 and payload_len <= the bytes present; up to DP_IPV6_MAX_EXT extension headers
@@ -12,8 +13,8 @@
  *    and L4 is parsed only if it stopped on a non-extension header;
  *  - later fragments have no L4 fields; a truncated L4 header leaves them zero;
  *  - MPLS (0x8847, 0x8848): the top label stack entry goes to label, nothing past it is parsed (as OVS: the
- *    payload's type is not in the packet); IPv6's flow label goes to label too;
- *  - ipv6_exthdr: OpenFlow's flags for the extension headers walked (HOP 64, DEST 8, ROUTER 32, FRAG 16,
+ *    payload's type is not in the packet); IPv6's flow label goes to label's low 20 bits;
+ *  - ipv6_exthdr, in label's bits 20-28: OpenFlow's flags for the extension headers walked (HOP 64, DEST 8, ROUTER 32, FRAG 16,
  *    AUTH 4), ESP 2 and NONEXT 1 for where the walk stopped, UNREP 128 for a repeat (DEST may come twice),
  *    UNSEQ 256 for one out of RFC 8200's order;
  *  - neighbor discovery (ICMPv6 135/136, code 0): the target, then up to DP_ND_MAX_OPTS options within the
@@ -204,11 +205,10 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off, struct 
         eh |= last > 6 ? 256 | 2 : 2;
     else if (done == 1 && nh == 59)
         eh |= 1;
-    key->label = *(__be32 *)ip6 & bpf_htonl(0x000fffff);
+    key->label = (*(__be32 *)ip6 & bpf_htonl(0x000fffff)) | bpf_htonl((__u32)eh << 20);
     key->nw_tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
     key->nw_ttl = ip6->hop_limit;
     key->nw_frag = frag;
-    key->ipv6_exthdr = bpf_htons(eh);
     key->nw_proto = nh;
     if (done == 1)
         parse_l4(data, end, pend, off, nh, key, lay);
@@ -239,6 +239,16 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
         key->vlan_tci = tag[0] | bpf_htons(VLAN_CFI);
         type = tag[1];
         off += VLAN_HLEN_;
+        if (DP_VLAN_LIMIT != 1 && (type == bpf_htons(ETH_P_8021Q_) || type == bpf_htons(ETH_P_8021AD_))) {
+            __be16 *inner = data + ETH_HLEN_ + VLAN_HLEN_;
+            if ((void *)(inner + 2) > end) {
+                key->dl_type = type;
+                return;
+            }
+            key->vlan_tci1 = inner[0] | bpf_htons(VLAN_CFI);
+            type = inner[1];
+            off += VLAN_HLEN_;
+        }
     }
     if (bpf_ntohs(type) < ETH_TYPE_MIN_) {
         /* 802.3: LLC/SNAP with OUI 0 carries an Ethernet type, as OVS's parse_ethertype reads it */

@@ -549,6 +549,7 @@ class DatapathConfig:
     max_actions: int = 8
     max_ports: int = 256
     max_queues: int = 16
+    vlan_limit: int = 1     # OVS's vlan-limit: VLAN tags parsed, 1 or 2 (0: all the key holds, 2)
 
     def __post_init__(self) -> None:
         for name in ("emc_entries", "hint_entries", "max_queues"):
@@ -561,13 +562,15 @@ class DatapathConfig:
             raise ValueError("max_flows, max_actions and max_ports must be positive (max_ports 2..65536)")
         if self.emc_insert_inv_prob < 0:
             raise ValueError("emc_insert_inv_prob must be >= 0 (0 disables EMC inserts)")
+        if self.vlan_limit not in (0, 1, 2):
+            raise ValueError(f"vlan_limit must be 0, 1 or 2 (the flow key holds two tags), got {self.vlan_limit}")
 
     def cflags(self) -> list[str]:
         return [
             f"-DEMC_ENTRIES={self.emc_entries}", f"-DMF_MAX_MASKS={self.max_masks}",
             f"-DMF_MAX_FLOWS={self.max_flows}", f"-DMF_HINT_ENTRIES={self.hint_entries}",
             f"-DMF_MAX_ACTIONS={self.max_actions}", f"-DDP_MAX_PORTS={self.max_ports}",
-            f"-DDP_MAX_QUEUES={self.max_queues}",
+            f"-DDP_MAX_QUEUES={self.max_queues}", f"-DDP_VLAN_LIMIT={self.vlan_limit or 2}",
         ]
 
 

@@ -41,7 +41,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 import xdp  # the fast path's C sources travel as this package
-from ctl.datapath import dpif
+from ctl.datapath import dpif, flowkey
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey
 from ctl.datapath.netdev import takes_redirects, xdp_mode
@@ -166,6 +166,7 @@ class Datapath:
             raise DatapathError(f"bad datapath name {name!r}: letters, digits, '_', '.', '-' only")
         self.name = name
         self.config = config or DatapathConfig()
+        flowkey.set_vlan_limit(self.config.vlan_limit)  # the Python parser reads frames as these programs do
         self.notes: list[str] = []     # what opening it found and did (for the daemon to say)
         src = program_source()
         cflags = self.config.cflags()

@@ -19,8 +19,9 @@ The C header is the source of truth::
         __be16 tcp_flags;   /* network order: the low 12 bits of TCP's offset/flags word */
         __u8 arp_sha[6];
         __u8 arp_tha[6];
-        __be16 ipv6_exthdr; /* network order: OpenFlow's IPv6 extension header flags (OFPIEH_*) */
-        __be32 label;       /* network order: MPLS's top label stack entry, or IPv6's flow label */
+        __be16 vlan_tci1;   /* network order: the inner VLAN tag's TCI | VLAN_CFI (vlan-limit 2), else 0 */
+        __be32 label;       /* network order: MPLS's top label stack entry; for IPv6 the flow label (low 20
+                             * bits) and OpenFlow's extension header flags (OFPIEH_*, 9 bits) above it */
         __u8 ipv6_src[16];
         __u8 ipv6_dst[16];
         __u8 nd_target[16]; /* IPv6 neighbor discovery's target */
@@ -46,6 +47,19 @@ FLOW_NW_FRAG_ANY = 1
 FLOW_NW_FRAG_LATER = 2
 IPV6_MAX_EXT = 4  # DP_IPV6_MAX_EXT
 ND_MAX_OPTS = 4  # DP_ND_MAX_OPTS
+# How many VLAN tags the parsers read: OVS's vlan-limit, 1 (the default: an inner tag is payload) or 2 (0 means
+# 2, all the key holds). Owned by the Datapath that compiles the XDP programs (-DDP_VLAN_LIMIT): it sets this
+# with set_vlan_limit() so that this parser reads frames as they do.
+VLAN_LIMIT = 1
+
+
+def set_vlan_limit(limit: int) -> int:
+    """Set the parsers' VLAN limit (0: as many as the key holds); returns it as the key sees it (1 or 2)."""
+    global VLAN_LIMIT
+    if limit not in (0, 1, 2):
+        raise ValueError(f"vlan-limit {limit}: 1 or 2 (0: as many as the flow key holds, 2)")
+    VLAN_LIMIT = limit or 2
+    return VLAN_LIMIT
 # OpenFlow's ipv6_exthdr flag and RFC 8200's rank of each extension header walked (DEST: 2, or 7 after ROUTING)
 _EXTHDR = {0: (64, 1), 60: (8, 2), 43: (32, 3), 44: (16, 4), 51: (4, 5)}
 IPV6_EXT_HEADERS = (0, 43, 60, 51, 44)
@@ -83,7 +97,7 @@ class FlowKey(ctypes.BigEndianStructure):
         ("tcp_flags", ctypes.c_uint16),
         ("arp_sha", ctypes.c_uint8 * 6),
         ("arp_tha", ctypes.c_uint8 * 6),
-        ("ipv6_exthdr", ctypes.c_uint16),
+        ("vlan_tci1", ctypes.c_uint16),
         ("label", ctypes.c_uint32),
         ("ipv6_src", ctypes.c_uint8 * 16),
         ("ipv6_dst", ctypes.c_uint8 * 16),
@@ -272,11 +286,10 @@ def _parse_ipv6(p: bytes, l3: int, key: FlowKey) -> tuple[int, int]:
         eh |= 256 | 2 if last > 6 else 2
     elif done == 1 and nh == 59:
         eh |= 1
-    key.label = struct.unpack_from("!I", p, l3)[0] & 0x000FFFFF
+    key.label = (struct.unpack_from("!I", p, l3)[0] & 0x000FFFFF) | eh << 20
     key.nw_tos = ((p[l3] & 0x0F) << 4) | (p[l3 + 1] >> 4)
     key.nw_ttl = p[l3 + 7]
     key.nw_frag = frag
-    key.ipv6_exthdr = eh
     key.nw_proto = nh
     return l3, (_parse_l4(p, off, pend, nh, key) if done == 1 else 0)
 
@@ -329,6 +342,13 @@ def parse_layout(frame: bytes, in_port: int = 0) -> tuple[FlowKey, int, int]:
         tci, dl_type = struct.unpack_from("!HH", p, 14)
         key.vlan_tci = tci | VLAN_CFI
         off = 18
+        if VLAN_LIMIT != 1 and dl_type in (ETH_P_8021Q, ETH_P_8021AD):
+            if len(p) < 22:
+                key.dl_type = dl_type
+                return key, 0, 0
+            tci, dl_type = struct.unpack_from("!HH", p, 18)
+            key.vlan_tci1 = tci | VLAN_CFI
+            off = 22
     if dl_type < 0x600:
         # 802.3: LLC/SNAP with OUI 0 carries an Ethernet type (OVS's parse_ethertype)
         llc = p[off: off + 8]
@@ -434,6 +454,10 @@ def _one(kind: str) -> Callable[[int | bytes], str] | None:
         return lambda v: str(ipaddress.IPv6Address(v))
     if kind == "hex":
         return lambda v: f"{v:#x}" if isinstance(v, int) else v.hex()
+    if kind == "flabel":  # IPv6's label word: the flow label below, the extension header flags above
+        return lambda v: f"{int(v) & 0xFFFFF:#x}"
+    if kind == "exthdr":
+        return lambda v: f"{int(v) >> 20:#x}"
     return None
 
 
@@ -459,7 +483,7 @@ def _compiled(mraw: bytes, dl_type: int, proto: int) -> tuple[str, list[tuple[in
                 items.append(_esc(label) + "{}")
                 convs.append((_POS[name], frag))
                 continue
-            suffix = "" if mv is None else "/" + _fmt(mv, None, kind)
+            suffix = "" if mv is None else "/" + _fmt(mv, None, "hex" if kind in ("flabel", "exthdr") else kind)
             items.append(_esc(label) + "{}" + _esc(suffix))
             convs.append((_POS[name], one))
         parts.append(_esc(head) + ",".join(items) + _esc(tail))
@@ -491,6 +515,8 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
         plan.append(("in_port(", [("", "in_port", "", None)], ")"))
     if shown("vlan_tci"):
         plan.append(("vlan_tci(", [field("", "vlan_tci", "hex", 0xFFFF)], ")"))
+    if shown("vlan_tci1"):
+        plan.append(("vlan_tci1(", [field("", "vlan_tci1", "hex", 0xFFFF)], ")"))
     eth = [field(f"{n}=", f"dl_{n}", "mac", 0) for n in ("src", "dst") if shown(f"dl_{n}")]
     if eth:
         plan.append(("eth(", eth, ")"))
@@ -514,10 +540,12 @@ def _plan(mraw: bytes, dl_type: int, proto: int) -> Plan:
     elif dl_type == ETH_P_IPV6:
         l3 += [field(f"{label}=", name, "ip6", 0) for label, name in (("src", "ipv6_src"), ("dst", "ipv6_dst"))
                if shown(name)]
-    if dl_type == ETH_P_IPV6 and shown("label"):
-        l3.append(field("label=", "label", "hex", 0x000FFFFF))
-    if dl_type == ETH_P_IPV6 and shown("ipv6_exthdr"):
-        l3.append(field("exthdr=", "ipv6_exthdr", "hex", 0x1FF))
+    if dl_type == ETH_P_IPV6:
+        lm = int(m["label"])
+        if lm & 0xFFFFF:
+            l3.append(("label=", "label", "flabel", None if lm & 0xFFFFF == 0xFFFFF else lm & 0xFFFFF))
+        if lm >> 20:
+            l3.append(("exthdr=", "label", "exthdr", None if lm >> 20 == 0x1FF else lm >> 20))
     l3 += [field(f"{label}=", name, "hex" if label == "tos" else "", 0xFF)
            for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag"))
            if shown(name)]
@@ -569,6 +597,8 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
         out.append(f"in_port({int(k['in_port'])})")
     if shown("vlan_tci"):
         out.append(f"vlan_tci({part('vlan_tci', 'hex', 0xFFFF)})")
+    if shown("vlan_tci1"):
+        out.append(f"vlan_tci1({part('vlan_tci1', 'hex', 0xFFFF)})")
     eth = [f"{n}={part(f'dl_{n}', 'mac', 0)}" for n in ("src", "dst") if shown(f"dl_{n}")]
     if eth:
         out.append(f"eth({','.join(eth)})")
@@ -597,10 +627,13 @@ def format_key_reference(key: FlowKey, mask: FlowKey | None = None) -> str:
         for label, name in (("src", "ipv6_src"), ("dst", "ipv6_dst")):
             if shown(name):
                 l3.append(f"{label}={part(name, 'ip6', 0)}")
-        if shown("label"):
-            l3.append(f"label={part('label', 'hex', 0x000FFFFF)}")
-        if shown("ipv6_exthdr"):
-            l3.append(f"exthdr={part('ipv6_exthdr', 'hex', 0x1FF)}")
+        lv, lm = int(k["label"]), (0xFFFFFFFF if m is None else int(m["label"]))
+        if (lv if m is None else lm) & 0xFFFFF:
+            sfx = "" if m is None or lm & 0xFFFFF == 0xFFFFF else f"/{lm & 0xFFFFF:#x}"
+            l3.append(f"label={lv & 0xFFFFF:#x}{sfx}")
+        if (lv if m is None else lm) >> 20:
+            sfx = "" if m is None or lm >> 20 == 0x1FF else f"/{lm >> 20:#x}"
+            l3.append(f"exthdr={lv >> 20:#x}{sfx}")
     for label, name in (("proto", "nw_proto"), ("tos", "nw_tos"), ("ttl", "nw_ttl"), ("frag", "nw_frag")):
         if shown(name):
             value = part(name, "hex" if label in ("tos",) else "", 0xFF)

@@ -24,11 +24,11 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6 = 1, 6, 17,
 FIELD_BITS: dict[str, int] = {
     "in_port": 32, "vlan_tci": 16, "dl_type": 16, "dl_dst": 48, "dl_src": 48, "nw_src": 32, "nw_dst": 32,
     "nw_proto": 8, "nw_tos": 8, "nw_ttl": 8, "nw_frag": 8, "tp_src": 16, "tp_dst": 16, "tcp_flags": 16,
-    "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "mpls_lse": 32, "ipv6_label": 32,
-    "ipv6_exthdr": 16, "nd_target": 128,
+    "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "mpls_lse": 32, "ipv6_label": 20,
+    "ipv6_exthdr": 9, "nd_target": 128, "vlan_tci1": 16,
 }
-# mpls_lse and ipv6_label share the key's label word: the Ethernet type (always in a megaflow) tells which
-LABEL_FIELDS = ("mpls_lse", "ipv6_label")
+# mpls_lse, and ipv6_label with ipv6_exthdr above it, share the key's label word: the Ethernet type (always in a
+# megaflow) tells which
 ETH_P_MPLS = (0x8847, 0x8848)
 # Pipeline fields: OpenFlow's metadata and OVS's registers. They are no part of a packet: every packet enters
 # table 0 with them all zero and only actions write them, so a megaflow never carries them (as in OVS).
@@ -71,7 +71,7 @@ OFPP_MAX = 0xFF00  # ports above are reserved numbers
 # nd_target on, which holds the ARP hardware addresses and tcp_flags too.
 STAGES: tuple[tuple[str, ...], ...] = (
     ("in_port", *PIPELINE_FIELDS),
-    ("vlan_tci", "dl_type", "dl_dst", "dl_src", "mpls_lse"),
+    ("vlan_tci", "vlan_tci1", "dl_type", "dl_dst", "dl_src", "mpls_lse"),
     ("nw_src", "nw_dst", "ipv6_src", "ipv6_dst", "ipv6_label", "ipv6_exthdr", "nw_proto", "nw_tos", "nw_ttl",
      "nw_frag"),
     ("nd_target", "arp_sha", "arp_tha", "tcp_flags", "tp_src", "tp_dst"),
@@ -108,7 +108,7 @@ class FlowSyntaxError(ValueError):
 # struct flow_key after in_port (host order), every field big-endian; wide fields come out as bytes
 _KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6sHI16s16s16s")
 _BODY_FIELDS = ("vlan_tci", "dl_type", "dl_dst", "dl_src", "nw_src", "nw_dst", "nw_proto", "nw_tos", "nw_ttl",
-                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "ipv6_exthdr", "label", "ipv6_src",
+                "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "vlan_tci1", "label", "ipv6_src",
                 "ipv6_dst", "nd_target")
 _WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if f != "label" and FIELD_BITS[f] > 32}
 
@@ -124,7 +124,9 @@ def flow_of(key: FlowKey) -> Flow:
         flow[f] = int.from_bytes(v, "big") if isinstance(v, bytes) else v
     label = flow.pop("label")
     flow["mpls_lse"] = label if flow["dl_type"] in ETH_P_MPLS else 0
-    flow["ipv6_label"] = label if flow["dl_type"] == ETH_P_IPV6 else 0
+    v6 = flow["dl_type"] == ETH_P_IPV6
+    flow["ipv6_label"] = label & 0xFFFFF if v6 else 0
+    flow["ipv6_exthdr"] = label >> 20 if v6 else 0
     return flow
 
 
@@ -134,7 +136,8 @@ _LABEL_AT = _BODY_FIELDS.index("label")
 def key_of(flow: Flow) -> FlowKey:
     """A FlowKey (or a mask) from integer fields; absent fields are zero, pipeline fields are left out."""
     vals: list[int | bytes] = [flow.get(f, 0) for f in _BODY_FIELDS]
-    vals[_LABEL_AT] = flow.get("mpls_lse", 0) | flow.get("ipv6_label", 0)  # one word: a mask may carry both
+    # one word: a mask may carry both (the Ethernet type, always in a megaflow, tells a key which it holds)
+    vals[_LABEL_AT] = flow.get("mpls_lse", 0) | flow.get("ipv6_label", 0) | flow.get("ipv6_exthdr", 0) << 20
     for i, f in enumerate(_BODY_FIELDS):
         n = _WIDE.get(f)
         if n:
@@ -316,6 +319,7 @@ def _specs() -> dict[str, FieldSpec]:
         FieldSpec("dl_vlan", "vlan_tci", "vlan"), FieldSpec("vlan_vid", "vlan_tci", "vlan"),
         FieldSpec("dl_vlan_pcp", "vlan_tci", "pcp"), FieldSpec("vlan_pcp", "vlan_tci", "pcp"),
         FieldSpec("vlan_tci", "vlan_tci", "int"),
+        FieldSpec("vlan_tci1", "vlan_tci1", "int"),  # the inner tag (vlan-limit 2), as OVS prints it
         FieldSpec("nw_src", "nw_src", "ip4", (ETH_P_IP, ETH_P_ARP)),
         FieldSpec("nw_dst", "nw_dst", "ip4", (ETH_P_IP, ETH_P_ARP)),
         FieldSpec("ip_src", "nw_src", "ip4", (ETH_P_IP,)), FieldSpec("ip_dst", "nw_dst", "ip4", (ETH_P_IP,)),
@@ -586,6 +590,9 @@ def format_match(match: Match, priority: int | None = None) -> str:
             out.append(f"dl_vlan_pcp={v >> 13}")
         else:
             out.append(f"vlan_tci={v:#06x}" + ("" if m == 0xFFFF else f"/{m:#06x}"))
+    if "vlan_tci1" in f:
+        v, m = f.pop("vlan_tci1")
+        out.append(f"vlan_tci1={v:#06x}" + ("" if m == 0xFFFF else f"/{m:#06x}"))
     for name in ("dl_src", "dl_dst"):
         if name in f:
             out.append(f"{name}={_fmt_mac(*f.pop(name))}")
@@ -676,6 +683,8 @@ def format_flow(flow: Flow) -> str:
                     m.fields[f] = (flow[f], FULL[f])
     if not flow["vlan_tci"]:
         m.fields["vlan_tci"] = (0, 0xFFFF)
+    if flow["vlan_tci1"]:
+        m.fields["vlan_tci1"] = (flow["vlan_tci1"], 0xFFFF)
     return format_match(m)
 
 

@@ -105,7 +105,6 @@ class _Ctx:
         self.recirc = False
         self.halt = 0                   # a DropReason that ended the actions (an MPLS TTL that ran out)
         self.hidden_tags: list[int] = []  # VLAN tags pushed under a newer outer one (802.1ad), innermost first
-        self.user_only = ""             # why the datapath actions must run in user space (beyond fast_path_error)
         self.mac = mac
         self.may_learn = may_learn
         self.normal_used = False
@@ -272,13 +271,19 @@ class _Ctx:
             self.consult("vlan_tci", VLAN_CFI)
             if not fl["vlan_tci"] & VLAN_CFI:
                 return "skipped: no VLAN tag"
-            if self.hidden_tags:
+            if self.hidden_tags or fl["vlan_tci1"] & VLAN_CFI:
+                # the inner tag becomes the packet's tag: one pushed here, or one parsed (vlan-limit 2), whose bits
+                # all go into the megaflow (later lookups read them under vlan_tci's name)
                 self.commit()
                 self.actions.append(dpif.DpPopVlan())
-                fl["vlan_tci"] = self.hidden_tags.pop()
+                if self.hidden_tags:
+                    fl["vlan_tci"] = self.hidden_tags.pop()
+                else:
+                    self.consult("vlan_tci1", 0xFFFF)
+                    fl["vlan_tci"], fl["vlan_tci1"] = fl["vlan_tci1"], 0
+                    self.set_bits["vlan_tci"] = 0xFFFF
                 self.dp_tagged = True
-                self.user_only = "popping the outer of two VLAN tags runs in user space"
-                return "popped the outer tag: the inner one is the packet's tag again"
+                return "popped the outer tag: the inner one is the packet's tag now"
             self.set("vlan_tci", 0, 0xFFFF)
         elif isinstance(a, of.SetField):
             return self.set_field(a)
@@ -562,8 +567,6 @@ class _Ctx:
         for f in PIPELINE_FIELDS:  # zero in every packet at table 0: never part of a megaflow
             self.wc[f] = 0
         slow = dpif.fast_path_error(acts)
-        if self.user_only and not slow:
-            slow = self.user_only
         if self.recirc:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,

@@ -17,7 +17,7 @@ C_LAYOUT = {
     "in_port": (0, 4), "vlan_tci": (4, 2), "dl_type": (6, 2), "dl_dst": (8, 6), "dl_src": (14, 6),
     "nw_src": (20, 4), "nw_dst": (24, 4), "nw_proto": (28, 1), "nw_tos": (29, 1), "nw_ttl": (30, 1),
     "nw_frag": (31, 1), "tp_src": (32, 2), "tp_dst": (34, 2), "tcp_flags": (36, 2), "arp_sha": (38, 6),
-    "arp_tha": (44, 6), "ipv6_exthdr": (50, 2), "label": (52, 4), "ipv6_src": (56, 16), "ipv6_dst": (72, 16),
+    "arp_tha": (44, 6), "vlan_tci1": (50, 2), "label": (52, 4), "ipv6_src": (56, 16), "ipv6_dst": (72, 16),
     "nd_target": (88, 16),
 }
 

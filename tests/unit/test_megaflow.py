@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctl.datapath.flowkey import VLAN_CFI
+from ctl.datapath.flowkey import VLAN_CFI, VLAN_LIMIT
 from ctl.pipeline.ofmatch import FIELD_BITS, FIELDS, PACKET_FIELDS, flow_from_text, parse_match
 from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow, parse_flows_file
 from ctl.pipeline.xlate import translate
@@ -27,6 +27,8 @@ def _valid(flow: dict[str, int]) -> bool:
         return False
     if flow["nw_frag"] == 3 and (flow["tp_src"] or flow["tp_dst"] or flow["tcp_flags"]):
         return False
+    if flow["vlan_tci1"]:  # an inner tag only under an outer one, and only with vlan-limit 2
+        return VLAN_LIMIT == 2 and bool(flow["vlan_tci"] & VLAN_CFI) and bool(flow["vlan_tci1"] & VLAN_CFI)
     return bool(flow["vlan_tci"] & VLAN_CFI) or flow["vlan_tci"] == 0
 
 

@@ -28,10 +28,10 @@ IP6 = {"ipv6_src": "ipv6_src", "ipv6_dst": "ipv6_dst", "nd_target": "nd_target"}
 INTS = {"nw_proto": "nw_proto", "arp_op": "nw_proto", "nw_ttl": "nw_ttl", "tp_src": "tp_src", "tp_dst": "tp_dst",
         "icmp_type": "tp_src", "icmp_code": "tp_dst", "ipv6_label": "ipv6_label", "dl_type": "dl_type",
         "vlan_tci": "vlan_tci"}
-IGNORED = {"in_port", "vlan_tci1", "dl_vlan1", "dl_vlan_pcp1", "nd_reserved", "nd_options_type", "igmp_group_ip4",
+IGNORED = {"in_port", "nd_reserved", "nd_options_type", "igmp_group_ip4",
            "mpls_lse1", "mpls_lse2"}  # the entries below the top one: only the top is in our key
-# fields OVS has no counterpart for
-OURS_ONLY = {"in_port", "ipv6_exthdr"}
+# fields OVS has no counterpart for (vlan_tci1: compared only where both read the inner tag, vlan-limit 2)
+OURS_ONLY = {"in_port", "ipv6_exthdr", "vlan_tci1"}
 
 
 def ovs_flow(line: str) -> dict[str, int]:
@@ -59,6 +59,12 @@ def ovs_flow(line: str) -> dict[str, int]:
             flow["vlan_tci"] |= 0x1000 | int(v)
         elif k == "dl_vlan_pcp":
             flow["vlan_tci"] |= 0x1000 | int(v) << 13
+        elif k == "vlan_tci1":
+            flow["vlan_tci1"] = int(v, 0)
+        elif k == "dl_vlan1":
+            flow["vlan_tci1"] |= 0x1000 | int(v)
+        elif k == "dl_vlan_pcp1":
+            flow["vlan_tci1"] |= 0x1000 | int(v) << 13
         elif k == "nw_tos":
             flow["nw_tos"] |= int(v)
         elif k == "nw_ecn":
@@ -133,3 +139,25 @@ def test_the_deliberate_differences_hold(ovs: dict[str, dict[str, int]]) -> None
         ours = flow_of(parse(dict(corpus())[name], 0))
         assert ours["dl_type"] == 0x8100 and ours["nw_proto"] == 0 and ours["vlan_tci"] & 0x1000
         assert ovs[name]["dl_type"] == 0x0800 and ovs[name]["vlan_tci"] == ours["vlan_tci"]
+
+
+def test_with_vlan_limit_2_qinq_agrees_too(ovs: dict[str, dict[str, int]]) -> None:
+    """--vlan-limit 2 (or 0): the inner tag is parsed into vlan_tci1 and the layers behind it, as parse-pcap does."""
+    from ctl.datapath.flowkey import set_vlan_limit
+
+    set_vlan_limit(0)
+    try:
+        bad, n = [], 0
+        for name, frame in corpus():
+            if name.startswith("ip-version-5"):
+                continue
+            ours = flow_of(parse(frame, 0))
+            n += 1
+            diff = {f: (ours[f], ovs[name][f]) for f in PACKET_FIELDS
+                    if f not in ("in_port", "ipv6_exthdr") and ours[f] != ovs[name][f]}
+            if diff:
+                bad.append(f"{name}: {diff}")
+        assert n > 1500 and not bad, "\n".join(bad[:40])
+        assert flow_of(parse(dict(corpus())["qinq-802.1ad"], 0))["vlan_tci1"] == 0x1002
+    finally:
+        set_vlan_limit(1)

@@ -169,8 +169,8 @@ def test_crc32c_known_value() -> None:
 
 def test_802_1ad_outer_tag_is_parsed_and_a_second_tag_pushed_as_ovs() -> None:
     """An 0x88a8 tag is the packet's VLAN (the inner one payload, as OVS's vlan-limit 1); push_vlan onto a
-    tagged packet adds an outer tag with VID 0 (set afterwards) in the fast path; popping back to the inner
-    tag runs in user space."""
+    tagged packet adds an outer tag with VID 0 (set afterwards); popping back to the inner tag too, all in the
+    fast path (it counts the tags a packet carries)."""
     k = parse(bytes(Ether(**E) / Dot1AD(vlan=7) / Dot1Q(vlan=100) / IP() / UDP()), 1)
     assert k.vlan_tci == 0x1007 and k.dl_type == 0x8100
     t = tables("ip,actions=push_vlan:0x88a8,mod_vlan_vid:7,output:2")
@@ -182,7 +182,8 @@ def test_802_1ad_outer_tag_is_parsed_and_a_second_tag_pushed_as_ovs() -> None:
     assert got.type == 0x88A8 and got[Dot1AD].vlan == 7 and got[Dot1Q].vlan == 100 and got[Dot1Q].prio == 3
     t = tables("ip,actions=push_vlan:0x88a8,strip_vlan,mod_vlan_vid:9,output:2")
     tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3}, packet=frame)
-    assert tr.slow_path == "popping the outer of two VLAN tags runs in user space"
+    assert dpif.format_actions(tr.actions) == "push_vlan(tpid=0x88a8,vid=0,pcp=0),pop_vlan,set(vlan(vid=9,pcp=3)),2"
+    assert not tr.slow_path
     got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 2][0])
     assert got.type == 0x8100 and got[Dot1Q].vlan == 9 and got[Dot1Q].prio == 3 and Dot1AD not in got
 
@@ -275,3 +276,22 @@ def test_a_write_without_its_prerequisite_is_refused_as_ovs(flow: str, why: str)
     with pytest.raises(OfError) as err:
         decode(msg)
     assert (err.value.type, err.value.code) == (2, 12)
+
+
+def test_vlan_limit_2_pop_exposes_the_inner_tag_in_the_fast_path() -> None:
+    from ctl.datapath.flowkey import set_vlan_limit
+
+    set_vlan_limit(2)
+    try:
+        t = tables("table=0,dl_vlan=7,actions=strip_vlan,resubmit(,1)",
+                   "table=1,dl_vlan=100,actions=mod_vlan_pcp:6,output:2", "table=1,priority=0,actions=output:3")
+        frame = bytes(Ether(**E) / Dot1AD(vlan=7) / Dot1Q(vlan=100, prio=3) / IP() / UDP())
+        k = parse(frame, 1)
+        assert (k.vlan_tci, k.vlan_tci1, k.dl_type) == (0x1007, 0x7064, 0x0800)
+        tr = translate(t, flow_of(k), {1, 2, 3}, packet=frame)
+        assert dpif.format_actions(tr.actions) == "pop_vlan,set(vlan(vid=100,pcp=6)),2" and not tr.slow_path
+        assert tr.wc["vlan_tci1"] == 0xFFFF
+        got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 2][0])
+        assert got.type == 0x8100 and got[Dot1Q].vlan == 100 and got[Dot1Q].prio == 6 and Dot1AD not in got
+    finally:
+        set_vlan_limit(1)
