@@ -320,12 +320,15 @@ def fast_path_error(actions: Sequence[Action]) -> str:
     come first and one output step ends the list: outputs only (one port, or a group of ports), or one
     flood, userspace or drop. Packets for the controller always take the slow path."""
     acts = list(actions)
-    if any(isinstance(a, DpController) for a in acts):
-        return "it sends packets to the controller"
-    if any(isinstance(a, SLOW_PATH_ONLY) for a in acts):
-        user = next(a for a in acts if isinstance(a, SLOW_PATH_ONLY))
-        if isinstance(user, DpSetField):
-            return f"the fast path has no action for {user}: user space rewrites it"
+    user = None
+    for a in acts:
+        if isinstance(a, DpController):
+            return "it sends packets to the controller"
+        if user is None and isinstance(a, SLOW_PATH_ONLY):
+            user = a
+    if isinstance(user, DpSetField):
+        return f"the fast path has no action for {user}: user space rewrites it"
+    if user is not None:
         return "MPLS push, pop and rewrite run in user space"
     for i, a in enumerate(acts):
         if isinstance(a, TERMINAL):

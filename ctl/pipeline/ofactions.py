@@ -362,7 +362,7 @@ def parse_subfield(text: str, what: str) -> Subfield:
 
 
 def _check_writable(sub: Subfield, what: str) -> None:
-    if sub.field not in WRITABLE:
+    if sub.field not in WRITABLE and sub.nxm != "NXM_OF_ARP_OP":  # ARP's op shares nw_proto, which IP's is not
         raise ValueError(f"{what}: {sub.nxm} cannot be written")
 
 

@@ -110,7 +110,8 @@ _KEY_BODY = struct.Struct("!HH6s6sIIBBBBHHH6s6sHI16s16s16s")
 _BODY_FIELDS = ("vlan_tci", "dl_type", "dl_dst", "dl_src", "nw_src", "nw_dst", "nw_proto", "nw_tos", "nw_ttl",
                 "nw_frag", "tp_src", "tp_dst", "tcp_flags", "arp_sha", "arp_tha", "vlan_tci1", "label", "ipv6_src",
                 "ipv6_dst", "nd_target")
-_WIDE = {f: FIELD_BITS[f] // 8 for f in _BODY_FIELDS if f != "label" and FIELD_BITS[f] > 32}
+# the fields that struct holds as bytes: (position, bytes)
+_WIDE = [(i, FIELD_BITS[f] // 8) for i, f in enumerate(_BODY_FIELDS) if f != "label" and FIELD_BITS[f] > 32]
 
 
 _PIPELINE_ZERO = dict.fromkeys(PIPELINE_FIELDS, 0)
@@ -119,9 +120,12 @@ _PIPELINE_ZERO = dict.fromkeys(PIPELINE_FIELDS, 0)
 def flow_of(key: FlowKey) -> Flow:
     """The packet fields of a flow key, every one an integer, and the pipeline fields (zero)."""
     raw = bytes(key)
-    flow = {"in_port": int.from_bytes(raw[:4], "little"), **_PIPELINE_ZERO}
-    for f, v in zip(_BODY_FIELDS, _KEY_BODY.unpack_from(raw, 4), strict=True):
-        flow[f] = int.from_bytes(v, "big") if isinstance(v, bytes) else v
+    vals = list(_KEY_BODY.unpack_from(raw, 4))
+    for i, _n in _WIDE:
+        vals[i] = int.from_bytes(vals[i], "big")
+    flow = dict(zip(_BODY_FIELDS, vals, strict=True))
+    flow["in_port"] = int.from_bytes(raw[:4], "little")
+    flow.update(_PIPELINE_ZERO)
     label = flow.pop("label")
     flow["mpls_lse"] = label if flow["dl_type"] in ETH_P_MPLS else 0
     v6 = flow["dl_type"] == ETH_P_IPV6
@@ -138,10 +142,8 @@ def key_of(flow: Flow) -> FlowKey:
     vals: list[int | bytes] = [flow.get(f, 0) for f in _BODY_FIELDS]
     # one word: a mask may carry both (the Ethernet type, always in a megaflow, tells a key which it holds)
     vals[_LABEL_AT] = flow.get("mpls_lse", 0) | flow.get("ipv6_label", 0) | flow.get("ipv6_exthdr", 0) << 20
-    for i, f in enumerate(_BODY_FIELDS):
-        n = _WIDE.get(f)
-        if n:
-            vals[i] = flow.get(f, 0).to_bytes(n, "big")
+    for i, n in _WIDE:
+        vals[i] = vals[i].to_bytes(n, "big")  # type: ignore[union-attr]
     raw = flow.get("in_port", 0).to_bytes(4, "little") + _KEY_BODY.pack(*vals)
     return FlowKey.from_buffer_copy(raw)
 

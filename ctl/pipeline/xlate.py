@@ -13,6 +13,7 @@ megaflow must send each packet to user space (``slow_path``).
 from __future__ import annotations
 
 import ipaddress
+from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from ctl.pipeline.ofmatch import (
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
 
 MAX_RESUBMIT_DEPTH = 64  # as OVS
+_PIPELINE_ZERO = dict.fromkeys(PIPELINE_FIELDS, 0)
 ALWAYS_EXACT = ("in_port", "dl_type")
 
 
@@ -112,8 +114,8 @@ class _Ctx:
         self.orig = dict(flow)
         self.flow = dict(flow)
         self.dp_tagged = bool(flow["vlan_tci"] & VLAN_CFI)  # the packet carries a tag after the actions so far
-        self.wc = {f: 0 for f in FIELDS}
-        self.set_bits = {f: 0 for f in FIELDS}
+        self.wc = dict.fromkeys(FIELDS, 0)
+        self.set_bits = dict.fromkeys(FIELDS, 0)
         self.ttl_changed = False
         self.changed = False            # any field set or the TTL decremented: lookups need masking
         self.tracing = tracing
@@ -166,7 +168,7 @@ class _Ctx:
                 rule = table.lookup(self.flow, self.wc)  # nothing changed yet: consulted bits go straight in
             else:
                 look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
-                scratch = dict.fromkeys(FIELDS, 0)
+                scratch: defaultdict[str, int] = defaultdict(int)  # only the fields consulted end up in it
                 rule = table.lookup(look, scratch)
                 for f, m in scratch.items():
                     if m and not (f == "in_port" and in_port is not None):
@@ -482,6 +484,8 @@ class _Ctx:
         commit_odp_actions). A written field is rewritten even when the value happens to be the packet's
         own, so the actions never depend on the packet's value of a field they set."""
         fl, out, dirty = self.flow, self.actions, self.dirty
+        if not dirty:
+            return
         for f, act in (("dl_src", dpif.DpSetEthSrc), ("dl_dst", dpif.DpSetEthDst)):
             if f in dirty:
                 out.append(act(mac_str(fl[f].to_bytes(6, "big"))))
@@ -564,8 +568,7 @@ class _Ctx:
                 self.wc["nw_proto"] == 0xFF and self.orig["nw_proto"] != IPPROTO_TCP):
             # tcp_flags is zero in every packet that is not TCP: matching it adds nothing (as OVS)
             self.wc["tcp_flags"] = 0
-        for f in PIPELINE_FIELDS:  # zero in every packet at table 0: never part of a megaflow
-            self.wc[f] = 0
+        self.wc.update(_PIPELINE_ZERO)  # zero in every packet at table 0: never part of a megaflow
         slow = dpif.fast_path_error(acts)
         if self.recirc:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"

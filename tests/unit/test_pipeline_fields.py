@@ -295,3 +295,18 @@ def test_vlan_limit_2_pop_exposes_the_inner_tag_in_the_fast_path() -> None:
         assert got.type == 0x8100 and got[Dot1Q].vlan == 100 and got[Dot1Q].prio == 6 and Dot1AD not in got
     finally:
         set_vlan_limit(1)
+
+
+def test_an_arp_responder_as_neutron_writes_it() -> None:
+    """move/load on ARP fields (the op included, which shares nw_proto): an ARP reply built in the switch."""
+    t = tables("arp,arp_op=1,actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:0a:00:00:00:00:fe,"
+               "load:0x2->NXM_OF_ARP_OP[],move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
+               "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],load:0x0a0000fe->NXM_OF_ARP_SPA[],"
+               "load:0x0a00000000fe->NXM_NX_ARP_SHA[],in_port")
+    frame = bytes(Ether(**E) / ARP(op=1, hwsrc=E["src"], psrc="10.0.0.1", pdst="10.0.0.254"))
+    tr = translate(t, flow_of(parse(frame, 1)), {1, 2, 3})
+    got = Ether([f for p, f in execute(frame, tr.actions).emits if p == 1][0])
+    assert got.dst == E["src"] and got.src == "0a:00:00:00:00:fe" and got[ARP].op == 2
+    assert (got[ARP].psrc, got[ARP].pdst, got[ARP].hwdst) == ("10.0.0.254", "10.0.0.1", E["src"])
+    with pytest.raises(ValueError, match="cannot be written"):
+        parse_flow("ip,actions=load:6->NXM_OF_IP_PROTO[],output:2")
