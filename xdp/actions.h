@@ -253,14 +253,50 @@ static __always_inline int act_group(__u32 g)
     return XDP_DROP;
 }
 
+/* Where the actions go on after a select group's action: its bucket's first action (counted in the bucket's slot). */
+static __always_inline __u32 act_select(struct xdp_md *ctx, struct dp_scratch *ps, const struct dp_action *a)
+{
+    __u32 v = dp_select_hash(&ps->key) % 0xffff;
+    __u32 n = a->data[0];
+    __u32 pick = DP_SELECT_MAX_BUCKETS;
+#pragma unroll
+    for (__u32 b = 0; b < DP_SELECT_MAX_BUCKETS; b++) {
+        __u16 thr = a->data[1 + 3 * b] | (__u16)a->data[2 + 3 * b] << 8;
+        if (pick == DP_SELECT_MAX_BUCKETS && b < n && v < thr)
+            pick = b;
+    }
+    if (pick == DP_SELECT_MAX_BUCKETS)
+        return 0;  /* no bucket: the caller drops */
+    __u32 slot = a->arg32 + pick;
+    struct dp_bucket_stats *bs = dp_bucket_stats.lookup(&slot);
+    if (bs) {
+        bs->packets++;
+        bs->bytes += ctx->data_end - ctx->data;
+    }
+    switch (pick) {  /* constant offsets into data[]: the verifier reads no variable index into a map value */
+    case 0: return a->data[3];
+    case 1: return a->data[6];
+    case 2: return a->data[9];
+    case 3: return a->data[12];
+    default: return a->data[15];
+    }
+}
+
+/* The action dp_execute() goes on at, read and written through memory (as TAGS): a select group's jump then does not
+ * split the verifier's states of the action loop by target. */
+#define NEXT(ps) (*(volatile __u32 *)&(ps)->next)
+
 /* Run the actions. Returns an XDP action or DP_VERDICT_UPCALL; ps->reason says why a packet was dropped. */
 static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry *f, struct dp_scratch *ps)
 {
     __u32 n = f->n_actions;
     ps->reason = DROP_ACTION;
+    NEXT(ps) = 0;
     for (__u32 i = 0; i < MF_MAX_ACTIONS; i++) {
         if (i >= n)
             break;
+        if (i < NEXT(ps))
+            continue;
         const struct dp_action *a = &f->actions[i];
         __u32 r = 0;
         switch (a->type) {
@@ -341,6 +377,14 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         case DP_ACT_SET_TP_DST:
             r = act_set_tp(ctx, ps, a->type == DP_ACT_SET_TP_DST, a->arg16);
             break;
+        case DP_ACT_SELECT: {
+            __u32 to = act_select(ctx, ps, a);
+            if (to <= i)
+                r = DROP_ACTION;    /* no bucket to take (or a bad index): nothing is emitted */
+            else
+                NEXT(ps) = to;
+            break;
+        }
         default:
             r = DROP_BAD_ACTION;
         }

@@ -25,6 +25,12 @@
 #ifndef MF_MAX_ACTIONS
 #define MF_MAX_ACTIONS 8            /* datapath actions per megaflow */
 #endif
+#ifndef DP_SELECT_MAX_BUCKETS
+#define DP_SELECT_MAX_BUCKETS 5     /* buckets of a select group the fast path picks from (they fit dp_action.data) */
+#endif
+#ifndef DP_BUCKET_SLOTS
+#define DP_BUCKET_SLOTS 4096        /* select buckets' counters (dp_bucket_stats) */
+#endif
 #define DP_MAX_GROUPS 8             /* output sets (several ports) in use at once; one devmap each */
 #ifndef DP_SKB_MAX_COPIES
 #define DP_SKB_MAX_COPIES 64        /* ports a flood or group reaches on the skb path (a verifier bound) */

@@ -43,6 +43,9 @@ DP_DEVMAP(dp_group5, DP_MAX_PORTS);
 DP_DEVMAP(dp_group6, DP_MAX_PORTS);
 DP_DEVMAP(dp_group7, DP_MAX_PORTS);
 
+/* Select groups' buckets: packets and bytes each bucket took in the fast path (slots handed out by user space). */
+DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_bucket_stats, DP_BUCKET_SLOTS);
+
 DP_MAP("array", u32, struct dp_config, dp_config, 1);
 DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);
 DP_MAP("percpu_array", u32, u64, dp_drops, DROP_MAX);
@@ -69,6 +72,7 @@ struct dp_scratch {
     __u16 l4_off;       /* 0: no L4 header */
     __u32 tagged;       /* the VLAN tags the packet carries now (as parsed, then pushed and popped) */
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
+    __u32 next;         /* dp_execute() skips the actions before this one (a select group's bucket) */
 };
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
 DP_MAP("prog", u32, u32, dp_progs, 1);

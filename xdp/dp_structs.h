@@ -64,6 +64,11 @@ enum dp_action_type {
     DP_ACT_SET_IPV6_DST = 16,   /* data: address */
     DP_ACT_SET_TP_SRC = 17,     /* arg16: port, network order; TCP and UDP */
     DP_ACT_SET_TP_DST = 18,     /* arg16: port, network order; TCP and UDP */
+    DP_ACT_SELECT = 19,         /* a select group: pick a bucket by dp_select_hash() and go on at its first action.
+                                 * arg32: the first bucket counter slot (dp_bucket_stats; bucket i at slot + i);
+                                 * data[0]: buckets (at most DP_SELECT_MAX_BUCKETS); bucket i: data[1 + 3i] a u16
+                                 * threshold (little-endian; it takes hash % 0xffff below it), data[3 + 3i] the
+                                 * index of its first action. Each bucket's actions end in a terminal action. */
     DP_ACT_MAX
 };
 
@@ -82,6 +87,11 @@ struct mf_entry {
     __u16 n_actions;
     __u16 pad;
     struct dp_action actions[MF_MAX_ACTIONS];
+};
+
+struct dp_bucket_stats {
+    __u64 packets;
+    __u64 bytes;
 };
 
 struct mf_flow_stats {

@@ -325,6 +325,45 @@ static __always_inline __u32 flow_key_hash(const struct flow_key *key)
     return (__u32)h;
 }
 
+static __always_inline __u32 rotl32(__u32 x, int r)
+{
+    return (x << r) | (x >> (32 - r));
+}
+
+/* A select group's bucket hash (ctl/flowkey.py select_hash): symmetric over the MAC addresses, the Ethernet type,
+ * the IPv4/ARP and IPv6 addresses, the IP protocol and the L4 ports (OVS's flow_hash_symmetric_l4). Never the TCP
+ * flags: every packet of a connection takes the same bucket. */
+static __always_inline __u32 dp_select_hash(const struct flow_key *k)
+{
+    __u64 macs = 0;     /* the two MACs XORed, in an aligned word */
+    __u8 *mac = (__u8 *)&macs;
+#pragma unroll
+    for (int i = 0; i < 6; i++)
+        mac[i] = k->dl_dst[i] ^ k->dl_src[i];
+    __u32 v6 = 0;
+    const __u32 *a6 = (const __u32 *)k->ipv6_src;  /* ipv6_src and ipv6_dst: 8 words at offset 56 */
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        v6 ^= a6[i];
+    __u32 w[5];
+    w[0] = *(__u32 *)mac;
+    w[1] = *(__u16 *)(mac + 4) | (__u32)*(const __u16 *)&k->dl_type << 16;
+    w[2] = k->nw_src ^ k->nw_dst;
+    w[3] = v6;
+    w[4] = ((__u32)k->tp_src ^ (__u32)k->tp_dst) | (__u32)k->nw_proto << 16;
+    __u32 h = 0x9747b28c;
+#pragma unroll
+    for (int i = 0; i < 5; i++) {
+        __u32 x = rotl32(w[i] * 0xcc9e2d51, 15) * 0x1b873593;
+        h = rotl32(h ^ x, 13) * 5 + 0xe6546b64;
+    }
+    h ^= h >> 16;
+    h *= 0x85ebca6b;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35;
+    return h ^ (h >> 16);
+}
+
 static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b)
 {
     const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;

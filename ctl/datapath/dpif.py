@@ -46,6 +46,7 @@ class ActType(enum.IntEnum):
     SET_IPV6_DST = 16
     SET_TP_SRC = 17
     SET_TP_DST = 18
+    SELECT = 19
 
 
 class Stat(enum.IntEnum):
@@ -296,12 +297,50 @@ USER_SET_FIELDS = ("ecn", "sctp_src", "sctp_dst", "icmp_type", "icmp_code", "arp
                    "arp_sha", "arp_tha", "ipv6_label", "nw_ttl", "nd_target", "nd_sll", "nd_tll")
 
 
+SELECT_MAX_BUCKETS = 5  # DP_SELECT_MAX_BUCKETS: a select group with more buckets takes the slow path
+BUCKET_SLOTS = 4096     # DP_BUCKET_SLOTS: the fast path's per-bucket counters
+
+
+@dataclass(frozen=True)
+class DpSelect:
+    """A select group: each packet goes through one bucket, the one select_bucket() picks from select_hash() of
+    the packet as it came in, so every packet of a connection takes the same bucket and a megaflow need not
+    match the hashed fields. buckets: (bucket number in the group, weight, the bucket's actions) for every bucket
+    in order (one without a weight is never picked). Each bucket runs on its own copy of the packet;
+    stats_base + bucket number is the bucket's counter slot (-1: none)."""
+
+    group_id: int
+    stats_base: int
+    buckets: tuple[tuple[int, int, tuple[Action, ...]], ...]
+
+    def thresholds(self) -> list[int]:
+        """The fast path's bucket bounds: bucket i takes the hashes h % 0xFFFF below thresholds()[i]."""
+        total = sum(w for _, w, _ in self.buckets)
+        out, cum = [], 0
+        for _, w, _ in self.buckets:
+            cum += w
+            out.append(cum * 0xFFFF // total)
+        return out
+
+    def pick(self, h: int) -> tuple[int, int, tuple[Action, ...]]:
+        """The bucket a packet with select hash h goes through (as xdp/actions.h's act_select)."""
+        v = h % 0xFFFF
+        for b, t in zip(self.buckets, self.thresholds(), strict=True):
+            if v < t:
+                return b
+        raise ValueError("no bucket has a weight")
+
+    def __str__(self) -> str:
+        inner = ",".join(f"bucket{i}(weight={w}):{format_actions(acts)}" for i, w, acts in self.buckets if w)
+        return f"select(group={self.group_id},{inner})"
+
+
 Action = (
     DpOutput | DpFlood | DpDrop | DpController | DpUpcall | DpSetEthSrc | DpSetEthDst | DpPushVlan | DpPopVlan
     | DpSetVlan | DpSetIpv4Src | DpSetIpv4Dst | DpSetDscp | DpDecTtl | DpSetIpv6Src | DpSetIpv6Dst | DpSetTpSrc
-    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls | DpSetField
+    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls | DpSetField | DpSelect
 )
-TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall)
+TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall, DpSelect)
 # user space runs them (ctl/datapath/execute.py), XDP does not
 SLOW_PATH_ONLY = (DpPushMpls, DpPopMpls, DpSetMpls, DpSetField)
 
@@ -322,6 +361,18 @@ def fast_path_error(actions: Sequence[Action]) -> str:
     acts = list(actions)
     user = None
     for a in acts:
+        if isinstance(a, DpSelect):
+            for _, _, bacts in a.buckets:
+                why = fast_path_error(bacts)
+                if why:
+                    return f"a bucket of select group {a.group_id}: {why}"
+                if sum(isinstance(x, DpOutput) for x in bacts) > 1:
+                    return f"a bucket of select group {a.group_id} outputs to several ports"
+            if len(a.buckets) > SELECT_MAX_BUCKETS:
+                return (f"select group {a.group_id} has {len(a.buckets)} buckets with a weight; the fast path picks "
+                        f"from at most {SELECT_MAX_BUCKETS}")
+            if a.stats_base < 0:
+                return f"select group {a.group_id} has no bucket counters in the fast path"
         if isinstance(a, DpController):
             return "it sends packets to the controller"
         if user is None and isinstance(a, SLOW_PATH_ONLY):
@@ -337,6 +388,8 @@ def fast_path_error(actions: Sequence[Action]) -> str:
                 if not all(isinstance(r, DpOutput) for r in rest):
                     return (f"'{format_actions(rest)}' after an output: the fast path emits a packet once, so "
                             "modifications must come before the outputs")
+            elif isinstance(a, DpSelect) and rest:
+                return f"'{format_actions(rest)}' after a select group: the fast path emits a packet once"
             elif rest:
                 return f"'{format_actions(rest)}' after '{a}': nothing may follow it"
             break
@@ -369,12 +422,40 @@ def encode_actions(
                     recs.append(_rec(ActType.GROUP, arg32=struct.pack("<I", g)))
             elif isinstance(a, DpDrop):
                 recs.append(_rec(ActType.DROP, arg16=struct.pack("!H", a.reason)))
+            elif isinstance(a, DpSelect):
+                recs.extend(_encode_select(a, max_port, group_for, len(recs)))
             else:
                 recs.append(_rec({DpFlood: ActType.FLOOD, DpUpcall: ActType.UPCALL}[type(a)]))
             break
         recs.append(_encode_mod(a))
     _check(len(recs) <= max_actions, f"{len(recs)} datapath actions; the fast path runs at most {max_actions}")
     return recs
+
+
+def _encode_select(a: DpSelect, max_port: int, group_for: Callable[[frozenset[int]], int], at: int) -> list[bytes]:
+    """DP_ACT_SELECT (record number at), then each bucket's records: modifications and one terminal action.
+    arg32: the first bucket counter slot (bucket i counts at slot + i); data[0]: the number of buckets; bucket i:
+    data[1 + 3i] a u16 threshold (little-endian), data[3 + 3i] the index of its first record. A bucket without a
+    weight is never picked and has no records."""
+    _check(0 <= a.stats_base and a.stats_base + len(a.buckets) <= BUCKET_SLOTS,
+           f"bucket counter slot {a.stats_base} is out of range")
+    _check(len(a.buckets) <= SELECT_MAX_BUCKETS, f"{len(a.buckets)} buckets; the fast path picks from at most "
+           f"{SELECT_MAX_BUCKETS}")
+    segs: list[bytes] = []
+    data = bytearray(16)
+    start = at + 1
+    data[0] = len(a.buckets)
+    for n, ((i, w, acts), t) in enumerate(zip(a.buckets, a.thresholds(), strict=True)):
+        _check(i == n, "select buckets are listed by their number, every one of them")
+        seg: list[bytes] = []
+        if w:
+            seg = encode_actions(list(acts) or [DpDrop(0)], max_actions=64, max_port=max_port, group_for=group_for)
+            if not any(isinstance(x, TERMINAL) for x in acts):
+                seg.append(_rec(ActType.DROP))
+        struct.pack_into("<HB", data, 1 + 3 * n, t, start if w else 0)
+        segs += seg
+        start += len(seg)
+    return [_rec(ActType.SELECT, arg32=struct.pack("<I", a.stats_base), data=bytes(data))] + segs
 
 
 def _rec(t: ActType, arg16: bytes = b"\0\0", arg32: bytes = b"\0\0\0\0", data: bytes = b"") -> bytes:
@@ -445,11 +526,35 @@ def _encode_mod(a: Action) -> bytes:
     raise ActionError(f"unknown action {a!r}")
 
 
+_TERMINAL_TYPES = (ActType.OUTPUT, ActType.GROUP, ActType.FLOOD, ActType.DROP, ActType.UPCALL)
+
+
+def _decode_select(recs: Sequence[bytes], arg32: bytes, data: bytes,
+                   ports_of_group: Callable[[int], frozenset[int]]) -> DpSelect:
+    """A DP_ACT_SELECT record and its buckets' records back (weights as the thresholds' steps; the group's number
+    is not in the datapath: -1)."""
+    buckets, prev = [], 0
+    for k in range(min(data[0], SELECT_MAX_BUCKETS)):
+        thr, st = struct.unpack_from("<HB", data, 1 + 3 * k)
+        w, prev = max(thr - prev, 0), max(thr, prev)
+        acts: tuple[Action, ...] = ()
+        if w:
+            end = st
+            while end < len(recs) and struct.unpack_from("<H", recs[end])[0] not in _TERMINAL_TYPES:
+                end += 1
+            acts = tuple(decode_actions(recs[st : end + 1], ports_of_group))
+        buckets.append((k, w, acts))
+    return DpSelect(-1, struct.unpack("<I", arg32)[0], tuple(buckets))
+
+
 def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozenset[int]]) -> list[Action]:
     out: list[Action] = []
     for r in recs:
         t, arg16, arg32, data = struct.unpack("<H2s4s16s", r)
         a16 = struct.unpack("!H", arg16)[0]
+        if t == ActType.SELECT:
+            out.append(_decode_select(recs, arg32, data, ports_of_group))
+            break
         if t == ActType.OUTPUT:
             out.append(DpOutput(a16))
         elif t == ActType.GROUP:

@@ -720,6 +720,17 @@ class Datapath:
     def port_stats(self, port_no: int) -> PortStats:
         return self.reader.port_stats(port_no)
 
+    def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]:
+        """(packets, bytes) the fast path counted in select-group bucket slots base..base+n-1."""
+        return self.reader.bucket_stats(base, n)
+
+    def zero_buckets(self, base: int, n: int) -> None:
+        """Start bucket counter slots at zero (a group got them; an earlier one may have used them)."""
+        r = self._map_reader("dp_bucket_stats")
+        zero = bytes(r.stride * r.ncpu)
+        for k in range(base, min(base + n, dpif.BUCKET_SLOTS)):
+            self._raw_update("dp_bucket_stats", struct.pack("<I", k), zero)
+
     def _map_reader(self, name: str) -> MapReader:
         """The reader of one of this process's maps (the same code the read-only tools use)."""
         r = self._readers.get(name)

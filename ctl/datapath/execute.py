@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import DropReason
-from ctl.datapath.flowkey import FlowKey, mac_bytes, parse_layout
+from ctl.datapath.flowkey import FlowKey, mac_bytes, parse_layout, select_hash
 
 FLOOD = -1  # the port of a flooded emission
 
@@ -25,6 +25,7 @@ class Result:
     emits: list[tuple[int, bytes]] = field(default_factory=list)  # (port or FLOOD, frame)
     drop: int = 0               # a DropReason when the packet was dropped (no emission after it)
     controller: list[tuple[dpif.DpController, bytes]] = field(default_factory=list)  # packet-ins, the frame then
+    buckets: list[tuple[int, int, int]] = field(default_factory=list)  # (group, bucket, bytes) of select buckets taken
 
 
 class _Pkt:
@@ -338,8 +339,18 @@ def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey,
     """Run actions on frame. Outputs emit the frame as it is at that point; a failing action or an
     explicit drop ends the run (emissions before it stand). No outputs at all is a drop (reason ACTION).
     layout: ``parse_layout(frame)`` when the caller has it already."""
-    p = _Pkt(frame, layout)
+    lay = layout if layout is not None else parse_layout(frame)
+    p = _Pkt(frame, lay)
     res = Result()
+    _run(p, actions, res, lay[0])
+    if not res.emits and not res.controller and not res.drop:
+        res.drop = DropReason.ACTION
+    return res
+
+
+def _run(p: _Pkt, actions: Sequence[dpif.Action], res: Result, key: FlowKey) -> bool:
+    """Run actions on p; True when the run ended (a drop: nothing after it runs). key: the packet as it came in
+    (a select group hashes it, as the fast path does)."""
     for a in actions:
         if isinstance(a, dpif.DpOutput):
             res.emits.append((a.port, bytes(p.b)))
@@ -349,18 +360,29 @@ def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey,
             res.controller.append((a, bytes(p.b)))
             if a.reason == 2:  # invalid_ttl: the controllers get it, the network does not (OVS's dec_ttl)
                 res.drop = DropReason.TTL_EXPIRED
-                return res
+                return True
+        elif isinstance(a, dpif.DpSelect):
+            if not any(w for _, w, _ in a.buckets):
+                continue
+            n, _w, bacts = a.pick(select_hash(key))
+            res.buckets.append((a.group_id, n, len(p.b)))
+            copy = _Pkt(bytes(p.b))
+            sub = Result()
+            _run(copy, bacts, sub, key)  # a bucket's drop ends the bucket, not the actions after the group
+            res.emits += sub.emits
+            res.controller += sub.controller
+            res.buckets += sub.buckets
+            if sub.drop and not sub.emits and not sub.controller and not res.drop:
+                res.drop = sub.drop if sub.drop != DropReason.ACTION else 0
         elif isinstance(a, dpif.DpDrop):
             res.drop = a.reason or DropReason.ACTION
-            return res
+            return True
         elif isinstance(a, dpif.DpUpcall):
             res.drop = DropReason.BAD_ACTION
-            return res
+            return True
         else:
             r = _one(p, a)
             if r:
                 res.drop = r
-                return res
-    if not res.emits and not res.controller:
-        res.drop = DropReason.ACTION
-    return res
+                return True
+    return False

@@ -181,6 +181,42 @@ def key_hash(key: FlowKey) -> int:
     return h & 0xFFFFFFFF
 
 
+def _rotl32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+
+def select_hash(key: FlowKey) -> int:
+    """dp_select_hash() of xdp/parser.h: a select group's bucket hash. Symmetric (the same both ways) over the
+    MAC addresses, the Ethernet type, the IPv4/ARP and IPv6 addresses, the IP protocol and the L4 ports, as
+    OVS's flow_hash_symmetric_l4; never the TCP flags, so every packet of a connection takes one bucket."""
+    raw = bytes(key)
+    u32 = struct.Struct("<I")
+    mac = bytes(a ^ b for a, b in zip(raw[8:14], raw[14:20], strict=True))
+    words = (
+        u32.unpack_from(mac)[0],
+        int.from_bytes(mac[4:6], "little") | int.from_bytes(raw[6:8], "little") << 16,
+        u32.unpack_from(raw, 20)[0] ^ u32.unpack_from(raw, 24)[0],
+        _xor_words(raw, 56, 88),
+        int.from_bytes(raw[32:34], "little") ^ int.from_bytes(raw[34:36], "little") | raw[28] << 16,
+    )
+    h = 0x9747B28C
+    for w in words:
+        k = _rotl32((w * 0xCC9E2D51) & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+        h = (_rotl32(h ^ k, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & 0xFFFFFFFF
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def _xor_words(raw: bytes, start: int, end: int) -> int:
+    x = 0
+    for (w,) in struct.iter_unpack("<I", raw[start:end]):
+        x ^= w
+    return x
+
+
 # --- the parser ------------------------------------------------------------------------------------
 
 

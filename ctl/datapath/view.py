@@ -216,6 +216,14 @@ class DatapathReader:
         (vals,) = self.map("dp_port_stats").sums(range(port_no, port_no + 1), "<QQQQQQ")
         return PortStats(*vals) if vals else PortStats()
 
+    def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]:
+        """(packets, bytes) of select-group bucket counter slots base..base+n-1 (none before groups existed)."""
+        try:
+            sums = self.map("dp_bucket_stats").sums(range(base, base + n), "<QQ")
+        except ViewError:
+            return [(0, 0)] * n
+        return [(v[0], v[1]) if v else (0, 0) for v in sums]
+
     def ports(self) -> list[PortInfo]:
         """Ports as the maps record them (ifindex -> port number)."""
         out = []

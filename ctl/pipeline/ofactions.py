@@ -4,7 +4,7 @@ Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, `
 ``controller[:MAX_LEN]``, ``normal``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
 ``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
 ``mod_tp_src``/``mod_tp_dst``, ``set_field:V[/M]->F``, ``load:V->F[a..b]``, ``move:F[a..b]->G[c..d]``,
-``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``, and the instructions ``write_metadata:V[/M]`` and
+``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``, ``group:N``, and the instructions ``write_metadata:V[/M]`` and
 ``goto_table:T`` (in that order, last). What they do to a packet is ``ctl/pipeline/xlate.py``'s business.
 """
 
@@ -210,6 +210,19 @@ class Resubmit:
 
 
 @dataclass(frozen=True)
+class GroupAction:
+    """group:N: the packet goes through group N (``ctl/pipeline/groups.py``)."""
+
+    group_id: int
+
+    def __str__(self) -> str:
+        return f"group:{self.group_id}"
+
+
+OFPG_MAX = 0xFFFFFF00  # the last group number (OpenFlow 1.3's OFPG_MAX)
+
+
+@dataclass(frozen=True)
 class GotoTable:
     table: int
 
@@ -218,12 +231,14 @@ class GotoTable:
 
 
 OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField | Move | PushVlan | StripVlan
-            | DecTtl | PushMpls | PopMpls | SetMplsTtl | DecMplsTtl | Resubmit | WriteMetadata | GotoTable)
+            | DecTtl | PushMpls | PopMpls | SetMplsTtl | DecMplsTtl | Resubmit | GroupAction | WriteMetadata
+            | GotoTable)
 
 ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
                 "mod_nw_tos", "mod_nw_ttl", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "load", "move",
-                "push_mpls", "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "write_metadata", "goto_table")
+                "push_mpls", "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "group", "write_metadata",
+                "goto_table")
 MPLS_TYPES = (0x8847, 0x8848)
 
 # NXM/OXM field names for load and move -> (our field, width in bits, (NXM class, field, bytes)). Our arp_op is
@@ -496,6 +511,13 @@ def parse_one(item: str) -> OfAction | None:
         if not arg:
             raise ValueError("resubmit needs a port or (PORT,TABLE)")
         return Resubmit(_port(arg, "resubmit port"), None)
+    if low == "group":
+        if not arg:
+            raise ValueError("group needs a group number (group:N)")
+        g = parse_int(arg, 32, "group")
+        if g > OFPG_MAX:
+            raise ValueError(f"group: {g} is out of range 0..{OFPG_MAX}")
+        return GroupAction(g)
     if low == "goto_table":
         if not arg:
             raise ValueError("goto_table needs a table (goto_table:N)")

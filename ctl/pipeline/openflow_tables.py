@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctl.pipeline.classifier import Table, overlap
+from ctl.pipeline.groups import OFPG_ALL, Group, GroupSpec, GroupTable, parse_group
 from ctl.pipeline.ofactions import (
     N_TABLES,
     Controller,
     GotoTable,
+    GroupAction,
     OfAction,
     consistency_error,
     format_actions,
@@ -197,13 +199,54 @@ def _outputs_to(rule: Rule, out: OfAction) -> bool:
 # --- all tables, flow-mods, the state file --------------------------------------------------------------------
 
 
+class UnknownGroup(ValueError):
+    """A flow's group action names a group that does not exist (OpenFlow: BAD_ACTION, BAD_OUT_GROUP)."""
+
+
 class OpenFlowTables:
-    """Tables 0..254 with flow-mods as ovs-ofctl issues them. ``version`` grows with every change."""
+    """Tables 0..254 with flow-mods as ovs-ofctl issues them, and the group table (``groups``). ``version``
+    grows with every change."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tables: list[Table[Rule]] = [Table(i) for i in range(N_TABLES)]
+        self.groups = GroupTable(clock)
         self.version = 0
         self.clock = clock  # seconds, monotonic: rule creation, last use, timeouts (injected in tests)
+
+    def check_groups(self, actions: Iterable[OfAction]) -> None:
+        """UnknownGroup if an action goes to a group that does not exist (as OVS's ofpacts_check)."""
+        for a in actions:
+            if isinstance(a, GroupAction) and a.group_id not in self.groups.groups:
+                raise UnknownGroup(f"group:{a.group_id}: there is no group {a.group_id} (add-group makes one)")
+
+    # --- groups ------------------------------------------------------------------------------------------
+
+    def add_group(self, spec: GroupSpec) -> Group:
+        g = self.groups.add(spec)
+        self.version += 1
+        return g
+
+    def modify_group(self, spec: GroupSpec) -> Group:
+        g = self.groups.modify(spec)
+        self.version += 1
+        return g
+
+    def delete_groups(self, group_id: int) -> tuple[list[Group], list[Rule]]:
+        """del-groups: the groups gone, and the rules that went to them, deleted with them (OpenFlow 1.3,
+        6.5: the flows that forward to a deleted group are removed)."""
+        gone = self.groups.delete(group_id)
+        if not gone:
+            return [], []
+        ids = {g.group_id for g in gone}
+        rules = [r for r in self.rules() if any(isinstance(a, GroupAction) and a.group_id in ids for a in r.actions)]
+        for r in rules:
+            self.tables[r.table].remove(r)
+        self.version += 1
+        return gone, rules
+
+    def group_refs(self, group_id: int) -> int:
+        """The rules whose actions go to the group (OpenFlow's ref_count)."""
+        return sum(1 for r in self.rules() for a in r.actions if isinstance(a, GroupAction) and a.group_id == group_id)
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.tables)
@@ -217,6 +260,7 @@ class OpenFlowTables:
         carry over unless the flow-mod says reset_counts (OpenFlow 1.3, 6.4)."""
         tid = spec.table or 0
         table = self.tables[tid]
+        self.check_groups(spec.actions)
         old = table.find_exact(spec.match, spec.priority)
         if old is not None:
             table.remove(old)
@@ -241,6 +285,7 @@ class OpenFlowTables:
     def modify(self, spec: FlowSpec, strict: bool = False, out: OfAction | None = None) -> list[Rule]:
         """OpenFlow modify/modify_strict: the selected rules take spec's actions (and zeroed counters with
         reset_counts); their matches, priorities, cookies and timeouts stay."""
+        self.check_groups(spec.actions)
         picked = self.select(spec, strict, out)
         for r in picked:
             r.actions = list(spec.actions)
@@ -325,7 +370,8 @@ class OpenFlowTables:
         return TablesSnapshot([copy.copy(r) for r in self.rules()],
                               {str(t.id): t.miss for t in self.tables if t.miss != "drop"},
                               {str(t.id): format_prefixes(t.prefixes) for t in self.tables
-                               if t.prefixes != DEFAULT_PREFIXES})
+                               if t.prefixes != DEFAULT_PREFIXES},
+                              [Group(s.group_id, s.type, s.buckets) for s in self.groups.specs()])
 
     def load_json(self, data: dict[str, object]) -> None:
         """Replace everything with the contents of a state file; on any error (ValueError) nothing changes."""
@@ -338,8 +384,13 @@ class OpenFlowTables:
         prefixes = data.get("table_prefixes", {})
         if not isinstance(prefixes, dict):
             raise ValueError("state file: 'table_prefixes' must be a map")
+        groups = data.get("groups", [])
+        if not isinstance(groups, list):
+            raise ValueError("state file: 'groups' must be a list")
         specs = [parse_flow(str(t)) for t in flows]
         fresh = OpenFlowTables(self.clock)
+        for text in groups:
+            fresh.add_group(parse_group(str(text)))
         for what, settings in (("table_miss", misses), ("table_prefixes", prefixes)):
             for tid, value in settings.items():
                 if not str(tid).isdigit() or not 0 <= int(tid) < N_TABLES:
@@ -350,6 +401,7 @@ class OpenFlowTables:
                     fresh.set_prefixes(int(tid), parse_prefixes(str(value)))
         fresh.add_many(specs)
         self.tables = fresh.tables
+        self.groups = fresh.groups
         self.version += 1
 
     def save(self, path: Path) -> None:
@@ -376,12 +428,15 @@ class TablesSnapshot:
     rules: list[Rule]
     misses: dict[str, str]
     prefixes: dict[str, str] = field(default_factory=dict)   # tables whose tries are not the default ones
+    groups: list[Group] = field(default_factory=list)        # each after the groups its buckets go to
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"version": 1, "flows": [r.to_text() for r in self.rules],
                                   "table_miss": dict(self.misses)}
         if self.prefixes:
             out["table_prefixes"] = dict(self.prefixes)
+        if self.groups:
+            out["groups"] = [g.to_text() for g in self.groups]
         return out
 
 
@@ -416,5 +471,6 @@ def parse_flows_file(text: str) -> list[FlowSpec]:
     return out
 
 
-__all__ = ["DEFAULT_PRIORITY", "FlowSpec", "OpenFlowTables", "Rule", "TablesSnapshot", "parse_flow", "parse_flows_file",
+__all__ = ["DEFAULT_PRIORITY", "OFPG_ALL", "FlowSpec", "UnknownGroup",
+           "OpenFlowTables", "Rule", "TablesSnapshot", "parse_flow", "parse_flows_file",
            "write_state"]

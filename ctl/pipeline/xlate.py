@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from ctl.datapath import dpif
 from ctl.datapath.execute import transform
 from ctl.datapath.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, mac_str, parse
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import OFPG_ANY, OFPP_ANY, Bucket, Group
+from ctl.pipeline.groups import TYPES as GROUP_TYPES
 from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
 from ctl.pipeline.ofmatch import (
     ETH_P_ARP,
@@ -44,6 +46,7 @@ from ctl.pipeline.ofmatch import (
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule
 
 MAX_RESUBMIT_DEPTH = 64  # as OVS
+Credited = Rule | Group | Bucket  # what a translated packet's counters go to
 _PIPELINE_ZERO = dict.fromkeys(PIPELINE_FIELDS, 0)
 ALWAYS_EXACT = ("in_port", "dl_type")
 
@@ -71,6 +74,13 @@ class Translation:
     error: str = ""                 # why the packet is dropped as unsupported ("": it is not)
     recirc: bool = False            # the pipeline read the packet again after a pop_mpls: every packet of the
                                     # megaflow is translated on its own (OVS recirculates)
+    groups: list[Group | Bucket] = field(default_factory=list)  # groups and buckets every packet goes through
+                                    # (credited like rules; a select group's buckets count in the datapath)
+
+    @property
+    def credits(self) -> list[Credited]:
+        """What a packet of this translation counts in: its rules, groups and buckets."""
+        return [*self.rules, *self.groups]
 
     def megaflow(self) -> Match:
         return Match.from_masked(self.flow, self.wc)
@@ -124,6 +134,11 @@ class _Ctx:
         self.ports = ports
         self.actions: list[dpif.Action] = []
         self.rules: list[Rule] = []
+        self.groups: list[Group | Bucket] = []
+        self.in_bucket = 0              # group buckets being run, one inside another
+        self.committed: dict[str, int] = {}  # in a bucket: the flow as the datapath's packet has it (last commit)
+        self.restored: set[str] = set()  # fields a bucket changed that the next commit writes back
+        self.live: Callable[[int], bool] | None = None  # is a port up (fast failover); None: every port is
         self.missed: list[Any] = []     # tables that matched no rule (TABLE stats count the megaflow's packets)
         self.steps: list[TraceStep] = []
         self.error = ""
@@ -214,6 +229,8 @@ class _Ctx:
                 self.depth += 1
                 self.run_table(0)
                 self.depth -= 1
+            elif isinstance(a, of.GroupAction):
+                self.group(a.group_id, step, tid, rule)
             elif isinstance(a, of.Controller):
                 note = self.to_controller(a, rule, tid)
                 if note and self.tracing:
@@ -228,6 +245,107 @@ class _Ctx:
                 if note and self.tracing:
                     step.notes.append(f"    -> {note}")
         return None
+
+    # --- groups ------------------------------------------------------------------------------------
+
+    def group(self, gid: int, step: TraceStep, tid: int, rule: Rule | None) -> None:
+        """A group action (OVS: xlate_group_action): all and indirect run every bucket, fast failover the first
+        live one, select one per packet, picked by the datapath (DpSelect). Each bucket sees the packet as it
+        was before the group: its changes do not carry over."""
+        g = self.tables.groups.get(gid)
+        note = step.notes.append if self.tracing else (lambda _n: None)
+        if g is None:
+            note(f"    -> no group {gid}: nothing")  # it was deleted under a ukey being revalidated
+            return
+        self.groups.append(g)
+        if g.type == GROUP_TYPES["select"]:
+            self.select(g, step, tid, rule)
+            return
+        buckets = g.buckets
+        if g.type == GROUP_TYPES["ff"]:
+            live = next((b for b in g.buckets if self.bucket_live(b)), None)
+            buckets = [live] if live is not None else []
+            note(f"    -> fast failover: bucket {g.buckets.index(live)} is the first live one" if live is not None
+                 else "    -> fast failover: no live bucket, the packet is dropped")
+        for b in buckets:
+            self.groups.append(b)
+            note(f"    -> bucket {g.buckets.index(b)}: {of.format_actions(b.actions)}")
+            self.bucket(b, step, tid, rule)
+            if self.error:
+                return
+
+    def bucket_live(self, b: Bucket, depth: int = 0) -> bool:
+        """Fast failover: a bucket is live while the port it watches is up, or the group it watches has a live
+        bucket (OVS's bucket_is_alive)."""
+        if b.watch_port != OFPP_ANY:
+            if self.ports is not None and b.watch_port not in self.ports:
+                return False
+            if self.live is not None and not self.live(b.watch_port):
+                return False
+        if b.watch_group != OFPG_ANY:
+            g = self.tables.groups.get(b.watch_group)
+            if g is None or depth > 32:
+                return False
+            return any(self.bucket_live(x, depth + 1) for x in g.buckets)
+        return True
+
+    def bucket(self, b: Bucket, step: TraceStep, tid: int, rule: Rule | None, alone: bool = False) -> None:
+        """Run a bucket's actions on a copy of the packet (OVS's xlate_group_bucket): afterwards the working flow
+        is what it was before, and the next output rewrites whatever the bucket's outputs left changed. alone:
+        the datapath runs the bucket's actions on a copy of its own (DpSelect), so nothing is left changed."""
+        self.commit()
+        saved = (dict(self.flow), dict(self.set_bits), list(self.hidden_tags), self.vlan_tpid, self.ttl_changed)
+        outer = self.committed
+        self.committed = dict(self.flow)
+        self.in_bucket += 1
+        self.depth += 1
+        mark = len(self.actions)
+        self.do_actions(b.actions, step, tid, rule)
+        self.depth -= 1
+        self.in_bucket -= 1
+        after = self.committed
+        self.committed = outer
+        flow, self.set_bits, self.hidden_tags, self.vlan_tpid, self.ttl_changed = saved
+        self.flow = flow
+        self.dirty = set()
+        if alone:
+            self.dp_tagged = bool(flow["vlan_tci"] & VLAN_CFI)
+            return
+        if any(isinstance(x, dpif.DpPushMpls | dpif.DpPopMpls) for x in self.actions[mark:]):
+            self.error = "an MPLS push or pop in a group bucket: the packet cannot be put back for the next one"
+            return
+        for f in PACKET_FIELDS:
+            if after[f] != flow[f]:
+                # the datapath's packet still has the bucket's change: the next output rewrites it back (with the
+                # packet's own value, so all of it goes into the megaflow then)
+                self.set_bits[f] = FULL[f]
+                self.dirty.add(f)
+                self.restored.add(f)
+        self.dp_tagged = bool(after["vlan_tci"] & VLAN_CFI)
+        if self.in_bucket:
+            self.committed = {**self.committed, **{f: after[f] for f in PACKET_FIELDS}}
+
+    def select(self, g: Group, step: TraceStep, tid: int, rule: Rule | None) -> None:
+        """A select group: every bucket with a weight is translated (the megaflow holds what any of them
+        consults), and the datapath picks one per packet by select_hash()."""
+        note = step.notes.append if self.tracing else (lambda _n: None)
+        self.commit()
+        buckets: list[tuple[int, int, tuple[dpif.Action, ...]]] = []
+        for i, b in enumerate(g.buckets):
+            if not b.weight:
+                buckets.append((i, 0, ()))
+                continue
+            mark = len(self.actions)
+            note(f"    -> bucket {i} (weight {b.weight}): {of.format_actions(b.actions)}")
+            self.bucket(b, step, tid, rule, alone=True)
+            acts = tuple(self.actions[mark:])
+            del self.actions[mark:]
+            buckets.append((i, b.weight, acts))
+        if not any(w for _, w, _ in buckets):
+            note("    -> no bucket has a weight: the packet is dropped")
+            return
+        self.actions.append(dpif.DpSelect(g.group_id, g.stats_base, tuple(buckets)))
+        note("    -> the datapath picks one of these per packet, by a hash of its addresses and ports")
 
     def do_action(self, a: of.OfAction) -> str:
         fl = self.flow
@@ -486,6 +604,10 @@ class _Ctx:
         fl, out, dirty = self.flow, self.actions, self.dirty
         if not dirty:
             return
+        if self.restored:
+            for f in self.restored & dirty:
+                self.wc[f] |= FULL[f]
+            self.restored.clear()
         for f, act in (("dl_src", dpif.DpSetEthSrc), ("dl_dst", dpif.DpSetEthDst)):
             if f in dirty:
                 out.append(act(mac_str(fl[f].to_bytes(6, "big"))))
@@ -537,10 +659,12 @@ class _Ctx:
             out.append(dpif.DpSetMpls(fl["mpls_lse"]))
         self.dp_tagged = bool(fl["vlan_tci"] & VLAN_CFI)
         dirty.clear()
+        if self.in_bucket:
+            self.committed = dict(fl)
 
     def finish(self) -> Translation:
         acts = self.actions
-        emitting = (dpif.DpOutput, dpif.DpFlood, dpif.DpController)
+        emitting = (dpif.DpOutput, dpif.DpFlood, dpif.DpController, dpif.DpSelect)
         outputs = [a for a in acts if isinstance(a, emitting)]
         if self.error:
             acts = [dpif.DpDrop(dpif.DropReason.UNSUPPORTED)]
@@ -573,7 +697,7 @@ class _Ctx:
         if self.recirc:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
-                           self.learned, self.missed, self.error, self.recirc)
+                           self.learned, self.missed, self.error, self.recirc, self.groups)
 
 
 # fields whose datapath set action writes every bit (the value comes from the working flow)

@@ -227,7 +227,7 @@ class Revalidator:
                 return
             k.actions = tr.actions
             self.stats.updated += 1
-        k.rules = tr.rules
+        k.rules = tr.credits
         k.missed = tr.missed
         k.normal = tr.normal
         k.version = version

@@ -32,11 +32,12 @@ from ctl.datapath.dpif import Action, ActionError, GroupsFull, MapFull
 from ctl.datapath.execute import FLOOD, execute
 from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
+from ctl.pipeline.groups import SELECT_MAX_BUCKETS, Group
 from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
-from ctl.pipeline.xlate import Translation, translate, translate_actions
+from ctl.pipeline.xlate import Credited, Translation, translate, translate_actions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +61,8 @@ class DatapathOps(Protocol):
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
     def flow_stats(self, idx: int) -> tuple[int, int, int]: ...
     def flow_stats_all(self) -> dict[int, tuple[int, int, int]]: ...
+    def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]: ...
+    def zero_buckets(self, base: int, n: int) -> None: ...
     @property
     def n_flows(self) -> int: ...
 
@@ -75,7 +78,7 @@ class Ukey:
     key: FlowKey                # masked
     mask: FlowKey
     actions: list[Action]       # what the packet gets (run by the fast path, or here when slow)
-    rules: list[Rule]
+    rules: list[Credited]       # the rules, groups and buckets its packets go through (their counters)
     slow_path: str = ""         # why the fast path sends its packets up ("" when it runs them)
     idx: int = -1               # the fast path's flow slot; -1 when not installed
     packets: int = 0            # fast-path totals already credited to the rules
@@ -230,6 +233,7 @@ class Udpif:
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
+        self.zero_fresh_buckets()        # groups of a state file took their bucket slots before we got the tables
 
     # --- counters ----------------------------------------------------------------------------------------
 
@@ -287,6 +291,8 @@ class Udpif:
             st.failed += 1
             log.exception("executing %s on a packet failed", dpif.format_actions(actions))
             return False
+        if res.buckets:
+            self._credit_buckets(res.buckets)
         for ctrl, data in res.controller:
             st.controller += 1
             if self.packet_in is not None:
@@ -309,6 +315,14 @@ class Udpif:
             pt[0] += sent
             pt[1] += sum(len(f) for f in frames[:sent])
 
+    def _credit_buckets(self, taken: list[tuple[int, int, int]]) -> None:
+        """Select buckets that slow-path packets took: (group, bucket, bytes)."""
+        with self.lock:
+            for gid, n, nbytes in taken:
+                g = self.tables.groups.get(gid)
+                if g is not None and n < len(g.buckets):
+                    g.buckets[n].credit(1, nbytes, 0.0)
+
     def port_tx(self) -> dict[int, tuple[int, int]]:
         """Per port: (packets, bytes) sent from user space, every writer summed."""
         return {p: (v[0], v[1]) for p, v in self.stats.port_tx.items()}
@@ -321,7 +335,7 @@ class Udpif:
             flow = flow_of(layout[0])
             tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac, packet=frame)
             now = self.clock.monotonic()
-            for r in tr.rules:
+            for r in tr.credits:
                 r.credit(1, len(frame), now)
             if tr.learned:
                 self.xlate_changed()
@@ -370,14 +384,14 @@ class Udpif:
         tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open,
                        packet=up.frame)
         now = self.clock.monotonic()
-        for r in tr.rules:
+        for r in tr.credits:
             r.credit(1, len(up.frame), now)
         if tr.error:
             self._unsupported(tr)
         if tr.learned:
             self.xlate_changed()
         mask = key_of(tr.wc)
-        u = Ukey(key.masked(mask), mask, tr.actions, tr.rules, tr.slow_path, flow=flow, version=self.tables.version,
+        u = Ukey(key.masked(mask), mask, tr.actions, tr.credits, tr.slow_path, flow=flow, version=self.tables.version,
                  created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed, recirc=tr.recirc)
         if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
@@ -393,7 +407,7 @@ class Udpif:
         tr = translate(self.tables, flow_of(key), ports, trace=False, mac=self.mac, may_learn=True,
                        fail_open=self.fail_open, packet=up.frame)
         now = self.clock.monotonic()
-        for r in tr.rules:
+        for r in tr.credits:
             r.credit(1, len(up.frame), now)
         if tr.learned:
             self.xlate_changed()
@@ -492,7 +506,10 @@ class Udpif:
         running (the change stands in the tables; the datapath catches up when it runs again)."""
         with self.lock:
             version = self.tables.version
-            result = change(self.tables)
+            try:
+                result = change(self.tables)
+            finally:
+                self.zero_fresh_buckets()
             changed = self.tables.version != version
             if changed and self.revalidator is None:
                 self.flush()
@@ -503,6 +520,23 @@ class Udpif:
             if wait:
                 rv.request()
         return result
+
+    def zero_fresh_buckets(self) -> None:
+        """Zero the fast path's counters of the bucket slots groups took since the last call (an earlier group
+        may have counted in them), before any megaflow can use them. The caller holds the lock."""
+        fresh = self.tables.groups.fresh_slots
+        while fresh:
+            self.dp.zero_buckets(fresh.pop(), SELECT_MAX_BUCKETS)
+
+    def group_stats(self, g: Group) -> list[tuple[int, int]]:
+        """(packets, bytes) of each bucket of g: its own counters (credited from megaflows, and slow-path packets)
+        plus, for a select group, what the fast path counted per bucket. The caller holds the lock."""
+        fast = self.dp.bucket_stats(g.stats_base, len(g.buckets)) if g.stats_base >= 0 else []
+        out = []
+        for i, b in enumerate(g.buckets):
+            p, n = fast[i] if i < len(fast) else (0, 0)
+            out.append((b.n_packets + p, b.n_bytes + n))
+        return out
 
     def delete_ukey(self, u: Ukey, reason: str) -> None:
         """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""

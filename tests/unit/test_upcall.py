@@ -24,6 +24,7 @@ class FakeDatapath:
     def __init__(self, max_flows: int = 100) -> None:
         self.flows: dict[tuple[bytes, bytes], tuple[int, list[Action]]] = {}
         self.stats: dict[int, tuple[int, int, int]] = {}
+        self.buckets: dict[int, tuple[int, int]] = {}  # select bucket slot -> (packets, bytes), set by the test
         self.max_flows = max_flows
         self.next = 0
 
@@ -53,6 +54,13 @@ class FakeDatapath:
 
     def flow_stats_all(self) -> dict[int, tuple[int, int, int]]:
         return {idx: self.flow_stats(idx) for idx, _a in self.flows.values()}
+
+    def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]:
+        return [self.buckets.get(base + i, (0, 0)) for i in range(n)]
+
+    def zero_buckets(self, base: int, n: int) -> None:
+        for i in range(n):
+            self.buckets.pop(base + i, None)
 
     @property
     def n_flows(self) -> int:
