@@ -2,6 +2,7 @@
 
     xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen pssl:P]   the switch
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
+    xdpswitch ofctl add-group|add-groups|mod-group|del-groups|dump-groups|dump-group-stats
     xdpswitch add-port IF [--ofport N] | del-port IF    (ovs-vsctl add-port / del-port)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
@@ -473,6 +474,102 @@ def ofctl_mod_table(table: int = typer.Argument(..., help="Table 0..254."),
         _request(name, "mod-table", table=table, prefixes=setting.partition("=")[2])
     else:
         _request(name, "mod-table", table=table, miss=setting)
+
+
+@ofctl.command("add-group")
+def ofctl_add_group(group: str = typer.Argument(..., help="group_id=N,type=all|select|indirect|ff,bucket=..."),
+                    name: str = NAME) -> None:
+    """Add a group (ovs-ofctl syntax). Buckets: bucket=[weight:W,][watch_port:P,][watch_group:G,]actions=...;
+    select picks one bucket per packet by a hash of its addresses and ports, weighted; ff (fast failover)
+    takes the first bucket whose watched port is up; all runs every bucket; indirect its one bucket.
+
+    Example: xdpswitch ofctl add-group "group_id=1,type=select,bucket=weight:1,output:2,bucket=weight:2,output:3"
+    """
+    _request(name, "add-groups", groups=[group])
+
+
+@ofctl.command("add-groups")
+def ofctl_add_groups(file: str = typer.Argument(..., help="One group per line; # comments; - for stdin."),
+                     name: str = NAME) -> None:
+    """Add every group of a file, all or none (a group may go to one on an earlier line).
+
+    Example: xdpswitch ofctl add-groups my.groups
+    """
+    import sys
+
+    from ctl.pipeline.groups import parse_groups_file
+    from ctl.pipeline.ofmatch import FlowSyntaxError
+
+    try:
+        text = sys.stdin.read() if file == "-" else open(file).read()
+        parse_groups_file(text)
+    except FlowSyntaxError as e:
+        raise _fail(f"{file}: {e}") from None
+    except OSError as e:
+        raise _fail(f"{file}: {e.strerror}") from None
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
+    _request(name, "add-groups", groups=lines)
+
+
+@ofctl.command("mod-group")
+def ofctl_mod_group(group: str = typer.Argument(..., help="group_id=N,type=...,bucket=... (the whole new group)"),
+                    name: str = NAME) -> None:
+    """Replace a group's type and buckets (its flows stay; its bucket counters start again).
+
+    Example: xdpswitch ofctl mod-group "group_id=1,type=all,bucket=output:2,bucket=output:3"
+    """
+    _request(name, "add-groups", groups=[group], modify=True)
+
+
+@ofctl.command("del-groups")
+def ofctl_del_groups(group: str = typer.Argument("", help="group_id=N; empty: every group."), name: str = NAME) -> None:
+    """Delete a group (or all), and the flows that go to it, as OpenFlow says. A group another group's bucket
+    goes to is refused: delete that one first.
+
+    Example: xdpswitch ofctl del-groups group_id=1
+    """
+    res = _request(name, "del-groups", filter=group)
+    assert isinstance(res, dict)
+    if res.get("flows_deleted"):
+        out.print(f"deleted {res['deleted']} group(s) and the {res['flows_deleted']} flow(s) that went to them",
+                  highlight=False)
+
+
+@ofctl.command("dump-groups")
+def ofctl_dump_groups(group: str = typer.Argument("", help="group_id=N; empty: every group."), name: str = NAME,
+                      fmt: Format = FORMAT) -> None:
+    """Every group with its type and buckets (as ovs-ofctl -O OpenFlow13 dump-groups).
+
+    Example: xdpswitch ofctl dump-groups
+    """
+    groups = _request(name, "dump-groups", filter=group)
+    assert isinstance(groups, list)
+    if fmt == Format.json:
+        _print_json(groups)
+        return
+    for g in groups:
+        out.print(f" {g['line']}", highlight=False, markup=False, soft_wrap=True)
+
+
+@ofctl.command("dump-group-stats")
+def ofctl_dump_group_stats(group: str = typer.Argument("", help="group_id=N; empty: every group."),
+                           name: str = NAME, fmt: Format = FORMAT) -> None:
+    """Each group's counters and each bucket's (as ovs-ofctl dump-group-stats). A select group's buckets are
+    counted per packet by the fast path, which picks them.
+
+    Example: xdpswitch ofctl dump-group-stats group_id=1
+    """
+    stats = _request(name, "dump-group-stats", filter=group)
+    assert isinstance(stats, list)
+    if fmt == Format.json:
+        _print_json(stats)
+        return
+    for g in stats:
+        buckets = "".join(f",bucket{i}:packet_count={b['packet_count']},byte_count={b['byte_count']}"
+                          for i, b in enumerate(g["buckets"]))
+        out.print(f" group_id={g['group_id']},duration={g['duration']:.3f}s,ref_count={g['ref_count']},"
+                  f"packet_count={g['packet_count']},byte_count={g['byte_count']}{buckets}",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("trace")

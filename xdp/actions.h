@@ -295,11 +295,18 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
     for (__u32 i = 0; i < MF_MAX_ACTIONS; i++) {
         if (i >= n)
             break;
-        if (i < NEXT(ps))
-            continue;
+        /* keep i a plain counter: clang would otherwise end the loop on "offset == min(n, MAX) * 24", a bound the
+         * verifier cannot follow */
+        asm volatile("" : "+r"(i));
+        if (i >= MF_MAX_ACTIONS)
+            break;
         const struct dp_action *a = &f->actions[i];
         __u32 r = 0;
-        switch (a->type) {
+        /* an action before NEXT is another select bucket's: it runs as DP_ACT_NONE (a "continue" here lets clang
+         * read actions[MF_MAX_ACTIONS] on a path the verifier cannot rule out) */
+        switch (i < NEXT(ps) ? DP_ACT_NONE : a->type) {
+        case DP_ACT_NONE:
+            break;
         case DP_ACT_OUTPUT: {
             __u32 port = bpf_ntohs(a->arg16);
             struct dp_port_cfg *pc = dp_port_cfg.lookup(&port);

@@ -73,6 +73,7 @@ struct dp_scratch {
     __u32 tagged;       /* the VLAN tags the packet carries now (as parsed, then pushed and popped) */
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
     __u32 next;         /* dp_execute() skips the actions before this one (a select group's bucket) */
+    __u32 pad;          /* bcc reads per-CPU values in 8-byte multiples */
 };
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
 DP_MAP("prog", u32, u32, dp_progs, 1);

@@ -45,6 +45,7 @@ from ctl.openflow.connmgr import ChannelConfig, ConnManager
 from ctl.openflow.connmgr import register_commands as register_channel_commands
 from ctl.openflow.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import Group
 from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
 from ctl.pipeline.ofmatch import FlowSyntaxError
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file, write_state
@@ -556,6 +557,11 @@ class Switch:
 
     def port_numbers(self) -> set[int]:
         return set(self.dp.ports) if self.dp is not None else set()
+
+    def bucket_stats(self, group: Group) -> list[tuple[int, int]]:
+        assert self.udpif is not None
+        with self.udpif.lock:
+            return self.udpif.group_stats(group)
 
     def port_descs(self) -> list[oc.PortDesc]:
         if self.dp is None:

@@ -16,18 +16,20 @@ from typing import Any, Protocol
 from ctl.openflow import codec as oc
 from ctl.openflow.codec import ET, MP, OfError, T
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import MAX_GROUPS, OFPG_ALL, Group, GroupModError
 from ctl.pipeline.openflow_tables import (
     CHECK_OVERLAP,
     SEND_FLOW_REM,
     FlowSpec,
     OpenFlowTables,
     Rule,
+    UnknownGroup,
 )
 
 # flow-removed reasons
-RR_IDLE_TIMEOUT, RR_HARD_TIMEOUT, RR_DELETE = 0, 1, 2
+RR_IDLE_TIMEOUT, RR_HARD_TIMEOUT, RR_DELETE, RR_GROUP_DELETE = 0, 1, 2, 3
 ROLE_NOCHANGE, ROLE_EQUAL, ROLE_MASTER, ROLE_SLAVE = 0, 1, 2, 3
-CAPABILITIES = 1 | 2 | 4  # OFPC_FLOW_STATS | OFPC_TABLE_STATS | OFPC_PORT_STATS
+CAPABILITIES = 1 | 2 | 4 | 8  # OFPC_FLOW_STATS | OFPC_TABLE_STATS | OFPC_PORT_STATS | OFPC_GROUP_STATS
 MAX_RULES = 1_000_000
 SOFTWARE = "xdpswitch 0.5"
 # messages a slave may not send (OpenFlow 1.3, 6.3.5)
@@ -45,6 +47,7 @@ class SwitchOps(Protocol):
     def port_descs(self) -> list[oc.PortDesc]: ...
     def port_counters(self) -> list[oc.PortCounters]: ...
     def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None: ...
+    def bucket_stats(self, group: Group) -> list[tuple[int, int]]: ...
     def port_numbers(self) -> set[int]: ...
 
 
@@ -69,6 +72,7 @@ class ConnState:
 class OfProtoStats:
     flow_mods: int = 0
     packet_outs: int = 0
+    group_mods: int = 0
 
 
 class OfProto:
@@ -124,6 +128,10 @@ class OfProto:
         if t == T.MULTIPART_REQUEST:
             assert isinstance(msg, oc.MultipartRequest)
             return self.multipart(msg)
+        if t == T.GROUP_MOD:
+            assert isinstance(msg, oc.GroupMod)
+            self.group_mod(msg)
+            return []
         raise OfError(ET.BAD_REQUEST, oc.BRC_BAD_TYPE, f"message type {t}")
 
     # --- roles -------------------------------------------------------------------------------------
@@ -175,16 +183,39 @@ class OfProto:
                 if len(t) >= MAX_RULES and t.tables[spec.table or 0].find_exact(spec.match, spec.priority) is None:
                     raise OfError(ET.FLOW_MOD_FAILED, oc.FMFC_TABLE_FULL, f"{MAX_RULES} rules already")
                 return [t.add(spec)]
-            return list(self.sw.change_tables(add))
+            return list(self.sw.change_tables(_bad_group_as_error(add)))
         if cmd in (1, 2):
-            return list(self.sw.change_tables(lambda t: t.modify(spec, strict=cmd == 2)))
+            return list(self.sw.change_tables(_bad_group_as_error(lambda t: t.modify(spec, strict=cmd == 2))))
         out = self._out_filter(fm.out_port)
-        if fm.out_group != oc.OFPG_ANY:
-            return []  # no rule outputs to a group: there are none
-        gone: list[Rule] = list(self.sw.change_tables(lambda t: t.delete(spec, strict=cmd == 4, out_port=out)))
+        group = None if fm.out_group == oc.OFPG_ANY else fm.out_group
+        gone: list[Rule] = list(self.sw.change_tables(
+            lambda t: t.delete(spec, strict=cmd == 4, out_port=out, out_group=group)))
         for r in gone:
             self.flow_removed(r, RR_DELETE)
         return gone
+
+    def group_mod(self, gm: oc.GroupMod) -> None:
+        """Add, modify or delete groups; OfError (and no change) as OVS answers. Deleting a group deletes the
+        flows that go to it (FLOW_REMOVED, reason group_delete, to those that asked)."""
+        self.stats.group_mods += 1
+        spec = gm.spec
+        assert spec is not None
+
+        def change(t: OpenFlowTables) -> list[Rule]:
+            try:
+                if gm.command == 0:
+                    t.add_group(spec)
+                elif gm.command == 1:
+                    t.modify_group(spec)
+                else:
+                    return t.delete_groups(spec.group_id)[1]
+            except GroupModError as e:
+                raise OfError(ET.GROUP_MOD_FAILED, e.code, str(e)) from None
+            except UnknownGroup as e:
+                raise OfError(ET.BAD_ACTION, oc.BAC_BAD_OUT_GROUP, str(e)) from None
+            return []
+        for r in self.sw.change_tables(change):
+            self.flow_removed(r, RR_GROUP_DELETE)
 
     @staticmethod
     def _out_filter(port: int) -> of.OfAction | None:
@@ -254,6 +285,17 @@ class OfProto:
             return oc.port_stats_reply(x, ports)
         if req.mtype == MP.PORT_DESC:
             return oc.port_desc_reply(x, self.sw.port_descs())
+        if req.mtype == MP.GROUP_DESC:
+            return oc.group_desc_reply(x, self.sw.read_tables(lambda t: list(t.groups)))
+        if req.mtype == MP.GROUP:
+            def stats(t: OpenFlowTables) -> list[oc.GroupStat]:
+                now = t.clock()
+                gs = list(t.groups) if req.group_id == OFPG_ALL else [g for g in [t.groups.get(req.group_id)] if g]
+                return [oc.GroupStat(g.group_id, t.group_refs(g.group_id), g.n_packets, g.n_bytes, now - g.created,
+                                     self.sw.bucket_stats(g)) for g in gs]
+            return oc.group_stats_reply(x, self.sw.read_tables(stats))
+        if req.mtype == MP.GROUP_FEATURES:
+            return oc.group_features_reply(x, MAX_GROUPS)
         if req.mtype == MP.TABLE_FEATURES:
             if req.table_features:
                 raise OfError(ET.TABLE_FEATURES_FAILED, 5, "table features cannot be changed")
@@ -263,12 +305,21 @@ class OfProto:
     def _select(self, f: oc.FlowStatsReq) -> list[Rule]:
         if f.table_id != oc.OFPTT_ALL and f.table_id >= of.N_TABLES:
             raise OfError(ET.BAD_REQUEST, oc.BRC_BAD_TABLE_ID, f"table {f.table_id}")
-        if f.out_group != oc.OFPG_ANY:
-            return []
+        group = None if f.out_group == oc.OFPG_ANY else f.out_group
         spec = FlowSpec(f.match, table=None if f.table_id == oc.OFPTT_ALL else f.table_id, cookie=f.cookie,
                         cookie_mask=f.cookie_mask)
         out = self._out_filter(f.out_port)
-        return list(self.sw.read_tables(lambda t: t.select(spec, False, out)))
+        return list(self.sw.read_tables(lambda t: t.select(spec, False, out, out_group=group)))
+
+
+def _bad_group_as_error(fn: Callable[[OpenFlowTables], list[Rule]]) -> Callable[[OpenFlowTables], list[Rule]]:
+    """A flow-mod whose group action names no group: BAD_ACTION, BAD_OUT_GROUP (as OVS)."""
+    def run(t: OpenFlowTables) -> list[Rule]:
+        try:
+            return fn(t)
+        except UnknownGroup as e:
+            raise OfError(ET.BAD_ACTION, oc.BAC_BAD_OUT_GROUP, str(e)) from None
+    return run
 
 
 def _signed(v: int) -> int:

@@ -19,7 +19,7 @@ carrying OpenFlow's group-mod-failed code, the one OVS gives.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ctl.pipeline.ofactions import (
@@ -249,7 +249,7 @@ class GroupTable:
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __iter__(self) -> Iterable[Group]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Group]:
         return iter(sorted(self.groups.values(), key=lambda g: g.group_id))
 
     def get(self, group_id: int) -> Group | None:

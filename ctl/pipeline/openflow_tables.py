@@ -298,28 +298,34 @@ class OpenFlowTables:
     def add_many(self, specs: Iterable[FlowSpec]) -> list[Rule]:
         return [self.add(s) for s in specs]
 
-    def select(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None) -> list[Rule]:
+    def select(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None,
+               out_group: int | None = None) -> list[Rule]:
         """The rules a del-flows/dump-flows filter picks: loosely (the filter covers the rule's match) or
         strictly (same match and priority: found by its subtable, not by a scan); with out_port, only rules
-        with an output there."""
+        with an output there; with out_group, only rules that go to that group."""
+        grp = None if out_group is None else GroupAction(out_group)
         if strict:
             tables = self.tables if spec.table is None else [self.tables[spec.table]]
             found = (t.find_exact(spec.match, spec.priority) for t in tables)
             return [r for r in found if r is not None
                     and not (spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask)
-                    and (out_port is None or _outputs_to(r, out_port))]
+                    and (out_port is None or _outputs_to(r, out_port))
+                    and (grp is None or grp in r.actions)]
         out = []
         for r in self.rules(spec.table):
             if spec.cookie_mask and (r.cookie ^ spec.cookie) & spec.cookie_mask:
                 continue
             if out_port is not None and not _outputs_to(r, out_port):
                 continue
+            if grp is not None and grp not in r.actions:
+                continue
             if spec.match.covers(r.match):
                 out.append(r)
         return out
 
-    def delete(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None) -> list[Rule]:
-        gone = self.select(spec, strict, out_port)
+    def delete(self, spec: FlowSpec, strict: bool = False, out_port: OfAction | None = None,
+               out_group: int | None = None) -> list[Rule]:
+        gone = self.select(spec, strict, out_port, out_group)
         for r in gone:
             self.tables[r.table].remove(r)
         if gone:

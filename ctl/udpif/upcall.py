@@ -32,7 +32,7 @@ from ctl.datapath.dpif import Action, ActionError, GroupsFull, MapFull
 from ctl.datapath.execute import FLOOD, execute
 from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
-from ctl.pipeline.groups import SELECT_MAX_BUCKETS, Group
+from ctl.pipeline.groups import OFPG_ALL, SELECT_MAX_BUCKETS, Group, parse_group
 from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
@@ -568,7 +568,8 @@ class Udpif:
 
 def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[], set[int]],
                       saved: Callable[[], None], extra_show: Callable[[], dict[str, object]]) -> None:
-    """ofctl add-flows|del-flows|mod-table|dump-flows, trace, revalidator-purge, fdb-show and upcall-show.
+    """ofctl add-flows|del-flows|mod-table|dump-flows, add-groups|del-groups|dump-groups|dump-group-stats,
+    trace, revalidator-purge, fdb-show and upcall-show.
     A change returns once a revalidator pass has brought the datapath up to date, then saved() writes the
     state file. extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
 
@@ -631,6 +632,62 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
                 "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
                 "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
 
+    def add_groups(groups: list[str], modify: bool = False) -> dict[str, int]:
+        if not isinstance(groups, list):
+            raise ValueError("groups must be a list of group texts")
+        specs = []
+        for n, text in enumerate(groups, 1):
+            try:
+                specs.append(parse_group(str(text)))
+            except FlowSyntaxError as e:
+                if len(groups) > 1:
+                    raise FlowSyntaxError(f"group {n}: {e.msg}", e.text, e.pos, e.length) from None
+                raise
+
+        def change(t: OpenFlowTables) -> None:
+            done = []
+            try:
+                for sp in specs:
+                    done.append(t.modify_group(sp) if modify else t.add_group(sp))
+            except ValueError:
+                if not modify:  # all or nothing: the ones added before the bad one go again
+                    for g in done:
+                        t.groups.delete(g.group_id)
+                raise
+
+        udpif.change_tables(change, wait=True)
+        saved()
+        with udpif.lock:
+            return {"added" if not modify else "modified": len(specs), "groups": len(udpif.tables.groups)}
+
+    def del_groups(filter: str = "") -> dict[str, int]:
+        spec = parse_group(str(filter), buckets=False)
+        gone, rules = udpif.change_tables(lambda t: t.delete_groups(spec.group_id), wait=True)
+        saved()
+        with udpif.lock:
+            return {"deleted": len(gone), "flows_deleted": len(rules), "groups": len(udpif.tables.groups)}
+
+    def _groups(filter: str) -> list[Group]:
+        gid = parse_group(str(filter), buckets=False).group_id
+        return [g for g in udpif.tables.groups if gid in (OFPG_ALL, g.group_id)]
+
+    def dump_groups(filter: str = "") -> list[dict[str, object]]:
+        with udpif.lock:
+            return [{"group_id": g.group_id, "type": g.type_name, "line": g.to_text()} for g in _groups(filter)]
+
+    def dump_group_stats(filter: str = "") -> list[dict[str, object]]:
+        udpif.push_stats()
+        with udpif.lock:
+            now = udpif.tables.clock()
+            out: list[dict[str, object]] = []
+            for g in _groups(filter):
+                buckets = udpif.group_stats(g)
+                out.append({"group_id": g.group_id, "duration": round(now - g.created, 3),
+                            "ref_count": udpif.tables.group_refs(g.group_id), "packet_count": g.n_packets,
+                            "byte_count": g.n_bytes,
+                            "buckets": [{"packet_count": p, "byte_count": n} for p, n in buckets]})
+            return out
+
     def revalidator_purge() -> dict[str, int]:
         with udpif.lock:
             keys = list(udpif.ukeys)
@@ -652,5 +709,6 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
 
     for cmd, fn in (("add-flows", add_flows), ("del-flows", del_flows), ("mod-table", mod_table),
                     ("dump-flows", dump_flows), ("trace", trace), ("revalidator-purge", revalidator_purge),
-                    ("fdb-show", fdb_show), ("upcall-show", upcall_show)):
+                    ("fdb-show", fdb_show), ("upcall-show", upcall_show), ("add-groups", add_groups),
+                    ("del-groups", del_groups), ("dump-groups", dump_groups), ("dump-group-stats", dump_group_stats)):
         ctl.register(cmd, fn)

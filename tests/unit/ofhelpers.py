@@ -9,6 +9,7 @@ from typing import Any
 
 from ctl.openflow import codec as oc
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import Group
 from ctl.pipeline.ofmatch import Match
 from ctl.pipeline.openflow_tables import OpenFlowTables
 
@@ -72,6 +73,9 @@ class FakeSwitch:
 
     def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None:
         self.packet_outs.append((in_port, actions, data))
+
+    def bucket_stats(self, group: Group) -> list[tuple[int, int]]:
+        return [(b.n_packets, b.n_bytes) for b in group.buckets]
 
 
 def exhaust_one_accept(address: tuple[str, int], failed: Callable[[], int]) -> None:

@@ -139,7 +139,10 @@ def decode_actions(raw: bytes, off: int, end: int) -> list[of.OfAction]:
         elif atype == 25:
             out.append(_set_field(body))
         elif atype == 22:
-            raise OfError(ET.BAD_ACTION, BAC_BAD_OUT_GROUP, "groups are not supported")
+            gid = int.from_bytes(body[4:8], "big")
+            if gid > of.OFPG_MAX:
+                raise OfError(ET.BAD_ACTION, BAC_BAD_OUT_GROUP, f"group {gid:#x} is a reserved number")
+            out.append(of.GroupAction(gid))
         elif atype == 0xFFFF:
             out.extend(_nx_action(body))
         elif atype in ACTION_SIZES:
@@ -318,6 +321,8 @@ def encode_actions(actions: Sequence[of.OfAction]) -> bytes:
             src_h, dst_h = _nxm_header(a.src.nxm), _nxm_header(a.dst.nxm)
             out.append(struct.pack("!HHIHHHHII", 0xFFFF, 24, NX_VENDOR, NXAST_REG_MOVE, a.src.n_bits, a.src.ofs,
                                    a.dst.ofs, src_h, dst_h))
+        elif isinstance(a, of.GroupAction):
+            out.append(struct.pack("!HHI", 22, 8, a.group_id))
         elif isinstance(a, of.Resubmit):
             port = 0xFFF8 if a.port is None else a.port
             table = 0xFF if a.table is None else a.table

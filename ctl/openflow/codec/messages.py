@@ -21,6 +21,9 @@ from ctl.openflow.codec.framing import (
     ET,
     FMFC_BAD_COMMAND,
     FMFC_BAD_FLAGS,
+    GMFC_BAD_BUCKET,
+    GMFC_BAD_COMMAND,
+    GMFC_BAD_TYPE,
     MP,
     OFP_NO_BUFFER,
     OFP_VERSION,
@@ -34,6 +37,7 @@ from ctl.openflow.codec.framing import (
 )
 from ctl.openflow.codec.oxm import _match_at
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import Bucket, GroupSpec
 from ctl.pipeline.ofmatch import Match
 
 # --- messages (what decode() returns) --------------------------------------------------------------------
@@ -104,6 +108,13 @@ class MultipartRequest(Msg):
     flow: FlowStatsReq | None = None   # FLOW and AGGREGATE
     port_no: int = OFPP_ANY            # PORT_STATS
     table_features: bool = False       # TABLE_FEATURES with a body (a request to change them)
+    group_id: int = 0xFFFFFFFF         # GROUP: one group, or OFPG_ALL
+
+
+@dataclass
+class GroupMod(Msg):
+    command: int = 0                   # OFPGC_ADD, MODIFY, DELETE
+    spec: GroupSpec | None = None
 
 
 @dataclass
@@ -120,7 +131,7 @@ class SetAsync(Msg):
 
 
 SIMPLE = {T.FEATURES_REQUEST, T.GET_CONFIG_REQUEST, T.BARRIER_REQUEST, T.GET_ASYNC_REQUEST}
-UNSUPPORTED = {T.GROUP_MOD: "groups", T.METER_MOD: "meters", T.PORT_MOD: "port-mod", T.TABLE_MOD: "table-mod",
+UNSUPPORTED = {T.METER_MOD: "meters", T.PORT_MOD: "port-mod", T.TABLE_MOD: "table-mod",
                T.QUEUE_GET_CONFIG_REQUEST: "queues", T.EXPERIMENTER: "experimenter messages"}
 # the messages a switch receives that only a switch sends
 SWITCH_TO_CONTROLLER = {T.FEATURES_REPLY, T.GET_CONFIG_REPLY, T.PACKET_IN, T.FLOW_REMOVED, T.PORT_STATUS,
@@ -172,6 +183,8 @@ def decode(raw: bytes) -> Msg:
         return _packet_out(raw, xid)
     if t == T.MULTIPART_REQUEST:
         return _multipart(raw, xid)
+    if t == T.GROUP_MOD:
+        return _group_mod(raw, xid)
     raise OfError(ET.BAD_REQUEST, BRC_BAD_TYPE, f"{t.name} is not supported")
 
 
@@ -212,6 +225,33 @@ def _flow_mod(raw: bytes, xid: int) -> FlowMod:
                    out_port, out_group, flags, match, acts)
 
 
+GROUP_TYPES_OF = (0, 1, 2, 3)  # OFPGT_ALL, SELECT, INDIRECT, FF
+
+
+def _group_mod(raw: bytes, xid: int) -> GroupMod:
+    """OFPT_GROUP_MOD: command, type, group and the buckets, each length checked before it is read (OVS's
+    errors: BAD_COMMAND, BAD_TYPE, BAD_BUCKET for a bucket that does not add up)."""
+    if len(raw) < 16:
+        raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"GROUP_MOD is at least 16 bytes, got {len(raw)}")
+    command, gtype, group_id = struct.unpack_from("!HBxI", raw, 8)
+    if command > 2:
+        raise OfError(ET.GROUP_MOD_FAILED, GMFC_BAD_COMMAND, f"group-mod command {command}")
+    if command != 2 and gtype not in GROUP_TYPES_OF:
+        raise OfError(ET.GROUP_MOD_FAILED, GMFC_BAD_TYPE, f"group type {gtype}")
+    buckets: list[Bucket] = []
+    p = 16
+    while p < len(raw):
+        if p + 16 > len(raw):
+            raise OfError(ET.GROUP_MOD_FAILED, GMFC_BAD_BUCKET, "a bucket shorter than its 16-byte header")
+        blen, weight, watch_port, watch_group = struct.unpack_from("!HHII", raw, p)
+        if blen < 16 or blen % 8 or p + blen > len(raw):
+            raise OfError(ET.GROUP_MOD_FAILED, GMFC_BAD_BUCKET, f"bucket length {blen}")
+        acts = decode_actions(raw, p + 16, p + blen)
+        buckets.append(Bucket(acts, weight, watch_port, watch_group))
+        p += blen
+    return GroupMod(xid, T.GROUP_MOD, command, GroupSpec(group_id, gtype, buckets))
+
+
 def _packet_out(raw: bytes, xid: int) -> PacketOut:
     if len(raw) < 24:
         raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"PACKET_OUT is at least 24 bytes, got {len(raw)}")
@@ -250,7 +290,11 @@ def _multipart(raw: bytes, xid: int) -> MultipartRequest:
         req.port_no = int(p.port_no)
     elif mtype == MP.TABLE_FEATURES:
         req.table_features = bool(body)
-    elif mtype in (MP.DESC, MP.TABLE, MP.PORT_DESC):
+    elif mtype == MP.GROUP:
+        if len(body) != 8:
+            raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"group stats request body is 8 bytes, got {len(body)}")
+        req.group_id = int.from_bytes(body[:4], "big")
+    elif mtype in (MP.DESC, MP.TABLE, MP.PORT_DESC, MP.GROUP_DESC, MP.GROUP_FEATURES):
         if body:
             raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"{MP(mtype).name} request has no body")
     else:

@@ -23,10 +23,11 @@ from pyof.v0x04.symmetric.echo_reply import EchoReply
 from pyof.v0x04.symmetric.echo_request import EchoRequest
 
 from ctl.datapath.flowkey import mac_str
-from ctl.openflow.codec.actions import SET_FIELD_OXM, encode_instructions
+from ctl.openflow.codec.actions import SET_FIELD_OXM, encode_actions, encode_instructions
 from ctl.openflow.codec.framing import HEADER, MAX_MSG, MP, OFP_VERSION, T
 from ctl.openflow.codec.oxm import MASKABLE, OXM_FIELDS, _tlv, encode_match
 from ctl.pipeline import ofactions as of
+from ctl.pipeline.groups import Group
 from ctl.pipeline.ofmatch import Match
 
 # --- messages the switch sends --------------------------------------------------------------------------
@@ -154,6 +155,51 @@ def _multipart_replies(xid: int, mtype: int, items: Sequence[bytes]) -> list[byt
     return out
 
 
+@dataclass
+class GroupStat:
+    group_id: int
+    ref_count: int
+    packets: int
+    nbytes: int
+    duration: float
+    buckets: list[tuple[int, int]]   # (packets, bytes) per bucket
+
+
+def group_desc_reply(xid: int, groups: Sequence[Group]) -> list[bytes]:
+    """OFPMP_GROUP_DESC: each group's type, number and buckets."""
+    items = []
+    for g in groups:
+        bks = b""
+        for b in g.buckets:
+            acts = encode_actions(b.actions)
+            bks += struct.pack("!HHII4x", 16 + len(acts), b.weight, b.watch_port, b.watch_group) + acts
+        items.append(struct.pack("!HBxI", 8 + len(bks), g.type, g.group_id) + bks)
+    return _multipart_replies(xid, MP.GROUP_DESC, items)
+
+
+def group_stats_reply(xid: int, stats: Sequence[GroupStat]) -> list[bytes]:
+    """OFPMP_GROUP: counters of each group and of its buckets."""
+    items = []
+    for st in stats:
+        sec = int(st.duration)
+        bks = b"".join(struct.pack("!QQ", p, n) for p, n in st.buckets)
+        items.append(struct.pack("!H2xII4xQQII", 40 + len(bks), st.group_id, st.ref_count, st.packets, st.nbytes,
+                                 sec, int((st.duration - sec) * 1e9)) + bks)
+    return _multipart_replies(xid, MP.GROUP, items)
+
+
+OFPGFC_SELECT_WEIGHT, OFPGFC_SELECT_LIVENESS, OFPGFC_CHAINING = 1, 2, 4
+
+
+def group_features_reply(xid: int, max_groups: int) -> list[bytes]:
+    """OFPMP_GROUP_FEATURES: all four types, weights, chaining; every action in every type."""
+    acts = 0
+    for a in (0, 11, 12, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25):
+        acts |= 1 << a
+    body = struct.pack("!II4I4I", 0xF, OFPGFC_SELECT_WEIGHT | OFPGFC_CHAINING, *([max_groups] * 4), *([acts] * 4))
+    return _multipart_replies(xid, MP.GROUP_FEATURES, [body])
+
+
 def desc_reply(xid: int, mfr: str, hw: str, sw: str, serial: str, dp_desc: str) -> list[bytes]:
     body = Desc(mfr_desc=mfr, hw_desc=hw, sw_desc=sw, serial_num=serial, dp_desc=dp_desc).pack()
     return _multipart_replies(xid, MP.DESC, [body])
@@ -229,7 +275,7 @@ def port_desc_reply(xid: int, ports: Sequence[PortDesc]) -> list[bytes]:
 
 # instruction, action and match capabilities we announce in TABLE_FEATURES
 _INSTRUCTIONS = (1, 4, 5)                 # goto_table, apply_actions, clear_actions
-_ACTIONS = (0, 17, 18, 24, 25)            # output, push_vlan, pop_vlan, dec_nw_ttl, set_field
+_ACTIONS = (0, 17, 18, 22, 24, 25)        # output, push_vlan, pop_vlan, group, dec_nw_ttl, set_field
 _MATCH_OXMS = tuple(sorted(OXM_FIELDS))
 
 

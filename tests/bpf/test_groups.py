@@ -1,0 +1,97 @@
+"""Select groups in XDP: the fast path picks the bucket per packet, by the same hash and thresholds as user space
+(``DpSelect.pick(select_hash(key))``), runs only that bucket's actions, and counts it in the bucket's slot."""
+
+from __future__ import annotations
+
+import random
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from ctl.datapath.dpif import DpOutput, DpSelect, DpSetEthDst
+from ctl.datapath.flowkey import mask_for, parse, select_hash
+from ctl.datapath.progrun import XDP_REDIRECT
+from ctl.pipeline.groups import parse_group
+from ctl.pipeline.ofmatch import flow_of
+from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
+from ctl.pipeline.xlate import translate
+from tests.bpf.conftest import Bench
+
+
+def _frames(n: int, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            l3 = IP(src=f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.1", dst="10.9.9.9")
+            l4 = TCP(sport=rnd.randrange(1, 65536), dport=80)
+            out.append(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l3 / l4))
+        elif kind == 1:
+            l6 = IPv6(src=f"2001:db8::{rnd.randrange(1, 65536):x}", dst="2001:db8::9")
+            out.append(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / l6 / UDP(sport=5, dport=6)))
+        else:
+            mac = ":".join(f"{rnd.randrange(256):02x}" for _ in range(5))
+            out.append(bytes(Ether(src="02:" + mac, dst="ff:ff:ff:ff:ff:ff")
+                             / ARP(psrc=f"10.0.{rnd.randrange(256)}.1", pdst="10.0.0.9")))
+    return out
+
+
+def _select_actions(tables: OpenFlowTables, frame: bytes) -> tuple[list, DpSelect]:
+    tr = translate(tables, flow_of(parse(frame, 1)), ports={1, 2, 3})
+    assert not tr.slow_path, tr.slow_path
+    sel = tr.actions[-1]
+    assert isinstance(sel, DpSelect)
+    return tr.actions, sel
+
+
+def test_select_picks_per_packet_as_user_space_does_and_counts_each_bucket(tb: Bench) -> None:
+    t = OpenFlowTables()
+    g = t.add_group(parse_group("group_id=7,type=select,bucket=weight:1,actions=mod_dl_dst:02:00:00:00:00:aa,"
+                                "output:2,bucket=weight:0,actions=output:2,bucket=weight:2,actions=output:3"))
+    t.add(parse_flow("in_port=1,actions=group:7"))
+    tb.dp.zero_buckets(g.stats_base, 5)
+    frames = _frames(300, 1)
+    actions, sel = _select_actions(t, frames[0])
+    tb.dp.put_flow(parse(frames[0], 1), mask_for("in_port"), actions)   # one megaflow for every packet
+
+    want = {0: 0, 1: 0, 2: 0}
+    for fr in frames:
+        before = tb.port_stats()
+        r = tb.run(fr)
+        assert r.verdict == XDP_REDIRECT
+        n, _w, bacts = sel.pick(select_hash(parse(fr, 1)))
+        want[n] += 1
+        ports = tb.port_stats()
+        sent = [p for p in ports if ports[p].tx_packets != before[p].tx_packets]
+        out = next(a.port for a in bacts if isinstance(a, DpOutput))
+        assert sent == [out]
+        if any(isinstance(a, DpSetEthDst) for a in bacts):
+            assert r.frame[:6] == bytes.fromhex("0200000000aa")
+        else:
+            assert r.frame == fr
+
+    got = tb.dp.bucket_stats(g.stats_base, 3)
+    assert [p for p, _ in got] == [want[0], want[1], want[2]]
+    assert got[1] == (0, 0)                       # weight 0: never picked
+    assert 70 <= want[0] <= 130 and 170 <= want[2] <= 230   # 1:2 of 300, with room for the hash's luck
+    assert sum(n for _, n in got) == sum(len(f) for f in frames)
+
+
+def test_every_packet_of_a_connection_takes_one_bucket_whatever_its_tcp_flags(tb: Bench) -> None:
+    t = OpenFlowTables()
+    g = t.add_group(parse_group("group_id=1,type=select,bucket=output:2,bucket=output:3"))
+    t.add(parse_flow("in_port=1,actions=group:1"))
+    tb.dp.zero_buckets(g.stats_base, 5)
+    base = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.0.0.1", dst="10.0.0.2")
+    syn = bytes(base / TCP(sport=1234, dport=80, flags="S"))
+    actions, _sel = _select_actions(t, syn)
+    tb.dp.put_flow(parse(syn, 1), mask_for("in_port"), actions)
+    outs = set()
+    for flags in ("S", "A", "PA", "FA", "R"):
+        before = tb.port_stats()
+        tb.run(bytes(base / TCP(sport=1234, dport=80, flags=flags)))
+        ports = tb.port_stats()
+        outs |= {p for p in ports if ports[p].tx_packets != before[p].tx_packets}
+    assert len(outs) == 1
