@@ -72,8 +72,8 @@ class Bucket:
 
     def to_text(self, gtype: int) -> str:
         parts = []
-        if gtype == TYPES["select"]:
-            parts.append(f"weight:{self.weight}")
+        if gtype == TYPES["select"] and self.weight != 1:
+            parts.append(f"weight:{self.weight}")  # as ovs-ofctl prints it: 1 is a select bucket's default
         if self.watch_port != OFPP_ANY:
             parts.append(f"watch_port:{self.watch_port}")
         if self.watch_group != OFPG_ANY:

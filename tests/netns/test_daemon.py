@@ -33,7 +33,8 @@ def test_restart_comes_back_with_its_rules_and_adopts_the_running_datapath(hosts
     name, state = unique("xsrs"), tmp_path / "flows.json"
     sw = make_switch(name, hosts, state)
     try:
-        add(sw, *L2, "table=0,priority=5,cookie=0x42,arp,actions=flood")
+        request(sw.name, "add-groups", groups=["group_id=3,type=select,bucket=output:2,bucket=weight:3,output:3"])
+        add(sw, *L2, "table=0,priority=5,cookie=0x42,arp,actions=flood", "table=2,actions=group:3")
         request(sw.name, "mod-table", table=1, miss="continue")
         before = rule_list(name)
         assert ping(h1, h2.ip, 2)  # h1<->h2 megaflows are in
@@ -50,7 +51,9 @@ def test_restart_comes_back_with_its_rules_and_adopts_the_running_datapath(hosts
         sw = make_switch(name, hosts, state)
         try:
             after = rule_list(name)
-            assert after == before and len(after) == 5  # ours and the NORMAL default of a new standalone switch
+            assert after == before and len(after) == 6  # ours and the NORMAL default of a new standalone switch
+            assert [g["line"] for g in request(name, "dump-groups")] == [
+                "group_id=3,type=select,bucket=actions=output:2,bucket=weight:3,actions=output:3"]
             assert sw.tables.tables[1].miss == "continue"
             shown = request(name, "upcall-show")
             assert shown["ukeys"] >= 2  # the h1<->h2 megaflows, adopted
@@ -92,6 +95,21 @@ def test_cli_start_ofctl_and_sigterm(hosts: list[Host], tmp_path: Path) -> None:
                            capture_output=True, text=True, cwd=ROOT, check=True)
         assert f"Megaflow: ip,in_port=1,dl_dst={hosts[1].mac}" in r.stdout
         assert "Datapath actions: 2" in r.stdout
+        r = subprocess.run([*cli, "ofctl", "add-group", "--name", name, "group_id=1,type=select,bucket=output:9x"],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 1 and "9x" in r.stderr and "^^" in r.stderr and "Traceback" not in r.stderr
+        for args in (["add-group", "group_id=1,type=select,bucket=output:2,bucket=weight:2,output:3"],
+                     ["add-flow", "table=0,priority=9,udp,tp_dst=9,actions=group:1"]):
+            subprocess.run([*cli, "ofctl", args[0], "--name", name, args[1]], cwd=ROOT, check=True)
+        r = subprocess.run([*cli, "ofctl", "dump-groups", "--name", name], capture_output=True, text=True, cwd=ROOT,
+                           check=True)
+        assert r.stdout.strip() == "group_id=1,type=select,bucket=actions=output:2,bucket=weight:2,actions=output:3"
+        r = subprocess.run([*cli, "ofctl", "del-groups", "--name", name, "group_id=1"], capture_output=True,
+                           text=True, cwd=ROOT, check=True)
+        assert "the 1 flow(s) that went to them" in r.stdout
+        r = subprocess.run([*cli, "ofctl", "dump-group-stats", "--name", name, "--format", "json"],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+        assert json.loads(r.stdout) == []
         saved = json.loads((tmp_path / name / "flows.json").read_text())
         assert len(saved["flows"]) == 3
     finally:

@@ -22,7 +22,7 @@ from ctl.pipeline.xlate import translate
 from tests.unit.ofhelpers import flow_mod, msg, multipart
 from tests.unit.test_ofproto import Rig
 
-SELECT = ("group_id=1,type=select,bucket=weight:1,actions=output:2,"
+SELECT = ("group_id=1,type=select,bucket=actions=output:2,"
           "bucket=weight:3,actions=mod_dl_dst:02:00:00:00:00:09,output:3")
 
 
@@ -251,7 +251,7 @@ def test_group_mod_desc_stats_and_features_over_openflow() -> None:
     rig.do(group_mod(0, 1, 1, [(1, ANY, ANY, [of.Output(2)]), (2, ANY, ANY, [of.Output(3)])]))
     rig.do(flow_mod(parse_match("in_port=1"), [of.GroupAction(1)], cookie=5))
     assert [g.to_text() for g in rig.sw.tables.groups] == [
-        "group_id=1,type=select,bucket=weight:1,actions=output:2,bucket=weight:2,actions=output:3"]
+        "group_id=1,type=select,bucket=actions=output:2,bucket=weight:2,actions=output:3"]
     [desc] = rig.do(multipart(MP.GROUP_DESC))
     assert struct.unpack_from("!HBxI", desc, 16) == (8 + 2 * 32, 1, 1)
     g = rig.sw.tables.groups.get(1)
