@@ -3,6 +3,7 @@
     xdpswitch start --port IF[=N] ... [--flows FILE] [--controller tcp:H:P] [--listen pssl:P]   the switch
     xdpswitch ofctl add-flow|add-flows|del-flows|dump-flows|mod-table   (ovs-ofctl)
     xdpswitch ofctl add-group|add-groups|mod-group|del-groups|dump-groups|dump-group-stats
+    xdpswitch ofctl add-meter|mod-meter|del-meters|dump-meters|meter-stats
     xdpswitch add-port IF [--ofport N] | del-port IF    (ovs-vsctl add-port / del-port)
     xdpswitch trace FLOW                                (ovs-appctl ofproto/trace)
     xdpswitch upcall show|set                           (ovs-appctl upcall/show, other_config)
@@ -569,6 +570,78 @@ def ofctl_dump_group_stats(group: str = typer.Argument("", help="group_id=N; emp
                           for i, b in enumerate(g["buckets"]))
         out.print(f" group_id={g['group_id']},duration={g['duration']:.3f}s,ref_count={g['ref_count']},"
                   f"packet_count={g['packet_count']},byte_count={g['byte_count']}{buckets}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@ofctl.command("add-meter")
+def ofctl_add_meter(meter: str = typer.Argument(..., help="meter=N,kbps|pktps[,burst][,stats],bands=type=drop,rate=R"),
+                    name: str = NAME) -> None:
+    """Add an OpenFlow meter (ovs-ofctl syntax); flows use it with the meter:N instruction, first in their actions.
+    Bands: type=drop or type=dscp_remark (with prec_level=1|2: raises an AF DSCP's drop precedence), rate=R in kbps
+    or packets/s, burst_size=B (kbits or packets, with the burst flag; else 10 ms of the rate). The fast path
+    enforces it, one token bucket per band shared by every CPU.
+
+    Example: xdpswitch ofctl add-meter "meter=1,kbps,burst,bands=type=drop,rate=10000,burst_size=100"
+    """
+    _request(name, "add-meters", meters=[meter])
+
+
+@ofctl.command("mod-meter")
+def ofctl_mod_meter(meter: str = typer.Argument(..., help="meter=N,... (the whole new meter)"),
+                    name: str = NAME) -> None:
+    """Replace a meter's flags and bands (its buckets start full, its counters at zero).
+
+    Example: xdpswitch ofctl mod-meter "meter=1,pktps,bands=type=drop,rate=1000"
+    """
+    _request(name, "add-meters", meters=[meter], modify=True)
+
+
+@ofctl.command("del-meters")
+def ofctl_del_meters(meter: str = typer.Argument("", help="meter=N; empty: every meter."), name: str = NAME) -> None:
+    """Delete a meter (or all) and the flows that use it.
+
+    Example: xdpswitch ofctl del-meters meter=1
+    """
+    res = _request(name, "del-meters", filter=meter)
+    assert isinstance(res, dict)
+    if res.get("flows_deleted"):
+        out.print(f"deleted {res['deleted']} meter(s) and the {res['flows_deleted']} flow(s) that used them",
+                  highlight=False)
+
+
+@ofctl.command("dump-meters")
+def ofctl_dump_meters(meter: str = typer.Argument("", help="meter=N; empty: every meter."), name: str = NAME,
+                      fmt: Format = FORMAT) -> None:
+    """Every meter with its flags and bands.
+
+    Example: xdpswitch ofctl dump-meters
+    """
+    meters = _request(name, "dump-meters", filter=meter)
+    assert isinstance(meters, list)
+    if fmt == Format.json:
+        _print_json(meters)
+        return
+    for m in meters:
+        out.print(m["line"], highlight=False, markup=False, soft_wrap=True)
+
+
+@ofctl.command("meter-stats")
+def ofctl_meter_stats(meter: str = typer.Argument("", help="meter=N; empty: every meter."), name: str = NAME,
+                      fmt: Format = FORMAT) -> None:
+    """Each meter's flows, packets and bytes in, and per band the packets over its rate (as ovs-ofctl meter-stats).
+
+    Example: xdpswitch ofctl meter-stats meter=1
+    """
+    stats = _request(name, "meter-stats", filter=meter)
+    assert isinstance(stats, list)
+    if fmt == Format.json:
+        _print_json(stats)
+        return
+    for m in stats:
+        bands = " ".join(f"{i}: packet_count:{b['packet_count']} byte_count:{b['byte_count']}"
+                         for i, b in enumerate(m["bands"]))
+        out.print(f"meter:{m['meter_id']} flow_count:{m['flow_count']} packet_in_count:{m['packet_in_count']} "
+                  f"byte_in_count:{m['byte_in_count']} duration:{m['duration']:.3f}s bands:\n{bands}",
                   highlight=False, markup=False, soft_wrap=True)
 
 

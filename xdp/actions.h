@@ -253,6 +253,104 @@ static __always_inline int act_group(__u32 g)
     return XDP_DROP;
 }
 
+static __always_inline void dp_count(void *map_lookup_result, __u64 len)
+{
+    struct dp_bucket_stats *c = map_lookup_result;
+    if (c) {
+        c->packets++;
+        c->bytes += len;
+    }
+}
+
+/* Raise an AF DSCP's drop precedence by prec (at most to 3): AF11 (10) becomes AF12 (12). Other DSCPs stay. */
+static __always_inline __u32 act_dscp_remark(struct xdp_md *ctx, struct dp_scratch *ps, __u32 prec)
+{
+    __u8 *b = 0;
+    __u8 dscp;
+    if (ps->key.dl_type == bpf_htons(ETH_P_IP_) && ps->l3_off) {
+        b = PKT_AT(ctx, ps->l3_off, 2);
+        if (!b)
+            return DROP_BAD_ACTION;
+        dscp = b[1] >> 2;
+    } else if (ps->key.dl_type == bpf_htons(ETH_P_IPV6_) && ps->l3_off) {
+        b = PKT_AT(ctx, ps->l3_off, 2);
+        if (!b)
+            return DROP_BAD_ACTION;
+        dscp = ((b[0] & 0x0f) << 2) | (b[1] >> 6);
+    } else {
+        return 0;
+    }
+    __u32 cls = dscp >> 3, drop = (dscp >> 1) & 3;
+    if (cls < 1 || cls > 4 || drop < 1 || (dscp & 1))
+        return 0;
+    drop += prec;
+    if (drop > 3)
+        drop = 3;
+    return act_dscp(ctx, ps, (cls << 3) | (drop << 1));
+}
+
+#define METER_MAX_IDLE_NS 10000000000ULL   /* a refill never adds more than 10 s of tokens (no overflow) */
+
+/* OpenFlow 1.3's meter: refill every band's bucket for the time since the last refill (one CPU claims each
+ * interval with a compare-and-swap), take the packet's cost from the buckets that have it, and apply the
+ * exceeded band with the highest rate. Returns 0 (pass, maybe remarked) or a drop reason. */
+static __always_inline __u32 act_meter(struct xdp_md *ctx, struct dp_scratch *ps, __u32 slot)
+{
+    struct dp_meter *m = dp_meters.lookup(&slot);
+    if (!m)
+        return DROP_BAD_ACTION;
+    __u64 len = ctx->data_end - ctx->data;
+    __u32 k = slot * (1 + DP_METER_MAX_BANDS);
+    dp_count(dp_meter_stats.lookup(&k), len);
+    __u64 now = bpf_ktime_get_ns();
+    __u64 last = m->last_ns;
+    __u32 n = m->n_bands;
+    if (now > last && __sync_val_compare_and_swap(&m->last_ns, last, now) == last) {
+        __u64 el = now - last;
+        if (el > METER_MAX_IDLE_NS)
+            el = METER_MAX_IDLE_NS;
+#pragma unroll
+        for (__u32 b = 0; b < DP_METER_MAX_BANDS; b++) {
+            if (b >= n)
+                break;
+            struct dp_meter_band *band = &m->bands[b];
+            __s64 add = el * band->rate;
+            __s64 t = __sync_fetch_and_add(&band->tokens, add) + add;
+            if (t > (__s64)band->burst)
+                band->tokens = band->burst;   /* a full bucket: a race here only loses what overflowed anyway */
+        }
+    }
+    __s64 cost = (m->flags & DP_METER_PKTPS) ? 1000000000LL : (__s64)len * 8000000LL;
+    __u32 hit = DP_METER_MAX_BANDS;
+    __u64 hit_rate = 0;
+#pragma unroll
+    for (__u32 b = 0; b < DP_METER_MAX_BANDS; b++) {
+        if (b >= n)
+            break;
+        struct dp_meter_band *band = &m->bands[b];
+        if (band->tokens >= cost)
+            __sync_fetch_and_sub(&band->tokens, cost);
+        else if (band->rate >= hit_rate) {
+            hit = b;
+            hit_rate = band->rate;
+        }
+    }
+    if (hit >= DP_METER_MAX_BANDS)
+        return 0;
+    __u32 type = 0, prec = 0;
+    switch (hit) {  /* constant indexes: the verifier follows them */
+    case 0: type = m->bands[0].type; prec = m->bands[0].prec_level; break;
+    case 1: type = m->bands[1].type; prec = m->bands[1].prec_level; break;
+    case 2: type = m->bands[2].type; prec = m->bands[2].prec_level; break;
+    default: type = m->bands[3].type; prec = m->bands[3].prec_level; break;
+    }
+    k += 1 + hit;
+    dp_count(dp_meter_stats.lookup(&k), len);
+    if (type == 2)
+        return act_dscp_remark(ctx, ps, prec);
+    return DROP_METER;
+}
+
 /* Where the actions go on after a select group's action: its bucket's first action (counted in the bucket's slot). */
 static __always_inline __u32 act_select(struct xdp_md *ctx, struct dp_scratch *ps, const struct dp_action *a)
 {
@@ -268,11 +366,7 @@ static __always_inline __u32 act_select(struct xdp_md *ctx, struct dp_scratch *p
     if (pick == DP_SELECT_MAX_BUCKETS)
         return 0;  /* no bucket: the caller drops */
     __u32 slot = a->arg32 + pick;
-    struct dp_bucket_stats *bs = dp_bucket_stats.lookup(&slot);
-    if (bs) {
-        bs->packets++;
-        bs->bytes += ctx->data_end - ctx->data;
-    }
+    dp_count(dp_bucket_stats.lookup(&slot), ctx->data_end - ctx->data);
     switch (pick) {  /* constant offsets into data[]: the verifier reads no variable index into a map value */
     case 0: return a->data[3];
     case 1: return a->data[6];
@@ -383,6 +477,9 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         case DP_ACT_SET_TP_SRC:
         case DP_ACT_SET_TP_DST:
             r = act_set_tp(ctx, ps, a->type == DP_ACT_SET_TP_DST, a->arg16);
+            break;
+        case DP_ACT_METER:
+            r = act_meter(ctx, ps, a->arg32);
             break;
         case DP_ACT_SELECT: {
             __u32 to = act_select(ctx, ps, a);

@@ -31,6 +31,10 @@
 #ifndef DP_BUCKET_SLOTS
 #define DP_BUCKET_SLOTS 4096        /* select buckets' counters (dp_bucket_stats) */
 #endif
+#ifndef DP_MAX_METERS
+#define DP_MAX_METERS 1024          /* OpenFlow meters (dp_meters) */
+#endif
+#define DP_METER_MAX_BANDS 4        /* bands per meter */
 #define DP_MAX_GROUPS 8             /* output sets (several ports) in use at once; one devmap each */
 #ifndef DP_SKB_MAX_COPIES
 #define DP_SKB_MAX_COPIES 64        /* ports a flood or group reaches on the skb path (a verifier bound) */

@@ -46,6 +46,11 @@ DP_DEVMAP(dp_group7, DP_MAX_PORTS);
 /* Select groups' buckets: packets and bytes each bucket took in the fast path (slots handed out by user space). */
 DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_bucket_stats, DP_BUCKET_SLOTS);
 
+/* Meters: their bands' token buckets (written by user space on a meter-mod), and per meter its input packets then
+ * each band's (slot * (1 + DP_METER_MAX_BANDS) + 0, + 1 + band). */
+DP_MAP("array", u32, struct dp_meter, dp_meters, DP_MAX_METERS);
+DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_meter_stats, DP_MAX_METERS * (1 + DP_METER_MAX_BANDS));
+
 DP_MAP("array", u32, struct dp_config, dp_config, 1);
 DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);
 DP_MAP("percpu_array", u32, u64, dp_drops, DROP_MAX);

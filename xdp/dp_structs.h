@@ -69,6 +69,7 @@ enum dp_action_type {
                                  * data[0]: buckets (at most DP_SELECT_MAX_BUCKETS); bucket i: data[1 + 3i] a u16
                                  * threshold (little-endian; it takes hash % 0xffff below it), data[3 + 3i] the
                                  * index of its first action. Each bucket's actions end in a terminal action. */
+    DP_ACT_METER = 20,          /* arg32: the meter's slot in dp_meters; may drop (DROP_METER) or remark the DSCP */
     DP_ACT_MAX
 };
 
@@ -89,10 +90,29 @@ struct mf_entry {
     struct dp_action actions[MF_MAX_ACTIONS];
 };
 
+/* Packets and bytes: a select group's bucket (dp_bucket_stats), a meter's input or band (dp_meter_stats). */
 struct dp_bucket_stats {
     __u64 packets;
     __u64 bytes;
 };
+
+/* A meter band's token bucket. Tokens are in cost units: for a kbps meter a packet costs its bits * 1e6, for a
+ * pktps meter 1e9; so rate (kbps or packets/s) is also the tokens one nanosecond adds. */
+struct dp_meter_band {
+    __s64 tokens;       /* changed with atomic operations: every CPU shares the bucket */
+    __u64 rate;
+    __u64 burst;        /* the bucket's size, in tokens */
+    __u32 type;         /* OFPMBT_DROP 1, OFPMBT_DSCP_REMARK 2 */
+    __u32 prec_level;   /* DSCP_REMARK: how far to raise an AF DSCP's drop precedence */
+};
+
+struct dp_meter {
+    __u64 last_ns;      /* the last refill (bpf_ktime_get_ns); claimed with a compare-and-swap */
+    __u32 flags;        /* DP_METER_PKTPS */
+    __u32 n_bands;
+    struct dp_meter_band bands[DP_METER_MAX_BANDS];
+};
+#define DP_METER_PKTPS 1
 
 struct mf_flow_stats {
     __u64 packets;
@@ -197,6 +217,7 @@ enum dp_drop_reason {
     DROP_ADJUST_FAILED = 8,     /* bpf_xdp_adjust_head/meta refused */
     DROP_NO_PROGRAM = 9,        /* the megaflow program is not loaded (tail call failed) */
     DROP_CONTROLLER = 10,       /* the pipeline sent it to the controller (no OpenFlow channel yet) */
+    DROP_METER = 11,            /* a meter's drop band: over its rate */
     DROP_MAX
 };
 

@@ -47,6 +47,7 @@ from ctl.openflow.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Group
 from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
+from ctl.pipeline.meters import Meter
 from ctl.pipeline.ofmatch import FlowSyntaxError
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file, write_state
 from ctl.udpif.handler import Handler
@@ -562,6 +563,10 @@ class Switch:
         assert self.udpif is not None
         with self.udpif.lock:
             return self.udpif.group_stats(group)
+
+    def meter_stats(self, meter: Meter) -> list[tuple[int, int]]:
+        assert self.udpif is not None
+        return self.udpif.meter_stats(meter)
 
     def port_descs(self) -> list[oc.PortDesc]:
         if self.dp is None:

@@ -47,6 +47,7 @@ class ActType(enum.IntEnum):
     SET_TP_SRC = 17
     SET_TP_DST = 18
     SELECT = 19
+    METER = 20
 
 
 class Stat(enum.IntEnum):
@@ -75,6 +76,7 @@ class DropReason(enum.IntEnum):
     ADJUST_FAILED = 8
     NO_PROGRAM = 9
     CONTROLLER = 10
+    METER = 11
 
 
 class ActionError(ValueError):
@@ -297,8 +299,32 @@ USER_SET_FIELDS = ("ecn", "sctp_src", "sctp_dst", "icmp_type", "icmp_code", "arp
                    "arp_sha", "arp_tha", "ipv6_label", "nw_ttl", "nd_target", "nd_sll", "nd_tll")
 
 
+@dataclass(frozen=True)
+class DpMeter:
+    """Put the packet through a meter (OpenFlow 1.3's meter instruction): the token buckets of dp_meters[slot]
+    let it pass, drop it (DropReason.METER) or raise its DSCP's drop precedence. meter_id: for people (-1 when
+    read back from the datapath)."""
+
+    slot: int
+    meter_id: int = -1
+
+    def __str__(self) -> str:
+        return f"meter({self.meter_id if self.meter_id >= 0 else 'slot ' + str(self.slot)})"
+
+
+def remark_dscp(dscp: int, prec: int) -> int:
+    """A meter's dscp_remark band (xdp/actions.h act_dscp_remark): an AF DSCP with its drop precedence raised by
+    prec, at most to 3 (AF21, 18, becomes AF22, 20); any other DSCP as it is."""
+    cls, drop = dscp >> 3, (dscp >> 1) & 3
+    if not 1 <= cls <= 4 or not drop or dscp & 1:
+        return dscp
+    return cls << 3 | min(drop + prec, 3) << 1
+
+
 SELECT_MAX_BUCKETS = 5  # DP_SELECT_MAX_BUCKETS: a select group with more buckets takes the slow path
 BUCKET_SLOTS = 4096     # DP_BUCKET_SLOTS: the fast path's per-bucket counters
+MAX_METERS = 1024       # DP_MAX_METERS
+METER_MAX_BANDS = 4     # DP_METER_MAX_BANDS
 
 
 @dataclass(frozen=True)
@@ -338,7 +364,7 @@ class DpSelect:
 Action = (
     DpOutput | DpFlood | DpDrop | DpController | DpUpcall | DpSetEthSrc | DpSetEthDst | DpPushVlan | DpPopVlan
     | DpSetVlan | DpSetIpv4Src | DpSetIpv4Dst | DpSetDscp | DpDecTtl | DpSetIpv6Src | DpSetIpv6Dst | DpSetTpSrc
-    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls | DpSetField | DpSelect
+    | DpSetTpDst | DpPushMpls | DpPopMpls | DpSetMpls | DpSetField | DpSelect | DpMeter
 )
 TERMINAL = (DpOutput, DpFlood, DpDrop, DpUpcall, DpSelect)
 # user space runs them (ctl/datapath/execute.py), XDP does not
@@ -523,6 +549,9 @@ def _encode_mod(a: Action) -> bytes:
         return _rec(ActType.SET_TP_SRC, arg16=_port16(a.port))
     if isinstance(a, DpSetTpDst):
         return _rec(ActType.SET_TP_DST, arg16=_port16(a.port))
+    if isinstance(a, DpMeter):
+        _check(0 <= a.slot < MAX_METERS, f"meter slot {a.slot} is out of range 0..{MAX_METERS - 1}")
+        return _rec(ActType.METER, arg32=struct.pack("<I", a.slot))
     raise ActionError(f"unknown action {a!r}")
 
 
@@ -591,6 +620,8 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
             out.append(DpSetTpSrc(a16))
         elif t == ActType.SET_TP_DST:
             out.append(DpSetTpDst(a16))
+        elif t == ActType.METER:
+            out.append(DpMeter(struct.unpack("<I", arg32)[0]))
     return out
 
 

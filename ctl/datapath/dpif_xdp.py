@@ -30,6 +30,7 @@ import re
 import shutil
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -730,6 +731,26 @@ class Datapath:
         zero = bytes(r.stride * r.ncpu)
         for k in range(base, min(base + n, dpif.BUCKET_SLOTS)):
             self._raw_update("dp_bucket_stats", struct.pack("<I", k), zero)
+
+    def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None:
+        """Write meter slot's bands (type, rate, bucket size in tokens, prec_level), their buckets full, and zero
+        its counters (a new or changed meter)."""
+        raw = struct.pack("<QII", time.monotonic_ns(), 1 if pktps else 0, len(bands))
+        for btype, rate, burst, prec in bands:
+            raw += struct.pack("<qQQII", burst, rate, burst, btype, prec)
+        raw += bytes(32 * (dpif.METER_MAX_BANDS - len(bands)))
+        self._raw_update("dp_meters", struct.pack("<I", slot), raw)
+        r = self._map_reader("dp_meter_stats")
+        zero = bytes(r.stride * r.ncpu)
+        per = 1 + dpif.METER_MAX_BANDS
+        for k in range(slot * per, slot * per + per):
+            self._raw_update("dp_meter_stats", struct.pack("<I", k), zero)
+
+    def meter_stats(self, slot: int) -> list[tuple[int, int]]:
+        """(packets, bytes) that went into meter slot, then each band's (the packets over its rate)."""
+        per = 1 + dpif.METER_MAX_BANDS
+        sums = self._map_reader("dp_meter_stats").sums(range(slot * per, slot * per + per), "<QQ")
+        return [(v[0], v[1]) if v else (0, 0) for v in sums]
 
     def _map_reader(self, name: str) -> MapReader:
         """The reader of one of this process's maps (the same code the read-only tools use)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ctl.datapath import dpif
@@ -335,23 +335,37 @@ def transform(frame: bytes, actions: Sequence[dpif.Action]) -> bytes | None:
     return bytes(p.b)
 
 
-def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey, int, int] | None = None) -> Result:
+MeterFn = Callable[[int, int], tuple[int, int]]  # (meter slot, bytes) -> (band type, prec_level); (0, 0): passes
+
+
+def execute(frame: bytes, actions: Sequence[dpif.Action], layout: tuple[FlowKey, int, int] | None = None,
+            meter: MeterFn | None = None) -> Result:
     """Run actions on frame. Outputs emit the frame as it is at that point; a failing action or an
     explicit drop ends the run (emissions before it stand). No outputs at all is a drop (reason ACTION).
-    layout: ``parse_layout(frame)`` when the caller has it already."""
+    layout: ``parse_layout(frame)`` when the caller has it already. meter: the meters' verdicts (None: every
+    packet passes)."""
     lay = layout if layout is not None else parse_layout(frame)
     p = _Pkt(frame, lay)
     res = Result()
-    _run(p, actions, res, lay[0])
+    _run(p, actions, res, lay[0], meter)
     if not res.emits and not res.controller and not res.drop:
         res.drop = DropReason.ACTION
     return res
 
 
-def _run(p: _Pkt, actions: Sequence[dpif.Action], res: Result, key: FlowKey) -> bool:
+def _run(p: _Pkt, actions: Sequence[dpif.Action], res: Result, key: FlowKey, meter: MeterFn | None = None) -> bool:
     """Run actions on p; True when the run ended (a drop: nothing after it runs). key: the packet as it came in
     (a select group hashes it, as the fast path does)."""
     for a in actions:
+        if isinstance(a, dpif.DpMeter):
+            band, prec = meter(a.slot, len(p.b)) if meter is not None else (0, 0)
+            if band == 1:
+                res.drop = DropReason.METER
+                return True
+            if band == 2 and p.l3 and p.dl_type in (0x0800, 0x86DD):
+                tos = p.b[p.l3 + 1] if p.dl_type == 0x0800 else ((p.b[p.l3] & 0x0F) << 4) | (p.b[p.l3 + 1] >> 4)
+                _one(p, dpif.DpSetDscp(dpif.remark_dscp(tos >> 2, prec)))
+            continue
         if isinstance(a, dpif.DpOutput):
             res.emits.append((a.port, bytes(p.b)))
         elif isinstance(a, dpif.DpFlood):
@@ -368,7 +382,7 @@ def _run(p: _Pkt, actions: Sequence[dpif.Action], res: Result, key: FlowKey) -> 
             res.buckets.append((a.group_id, n, len(p.b)))
             copy = _Pkt(bytes(p.b))
             sub = Result()
-            _run(copy, bacts, sub, key)  # a bucket's drop ends the bucket, not the actions after the group
+            _run(copy, bacts, sub, key, meter)  # a bucket's drop ends the bucket, not the actions after the group
             res.emits += sub.emits
             res.controller += sub.controller
             res.buckets += sub.buckets

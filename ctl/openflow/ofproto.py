@@ -17,6 +17,7 @@ from ctl.openflow import codec as oc
 from ctl.openflow.codec import ET, MP, OfError, T
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import MAX_GROUPS, OFPG_ALL, Group, GroupModError
+from ctl.pipeline.meters import MAX_BANDS, MAX_METERS, OFPM_ALL, Meter, MeterModError
 from ctl.pipeline.openflow_tables import (
     CHECK_OVERLAP,
     SEND_FLOW_REM,
@@ -24,6 +25,7 @@ from ctl.pipeline.openflow_tables import (
     OpenFlowTables,
     Rule,
     UnknownGroup,
+    UnknownMeter,
 )
 
 # flow-removed reasons
@@ -48,6 +50,7 @@ class SwitchOps(Protocol):
     def port_counters(self) -> list[oc.PortCounters]: ...
     def packet_out(self, in_port: int, actions: list[of.OfAction], data: bytes) -> None: ...
     def bucket_stats(self, group: Group) -> list[tuple[int, int]]: ...
+    def meter_stats(self, meter: Meter) -> list[tuple[int, int]]: ...
     def port_numbers(self) -> set[int]: ...
 
 
@@ -73,6 +76,7 @@ class OfProtoStats:
     flow_mods: int = 0
     packet_outs: int = 0
     group_mods: int = 0
+    meter_mods: int = 0
 
 
 class OfProto:
@@ -131,6 +135,10 @@ class OfProto:
         if t == T.GROUP_MOD:
             assert isinstance(msg, oc.GroupMod)
             self.group_mod(msg)
+            return []
+        if t == T.METER_MOD:
+            assert isinstance(msg, oc.MeterMod)
+            self.meter_mod(msg)
             return []
         raise OfError(ET.BAD_REQUEST, oc.BRC_BAD_TYPE, f"message type {t}")
 
@@ -217,6 +225,27 @@ class OfProto:
         for r in self.sw.change_tables(change):
             self.flow_removed(r, RR_GROUP_DELETE)
 
+    def meter_mod(self, mm: oc.MeterMod) -> None:
+        """Add, modify or delete meters; OfError (and no change) as OVS answers. Deleting a meter deletes the flows
+        that use it (FLOW_REMOVED, reason delete, to those that asked)."""
+        self.stats.meter_mods += 1
+        spec = mm.spec
+        assert spec is not None
+
+        def change(t: OpenFlowTables) -> list[Rule]:
+            try:
+                if mm.command == 0:
+                    t.add_meter(spec)
+                elif mm.command == 1:
+                    t.modify_meter(spec)
+                else:
+                    return t.delete_meters(spec.meter_id)[1]
+            except MeterModError as e:
+                raise OfError(ET.METER_MOD_FAILED, e.code, str(e)) from None
+            return []
+        for r in self.sw.change_tables(change):
+            self.flow_removed(r, RR_DELETE)
+
     @staticmethod
     def _out_filter(port: int) -> of.OfAction | None:
         """The out_port filter as the action a rule must hold (OFPP_ANY: no filter)."""
@@ -296,6 +325,17 @@ class OfProto:
             return oc.group_stats_reply(x, self.sw.read_tables(stats))
         if req.mtype == MP.GROUP_FEATURES:
             return oc.group_features_reply(x, MAX_GROUPS)
+        if req.mtype in (MP.METER, MP.METER_CONFIG):
+            def meters(t: OpenFlowTables) -> list[bytes]:
+                ms = list(t.meters) if req.group_id == OFPM_ALL else [m for m in [t.meters.get(req.group_id)] if m]
+                if req.mtype == MP.METER_CONFIG:
+                    return oc.meter_config_reply(x, ms)
+                now = t.clock()
+                return oc.meter_stats_reply(x, [oc.MeterStat(m.meter_id, t.meter_refs(m.meter_id),
+                                                             self.sw.meter_stats(m), now - m.created) for m in ms])
+            return list(self.sw.read_tables(meters))
+        if req.mtype == MP.METER_FEATURES:
+            return oc.meter_features_reply(x, MAX_METERS, MAX_BANDS)
         if req.mtype == MP.TABLE_FEATURES:
             if req.table_features:
                 raise OfError(ET.TABLE_FEATURES_FAILED, 5, "table features cannot be changed")
@@ -313,12 +353,15 @@ class OfProto:
 
 
 def _bad_group_as_error(fn: Callable[[OpenFlowTables], list[Rule]]) -> Callable[[OpenFlowTables], list[Rule]]:
-    """A flow-mod whose group action names no group: BAD_ACTION, BAD_OUT_GROUP (as OVS)."""
+    """A flow-mod whose group action names no group: BAD_ACTION, BAD_OUT_GROUP; whose meter instruction names no
+    meter: METER_MOD_FAILED, INVALID_METER (as OVS)."""
     def run(t: OpenFlowTables) -> list[Rule]:
         try:
             return fn(t)
         except UnknownGroup as e:
             raise OfError(ET.BAD_ACTION, oc.BAC_BAD_OUT_GROUP, str(e)) from None
+        except UnknownMeter as e:
+            raise OfError(ET.METER_MOD_FAILED, oc.MMFC_INVALID_METER, str(e)) from None
     return run
 
 

@@ -4,8 +4,9 @@ Supported (ovs-actions(7) spelling): ``output:N``, ``N``, ``drop``, ``flood``, `
 ``controller[:MAX_LEN]``, ``normal``, ``mod_dl_src``/``mod_dl_dst``, ``mod_vlan_vid``, ``mod_vlan_pcp``, ``push_vlan``,
 ``strip_vlan``/``pop_vlan``, ``mod_nw_src``/``mod_nw_dst``, ``mod_nw_tos``, ``dec_ttl``,
 ``mod_tp_src``/``mod_tp_dst``, ``set_field:V[/M]->F``, ``load:V->F[a..b]``, ``move:F[a..b]->G[c..d]``,
-``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``, ``group:N``, and the instructions ``write_metadata:V[/M]`` and
-``goto_table:T`` (in that order, last). What they do to a packet is ``ctl/pipeline/xlate.py``'s business.
+``resubmit(,T)``/``resubmit(P,T)``/``resubmit:P``, ``group:N``, and the instructions ``meter:N`` (first),
+``write_metadata:V[/M]`` and ``goto_table:T`` (in that order, last). What they do to a packet is
+``ctl/pipeline/xlate.py``'s business.
 """
 
 from __future__ import annotations
@@ -223,6 +224,17 @@ OFPG_MAX = 0xFFFFFF00  # the last group number (OpenFlow 1.3's OFPG_MAX)
 
 
 @dataclass(frozen=True)
+class MeterAction:
+    """meter:N, OpenFlow 1.3's meter instruction: the packet goes through meter N (``ctl/pipeline/meters.py``)
+    before the actions. Written first, as ovs-ofctl does."""
+
+    meter_id: int
+
+    def __str__(self) -> str:
+        return f"meter:{self.meter_id}"
+
+
+@dataclass(frozen=True)
 class GotoTable:
     table: int
 
@@ -231,13 +243,13 @@ class GotoTable:
 
 
 OfAction = (Output | Flood | InPort | Controller | Normal | TablePort | SetField | Move | PushVlan | StripVlan
-            | DecTtl | PushMpls | PopMpls | SetMplsTtl | DecMplsTtl | Resubmit | GroupAction | WriteMetadata
-            | GotoTable)
+            | DecTtl | PushMpls | PopMpls | SetMplsTtl | DecMplsTtl | Resubmit | GroupAction | MeterAction
+            | WriteMetadata | GotoTable)
 
 ACTION_NAMES = ("output", "drop", "flood", "all", "in_port", "controller", "normal", "mod_dl_src", "mod_dl_dst",
                 "mod_vlan_vid", "mod_vlan_pcp", "push_vlan", "strip_vlan", "pop_vlan", "mod_nw_src", "mod_nw_dst",
                 "mod_nw_tos", "mod_nw_ttl", "dec_ttl", "mod_tp_src", "mod_tp_dst", "set_field", "load", "move",
-                "push_mpls", "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "group", "write_metadata",
+                "push_mpls", "pop_mpls", "set_mpls_ttl", "dec_mpls_ttl", "resubmit", "group", "meter", "write_metadata",
                 "goto_table")
 MPLS_TYPES = (0x8847, 0x8848)
 
@@ -518,6 +530,13 @@ def parse_one(item: str) -> OfAction | None:
         if g > OFPG_MAX:
             raise ValueError(f"group: {g} is out of range 0..{OFPG_MAX}")
         return GroupAction(g)
+    if low == "meter":
+        if not arg:
+            raise ValueError("meter needs a meter number (meter:N)")
+        mid = parse_int(arg, 32, "meter")
+        if not 0 < mid <= 0xFFFF0000:
+            raise ValueError(f"meter: {mid} is out of range 1..{0xFFFF0000}")
+        return MeterAction(mid)
     if low == "goto_table":
         if not arg:
             raise ValueError("goto_table needs a table (goto_table:N)")
@@ -616,6 +635,8 @@ def parse_actions(text: str, full_text: str | None = None, offset: int = 0) -> l
             raise FlowSyntaxError(str(e), full, offset + pos, len(item)) from None
         if a is not None:
             out.append(a)
+        if isinstance(a, MeterAction) and len(out) > 1:
+            raise FlowSyntaxError("meter is an instruction: it comes first", full, offset + pos, len(item))
         if any(isinstance(x, GotoTable) for x in out[:-1]):
             raise FlowSyntaxError("goto_table must be the last action", full, offset + pos, len(item))
         if any(isinstance(x, WriteMetadata) for x in out[:-1]) and not isinstance(out[-1], GotoTable):

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from ctl.pipeline.classifier import Table, overlap
 from ctl.pipeline.groups import OFPG_ALL, Group, GroupSpec, GroupTable, parse_group
+from ctl.pipeline.meters import Meter, MeterSpec, MeterTable, parse_meter
 from ctl.pipeline.ofactions import (
     N_TABLES,
     Controller,
     GotoTable,
     GroupAction,
+    MeterAction,
     OfAction,
     consistency_error,
     format_actions,
@@ -203,6 +205,10 @@ class UnknownGroup(ValueError):
     """A flow's group action names a group that does not exist (OpenFlow: BAD_ACTION, BAD_OUT_GROUP)."""
 
 
+class UnknownMeter(ValueError):
+    """A flow's meter instruction names a meter that does not exist (OpenFlow: METER_MOD_FAILED, UNKNOWN_METER)."""
+
+
 class OpenFlowTables:
     """Tables 0..254 with flow-mods as ovs-ofctl issues them, and the group table (``groups``). ``version``
     grows with every change."""
@@ -210,6 +216,7 @@ class OpenFlowTables:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tables: list[Table[Rule]] = [Table(i) for i in range(N_TABLES)]
         self.groups = GroupTable(clock)
+        self.meters = MeterTable(clock)
         self.version = 0
         self.clock = clock  # seconds, monotonic: rule creation, last use, timeouts (injected in tests)
 
@@ -218,6 +225,36 @@ class OpenFlowTables:
         for a in actions:
             if isinstance(a, GroupAction) and a.group_id not in self.groups.groups:
                 raise UnknownGroup(f"group:{a.group_id}: there is no group {a.group_id} (add-group makes one)")
+            if isinstance(a, MeterAction) and a.meter_id not in self.meters.meters:
+                raise UnknownMeter(f"meter:{a.meter_id}: there is no meter {a.meter_id} (add-meter makes one)")
+
+    # --- meters ------------------------------------------------------------------------------------------
+
+    def add_meter(self, spec: MeterSpec) -> Meter:
+        m = self.meters.add(spec)
+        self.version += 1
+        return m
+
+    def modify_meter(self, spec: MeterSpec) -> Meter:
+        m = self.meters.modify(spec)
+        self.version += 1
+        return m
+
+    def delete_meters(self, meter_id: int) -> tuple[list[Meter], list[Rule]]:
+        """del-meters: the meters gone, and the rules that used them, deleted with them (as OVS)."""
+        gone = self.meters.delete(meter_id)
+        if not gone:
+            return [], []
+        ids = {m.meter_id for m in gone}
+        rules = [r for r in self.rules() if any(isinstance(a, MeterAction) and a.meter_id in ids for a in r.actions)]
+        for r in rules:
+            self.tables[r.table].remove(r)
+        self.version += 1
+        return gone, rules
+
+    def meter_refs(self, meter_id: int) -> int:
+        """The rules whose instructions name the meter (OpenFlow's flow_count)."""
+        return sum(1 for r in self.rules() for a in r.actions if isinstance(a, MeterAction) and a.meter_id == meter_id)
 
     # --- groups ------------------------------------------------------------------------------------------
 
@@ -377,7 +414,8 @@ class OpenFlowTables:
                               {str(t.id): t.miss for t in self.tables if t.miss != "drop"},
                               {str(t.id): format_prefixes(t.prefixes) for t in self.tables
                                if t.prefixes != DEFAULT_PREFIXES},
-                              [Group(s.group_id, s.type, s.buckets) for s in self.groups.specs()])
+                              [Group(s.group_id, s.type, s.buckets) for s in self.groups.specs()],
+                              [Meter(s.meter_id, s.flags, s.bands) for s in self.meters.specs()])
 
     def load_json(self, data: dict[str, object]) -> None:
         """Replace everything with the contents of a state file; on any error (ValueError) nothing changes."""
@@ -395,6 +433,11 @@ class OpenFlowTables:
             raise ValueError("state file: 'groups' must be a list")
         specs = [parse_flow(str(t)) for t in flows]
         fresh = OpenFlowTables(self.clock)
+        meters = data.get("meters", [])
+        if not isinstance(meters, list):
+            raise ValueError("state file: 'meters' must be a list")
+        for text in meters:
+            fresh.add_meter(parse_meter(str(text)))
         for text in groups:
             fresh.add_group(parse_group(str(text)))
         for what, settings in (("table_miss", misses), ("table_prefixes", prefixes)):
@@ -408,6 +451,7 @@ class OpenFlowTables:
         fresh.add_many(specs)
         self.tables = fresh.tables
         self.groups = fresh.groups
+        self.meters = fresh.meters
         self.version += 1
 
     def save(self, path: Path) -> None:
@@ -435,6 +479,7 @@ class TablesSnapshot:
     misses: dict[str, str]
     prefixes: dict[str, str] = field(default_factory=dict)   # tables whose tries are not the default ones
     groups: list[Group] = field(default_factory=list)        # each after the groups its buckets go to
+    meters: list[Meter] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"version": 1, "flows": [r.to_text() for r in self.rules],
@@ -443,6 +488,8 @@ class TablesSnapshot:
             out["table_prefixes"] = dict(self.prefixes)
         if self.groups:
             out["groups"] = [g.to_text() for g in self.groups]
+        if self.meters:
+            out["meters"] = [m.to_text() for m in self.meters]
         return out
 
 
@@ -477,6 +524,6 @@ def parse_flows_file(text: str) -> list[FlowSpec]:
     return out
 
 
-__all__ = ["DEFAULT_PRIORITY", "OFPG_ALL", "FlowSpec", "UnknownGroup",
+__all__ = ["DEFAULT_PRIORITY", "OFPG_ALL", "FlowSpec", "UnknownGroup", "UnknownMeter",
            "OpenFlowTables", "Rule", "TablesSnapshot", "parse_flow", "parse_flows_file",
            "write_state"]

@@ -25,6 +25,7 @@ from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import OFPG_ANY, OFPP_ANY, Bucket, Group
 from ctl.pipeline.groups import TYPES as GROUP_TYPES
 from ctl.pipeline.mac_learning import MacLearning, is_multicast, vlan_of
+from ctl.pipeline.meters import Meter
 from ctl.pipeline.ofmatch import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -135,6 +136,7 @@ class _Ctx:
         self.actions: list[dpif.Action] = []
         self.rules: list[Rule] = []
         self.groups: list[Group | Bucket] = []
+        self.meters: list[Meter] = []
         self.in_bucket = 0              # group buckets being run, one inside another
         self.committed: dict[str, int] = {}  # in a bucket: the flow as the datapath's packet has it (last commit)
         self.restored: set[str] = set()  # fields a bucket changed that the next commit writes back
@@ -231,6 +233,12 @@ class _Ctx:
                 self.depth -= 1
             elif isinstance(a, of.GroupAction):
                 self.group(a.group_id, step, tid, rule)
+            elif isinstance(a, of.MeterAction):
+                m = self.tables.meters.get(a.meter_id)
+                if m is not None:
+                    self.commit()
+                    self.actions.append(dpif.DpMeter(m.slot, m.meter_id))
+                    self.meters.append(m)
             elif isinstance(a, of.Controller):
                 note = self.to_controller(a, rule, tid)
                 if note and self.tracing:

@@ -34,6 +34,7 @@ from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
 from ctl.pipeline.groups import OFPG_ALL, SELECT_MAX_BUCKETS, Group, parse_group
 from ctl.pipeline.mac_learning import MacLearning
+from ctl.pipeline.meters import OFPM_ALL, Meter, SoftMeter, parse_meter
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
@@ -63,6 +64,8 @@ class DatapathOps(Protocol):
     def flow_stats_all(self) -> dict[int, tuple[int, int, int]]: ...
     def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]: ...
     def zero_buckets(self, base: int, n: int) -> None: ...
+    def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None: ...
+    def meter_stats(self, slot: int) -> list[tuple[int, int]]: ...
     @property
     def n_flows(self) -> int: ...
 
@@ -233,7 +236,9 @@ class Udpif:
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
-        self.zero_fresh_buckets()        # groups of a state file took their bucket slots before we got the tables
+        self._soft_meters: dict[int, SoftMeter] = {}   # slot -> the slow path's meter; under _meter_lock
+        self._meter_lock = threading.Lock()
+        self.sync_groups_and_meters()    # groups and meters of a state file were made before we got the tables
 
     # --- counters ----------------------------------------------------------------------------------------
 
@@ -286,7 +291,7 @@ class Udpif:
                  st: UpcallStats, layout: tuple[FlowKey, int, int] | None = None) -> bool:
         """Run actions on one packet: emissions are queued in out by port, packet-ins sent now."""
         try:
-            res = execute(frame, actions, layout)
+            res = execute(frame, actions, layout, self._meter)
         except Exception:
             st.failed += 1
             log.exception("executing %s on a packet failed", dpif.format_actions(actions))
@@ -509,7 +514,7 @@ class Udpif:
             try:
                 result = change(self.tables)
             finally:
-                self.zero_fresh_buckets()
+                self.sync_groups_and_meters()
             changed = self.tables.version != version
             if changed and self.revalidator is None:
                 self.flush()
@@ -521,12 +526,38 @@ class Udpif:
                 rv.request()
         return result
 
-    def zero_fresh_buckets(self) -> None:
-        """Zero the fast path's counters of the bucket slots groups took since the last call (an earlier group
-        may have counted in them), before any megaflow can use them. The caller holds the lock."""
+    def sync_groups_and_meters(self) -> None:
+        """Bring the fast path's group and meter state up to the tables, before any megaflow can use it: zero the
+        counters of the bucket slots groups took since the last call (an earlier group may have counted in them),
+        write new and changed meters (full buckets, zeroed counters). The caller holds the lock."""
         fresh = self.tables.groups.fresh_slots
         while fresh:
             self.dp.zero_buckets(fresh.pop(), SELECT_MAX_BUCKETS)
+        dirty = self.tables.meters.dirty_slots
+        while dirty:
+            m = dirty.pop(0)
+            self.dp.set_meter(m.slot, m.pktps, m.buckets())
+            with self._meter_lock:
+                self._soft_meters[m.slot] = SoftMeter(m, time.monotonic_ns())
+
+    def _meter(self, slot: int, nbytes: int) -> tuple[int, int]:
+        """The slow path's meter verdict for a packet (execute()'s meter)."""
+        with self._meter_lock:
+            sm = self._soft_meters.get(slot)
+            return sm.take(nbytes, time.monotonic_ns()) if sm is not None else (0, 0)
+
+    def meter_stats(self, m: Meter) -> list[tuple[int, int]]:
+        """(packets, bytes) into meter m and over each of its bands: the fast path's and the slow path's."""
+        fast = self.dp.meter_stats(m.slot)
+        with self._meter_lock:
+            sm = self._soft_meters.get(m.slot)
+            soft = sm.counts if sm is not None else []
+        out = []
+        for i in range(1 + len(m.bands)):
+            p, n = fast[i] if i < len(fast) else (0, 0)
+            sp, sn = soft[i] if i < len(soft) else (0, 0)
+            out.append((p + sp, n + sn))
+        return out
 
     def group_stats(self, g: Group) -> list[tuple[int, int]]:
         """(packets, bytes) of each bucket of g: its own counters (credited from megaflows, and slow-path packets)
@@ -569,6 +600,7 @@ class Udpif:
 def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[], set[int]],
                       saved: Callable[[], None], extra_show: Callable[[], dict[str, object]]) -> None:
     """ofctl add-flows|del-flows|mod-table|dump-flows, add-groups|del-groups|dump-groups|dump-group-stats,
+    add-meters|del-meters|dump-meters|meter-stats,
     trace, revalidator-purge, fdb-show and upcall-show.
     A change returns once a revalidator pass has brought the datapath up to date, then saved() writes the
     state file. extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
@@ -688,6 +720,54 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
                             "buckets": [{"packet_count": p, "byte_count": n} for p, n in buckets]})
             return out
 
+    def add_meters(meters: list[str], modify: bool = False) -> dict[str, int]:
+        if not isinstance(meters, list):
+            raise ValueError("meters must be a list of meter texts")
+        specs = [parse_meter(str(text)) for text in meters]
+
+        def change(t: OpenFlowTables) -> None:
+            done = []
+            try:
+                for sp in specs:
+                    done.append(t.modify_meter(sp) if modify else t.add_meter(sp))
+            except ValueError:
+                if not modify:
+                    for m in done:
+                        t.meters.delete(m.meter_id)
+                raise
+
+        udpif.change_tables(change, wait=True)
+        saved()
+        with udpif.lock:
+            return {"added" if not modify else "modified": len(specs), "meters": len(udpif.tables.meters)}
+
+    def del_meters(filter: str = "") -> dict[str, int]:
+        spec = parse_meter(str(filter), bands=False)
+        gone, rules = udpif.change_tables(lambda t: t.delete_meters(spec.meter_id), wait=True)
+        saved()
+        with udpif.lock:
+            return {"deleted": len(gone), "flows_deleted": len(rules), "meters": len(udpif.tables.meters)}
+
+    def _meters(filter: str) -> list[Meter]:
+        mid = parse_meter(str(filter), bands=False).meter_id
+        return [m for m in udpif.tables.meters if mid in (OFPM_ALL, m.meter_id)]
+
+    def dump_meters(filter: str = "") -> list[dict[str, object]]:
+        with udpif.lock:
+            return [{"meter_id": m.meter_id, "line": m.to_text()} for m in _meters(filter)]
+
+    def meter_stats(filter: str = "") -> list[dict[str, object]]:
+        with udpif.lock:
+            now = udpif.tables.clock()
+            out: list[dict[str, object]] = []
+            for m in _meters(filter):
+                st = udpif.meter_stats(m)
+                out.append({"meter_id": m.meter_id, "flow_count": udpif.tables.meter_refs(m.meter_id),
+                            "packet_in_count": st[0][0], "byte_in_count": st[0][1],
+                            "duration": round(now - m.created, 3),
+                            "bands": [{"packet_count": p, "byte_count": n} for p, n in st[1:]]})
+            return out
+
     def revalidator_purge() -> dict[str, int]:
         with udpif.lock:
             keys = list(udpif.ukeys)
@@ -710,5 +790,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     for cmd, fn in (("add-flows", add_flows), ("del-flows", del_flows), ("mod-table", mod_table),
                     ("dump-flows", dump_flows), ("trace", trace), ("revalidator-purge", revalidator_purge),
                     ("fdb-show", fdb_show), ("upcall-show", upcall_show), ("add-groups", add_groups),
-                    ("del-groups", del_groups), ("dump-groups", dump_groups), ("dump-group-stats", dump_group_stats)):
+                    ("del-groups", del_groups), ("dump-groups", dump_groups), ("dump-group-stats", dump_group_stats),
+                    ("add-meters", add_meters), ("del-meters", del_meters), ("dump-meters", dump_meters),
+                    ("meter-stats", meter_stats)):
         ctl.register(cmd, fn)

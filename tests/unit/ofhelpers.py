@@ -10,6 +10,7 @@ from typing import Any
 from ctl.openflow import codec as oc
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Group
+from ctl.pipeline.meters import Meter
 from ctl.pipeline.ofmatch import Match
 from ctl.pipeline.openflow_tables import OpenFlowTables
 
@@ -76,6 +77,9 @@ class FakeSwitch:
 
     def bucket_stats(self, group: Group) -> list[tuple[int, int]]:
         return [(b.n_packets, b.n_bytes) for b in group.buckets]
+
+    def meter_stats(self, meter: Meter) -> list[tuple[int, int]]:
+        return [(7, 700)] + [(n, 100 * n) for n in range(len(meter.bands))]
 
 
 def exhaust_one_accept(address: tuple[str, int], failed: Callable[[], int]) -> None:

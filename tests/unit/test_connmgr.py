@@ -112,10 +112,10 @@ def test_errors_keep_the_connection(mgr: tuple[ConnManager, FakeSwitch]) -> None
     cm, sw = mgr
     p = connect(cm)
     p.handshake()
-    p.send(msg(T.GROUP_MOD, b"\0" * 8, xid=3))
+    p.send(msg(T.TABLE_MOD, b"\0" * 8, xid=3))
     err = p.expect(T.ERROR)
     assert struct.unpack_from("!HH", err, 8) == (ET.BAD_REQUEST, oc.BRC_BAD_TYPE) and oc.header(err)[3] == 3
-    assert err[12:20] == msg(T.GROUP_MOD, b"\0" * 8, xid=3)[:8], "the error carries the offending message"
+    assert err[12:20] == msg(T.TABLE_MOD, b"\0" * 8, xid=3)[:8], "the error carries the offending message"
     p.send(msg(T.ECHO_REQUEST, b"still here", xid=4))
     assert p.expect(T.ECHO_REPLY)[8:] == b"still here"
 

@@ -77,11 +77,14 @@ def test_big_multipart_replies_are_split_with_reply_more() -> None:
 @pytest.mark.parametrize("raw, etype, code", [
     (msg(T.FEATURES_REQUEST, version=1), ET.BAD_REQUEST, oc.BRC_BAD_VERSION),
     (msg(99), ET.BAD_REQUEST, oc.BRC_BAD_TYPE),
-    (msg(T.GROUP_MOD, b"\0" * 8), ET.BAD_REQUEST, oc.BRC_BAD_TYPE),
+    (msg(T.TABLE_MOD, b"\0" * 8), ET.BAD_REQUEST, oc.BRC_BAD_TYPE),
+    (msg(T.GROUP_MOD, b"\0" * 4), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
+    (msg(T.METER_MOD, b"\0" * 8 + struct.pack("!HHII", 1, 12, 5, 0)), ET.METER_MOD_FAILED, 8),
     (msg(T.PACKET_IN, b"\0" * 24), ET.BAD_REQUEST, oc.BRC_BAD_TYPE),
     (msg(T.FEATURES_REQUEST, b"x"), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
     (msg(T.FLOW_MOD, b"\0" * 10), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
-    (multipart(MP.GROUP), ET.BAD_REQUEST, oc.BRC_BAD_MULTIPART),
+    (multipart(MP.GROUP), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
+    (multipart(MP.QUEUE), ET.BAD_REQUEST, oc.BRC_BAD_MULTIPART),
     (multipart(MP.PORT_STATS, b"\0" * 3), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
     (msg(T.SET_CONFIG, b"\0" * 2), ET.BAD_REQUEST, oc.BRC_BAD_LEN),
 ])
@@ -110,10 +113,10 @@ def _fm_with_oxms(oxms: bytes, insts: bytes = b"") -> bytes:
     (_oxm(5, b"\x08"), b"", ET.BAD_MATCH, oc.BMC_BAD_LEN),
     (_oxm(5, b"\x08\0", mask=b"\xff\0"), b"", ET.BAD_MATCH, oc.BMC_BAD_MASK),
     (_oxm(3, b"\xff" * 6, mask=b"\0" * 6), b"", ET.BAD_MATCH, oc.BMC_BAD_VALUE),
-    (b"", struct.pack("!HH4x", 6, 8), ET.BAD_INSTRUCTION, oc.BIC_UNSUP_INST),             # meter
+    (b"", struct.pack("!HH4x", 6, 8), ET.METER_MOD_FAILED, oc.MMFC_INVALID_METER),        # meter 0
     (b"", struct.pack("!HH4x", 77, 8), ET.BAD_INSTRUCTION, oc.BIC_UNKNOWN_INST),
     (b"", struct.pack("!HH4x", 4, 7), ET.BAD_INSTRUCTION, oc.BIC_BAD_LEN),
-    (b"", struct.pack("!HH4x", 4, 16) + struct.pack("!HHI", 22, 8, 1), ET.BAD_ACTION, oc.BAC_BAD_OUT_GROUP),
+    (b"", struct.pack("!HH4x", 4, 16) + struct.pack("!HHI", 22, 8, 0xFFFFFFFC), ET.BAD_ACTION, oc.BAC_BAD_OUT_GROUP),
     (b"", struct.pack("!HH4x", 4, 16) + struct.pack("!HH4x", 99, 8), ET.BAD_ACTION, oc.BAC_BAD_TYPE),
     (b"", struct.pack("!HH4x", 4, 24) + struct.pack("!HHIH6x", 0, 16, 0xFF00, 0), ET.BAD_ACTION,
      oc.BAC_BAD_OUT_PORT),

@@ -25,6 +25,7 @@ class FakeDatapath:
         self.flows: dict[tuple[bytes, bytes], tuple[int, list[Action]]] = {}
         self.stats: dict[int, tuple[int, int, int]] = {}
         self.buckets: dict[int, tuple[int, int]] = {}  # select bucket slot -> (packets, bytes), set by the test
+        self.meters: dict[int, list[tuple[int, int, int, int]]] = {}
         self.max_flows = max_flows
         self.next = 0
 
@@ -61,6 +62,12 @@ class FakeDatapath:
     def zero_buckets(self, base: int, n: int) -> None:
         for i in range(n):
             self.buckets.pop(base + i, None)
+
+    def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None:
+        self.meters[slot] = list(bands)
+
+    def meter_stats(self, slot: int) -> list[tuple[int, int]]:
+        return [(0, 0)] * (1 + len(self.meters.get(slot, [])))
 
     @property
     def n_flows(self) -> int:

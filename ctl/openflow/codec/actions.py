@@ -54,7 +54,7 @@ INSTRUCTION_ORDER = {1: 5, 2: 4, 3: 3, 4: 1, 5: 2, 6: 0}  # OpenFlow 1.3's execu
 
 
 def decode_instructions(raw: bytes, off: int) -> list[of.OfAction]:
-    """The instruction list from off to the end of raw, checked length by length, as our actions:
+    """The instruction list from off to the end of raw, checked length by length, as our actions: meter, then
     apply_actions' actions, then write_metadata, then goto_table."""
     out: list[of.OfAction] = []
     tail: dict[int, of.OfAction] = {}
@@ -91,13 +91,18 @@ def decode_instructions(raw: bytes, off: int) -> list[of.OfAction]:
         elif itype == 5:
             pass  # clear_actions: there is never an action set to clear
         elif itype == 6:
-            raise OfError(ET.BAD_INSTRUCTION, BIC_UNSUP_INST, "meter is not supported")
+            if ilen != 8:
+                raise OfError(ET.BAD_INSTRUCTION, BIC_BAD_LEN, "meter is 8 bytes")
+            mid = int.from_bytes(raw[p + 4: p + 8], "big")
+            if not 0 < mid <= 0xFFFF0000:
+                raise OfError(ET.METER_MOD_FAILED, 2, f"meter {mid:#x} is not a meter number")  # INVALID_METER
+            tail[6] = of.MeterAction(mid)
         elif itype == 0xFFFF:
             raise OfError(ET.BAD_INSTRUCTION, BIC_UNSUP_INST, "experimenter instructions are not supported")
         else:
             raise OfError(ET.BAD_INSTRUCTION, BIC_UNKNOWN_INST, f"instruction type {itype}")
         p += ilen
-    return out + [tail[t] for t in (2, 1) if t in tail]
+    return [tail[t] for t in (6,) if t in tail] + out + [tail[t] for t in (2, 1) if t in tail]
 
 
 def decode_actions(raw: bytes, off: int, end: int) -> list[of.OfAction]:
@@ -396,8 +401,8 @@ def _encode_set_field(a: of.SetField) -> bytes:
 
 
 def encode_instructions(actions: Sequence[of.OfAction]) -> bytes:
-    body = [a for a in actions if not isinstance(a, of.GotoTable | of.WriteMetadata)]
-    out = b""
+    body = [a for a in actions if not isinstance(a, of.GotoTable | of.WriteMetadata | of.MeterAction)]
+    out = b"".join(struct.pack("!HHI", 6, 8, a.meter_id) for a in actions if isinstance(a, of.MeterAction))
     if body:
         acts = encode_actions(body)
         out += struct.pack("!HH4x", 4, 8 + len(acts)) + acts

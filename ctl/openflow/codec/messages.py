@@ -24,6 +24,8 @@ from ctl.openflow.codec.framing import (
     GMFC_BAD_BUCKET,
     GMFC_BAD_COMMAND,
     GMFC_BAD_TYPE,
+    MMFC_BAD_BAND,
+    MMFC_BAD_COMMAND,
     MP,
     OFP_NO_BUFFER,
     OFP_VERSION,
@@ -38,6 +40,7 @@ from ctl.openflow.codec.framing import (
 from ctl.openflow.codec.oxm import _match_at
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Bucket, GroupSpec
+from ctl.pipeline.meters import Band, MeterSpec
 from ctl.pipeline.ofmatch import Match
 
 # --- messages (what decode() returns) --------------------------------------------------------------------
@@ -108,13 +111,19 @@ class MultipartRequest(Msg):
     flow: FlowStatsReq | None = None   # FLOW and AGGREGATE
     port_no: int = OFPP_ANY            # PORT_STATS
     table_features: bool = False       # TABLE_FEATURES with a body (a request to change them)
-    group_id: int = 0xFFFFFFFF         # GROUP: one group, or OFPG_ALL
+    group_id: int = 0xFFFFFFFF         # GROUP: one group, or OFPG_ALL; METER, METER_CONFIG: one meter, or OFPM_ALL
 
 
 @dataclass
 class GroupMod(Msg):
     command: int = 0                   # OFPGC_ADD, MODIFY, DELETE
     spec: GroupSpec | None = None
+
+
+@dataclass
+class MeterMod(Msg):
+    command: int = 0                   # OFPMC_ADD, MODIFY, DELETE
+    spec: MeterSpec | None = None
 
 
 @dataclass
@@ -131,7 +140,7 @@ class SetAsync(Msg):
 
 
 SIMPLE = {T.FEATURES_REQUEST, T.GET_CONFIG_REQUEST, T.BARRIER_REQUEST, T.GET_ASYNC_REQUEST}
-UNSUPPORTED = {T.METER_MOD: "meters", T.PORT_MOD: "port-mod", T.TABLE_MOD: "table-mod",
+UNSUPPORTED = {T.PORT_MOD: "port-mod", T.TABLE_MOD: "table-mod",
                T.QUEUE_GET_CONFIG_REQUEST: "queues", T.EXPERIMENTER: "experimenter messages"}
 # the messages a switch receives that only a switch sends
 SWITCH_TO_CONTROLLER = {T.FEATURES_REPLY, T.GET_CONFIG_REPLY, T.PACKET_IN, T.FLOW_REMOVED, T.PORT_STATUS,
@@ -185,6 +194,8 @@ def decode(raw: bytes) -> Msg:
         return _multipart(raw, xid)
     if t == T.GROUP_MOD:
         return _group_mod(raw, xid)
+    if t == T.METER_MOD:
+        return _meter_mod(raw, xid)
     raise OfError(ET.BAD_REQUEST, BRC_BAD_TYPE, f"{t.name} is not supported")
 
 
@@ -252,6 +263,28 @@ def _group_mod(raw: bytes, xid: int) -> GroupMod:
     return GroupMod(xid, T.GROUP_MOD, command, GroupSpec(group_id, gtype, buckets))
 
 
+def _meter_mod(raw: bytes, xid: int) -> MeterMod:
+    """OFPT_METER_MOD: command, flags, meter and its bands (drop and dscp_remark; 16 bytes each)."""
+    if len(raw) < 16:
+        raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"METER_MOD is at least 16 bytes, got {len(raw)}")
+    command, flags, meter_id = struct.unpack_from("!HHI", raw, 8)
+    if command > 2:
+        raise OfError(ET.METER_MOD_FAILED, MMFC_BAD_COMMAND, f"meter-mod command {command}")
+    bands: list[Band] = []
+    p = 16
+    while p < len(raw):
+        if p + 16 > len(raw):
+            raise OfError(ET.METER_MOD_FAILED, MMFC_BAD_BAND, "a band shorter than 16 bytes")
+        btype, blen, rate, burst = struct.unpack_from("!HHII", raw, p)
+        if blen != 16 or p + blen > len(raw):
+            raise OfError(ET.METER_MOD_FAILED, MMFC_BAD_BAND, f"band length {blen}")
+        if btype not in (1, 2):
+            raise OfError(ET.METER_MOD_FAILED, MMFC_BAD_BAND, f"band type {btype} (drop 1, dscp_remark 2)")
+        bands.append(Band(btype, rate, burst, raw[p + 12] if btype == 2 else 0))
+        p += blen
+    return MeterMod(xid, T.METER_MOD, command, MeterSpec(meter_id, flags, bands))
+
+
 def _packet_out(raw: bytes, xid: int) -> PacketOut:
     if len(raw) < 24:
         raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"PACKET_OUT is at least 24 bytes, got {len(raw)}")
@@ -290,11 +323,11 @@ def _multipart(raw: bytes, xid: int) -> MultipartRequest:
         req.port_no = int(p.port_no)
     elif mtype == MP.TABLE_FEATURES:
         req.table_features = bool(body)
-    elif mtype == MP.GROUP:
+    elif mtype in (MP.GROUP, MP.METER, MP.METER_CONFIG):
         if len(body) != 8:
-            raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"group stats request body is 8 bytes, got {len(body)}")
+            raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"{MP(mtype).name} request body is 8 bytes, got {len(body)}")
         req.group_id = int.from_bytes(body[:4], "big")
-    elif mtype in (MP.DESC, MP.TABLE, MP.PORT_DESC, MP.GROUP_DESC, MP.GROUP_FEATURES):
+    elif mtype in (MP.DESC, MP.TABLE, MP.PORT_DESC, MP.GROUP_DESC, MP.GROUP_FEATURES, MP.METER_FEATURES):
         if body:
             raise OfError(ET.BAD_REQUEST, BRC_BAD_LEN, f"{MP(mtype).name} request has no body")
     else:

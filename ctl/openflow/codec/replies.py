@@ -28,6 +28,7 @@ from ctl.openflow.codec.framing import HEADER, MAX_MSG, MP, OFP_VERSION, T
 from ctl.openflow.codec.oxm import MASKABLE, OXM_FIELDS, _tlv, encode_match
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Group
+from ctl.pipeline.meters import Meter
 from ctl.pipeline.ofmatch import Match
 
 # --- messages the switch sends --------------------------------------------------------------------------
@@ -198,6 +199,41 @@ def group_features_reply(xid: int, max_groups: int) -> list[bytes]:
         acts |= 1 << a
     body = struct.pack("!II4I4I", 0xF, OFPGFC_SELECT_WEIGHT | OFPGFC_CHAINING, *([max_groups] * 4), *([acts] * 4))
     return _multipart_replies(xid, MP.GROUP_FEATURES, [body])
+
+
+@dataclass
+class MeterStat:
+    meter_id: int
+    flow_count: int
+    counts: list[tuple[int, int]]    # (packets, bytes) in, then per band
+    duration: float
+
+
+def meter_stats_reply(xid: int, stats: Sequence[MeterStat]) -> list[bytes]:
+    """OFPMP_METER: each meter's flows, input and per-band counters."""
+    items = []
+    for st in stats:
+        sec = int(st.duration)
+        (pin, bin_), bands = st.counts[0], st.counts[1:]
+        items.append(struct.pack("!IH6xIQQII", st.meter_id, 40 + 16 * len(bands), st.flow_count, pin, bin_, sec,
+                                 int((st.duration - sec) * 1e9))
+                     + b"".join(struct.pack("!QQ", p, n) for p, n in bands))
+    return _multipart_replies(xid, MP.METER, items)
+
+
+def meter_config_reply(xid: int, meters: Sequence[Meter]) -> list[bytes]:
+    """OFPMP_METER_CONFIG: each meter's flags and bands."""
+    items = []
+    for m in meters:
+        bands = b"".join(struct.pack("!HHIIB3x", b.type, 16, b.rate, b.burst, b.prec_level) for b in m.bands)
+        items.append(struct.pack("!HHI", 8 + len(bands), m.flags, m.meter_id) + bands)
+    return _multipart_replies(xid, MP.METER_CONFIG, items)
+
+
+def meter_features_reply(xid: int, max_meter: int, max_bands: int) -> list[bytes]:
+    """OFPMP_METER_FEATURES: drop and dscp_remark bands; kbps, pktps, burst and stats."""
+    return _multipart_replies(xid, MP.METER_FEATURES, [struct.pack("!IIIBB2x", max_meter, 1 << 1 | 1 << 2, 0xF,
+                                                                   max_bands, 0)])
 
 
 def desc_reply(xid: int, mfr: str, hw: str, sw: str, serial: str, dp_desc: str) -> list[bytes]:
