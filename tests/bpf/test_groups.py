@@ -95,3 +95,39 @@ def test_every_packet_of_a_connection_takes_one_bucket_whatever_its_tcp_flags(tb
         ports = tb.port_stats()
         outs |= {p for p in ports if ports[p].tx_packets != before[p].tx_packets}
     assert len(outs) == 1
+
+
+def _metered(tb: Bench, meter: str, frame: bytes) -> tuple[list, object]:
+    from ctl.pipeline.meters import parse_meter
+
+    t = OpenFlowTables()
+    m = t.add_meter(parse_meter(meter))
+    t.add(parse_flow("in_port=1,actions=meter:1,output:2"))
+    tb.dp.set_meter(m.slot, m.pktps, m.buckets())
+    tr = translate(t, flow_of(parse(frame, 1)), ports={1, 2, 3})
+    assert not tr.slow_path and str(tr.actions[0]) == "meter(1)"
+    tb.dp.put_flow(parse(frame, 1), mask_for("in_port"), tr.actions)
+    return tr.actions, m
+
+
+def test_a_meter_drops_what_exceeds_its_bucket_and_counts_it(tb: Bench) -> None:
+    """A 100 packets/s meter with a 10-packet burst, 200 packets in a few milliseconds: the bucket's 10 (and what
+    the elapsed time refills) pass, the rest are dropped as meter drops, and every counter agrees."""
+    fr = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
+    _acts, m = _metered(tb, "meter=1,pktps,burst,bands=type=drop,rate=100,burst_size=10", fr)
+    before = tb.stats()
+    passed = sum(tb.run(fr).verdict == XDP_REDIRECT for _ in range(200))
+    delta = tb.stats().delta(before)
+    assert 10 <= passed <= 12, passed
+    assert delta.drops.get("meter") == 200 - passed
+    st = tb.dp.meter_stats(m.slot)   # type: ignore[attr-defined]
+    assert st[0] == (200, 200 * len(fr)) and st[1][0] == 200 - passed
+
+
+def test_a_dscp_remark_band_raises_the_drop_precedence_of_what_exceeds(tb: Bench) -> None:
+    fr = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", tos=18 << 2) / UDP(sport=1, dport=2))
+    _metered(tb, "meter=1,pktps,burst,bands=type=dscp_remark,rate=100,burst_size=5,prec_level=1", fr)
+    tos = [IP(tb.run(fr).frame[14:]).tos >> 2 for _ in range(20)]
+    assert tos[:5] == [18] * 5 and set(tos[6:]) == {20}      # AF21 -> AF22, checksum fixed by scapy's parse below
+    out = IP(tb.run(fr).frame[14:])
+    assert out.chksum == IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2", tos=20 << 2) / UDP(sport=1, dport=2))).chksum

@@ -316,3 +316,54 @@ def test_groups_from_ovs_ofctl_forward_and_count(sw: Switch, hosts: list[Host], 
     assert r.returncode != 0 and "OFPGMFC_GROUP_EXISTS" in r.stderr, r.stderr
     ofctl(sw, "del-groups")
     assert flows(sw) == []
+
+
+STREAM = """
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+frame = bytes.fromhex(sys.argv[2])
+pps, seconds = float(sys.argv[3]), float(sys.argv[4])
+start = time.monotonic()
+sent = 0
+while True:
+    now = time.monotonic() - start
+    if now >= seconds:
+        break
+    due = int(now * pps) + 1
+    while sent < due:
+        s.send(frame)
+        sent += 1
+    time.sleep(0.002)
+print(sent, time.monotonic() - start)
+"""
+
+
+def test_a_10mbps_meter_on_a_50mbps_stream_delivers_10mbps(sw: Switch, hosts: list[Host]) -> None:
+    """ovs-ofctl add-meter, then a flow through it: h1 offers 50 Mbps of 1000-byte frames for 4 s; h2 receives
+    10 Mbps within 5 %, and the meter's counters say where the rest went."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    h1, h2, _ = hosts
+    ofctl(sw, "del-meters")
+    ofctl(sw, "add-meter", "meter=1,kbps,burst,stats,bands=type=drop,rate=10000,burst_size=100")
+    ofctl(sw, "add-flow", f"in_port={h1.port_no},udp,actions=meter:1,output:{h2.port_no}")
+    assert "meter:1" in " ".join(flows(sw))
+    frame = bytes(Ether(src=h1.mac, dst=h2.mac) / IP(src=h1.ip, dst=h2.ip) / UDP(sport=1, dport=2) / (b"m" * 958))
+    assert len(frame) == 1000
+    rx0 = int(h2.sh(f"cat /sys/class/net/{h2.ifname}/statistics/rx_bytes").stdout)
+    r = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-c", STREAM, h1.ifname, frame.hex(), "6250",
+                        "4"], capture_output=True, text=True, timeout=30, check=True)
+    sent, seconds = int(r.stdout.split()[0]), float(r.stdout.split()[1])
+    time.sleep(0.3)
+    got = int(h2.sh(f"cat /sys/class/net/{h2.ifname}/statistics/rx_bytes").stdout) - rx0
+    offered_mbps, delivered_mbps = sent * 8000 / seconds / 1e6, got * 8 / seconds / 1e6
+    assert offered_mbps > 45, offered_mbps
+    assert 9.5 <= delivered_mbps <= 10.5, (offered_mbps, delivered_mbps)
+    out = ofctl(sw, "meter-stats").stdout
+    m = re.search(r"packet_in_count:(\d+).*?0: packet_count:(\d+)", out, re.S)
+    assert m is not None, out
+    assert int(m.group(1)) == sent and int(m.group(1)) - int(m.group(2)) == got // 1000, out
+    ofctl(sw, "del-meters")
+    assert flows(sw) == []              # the flow went with its meter
