@@ -291,6 +291,13 @@ def start(
     mac_aging_time: int = typer.Option(300, "--mac-aging-time", help="Seconds a learned MAC lives unseen."),
     replace: bool = typer.Option(False, "--replace", help="If a datapath of this name runs with another map "
                                                           "layout, remove it (its flows stop) instead of refusing."),
+    upcall_rate: int = typer.Option(5000, "--upcall-rate",
+                                    help="Upcalls per second from one port (new flows' first packets, slow-path "
+                                         "packets); more are dropped in XDP and counted (0: no limit)."),
+    upcall_burst: int = typer.Option(0, "--upcall-burst", help="Upcalls a port may send at once (0: a second's "
+                                                               "worth of --upcall-rate)."),
+    upcall_total_rate: int = typer.Option(0, "--upcall-total-rate",
+                                          help="Upcalls per second from all ports together (0: no limit)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
 ) -> None:
     """Run the switch in the foreground until SIGTERM or Ctrl-C.
@@ -313,6 +320,7 @@ def start(
     from ctl.datapath.dpif_xdp import DatapathConfig, DatapathError
     from ctl.openflow.connmgr import ChannelConfig, TlsConfig
     from ctl.pipeline.ofmatch import FlowSyntaxError
+    from ctl.udpif.upcall import UpcallLimits
 
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
@@ -333,7 +341,8 @@ def start(
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,
-                    mac_aging_s=mac_aging_time, replace=replace)
+                    mac_aging_s=mac_aging_time, replace=replace,
+                    upcall_limits=UpcallLimits(upcall_rate, upcall_burst, upcall_total_rate))
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None
@@ -735,6 +744,8 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         "  rules expired : " + ", ".join(f"{k} {v}" for k, v in st["rules_expired"].items()),
         f"  transmitted   : {st['tx_packets']} (dropped {st['tx_dropped']})",
         f"  controller    : {st['controller']} (dropped: no OpenFlow channel yet)",
+        f"  upcall limits : {st['upcall_rate'] or 'none'}/s per port (burst {st['upcall_burst']}), "
+        f"{st['upcall_total_rate'] or 'none'}/s in all; over them: {st['upcall_limited']} dropped in XDP",
     ]
     if st["drops"]:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
@@ -747,12 +758,21 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
 def upcall_set(flow_limit: int = typer.Option(None, "--flow-limit", help="Megaflows installed at most."),
                max_idle: int = typer.Option(None, "--max-idle", help="Idle megaflows go after this (ms)."),
                max_revalidator: int = typer.Option(None, "--max-revalidator", help="Revalidation period (ms)."),
+               upcall_rate: int = typer.Option(None, "--upcall-rate", help="Upcalls/s from one port (0: no limit)."),
+               upcall_burst: int = typer.Option(None, "--upcall-burst", help="A port's upcall bucket (0: 1 s)."),
+               upcall_total_rate: int = typer.Option(None, "--upcall-total-rate",
+                                                     help="Upcalls/s from all ports (0: no limit)."),
                name: str = NAME) -> None:
-    """Change the flow-limit, max-idle or max-revalidator of a running switch (OVS: other_config).
+    """Change the flow-limit, max-idle, max-revalidator or upcall limits of a running switch (OVS: other_config).
 
-    Example: xdpswitch upcall set --flow-limit 50000 --max-idle 2000
+    Examples: xdpswitch upcall set --flow-limit 50000 --max-idle 2000; xdpswitch upcall set --upcall-rate 2000
     """
     res = _request(name, "set", flow_limit=flow_limit, max_idle=max_idle, max_revalidator=max_revalidator)
+    assert isinstance(res, dict)
+    if (upcall_rate, upcall_burst, upcall_total_rate) != (None, None, None):
+        lim = _request(name, "upcall-limit", rate=upcall_rate, burst=upcall_burst, total_rate=upcall_total_rate)
+        assert isinstance(lim, dict)
+        res.update(lim)
     out.print(", ".join(f"{k.replace('_', '-')} {v}" for k, v in res.items()), highlight=False)
 
 

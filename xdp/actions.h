@@ -291,17 +291,11 @@ static __always_inline __u32 act_dscp_remark(struct xdp_md *ctx, struct dp_scrat
 
 #define METER_MAX_IDLE_NS 10000000000ULL   /* a refill never adds more than 10 s of tokens (no overflow) */
 
-/* OpenFlow 1.3's meter: refill every band's bucket for the time since the last refill (one CPU claims each
- * interval with a compare-and-swap), take the packet's cost from the buckets that have it, and apply the
- * exceeded band with the highest rate. Returns 0 (pass, maybe remarked) or a drop reason. */
-static __always_inline __u32 act_meter(struct xdp_md *ctx, struct dp_scratch *ps, __u32 slot)
+/* A meter's token buckets (OpenFlow 1.3): refill every band for the time since the last refill (one CPU claims each
+ * interval with a compare-and-swap), take the packet's cost from the buckets that have it, and return the exceeded
+ * band with the highest rate, or DP_METER_MAX_BANDS when the packet is within every rate. */
+static __always_inline __u32 meter_band_hit(struct dp_meter *m, __u64 len)
 {
-    struct dp_meter *m = dp_meters.lookup(&slot);
-    if (!m)
-        return DROP_BAD_ACTION;
-    __u64 len = ctx->data_end - ctx->data;
-    __u32 k = slot * (1 + DP_METER_MAX_BANDS);
-    dp_count(dp_meter_stats.lookup(&k), len);
     __u64 now = bpf_ktime_get_ns();
     __u64 last = m->last_ns;
     __u32 n = m->n_bands;
@@ -335,6 +329,20 @@ static __always_inline __u32 act_meter(struct xdp_md *ctx, struct dp_scratch *ps
             hit_rate = band->rate;
         }
     }
+    return hit;
+}
+
+/* The meter instruction: count the packet in, and apply the band it exceeds. Returns 0 (pass, maybe remarked) or
+ * a drop reason. */
+static __always_inline __u32 act_meter(struct xdp_md *ctx, struct dp_scratch *ps, __u32 slot)
+{
+    struct dp_meter *m = dp_meters.lookup(&slot);
+    if (!m)
+        return DROP_BAD_ACTION;
+    __u64 len = ctx->data_end - ctx->data;
+    __u32 k = slot * (1 + DP_METER_MAX_BANDS);
+    dp_count(dp_meter_stats.lookup(&k), len);
+    __u32 hit = meter_band_hit(m, len);
     if (hit >= DP_METER_MAX_BANDS)
         return 0;
     __u32 type = 0, prec = 0;
@@ -349,6 +357,19 @@ static __always_inline __u32 act_meter(struct xdp_md *ctx, struct dp_scratch *ps
     if (type == 2)
         return act_dscp_remark(ctx, ps, prec);
     return DROP_METER;
+}
+
+/* The upcall limits (OVS has them for the controller path; here for every upcall, so one port's flood of new flows
+ * is dropped at the driver, counted, before it can take the handlers from the others): the ingress port's meter,
+ * then the whole datapath's (dp_upcall_meters[0]). A meter without bands is no limit. */
+static __always_inline int dp_upcall_limited(__u32 in_port)
+{
+    __u32 zero = 0;
+    struct dp_meter *m = dp_upcall_meters.lookup(&in_port);
+    if (m && m->n_bands && meter_band_hit(m, 0) < DP_METER_MAX_BANDS)
+        return 1;
+    m = dp_upcall_meters.lookup(&zero);
+    return m && m->n_bands && meter_band_hit(m, 0) < DP_METER_MAX_BANDS;
 }
 
 /* Where the actions go on after a select group's action: its bucket's first action (counted in the bucket's slot). */
@@ -535,9 +556,14 @@ static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const stru
     s->tagged = ((bpf_ntohs(s->key.vlan_tci) >> 12) & 1) + ((bpf_ntohs(s->key.vlan_tci1) >> 12) & 1);
     int verdict = dp_execute(ctx, f, s);
     if (verdict == DP_VERDICT_UPCALL) {
-        verdict = dp_upcall(ctx, s->key.in_port, s->hash, UPCALL_SLOW_PATH);
-        if (verdict != XDP_REDIRECT)
-            s->reason = DROP_NO_UPCALL_SOCKET;
+        if (dp_upcall_limited(s->key.in_port)) {
+            verdict = XDP_DROP;
+            s->reason = DROP_UPCALL_LIMIT;
+        } else {
+            verdict = dp_upcall(ctx, s->key.in_port, s->hash, UPCALL_SLOW_PATH);
+            if (verdict != XDP_REDIRECT)
+                s->reason = DROP_NO_UPCALL_SOCKET;
+        }
     }
     if (verdict == XDP_DROP)
         dp_drop_count(s->reason, s->key.in_port);

@@ -50,6 +50,8 @@ DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_bucket_stats, DP_BUCKET_S
  * each band's (slot * (1 + DP_METER_MAX_BANDS) + 0, + 1 + band). */
 DP_MAP("array", u32, struct dp_meter, dp_meters, DP_MAX_METERS);
 DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_meter_stats, DP_MAX_METERS * (1 + DP_METER_MAX_BANDS));
+/* Upcall limits: a packets/s meter per ingress port, and at 0 the datapath's (no band: no limit). */
+DP_MAP("array", u32, struct dp_meter, dp_upcall_meters, DP_MAX_PORTS);
 
 DP_MAP("array", u32, struct dp_config, dp_config, 1);
 DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);

@@ -197,7 +197,7 @@ enum dp_stat {
     DP_STAT_EMC_HIT = 0,
     DP_STAT_MF_HIT = 1,
     DP_STAT_MISS = 2,           /* sent to user space */
-    DP_STAT_LOST = 3,           /* wanted user space, no socket bound (or unknown ingress) */
+    DP_STAT_LOST = 3,           /* wanted user space, no socket bound, over the upcall limit (or unknown ingress) */
     DP_STAT_MASK_LOOKUPS = 4,   /* subtables looked up (megaflow hits and misses) */
     DP_STAT_HINT_HIT = 5,       /* megaflow hits found in the hinted subtable */
     DP_STAT_EMC_INSERT = 6,
@@ -218,6 +218,7 @@ enum dp_drop_reason {
     DROP_NO_PROGRAM = 9,        /* the megaflow program is not loaded (tail call failed) */
     DROP_CONTROLLER = 10,       /* the pipeline sent it to the controller (no OpenFlow channel yet) */
     DROP_METER = 11,            /* a meter's drop band: over its rate */
+    DROP_UPCALL_LIMIT = 12,     /* an upcall over its port's (or the datapath's) upcall rate limit */
     DROP_MAX
 };
 

@@ -82,6 +82,11 @@ int mf_rx(struct xdp_md *ctx)
 
     if (!found || !f) {
         __u32 in_port = s->key.in_port;
+        if (dp_upcall_limited(in_port)) {
+            dp_stat_add(DP_STAT_LOST, 1);
+            dp_drop_count(DROP_UPCALL_LIMIT, in_port);
+            return XDP_DROP;
+        }
         int v = dp_upcall(ctx, in_port, s->hash, UPCALL_MISS);
         if (v == XDP_REDIRECT) {
             dp_stat_add(DP_STAT_MISS, 1);

@@ -54,7 +54,7 @@ from ctl.udpif.handler import Handler
 from ctl.udpif.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
 from ctl.udpif.revalidator import register_commands as register_revalidator_commands
 from ctl.udpif.revalidator import show as revalidator_show
-from ctl.udpif.upcall import DEFAULT_FLOW_LIMIT, HANDLING_BOUNDS, Udpif
+from ctl.udpif.upcall import DEFAULT_FLOW_LIMIT, DEFAULT_UPCALL_RATE, HANDLING_BOUNDS, Udpif, UpcallLimits
 from ctl.udpif.upcall import register_commands as register_upcall_commands
 from exporters.collector import PortSample, Snapshot, parse_address, serve
 
@@ -135,10 +135,12 @@ class Switch:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     mac_aging_s: int = DEFAULT_MAX_AGE
     replace: bool = False   # a running datapath of this name with another map layout is removed, not refused
+    upcall_limits: UpcallLimits = field(default_factory=lambda: UpcallLimits(DEFAULT_UPCALL_RATE))
 
     def __post_init__(self) -> None:
         # settings are checked before the fast path is compiled, so a mistake costs no time
         check_settings(self.flow_limit, self.max_idle_ms, self.max_revalidator_ms)
+        self.upcall_limits.check()
         if self.channel.mgmt is None:   # as OVS's BRIDGE.mgmt: OpenFlow management only root can reach
             self.channel = replace(self.channel, mgmt=str(mgmt_path(self.name)))
         self._targets = self.channel.targets()
@@ -219,6 +221,7 @@ class Switch:
         control socket and the metrics (a failure in any stops the start, and start() cleans up)."""
         self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac,
                            clock=self.clock)
+        self.udpif.set_upcall_limits(self.upcall_limits, dp.config.max_ports)
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
         self.udpif.on_expired = self._expired
@@ -613,6 +616,19 @@ class Switch:
         register_channel_commands(ctl, self.connmgr, self._channel_show)
         ctl.register("add-port", self.add_port)
         ctl.register("del-port", self.del_port)
+        ctl.register("upcall-limit", self.set_upcall_limit)
+
+    def set_upcall_limit(self, rate: int | None = None, burst: int | None = None, total_rate: int | None = None,
+                         total_burst: int | None = None) -> dict[str, int]:
+        """upcall set --upcall-rate ...: change the upcall limits of the running switch (None: as they are)."""
+        assert self.udpif is not None and self.dp is not None
+        cur = self.udpif.upcall_limits
+        new = UpcallLimits(cur.port_rate if rate is None else rate, cur.port_burst if burst is None else burst,
+                           cur.total_rate if total_rate is None else total_rate,
+                           cur.total_burst if total_burst is None else total_burst)
+        self.udpif.set_upcall_limits(new, self.dp.config.max_ports)
+        self.upcall_limits = new
+        return new.to_json()
 
     def _saved(self) -> None:
         """After an ofctl change (already in the tables and the datapath): write the state file now; if that
@@ -625,9 +641,10 @@ class Switch:
                       self.state_file, e.strerror)
 
     def _upcall_show(self) -> dict[str, object]:
-        assert self.dp is not None and self.revalidator is not None
+        assert self.dp is not None and self.revalidator is not None and self.udpif is not None
         return {"handlers": len(self.handlers), "handler_restarts": self.handler_restarts,
                 "socket_drops": self.socket_drops(), "fast_path_lost": self.dp.stats().lost,
+                "upcall_limited": self.dp.stats().drops.get("upcall_limit", 0), **self.udpif.upcall_limits.to_json(),
                 "uptime_s": round(self.clock.monotonic() - self.started, 1), "loop_errors": self.errors.counts(),
                 **revalidator_show(self.revalidator)}
 

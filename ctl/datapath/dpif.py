@@ -77,6 +77,7 @@ class DropReason(enum.IntEnum):
     NO_PROGRAM = 9
     CONTROLLER = 10
     METER = 11
+    UPCALL_LIMIT = 12
 
 
 class ActionError(ValueError):

@@ -732,14 +732,24 @@ class Datapath:
         for k in range(base, min(base + n, dpif.BUCKET_SLOTS)):
             self._raw_update("dp_bucket_stats", struct.pack("<I", k), zero)
 
-    def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None:
-        """Write meter slot's bands (type, rate, bucket size in tokens, prec_level), their buckets full, and zero
-        its counters (a new or changed meter)."""
+    @staticmethod
+    def _meter_value(pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> bytes:
+        """struct dp_meter: its bands' buckets full, the refill clock now (bpf_ktime_get_ns is CLOCK_MONOTONIC)."""
         raw = struct.pack("<QII", time.monotonic_ns(), 1 if pktps else 0, len(bands))
         for btype, rate, burst, prec in bands:
             raw += struct.pack("<qQQII", burst, rate, burst, btype, prec)
-        raw += bytes(32 * (dpif.METER_MAX_BANDS - len(bands)))
-        self._raw_update("dp_meters", struct.pack("<I", slot), raw)
+        return raw + bytes(32 * (dpif.METER_MAX_BANDS - len(bands)))
+
+    def set_upcall_limit(self, index: int, rate: int, burst: int) -> None:
+        """The upcall limit of port index (0: the whole datapath's): rate upcalls/s with a bucket of burst; rate 0
+        is no limit. What goes over is dropped in XDP, counted as DropReason.UPCALL_LIMIT (and lost)."""
+        bands = [(1, rate, max(burst, 1) * 10**9, 0)] if rate else []
+        self._raw_update("dp_upcall_meters", struct.pack("<I", index), self._meter_value(True, bands))
+
+    def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None:
+        """Write meter slot's bands (type, rate, bucket size in tokens, prec_level), their buckets full, and zero
+        its counters (a new or changed meter)."""
+        self._raw_update("dp_meters", struct.pack("<I", slot), self._meter_value(pktps, bands))
         r = self._map_reader("dp_meter_stats")
         zero = bytes(r.stride * r.ncpu)
         per = 1 + dpif.METER_MAX_BANDS

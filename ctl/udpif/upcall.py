@@ -44,8 +44,31 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_FLOW_LIMIT = 200000  # OVS's other_config:flow-limit default
+DEFAULT_UPCALL_RATE = 5000   # upcalls/s from one port (the daemon's default; a handler sets up 5-10k flows/s here)
 HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, float("inf"))
 UPCALL_REASONS = {1: "miss", 2: "slow_path"}
+
+
+@dataclass(frozen=True)
+class UpcallLimits:
+    """Upcalls per second the fast path lets through to the handlers: from each port, and from all of them (0: no
+    limit). Over it, a miss is dropped at the driver and counted (drop reason upcall_limit), so one port's storm of
+    new flows cannot take the handlers from the others. The buckets hold burst upcalls (0: one second's worth)."""
+
+    port_rate: int = 0
+    port_burst: int = 0
+    total_rate: int = 0
+    total_burst: int = 0
+
+    def check(self) -> None:
+        for name in ("port_rate", "port_burst", "total_rate", "total_burst"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 10_000_000:
+                raise ValueError(f"{name.replace('_', '-')} {v!r} is out of range 0..10000000")
+
+    def to_json(self) -> dict[str, int]:
+        return {"upcall_rate": self.port_rate, "upcall_burst": self.port_burst or self.port_rate,
+                "upcall_total_rate": self.total_rate, "upcall_total_burst": self.total_burst or self.total_rate}
 
 
 class RevalidatorLike(Protocol):
@@ -65,6 +88,7 @@ class DatapathOps(Protocol):
     def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]: ...
     def zero_buckets(self, base: int, n: int) -> None: ...
     def set_meter(self, slot: int, pktps: bool, bands: Sequence[tuple[int, int, int, int]]) -> None: ...
+    def set_upcall_limit(self, index: int, rate: int, burst: int) -> None: ...
     def meter_stats(self, slot: int) -> list[tuple[int, int]]: ...
     @property
     def n_flows(self) -> int: ...
@@ -236,6 +260,7 @@ class Udpif:
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
+        self.upcall_limits = UpcallLimits()   # what set_upcall_limits() last wrote (none until it is called)
         self._soft_meters: dict[int, SoftMeter] = {}   # slot -> the slow path's meter; under _meter_lock
         self._meter_lock = threading.Lock()
         self.sync_groups_and_meters()    # groups and meters of a state file were made before we got the tables
@@ -525,6 +550,15 @@ class Udpif:
             if wait:
                 rv.request()
         return result
+
+    def set_upcall_limits(self, limits: UpcallLimits, max_ports: int) -> None:
+        """Write the upcall limits into the fast path: every port number's, and the datapath's."""
+        limits.check()
+        with self.lock:
+            for p in range(1, max_ports):
+                self.dp.set_upcall_limit(p, limits.port_rate, limits.port_burst or limits.port_rate)
+            self.dp.set_upcall_limit(0, limits.total_rate, limits.total_burst or limits.total_rate)
+            self.upcall_limits = limits
 
     def sync_groups_and_meters(self) -> None:
         """Bring the fast path's group and meter state up to the tables, before any megaflow can use it: zero the

@@ -131,3 +131,26 @@ def test_a_dscp_remark_band_raises_the_drop_precedence_of_what_exceeds(tb: Bench
     assert tos[:5] == [18] * 5 and set(tos[6:]) == {20}      # AF21 -> AF22, checksum fixed by scapy's parse below
     out = IP(tb.run(fr).frame[14:])
     assert out.chksum == IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2", tos=20 << 2) / UDP(sport=1, dport=2))).chksum
+
+
+def test_upcalls_over_a_ports_limit_are_dropped_in_xdp_and_counted(tb: Bench) -> None:
+    """Port 1 may send 100 upcalls/s (a bucket of 10): of 50 misses in a few milliseconds about 10 reach the upcall
+    path, the rest are dropped as upcall_limit; port 2 has no limit; every one is counted lost."""
+    tb.dp.set_upcall_limit(1, 100, 10)
+    try:
+        frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=1000 + i))
+                  for i in range(50)]
+        before = tb.stats()
+        for fr in frames:
+            tb.run(fr, in_port=1)
+        d = tb.stats().delta(before)
+        limited = d.drops.get("upcall_limit", 0)
+        assert 38 <= limited <= 40 and limited + d.drops.get("no_upcall_socket", 0) == 50, d.drops
+        assert d.lost == 50 and d.misses == 0
+        before = tb.stats()
+        for fr in frames:
+            tb.run(fr, in_port=2)
+        d = tb.stats().delta(before)
+        assert d.drops.get("upcall_limit", 0) == 0 and d.lost == 50
+    finally:
+        tb.dp.set_upcall_limit(1, 0, 0)

@@ -26,6 +26,7 @@ class FakeDatapath:
         self.stats: dict[int, tuple[int, int, int]] = {}
         self.buckets: dict[int, tuple[int, int]] = {}  # select bucket slot -> (packets, bytes), set by the test
         self.meters: dict[int, list[tuple[int, int, int, int]]] = {}
+        self.upcall_limit: dict[int, tuple[int, int]] = {}
         self.max_flows = max_flows
         self.next = 0
 
@@ -68,6 +69,9 @@ class FakeDatapath:
 
     def meter_stats(self, slot: int) -> list[tuple[int, int]]:
         return [(0, 0)] * (1 + len(self.meters.get(slot, [])))
+
+    def set_upcall_limit(self, index: int, rate: int, burst: int) -> None:
+        self.upcall_limit[index] = (rate, burst)
 
     @property
     def n_flows(self) -> int:
