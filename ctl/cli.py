@@ -278,6 +278,12 @@ def start(
                                                         "signed by (ovs-pki's controllerca/cacert.pem)."),
     max_connections: int = typer.Option(100, "--max-connections",
                                         help="OpenFlow connections at most; more are refused and counted."),
+    controller_rate: int = typer.Option(0, "--controller-rate",
+                                        help="Packet-ins per second to each OpenFlow connection (OVS's "
+                                             "controller_rate_limit); more are dropped and counted (0: no limit). "
+                                             "A controller can also meter them: add-meter meter=controller,..."),
+    controller_burst: int = typer.Option(0, "--controller-burst",
+                                         help="Packet-ins a connection may get at once (0: a quarter of the rate)."),
     allow_remote_plain: bool = typer.Option(False, "--allow-remote-plain",
                                             help="Allow ptcp: on a non-loopback address (anyone who reaches it "
                                                  "can change flows; prefer pssl:)."),
@@ -334,7 +340,8 @@ def start(
             raise ValueError(f"--datapath-id {datapath_id!r} is not hexadecimal") from None
         channel = ChannelConfig(list(controller), list(listen), fail_mode, inactivity_probe, dpid,
                                 tls=TlsConfig(private_key, certificate, ca_cert), max_connections=max_connections,
-                                allow_remote_plain=allow_remote_plain)
+                                allow_remote_plain=allow_remote_plain, controller_rate=controller_rate,
+                                controller_burst=controller_burst)
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode,
                     DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob, vlan_limit=vlan_limit),
@@ -688,14 +695,18 @@ def ofctl_show(name: str = NAME, fmt: Format = FORMAT) -> None:
              "  listening   : " + (", ".join(f"{x['target']} ({x['access']})" for x in st["listening"]) or "no"),
              *[f"  WARNING: {x['target']}: {x['access']} can change flows" for x in st["listening"]
                if x["access"].startswith("plain TCP: any host")],
-             f"  flow-mods {st['flow_mods']}, packet-outs {st['packet_outs']}, MACs learned {st['mac_entries']}",
+             f"  flow-mods {st['flow_mods']}, group-mods {st['group_mods']}, meter-mods {st['meter_mods']}, "
+             f"packet-outs {st['packet_outs']}, MACs learned {st['mac_entries']}",
+             "  packet-ins  : " + (f"at most {st['controller_rate']}/s per connection (burst "
+                                   f"{st['controller_burst']})" if st["controller_rate"] else "no rate limit"),
              f"  connections {len(st['connections'])} of at most {st['max_connections']}; refused or closed: "
              + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in st["refused"].items() if v) or "none")]
     for c in st["connections"]:
         lines.append(f"  {c['type']:10s} {c['peer']:22s}{' TLS' if c['tls'] else ''} role {c['role']:6s} "
                      f"up {c['connected_s']}s  "
                      f"rx {c['rx_msgs']} tx {c['tx_msgs']} packet-ins {c['packet_ins']} "
-                     f"(dropped {c['packet_ins_dropped']}) errors sent {c['errors_sent']}")
+                     f"(dropped {c['packet_ins_dropped']}, over the rate limit {c['packet_ins_rate_limited']}) "
+                     f"errors sent {c['errors_sent']}")
     out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 

@@ -233,7 +233,9 @@ class Switch:
         self.connmgr = ConnManager(self, controllers, listeners, self.channel.fail_mode, self.channel.probe_interval,
                                    on_fail_open=self.udpif.set_fail_open, errors=self.errors,
                                    clock=self.clock.monotonic, tls=self.channel.tls,
-                                   max_connections=self.channel.max_connections)
+                                   max_connections=self.channel.max_connections,
+                                   controller_rate=self.channel.controller_rate,
+                                   controller_burst=self.channel.controller_burst)
         self.udpif.packet_in = self.connmgr.packet_in
         self.connmgr.start()
         self._links = LinkMonitor(lambda _ifindex: self.connmgr.ports_changed() if self.connmgr else None)

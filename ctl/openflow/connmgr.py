@@ -63,6 +63,7 @@ from ctl.datapath import dpif
 from ctl.openflow import codec as oc
 from ctl.openflow.codec import ET, OfError
 from ctl.openflow.ofproto import ConnState, OfProto, SwitchOps
+from ctl.pipeline.meters import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class ConnStats:
     errors_sent: int = 0
     packet_ins: int = 0
     packet_ins_dropped: int = 0
+    packet_ins_rate_limited: int = 0   # over the controller rate limit (--controller-rate)
 
 
 @dataclass
@@ -244,6 +246,7 @@ class Connection:
         self.probe_sent = False
         self.probe_interval = probe_interval
         self.stats = ConnStats()
+        self.limiter: TokenBucket | None = None   # packet-ins to this connection (the channel's controller rate)
         self.connected_at = time.monotonic()
         self.tls = tls
         self.handshaking = tls
@@ -302,8 +305,15 @@ class ConnManager:
                  max_backoff: float = MAX_BACKOFF,
                  on_fail_open: Callable[[bool], None] | None = None, errors: LoopErrors | None = None,
                  clock: Callable[[], float] = time.monotonic, tls: TlsConfig | None = None,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, controller_rate: int = 0,
+                 controller_burst: int = 0) -> None:
         check_channel(fail_mode, probe_interval, max_connections)
+        if not 0 <= controller_rate <= 1_000_000 or not 0 <= controller_burst <= 1_000_000:
+            raise ValueError("controller rate and burst are 0..1000000 packet-ins (0: no limit)")
+        # OVS's controller_rate_limit/controller_burst_limit: packet-ins per second to each connection, a burst of
+        # a quarter of that by default; over it they are dropped and counted (OVS queues a few, then drops)
+        self.controller_rate = controller_rate
+        self.controller_burst = controller_burst or max(1, controller_rate // 4)
         self.errors = errors or LoopErrors()
         self.sw = switch
         self.controllers = controllers
@@ -740,6 +750,12 @@ class ConnManager:
         for c in self.connected():
             if not c.state.wants("packet_in", ctrl.reason):
                 continue
+            if self.controller_rate:
+                if c.limiter is None:
+                    c.limiter = TokenBucket(self.controller_rate, self.controller_burst, time.monotonic_ns())
+                if not c.limiter.take(time.monotonic_ns()):
+                    c.stats.packet_ins_rate_limited += 1
+                    continue
             max_len = c.state.miss_send_len if ctrl.max_len < 0 else ctrl.max_len
             data = frame if max_len == oc.OFPCML_NO_BUFFER else frame[:max_len]
             msg = oc.packet_in(oc.OFP_NO_BUFFER, len(frame), ctrl.reason, ctrl.table_id, ctrl.cookie, in_port, data,
@@ -814,6 +830,8 @@ class ChannelConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     allow_remote_plain: bool = False   # plain TCP on a non-loopback address: refused unless this is set
+    controller_rate: int = 0           # packet-ins per second to each connection (0: no limit)
+    controller_burst: int = 0          # ... in a burst (0: a quarter of the rate)
 
     def targets(self) -> tuple[list[Target], list[Target]]:
         """(controllers, listeners), every setting checked (ValueError naming the first bad one)."""
@@ -846,6 +864,8 @@ def register_commands(ctl: Unixctl, cm: ConnManager, extra: Callable[[], dict[st
                 "listening": [{"target": str(t), "access": t.exposure} for t in cm.listening()],
                 "max_connections": cm.max_connections, "refused": cm.stats.as_dict(),
                 "connections": cm.show(), "flow_mods": cm.ofproto.stats.flow_mods,
-                "packet_outs": cm.ofproto.stats.packet_outs}
+                "packet_outs": cm.ofproto.stats.packet_outs, "group_mods": cm.ofproto.stats.group_mods,
+                "meter_mods": cm.ofproto.stats.meter_mods, "controller_rate": cm.controller_rate,
+                "controller_burst": cm.controller_burst}
 
     ctl.register("channel-show", channel_show)

@@ -25,6 +25,7 @@ DROP, DSCP_REMARK = 1, 2
 BAND_NAMES = {"drop": DROP, "dscp_remark": DSCP_REMARK}
 MAX_METER = 0xFFFF0000        # OFPM_MAX
 OFPM_ALL = 0xFFFFFFFF
+OFPM_CONTROLLER = 0xFFFFFFFE  # the meter of every packet-in (OVS's controller meter): user space only, no slot
 MAX_METERS = 1024             # DP_MAX_METERS
 MAX_BANDS = 4                 # DP_METER_MAX_BANDS
 
@@ -72,7 +73,8 @@ class Meter:
     def to_text(self) -> str:
         """As add-meter takes it and dump-meters prints it."""
         flags = [n for n, b in FLAG_NAMES.items() if self.flags & b]
-        return f"meter={self.meter_id},{','.join(flags)}{',' if flags else ''}bands=" + ",".join(
+        mid = "controller" if self.meter_id == OFPM_CONTROLLER else self.meter_id
+        return f"meter={mid},{','.join(flags)}{',' if flags else ''}bands=" + ",".join(
             b.to_text().replace(" ", ",") for b in self.bands)
 
     def default_burst(self, band: Band) -> int:
@@ -111,8 +113,10 @@ def parse_meter(text: str, *, bands: bool = True) -> MeterSpec:
             continue
         try:
             if k == "meter":
-                spec.meter_id = OFPM_ALL if v == "all" else parse_int(v, 32, "meter")
-                if spec.meter_id != OFPM_ALL and not 0 < spec.meter_id <= MAX_METER:
+                spec.meter_id = {"all": OFPM_ALL, "controller": OFPM_CONTROLLER}.get(v, -1)
+                if spec.meter_id < 0:
+                    spec.meter_id = parse_int(v, 32, "meter")
+                if spec.meter_id not in (OFPM_ALL, OFPM_CONTROLLER) and not 0 < spec.meter_id <= MAX_METER:
                     raise ValueError(f"meter {spec.meter_id} is out of range 1..{MAX_METER}")
             elif k in FLAG_NAMES and not v and bands:
                 spec.flags |= FLAG_NAMES[k]
@@ -156,6 +160,24 @@ def parse_meter(text: str, *, bands: bool = True) -> MeterSpec:
         except ValueError as e:
             raise FlowSyntaxError(str(e), text, at, len(item) or 1) from None
     return spec
+
+
+class TokenBucket:
+    """rate events per second with a bucket of burst (OVS's token_bucket): the controller connections' packet-in
+    limit."""
+
+    def __init__(self, rate: int, burst: int, now_ns: int) -> None:
+        self.rate, self.burst = rate, max(burst, 1)
+        self.tokens = self.burst * 10**9
+        self.last = now_ns
+
+    def take(self, now_ns: int) -> bool:
+        self.tokens = min(self.tokens + max(now_ns - self.last, 0) * self.rate, self.burst * 10**9)
+        self.last = max(now_ns, self.last)
+        if self.tokens >= 10**9:
+            self.tokens -= 10**9
+            return True
+        return False
 
 
 class SoftMeter:
@@ -210,8 +232,9 @@ class MeterTable:
     @staticmethod
     def check(spec: MeterSpec) -> None:
         """As OVS validates a meter-mod (add or modify): MeterModError with the code it sends."""
-        if not 0 < spec.meter_id <= MAX_METER:
-            raise MeterModError(INVALID_METER, f"meter {spec.meter_id:#x} is not a meter number (1..{MAX_METER})")
+        if not 0 < spec.meter_id <= MAX_METER and spec.meter_id != OFPM_CONTROLLER:
+            raise MeterModError(INVALID_METER, f"meter {spec.meter_id:#x} is not a meter number (1..{MAX_METER}, "
+                                               "or controller)")
         if spec.flags & ~(KBPS | PKTPS | BURST | STATS) or (spec.flags & KBPS and spec.flags & PKTPS):
             raise MeterModError(BAD_FLAGS, f"meter flags {spec.flags:#x}: kbps or pktps, burst, stats")
         if not spec.bands:
@@ -232,9 +255,10 @@ class MeterTable:
         if spec.meter_id in self.meters:
             raise MeterModError(METER_EXISTS, f"meter {spec.meter_id} exists (mod-meter changes it)")
         self.check(spec)
-        if not self._free:
+        if not self._free and spec.meter_id != OFPM_CONTROLLER:
             raise MeterModError(OUT_OF_METERS, f"{MAX_METERS} meters already")
-        m = Meter(spec.meter_id, spec.flags, list(spec.bands), created=self.clock(), slot=self._free.pop())
+        slot = -1 if spec.meter_id == OFPM_CONTROLLER else self._free.pop()
+        m = Meter(spec.meter_id, spec.flags, list(spec.bands), created=self.clock(), slot=slot)
         self.meters[m.meter_id] = m
         self.dirty_slots.append(m)
         return m
@@ -254,12 +278,13 @@ class MeterTable:
             [self.meters[meter_id]] if meter_id in self.meters else [])
         for m in gone:
             del self.meters[m.meter_id]
-            self._free.append(m.slot)
+            if m.slot >= 0:
+                self._free.append(m.slot)
         return gone
 
     def specs(self) -> list[MeterSpec]:
         return [MeterSpec(m.meter_id, m.flags, m.bands) for m in self]
 
 
-__all__ = ["BURST", "DROP", "DSCP_REMARK", "KBPS", "OFPM_ALL", "PKTPS", "STATS", "Band", "Meter", "MeterModError",
-           "MeterSpec", "MeterTable", "parse_meter"]
+__all__ = ["BURST", "DROP", "DSCP_REMARK", "KBPS", "OFPM_ALL", "OFPM_CONTROLLER", "PKTPS", "STATS", "Band", "Meter",
+           "MeterModError", "MeterSpec", "MeterTable", "SoftMeter", "TokenBucket", "parse_meter"]

@@ -34,7 +34,7 @@ from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
 from ctl.pipeline.groups import OFPG_ALL, SELECT_MAX_BUCKETS, Group, parse_group
 from ctl.pipeline.mac_learning import MacLearning
-from ctl.pipeline.meters import OFPM_ALL, Meter, SoftMeter, parse_meter
+from ctl.pipeline.meters import OFPM_ALL, OFPM_CONTROLLER, Meter, SoftMeter, parse_meter
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
@@ -324,6 +324,9 @@ class Udpif:
         if res.buckets:
             self._credit_buckets(res.buckets)
         for ctrl, data in res.controller:
+            if self.tables.meters.get(OFPM_CONTROLLER) is not None and self._meter(-1, len(data))[0] == 1:
+                st.drops["controller_meter"] = st.drops.get("controller_meter", 0) + 1
+                continue
             st.controller += 1
             if self.packet_in is not None:
                 self.packet_in(ctrl, in_port, data)
@@ -570,9 +573,10 @@ class Udpif:
         dirty = self.tables.meters.dirty_slots
         while dirty:
             m = dirty.pop(0)
-            self.dp.set_meter(m.slot, m.pktps, m.buckets())
+            if m.slot >= 0:
+                self.dp.set_meter(m.slot, m.pktps, m.buckets())
             with self._meter_lock:
-                self._soft_meters[m.slot] = SoftMeter(m, time.monotonic_ns())
+                self._soft_meters[m.slot] = SoftMeter(m, time.monotonic_ns())   # slot -1: the controller meter
 
     def _meter(self, slot: int, nbytes: int) -> tuple[int, int]:
         """The slow path's meter verdict for a packet (execute()'s meter)."""
@@ -582,7 +586,7 @@ class Udpif:
 
     def meter_stats(self, m: Meter) -> list[tuple[int, int]]:
         """(packets, bytes) into meter m and over each of its bands: the fast path's and the slow path's."""
-        fast = self.dp.meter_stats(m.slot)
+        fast = self.dp.meter_stats(m.slot) if m.slot >= 0 else []
         with self._meter_lock:
             sm = self._soft_meters.get(m.slot)
             soft = sm.counts if sm is not None else []

@@ -4,6 +4,7 @@ never changes the tables nor stops the channel."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -444,3 +445,31 @@ def test_ssl_controller_is_verified(pkis: tuple[Pki, Pki], same_ca: bool) -> Non
     finally:
         cm.stop()
         srv.close()
+
+
+def test_packet_ins_over_the_controller_rate_are_dropped_and_counted() -> None:
+    """--controller-rate 100 (a burst of 25): 200 packet-ins at once reach the controller 25 times; the rest are
+    counted per connection, not sent."""
+    from ctl.datapath.dpif import DpController
+
+    sw = FakeSwitch()
+    cm = ConnManager(sw, [], [parse_target("ptcp:0", True)], probe_interval=5, controller_rate=100)
+    cm.start()
+    try:
+        p = connect(cm)
+        p.handshake()
+        p.send(msg(T.FEATURES_REQUEST, xid=2))
+        p.expect(T.FEATURES_REPLY)
+        for _ in range(200):
+            cm.packet_in(DpController(0, 0xFFFF), 1, b"\2" * 60)
+        got = 0
+        with contextlib.suppress(OSError):
+            while True:
+                p.expect(T.PACKET_IN)
+                got += 1
+        [c] = cm.show()
+        assert 25 <= got <= 27 and c["packet_ins_rate_limited"] == 200 - got, (got, c)
+    finally:
+        cm.stop()
+    with pytest.raises(ValueError, match="controller rate"):
+        ConnManager(sw, [], [], controller_rate=-1)
