@@ -304,6 +304,10 @@ def start(
                                                                "worth of --upcall-rate)."),
     upcall_total_rate: int = typer.Option(0, "--upcall-total-rate",
                                           help="Upcalls per second from all ports together (0: no limit)."),
+    mask_limit: int = typer.Option(32, "--mask-limit",
+                                   help="Megaflow subtables (masks) before a new megaflow that needs another gets the "
+                                        "exact mask instead: the guard against tuple space explosion (0: up to "
+                                        "the datapath's 64)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every upcall problem."),
 ) -> None:
     """Run the switch in the foreground until SIGTERM or Ctrl-C.
@@ -349,7 +353,7 @@ def start(
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,
                     mac_aging_s=mac_aging_time, replace=replace,
-                    upcall_limits=UpcallLimits(upcall_rate, upcall_burst, upcall_total_rate))
+                    upcall_limits=UpcallLimits(upcall_rate, upcall_burst, upcall_total_rate), mask_limit=mask_limit)
         sw.start()
     except FlowSyntaxError as e:
         raise _fail(str(e)) from None
@@ -757,6 +761,8 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         f"  controller    : {st['controller']} (dropped: no OpenFlow channel yet)",
         f"  upcall limits : {st['upcall_rate'] or 'none'}/s per port (burst {st['upcall_burst']}), "
         f"{st['upcall_total_rate'] or 'none'}/s in all; over them: {st['upcall_limited']} dropped in XDP",
+        f"  masks         : {st['masks']} (limit {st['mask_limit'] or 'none'}; megaflows given the exact mask "
+        f"past it: {st['mask_limited']})",
     ]
     if st["drops"]:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
@@ -773,6 +779,7 @@ def upcall_set(flow_limit: int = typer.Option(None, "--flow-limit", help="Megafl
                upcall_burst: int = typer.Option(None, "--upcall-burst", help="A port's upcall bucket (0: 1 s)."),
                upcall_total_rate: int = typer.Option(None, "--upcall-total-rate",
                                                      help="Upcalls/s from all ports (0: no limit)."),
+               mask_limit: int = typer.Option(None, "--mask-limit", help="Subtables before the exact mask (0: 64)."),
                name: str = NAME) -> None:
     """Change the flow-limit, max-idle, max-revalidator or upcall limits of a running switch (OVS: other_config).
 
@@ -780,8 +787,9 @@ def upcall_set(flow_limit: int = typer.Option(None, "--flow-limit", help="Megafl
     """
     res = _request(name, "set", flow_limit=flow_limit, max_idle=max_idle, max_revalidator=max_revalidator)
     assert isinstance(res, dict)
-    if (upcall_rate, upcall_burst, upcall_total_rate) != (None, None, None):
-        lim = _request(name, "upcall-limit", rate=upcall_rate, burst=upcall_burst, total_rate=upcall_total_rate)
+    if (upcall_rate, upcall_burst, upcall_total_rate, mask_limit) != (None, None, None, None):
+        lim = _request(name, "upcall-limit", rate=upcall_rate, burst=upcall_burst, total_rate=upcall_total_rate,
+                       mask_limit=mask_limit)
         assert isinstance(lim, dict)
         res.update(lim)
     out.print(", ".join(f"{k.replace('_', '-')} {v}" for k, v in res.items()), highlight=False)

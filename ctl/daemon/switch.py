@@ -54,7 +54,14 @@ from ctl.udpif.handler import Handler
 from ctl.udpif.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
 from ctl.udpif.revalidator import register_commands as register_revalidator_commands
 from ctl.udpif.revalidator import show as revalidator_show
-from ctl.udpif.upcall import DEFAULT_FLOW_LIMIT, DEFAULT_UPCALL_RATE, HANDLING_BOUNDS, Udpif, UpcallLimits
+from ctl.udpif.upcall import (
+    DEFAULT_FLOW_LIMIT,
+    DEFAULT_MASK_LIMIT,
+    DEFAULT_UPCALL_RATE,
+    HANDLING_BOUNDS,
+    Udpif,
+    UpcallLimits,
+)
 from ctl.udpif.upcall import register_commands as register_upcall_commands
 from exporters.collector import PortSample, Snapshot, parse_address, serve
 
@@ -136,11 +143,14 @@ class Switch:
     mac_aging_s: int = DEFAULT_MAX_AGE
     replace: bool = False   # a running datapath of this name with another map layout is removed, not refused
     upcall_limits: UpcallLimits = field(default_factory=lambda: UpcallLimits(DEFAULT_UPCALL_RATE))
+    mask_limit: int = DEFAULT_MASK_LIMIT   # subtables before new megaflows get the exact mask (0: the datapath's)
 
     def __post_init__(self) -> None:
         # settings are checked before the fast path is compiled, so a mistake costs no time
         check_settings(self.flow_limit, self.max_idle_ms, self.max_revalidator_ms)
         self.upcall_limits.check()
+        if not 0 <= self.mask_limit <= self.config.max_masks:
+            raise ValueError(f"mask limit {self.mask_limit} is out of range 0..{self.config.max_masks}")
         if self.channel.mgmt is None:   # as OVS's BRIDGE.mgmt: OpenFlow management only root can reach
             self.channel = replace(self.channel, mgmt=str(mgmt_path(self.name)))
         self._targets = self.channel.targets()
@@ -222,6 +232,7 @@ class Switch:
         self.udpif = Udpif(dp, self.tables, self._transmit, lambda: list(dp.ports), self.flow_limit, self.mac,
                            clock=self.clock)
         self.udpif.set_upcall_limits(self.upcall_limits, dp.config.max_ports)
+        self.udpif.mask_limit = self.mask_limit
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
         self.udpif.on_expired = self._expired
@@ -621,16 +632,21 @@ class Switch:
         ctl.register("upcall-limit", self.set_upcall_limit)
 
     def set_upcall_limit(self, rate: int | None = None, burst: int | None = None, total_rate: int | None = None,
-                         total_burst: int | None = None) -> dict[str, int]:
-        """upcall set --upcall-rate ...: change the upcall limits of the running switch (None: as they are)."""
+                         total_burst: int | None = None, mask_limit: int | None = None) -> dict[str, int]:
+        """upcall set --upcall-rate ... --mask-limit: change the upcall limits or the mask limit of the running
+        switch (None: as they are)."""
         assert self.udpif is not None and self.dp is not None
+        if mask_limit is not None:
+            if not isinstance(mask_limit, int) or not 0 <= mask_limit <= self.config.max_masks:
+                raise ValueError(f"mask limit {mask_limit!r} is out of range 0..{self.config.max_masks}")
+            self.mask_limit = self.udpif.mask_limit = mask_limit
         cur = self.udpif.upcall_limits
         new = UpcallLimits(cur.port_rate if rate is None else rate, cur.port_burst if burst is None else burst,
                            cur.total_rate if total_rate is None else total_rate,
                            cur.total_burst if total_burst is None else total_burst)
         self.udpif.set_upcall_limits(new, self.dp.config.max_ports)
         self.upcall_limits = new
-        return new.to_json()
+        return {**new.to_json(), "mask_limit": self.mask_limit}
 
     def _saved(self) -> None:
         """After an ofctl change (already in the tables and the datapath): write the state file now; if that
@@ -647,6 +663,7 @@ class Switch:
         return {"handlers": len(self.handlers), "handler_restarts": self.handler_restarts,
                 "socket_drops": self.socket_drops(), "fast_path_lost": self.dp.stats().lost,
                 "upcall_limited": self.dp.stats().drops.get("upcall_limit", 0), **self.udpif.upcall_limits.to_json(),
+                "mask_limit": self.udpif.mask_limit, "masks": self.dp.n_masks,
                 "uptime_s": round(self.clock.monotonic() - self.started, 1), "loop_errors": self.errors.counts(),
                 **revalidator_show(self.revalidator)}
 

@@ -36,7 +36,15 @@ from ctl.pipeline.groups import OFPG_ALL, SELECT_MAX_BUCKETS, Group, parse_group
 from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.meters import OFPM_ALL, OFPM_CONTROLLER, Meter, SoftMeter, parse_meter
 from ctl.pipeline.ofactions import N_TABLES, OfAction
-from ctl.pipeline.ofmatch import FlowSyntaxError, flow_from_text, flow_of, format_prefixes, key_of, parse_prefixes
+from ctl.pipeline.ofmatch import (
+    FULL,
+    FlowSyntaxError,
+    flow_from_text,
+    flow_of,
+    format_prefixes,
+    key_of,
+    parse_prefixes,
+)
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
 from ctl.pipeline.xlate import Credited, Translation, translate, translate_actions
 
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_FLOW_LIMIT = 200000  # OVS's other_config:flow-limit default
+EXACT_MASK = key_of(dict(FULL))  # every bit of every field: the mask limit's one subtable for all
+DEFAULT_MASK_LIMIT = 32      # subtables (the datapath holds 64); the daemon's default
 DEFAULT_UPCALL_RATE = 5000   # upcalls/s from one port (the daemon's default; a handler sets up 5-10k flows/s here)
 HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, float("inf"))
 UPCALL_REASONS = {1: "miss", 2: "slow_path"}
@@ -132,6 +142,13 @@ class Ukeys:
         for d in self.by_mask.values():
             yield from d.values()
 
+    @property
+    def n_masks(self) -> int:
+        return len(self.by_mask)
+
+    def has_mask(self, mask: FlowKey) -> bool:
+        return int.from_bytes(bytes(mask), "little") in self.by_mask
+
     def find(self, key: FlowKey) -> Ukey | None:
         k = int.from_bytes(bytes(key), "little")
         for m, d in self.by_mask.items():
@@ -173,6 +190,7 @@ class UpcallStats:
     slow_path: int = 0          # megaflows installed as userspace because the fast path cannot run them
     over_flow_limit: int = 0    # upcalls forwarded without installing: flow-limit reached
     install_failed: int = 0     # the fast path refused the megaflow (full): forwarded without installing
+    mask_limited: int = 0       # megaflows narrowed to the exact mask: the mask limit was reached (TSE guard)
     controller: int = 0         # packet-ins the pipeline asked for (sent to every controller that wants them)
     tx_packets: int = 0
     tx_dropped: int = 0         # emissions to ports with no socket, or refused by the socket
@@ -261,6 +279,7 @@ class Udpif:
         self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
         self.upcall_limits = UpcallLimits()   # what set_upcall_limits() last wrote (none until it is called)
+        self.mask_limit = 0                   # subtables before new megaflows get the exact mask (0: no limit)
         self._soft_meters: dict[int, SoftMeter] = {}   # slot -> the slow path's meter; under _meter_lock
         self._meter_lock = threading.Lock()
         self.sync_groups_and_meters()    # groups and meters of a state file were made before we got the tables
@@ -424,6 +443,12 @@ class Udpif:
         if tr.learned:
             self.xlate_changed()
         mask = key_of(tr.wc)
+        if self.mask_limit and self.ukeys.n_masks >= self.mask_limit and not self.ukeys.has_mask(mask):
+            # the tuple space explosion guard: past the limit, a megaflow that would need a new subtable gets the
+            # exact mask instead (every bit of the packet: always sound, one subtable for all of them); a crafted
+            # stream then costs upcalls, which the upcall limits bound, instead of a longer search for every packet
+            mask = EXACT_MASK
+            st.mask_limited += 1
         u = Ukey(key.masked(mask), mask, tr.actions, tr.credits, tr.slow_path, flow=flow, version=self.tables.version,
                  created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed, recirc=tr.recirc)
         if self.dp.n_flows + len(pending) >= self.flow_limit:

@@ -276,3 +276,23 @@ def test_an_unsupported_action_is_logged_once_per_rule_and_counted(caplog: pytes
     assert len(lines) == 1 and "deeper than 64 resubmits" in lines[0] and "resubmit(,0)" in lines[0], lines
     (_, actions), = dp.flows.values()
     assert actions == [dpif.DpDrop(dpif.DropReason.UNSUPPORTED)] and not sent
+
+
+def test_past_the_mask_limit_new_megaflows_get_the_exact_mask() -> None:
+    """The tuple space explosion guard: with a limit of 2 subtables, a megaflow that would need a third gets the
+    exact mask (counted); a packet is forwarded all the same, and megaflows with an existing mask still go in."""
+    from ctl.udpif.upcall import EXACT_MASK
+
+    u, dp, sent = make("priority=30,udp,tp_dst=53,actions=output:2", "priority=20,udp,tp_src=7,actions=output:2",
+                       "priority=10,udp,actions=output:3")
+    u.mask_limit = 2
+    u.handle([up(53)])                                     # mask A (tp_dst)
+    u.handle([Upcall(1, 1, 0, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                                    / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=7, dport=99)))])  # mask B
+    assert u.ukeys.n_masks == 2 and u.stats.mask_limited == 0
+    u.handle([Upcall(1, 1, 0, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                                    / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=8, dport=99)))])  # needs C
+    assert u.stats.mask_limited == 1 and u.ukeys.n_masks == 3 and u.ukeys.has_mask(EXACT_MASK)
+    assert len(sent[3]) == 1
+    u.handle([up(53, in_port=2)])                          # mask A again: no limit hit
+    assert u.stats.mask_limited == 1 and u.ukeys.n_masks == 3
