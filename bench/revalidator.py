@@ -74,7 +74,7 @@ def fill(dp: Datapath, u: Udpif, n: int, start: int) -> None:
         tr = translate(tables, flow, {1, 2}, trace=False)
         mask = key_of(tr.wc)
         idx = dp.put_flow(key, mask, tr.actions)
-        u.ukeys.add(Ukey(key.masked(mask), mask, tr.actions, tr.rules, flow=flow, version=tables.version, idx=idx,
+        u.ukeys.add(Ukey(key.masked(mask), mask, tr.actions, tr.credits, flow=flow, version=tables.version, idx=idx,
                          created_ns=u.clock.now_ns()))
 
 

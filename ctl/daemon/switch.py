@@ -158,6 +158,7 @@ class Switch:
         self.datapath_id = self.channel.datapath_id or _default_dpid(self.name)
         self.connmgr: ConnManager | None = None
         self._dirty = False   # OpenFlow changed the tables since the state file was written
+        self._link_up: dict[int, bool] = {}   # port -> link up; replaced whole by the link monitor's thread
         if self.n_handlers < 1:
             raise ValueError(f"handlers must be at least 1, got {self.n_handlers}")
         if self.metrics_address:
@@ -249,7 +250,9 @@ class Switch:
                                    controller_burst=self.channel.controller_burst)
         self.udpif.packet_in = self.connmgr.packet_in
         self.connmgr.start()
-        self._links = LinkMonitor(lambda _ifindex: self.connmgr.ports_changed() if self.connmgr else None)
+        self._refresh_links()
+        self.udpif.port_up = lambda p: self._link_up.get(p, True)
+        self._links = LinkMonitor(self._link_changed)
         for h in range(self.n_handlers):
             self._start_handler(h)
         self._register_commands()
@@ -583,6 +586,28 @@ class Switch:
     def meter_stats(self, meter: Meter) -> list[tuple[int, int]]:
         assert self.udpif is not None
         return self.udpif.meter_stats(meter)
+
+    def _refresh_links(self) -> bool:
+        """Each port's link state (admin up and carrier), as fast-failover groups see it; True if one changed."""
+        if self.dp is None:
+            return False
+        kernel = {li.ifindex: li for li in links().values()}
+        now = {}
+        for p in list(self.dp.ports.values()):
+            li = kernel.get(p.ifindex)
+            now[p.port_no] = li is not None and li.admin_up and li.carrier
+        changed = now != self._link_up
+        self._link_up = now
+        return changed
+
+    def _link_changed(self, _ifindex: int) -> None:
+        """A link event: PORT_STATUS to the controllers, and megaflows translated again if a port went up or down
+        (a fast-failover group may pick another bucket)."""
+        if self.connmgr is not None:
+            self.connmgr.ports_changed()
+        if self.udpif is not None and self._refresh_links():
+            with self.udpif.lock:
+                self.udpif.xlate_changed()
 
     def port_descs(self) -> list[oc.PortDesc]:
         if self.dp is None:

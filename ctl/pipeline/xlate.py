@@ -727,13 +727,16 @@ def _unmet(f: str, flow: Flow) -> str:
 
 def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None = None,
               trace: bool = True, *, mac: MacLearning | None = None, may_learn: bool = False,
-              fail_open: bool = False, packet: bytes | None = None) -> Translation:
+              fail_open: bool = False, packet: bytes | None = None,
+              live: Callable[[int], bool] | None = None) -> Translation:
     """Run flow through the pipeline from table 0. ports: the switch's port numbers (outputs elsewhere
     are skipped); None skips that check. trace=False leaves the per-table steps out (the handlers' way).
     mac: the table NORMAL uses; may_learn: NORMAL may add to it (a real packet, not a revalidation or a
     trace). fail_open: no controller is connected in fail-mode standalone, so every packet takes NORMAL
-    whatever the tables say (OVS's fail-open flow). packet: the frame, for a recirculation to parse again."""
+    whatever the tables say (OVS's fail-open flow). packet: the frame, for a recirculation to parse again.
+    live: whether a port is up (a fast-failover group's watch_port); None: every port of ports is."""
     ctx = _Ctx(tables, flow, ports, trace, mac, may_learn, packet)
+    ctx.live = live
     if fail_open:
         step = TraceStep(0, 0, None, ["fail-open: no controller is connected, so NORMAL handles every packet"])
         ctx.steps.append(step)
@@ -747,9 +750,10 @@ def translate(tables: OpenFlowTables, flow: Flow, ports: Collection[int] | None 
 
 def translate_actions(tables: OpenFlowTables, flow: Flow, actions: list[of.OfAction],
                       ports: Collection[int] | None = None, *, mac: MacLearning | None = None,
-                      packet: bytes | None = None) -> Translation:
+                      packet: bytes | None = None, live: Callable[[int], bool] | None = None) -> Translation:
     """A PACKET_OUT's actions on its packet (output:TABLE runs the pipeline from table 0)."""
     ctx = _Ctx(tables, flow, ports, True, mac, True, packet)
+    ctx.live = live
     step = TraceStep(0, 0, None, ["packet-out"])
     ctx.steps.append(step)
     ctx.do_actions(actions, step, 0, None)

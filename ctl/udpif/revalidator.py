@@ -212,7 +212,7 @@ class Revalidator:
 
     def _revalidate_one(self, k: Ukey, version: int) -> None:
         u = self.udpif
-        tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open)
+        tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open, live=u.port_up)
         new_mask = int.from_bytes(bytes(key_of(tr.wc)), "little")
         old_mask = int.from_bytes(bytes(k.mask), "little")
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):

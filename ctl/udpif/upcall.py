@@ -280,6 +280,7 @@ class Udpif:
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
         self.upcall_limits = UpcallLimits()   # what set_upcall_limits() last wrote (none until it is called)
         self.mask_limit = 0                   # subtables before new megaflows get the exact mask (0: no limit)
+        self.port_up: Callable[[int], bool] | None = None  # a port's link is up (fast failover); None: all are
         self._soft_meters: dict[int, SoftMeter] = {}   # slot -> the slow path's meter; under _meter_lock
         self._meter_lock = threading.Lock()
         self.sync_groups_and_meters()    # groups and meters of a state file were made before we got the tables
@@ -385,7 +386,8 @@ class Udpif:
         layout = parse_layout(frame, in_port)
         with self.lock:
             flow = flow_of(layout[0])
-            tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac, packet=frame)
+            tr = translate_actions(self.tables, flow, actions, set(self.ports()), mac=self.mac, packet=frame,
+                                   live=self.port_up)
             now = self.clock.monotonic()
             for r in tr.credits:
                 r.credit(1, len(frame), now)
@@ -434,7 +436,7 @@ class Udpif:
             return Decision(up, u.actions, layout)
         flow = flow_of(key)
         tr = translate(self.tables, flow, ports, trace=False, mac=self.mac, may_learn=True, fail_open=self.fail_open,
-                       packet=up.frame)
+                       packet=up.frame, live=self.port_up)
         now = self.clock.monotonic()
         for r in tr.credits:
             r.credit(1, len(up.frame), now)
@@ -463,7 +465,7 @@ class Udpif:
         """A packet of a recirculating megaflow: translated with its own bytes (the megaflow says only that it
         comes up), its rules credited."""
         tr = translate(self.tables, flow_of(key), ports, trace=False, mac=self.mac, may_learn=True,
-                       fail_open=self.fail_open, packet=up.frame)
+                       fail_open=self.fail_open, packet=up.frame, live=self.port_up)
         now = self.clock.monotonic()
         for r in tr.credits:
             r.credit(1, len(up.frame), now)
@@ -722,7 +724,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     def trace(flow: str) -> dict[str, object]:
         f = flow_from_text(str(flow))
         with udpif.lock:
-            tr = translate(udpif.tables, f, ports())
+            tr = translate(udpif.tables, f, ports(), live=udpif.port_up)
         return {"text": tr.format_trace(name), "megaflow": tr.megaflow().format(),
                 "actions": [str(a) for a in tr.actions], "slow_path": tr.slow_path,
                 "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}

@@ -367,3 +367,34 @@ def test_a_10mbps_meter_on_a_50mbps_stream_delivers_10mbps(sw: Switch, hosts: li
     assert int(m.group(1)) == sent and int(m.group(1)) - int(m.group(2)) == got // 1000, out
     ofctl(sw, "del-meters")
     assert flows(sw) == []              # the flow went with its meter
+
+
+def test_fast_failover_follows_the_watched_ports_link(sw: Switch, hosts: list[Host], tmp_path: object) -> None:
+    """type=ff: h1's packets go to h2 while h2's link is up; when h2's end goes down (the switch's port loses its
+    carrier), the revalidator moves the megaflow to the next live bucket, h3; back when it comes up."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    h1, h2, h3 = hosts
+    ofctl(sw, "del-groups")
+    ofctl(sw, "add-group", f"group_id=5,type=ff,bucket=watch_port:{h2.port_no},actions=output:{h2.port_no},"
+                           f"bucket=watch_port:{h3.port_no},actions=output:{h3.port_no}")
+    ofctl(sw, "add-flow", f"in_port={h1.port_no},udp,tp_dst=3000,actions=group:5")
+    frames = [bytes(Ether(src=h1.mac, dst=h2.mac) / IP(src=h1.ip, dst=h2.ip) / UDP(sport=5, dport=3000) / b"ff")] * 20
+
+    def burst() -> tuple[int, int]:
+        rx = (h2.rx_packets(), h3.rx_packets())
+        _send_many(h1, frames, f"{tmp_path}/ff.hex")
+        time.sleep(0.3)
+        return h2.rx_packets() - rx[0], h3.rx_packets() - rx[1]
+
+    assert burst() == (20, 0)
+    try:
+        h2.sh(f"ip link set dev {h2.ifname} down")
+        time.sleep(1.0)                  # the link event, then a revalidator pass
+        assert burst()[1] == 20
+    finally:
+        h2.sh(f"ip link set dev {h2.ifname} up")
+    time.sleep(1.5)
+    assert burst() == (20, 0)
+    ofctl(sw, "del-groups")
