@@ -11,7 +11,8 @@ rule per new flow, out port 2. A separate process on the victim's side sends and
 first packet until it arrives on sink0, and the established flow's packets counted there.
 
 Targets (issue: never drop what could be forwarded): the victim's new flows >= 99% delivered, their first
-packet p99 < 5 ms, the established flow 100%, during the flood. Also reported: what the flood got.
+packet p99 < 5 ms, the established flow 100%, during the flood. Also reported: what the flood got, and what the
+per-port upcall limit (--upcall-rate, the switch's default unless given; 0: none) dropped in XDP.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from ctl.daemon.switch import PortSpec, Switch
 from ctl.datapath.dpif import DatapathConfig
+from ctl.udpif.upcall import DEFAULT_UPCALL_RATE, UpcallLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOD, P1, VICTIM, P3, P2, SINK, P4, DRAIN = ("xbfl0", "xbfport1", "xbvic0", "xbfport3", "xbfport2", "xbfsink0",
@@ -117,6 +119,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--upcall-rate", type=int, default=DEFAULT_UPCALL_RATE,
+                    help="the switch's per-port upcall limit (0: none), as xdpswitch start --upcall-rate")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.fairness needs root", file=sys.stderr)
@@ -130,7 +134,7 @@ def main() -> int:
         flows.write_text("\n".join(rules) + "\n")
         sw = Switch("xsbenchfair", [PortSpec(P1, 1), PortSpec(P2, 2), PortSpec(P3, 3), PortSpec(P4, 4)],
                     Path(d) / "flows.json", flows, config=DatapathConfig(max_flows=131072), say=lambda m: None,
-                    metrics_address=None)
+                    metrics_address=None, upcall_limits=UpcallLimits(args.upcall_rate))
         os.sched_setaffinity(0, {1})  # the handler on CPU 1; the flood generator on CPU 0
         try:
             sw.start()
@@ -144,6 +148,7 @@ def main() -> int:
                                            text=True, cwd=ROOT)
                     time.sleep(0.5)
                 up0 = sw.udpif.stats if sw.udpif else None
+                lim0 = sw.dp.stats().drops.get("upcall_limit", 0) if sw.dp else 0
                 victim = subprocess.run([sys.executable, "-c", script, str(args.seconds), "200"], capture_output=True,
                                         text=True, cwd=ROOT, timeout=args.seconds + 60)
                 res = json.loads(victim.stdout or "{}")
@@ -154,6 +159,7 @@ def main() -> int:
                     res["switch_installed"] = st.installed - up0.installed
                     res["switch_upcalls"] = st.received - up0.received
                     res["socket_drops"] = sw.socket_drops()
+                    res["upcall_limited"] = (sw.dp.stats().drops.get("upcall_limit", 0) - lim0) if sw.dp else 0
                 report[label] = res
                 # the victim's flows again next round: a fresh range would need more rules; delete what it made
                 if sw.udpif is not None:
@@ -171,7 +177,9 @@ def main() -> int:
               f"{r.get('established_delivered')}/{r.get('established_sent')}; the handler took "
               f"{r.get('switch_upcalls')} upcalls"
               + (f" of the flood's {r['flood_sent']} packets (lost at the sockets so far: {r.get('socket_drops')})"
-                 if "flood_sent" in r else ""))
+                 if "flood_sent" in r else "")
+              + f"; dropped in XDP over the upcall limit ({args.upcall_rate or 'none'}/s per port): "
+                f"{r.get('upcall_limited')}")
     return 0
 
 

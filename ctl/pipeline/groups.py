@@ -19,6 +19,7 @@ carrying OpenFlow's group-mod-failed code, the one OVS gives.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -233,12 +234,14 @@ class GroupTable:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.groups: dict[int, Group] = {}
         self.clock = clock
-        self._free_bases = list(range(BUCKET_SLOTS - SELECT_MAX_BUCKETS, -1, -SELECT_MAX_BUCKETS))
+        # bases to hand out, a freed one last (as meter slots): a megaflow not yet revalidated after its group went
+        # never counts into a new group's buckets
+        self._free_bases = deque(range(0, BUCKET_SLOTS - SELECT_MAX_BUCKETS + 1, SELECT_MAX_BUCKETS))
         self.fresh_slots: list[int] = []
 
     def _take_slots(self, g: Group) -> None:
         if g.type == TYPES["select"] and 0 < len(g.buckets) <= SELECT_MAX_BUCKETS and self._free_bases:
-            g.stats_base = self._free_bases.pop()
+            g.stats_base = self._free_bases.popleft()
             self.fresh_slots.append(g.stats_base)
 
     def _free_slots(self, g: Group) -> None:

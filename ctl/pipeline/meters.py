@@ -14,6 +14,7 @@ with OpenFlow's meter-mod-failed code, the one OVS gives.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -217,7 +218,9 @@ class MeterTable:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.meters: dict[int, Meter] = {}
         self.clock = clock
-        self._free = list(range(MAX_METERS - 1, -1, -1))
+        # slots to hand out, oldest freed last: a deleted meter's slot is reused only after every other one, so a
+        # megaflow the revalidator has not caught up with yet never meters by a new meter's buckets
+        self._free = deque(range(MAX_METERS))
         self.dirty_slots: list[Meter] = []   # meters whose fast-path entry must be (re)written, counters zeroed
 
     def __len__(self) -> int:
@@ -257,7 +260,7 @@ class MeterTable:
         self.check(spec)
         if not self._free and spec.meter_id != OFPM_CONTROLLER:
             raise MeterModError(OUT_OF_METERS, f"{MAX_METERS} meters already")
-        slot = -1 if spec.meter_id == OFPM_CONTROLLER else self._free.pop()
+        slot = -1 if spec.meter_id == OFPM_CONTROLLER else self._free.popleft()
         m = Meter(spec.meter_id, spec.flags, list(spec.bands), created=self.clock(), slot=slot)
         self.meters[m.meter_id] = m
         self.dirty_slots.append(m)
