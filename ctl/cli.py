@@ -598,7 +598,7 @@ def ofctl_add_meter(meter: str = typer.Argument(..., help="meter=N,kbps|pktps[,b
                     name: str = NAME) -> None:
     """Add an OpenFlow meter (ovs-ofctl syntax); flows use it with the meter:N instruction, first in their actions.
     Bands: type=drop or type=dscp_remark (with prec_level=1|2: raises an AF DSCP's drop precedence), rate=R in kbps
-    or packets/s, burst_size=B (kbits or packets, with the burst flag; else 10 ms of the rate). The fast path
+    or packets/s, burst_size=B (kbits or packets, with the burst flag; else 100 ms of the rate). The fast path
     enforces it, one token bucket per band shared by every CPU.
 
     Example: xdpswitch ofctl add-meter "meter=1,kbps,burst,bands=type=drop,rate=10000,burst_size=100"

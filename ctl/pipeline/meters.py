@@ -3,7 +3,7 @@
 A meter measures the packets of the flows whose instructions name it and applies the band whose rate they exceed
 (the exceeded band with the highest rate): ``drop``, or ``dscp_remark`` (raise an AF DSCP's drop precedence by
 ``prec_level``). Rates are in kbps or packets/s; each band is a token bucket of ``burst_size`` (kbits or packets;
-without the BURST flag, 10 ms of the rate, at least 32 kbits or 2 packets).
+without the BURST flag, 100 ms of the rate, at least 32 kbits or 2 packets).
 
 The fast path enforces them (``xdp/actions.h``: one token bucket per band shared by every CPU, refilled with
 atomic operations), so a meter is exact to a packet or two per CPU. The table lives in ``OpenFlowTables.meters``
@@ -79,10 +79,11 @@ class Meter:
             b.to_text().replace(" ", ",") for b in self.bands)
 
     def default_burst(self, band: Band) -> int:
-        """The bucket size a band gets: its burst_size with the BURST flag, else 10 ms of its rate."""
+        """The bucket size a band gets: its burst_size with the BURST flag, else 100 ms of its rate (a sender that
+        paces in 10 ms batches, as os-ken's tester does, loses nothing to a gap a little longer than the last)."""
         if self.flags & BURST and band.burst:
             return band.burst
-        return max(band.rate // 100, 2 if self.pktps else 32)
+        return max(band.rate // 10, 2 if self.pktps else 32)
 
 
     def buckets(self) -> list[tuple[int, int, int, int]]:
