@@ -68,6 +68,8 @@ def flows(sw: Switch) -> list[str]:
 @pytest.fixture
 def sw(ofsw: Switch) -> Switch:
     ofctl(ofsw, "del-flows")
+    ofctl(ofsw, "del-groups")
+    ofctl(ofsw, "del-meters")
     assert ofsw.udpif is not None
     ofsw.udpif.flush()
     return ofsw
