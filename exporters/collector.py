@@ -57,6 +57,8 @@ class Snapshot:
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> exceptions caught (the loop went on)
     openflow_connections: int = 0
     openflow_refused: dict[str, int] = field(default_factory=dict)  # reason -> connections refused or closed
+    packet_ins_rate_limited: int = 0          # packet-ins over the controller rate limit, every connection's
+    masks_limited: int = 0                    # megaflows given the exact mask past the mask limit (TSE guard)
     http: dict[str, int] = field(default_factory=dict)   # the /metrics server's own counters (ServerStats)
 
 
@@ -162,6 +164,10 @@ class SwitchCollector(Collector):
         for reason in REFUSALS:
             ref.add_metric([reason], s.openflow_refused.get(reason, 0))
         yield ref
+        yield CounterMetricFamily("xdpswitch_packet_ins_rate_limited", "Packet-ins not sent: over a connection's "
+                                  "controller rate limit (--controller-rate).", value=s.packet_ins_rate_limited)
+        yield CounterMetricFamily("xdpswitch_megaflows_mask_limited", "Megaflows given the exact mask because the "
+                                  "mask limit was reached (the tuple space explosion guard).", value=s.masks_limited)
         http = CounterMetricFamily("xdpswitch_metrics_http_requests", "The /metrics endpoint's own connections "
                                    "by outcome (exporters/server.py: bounded clients, deadlines).", labels=["result"])
         for result in HTTP_RESULTS:

@@ -752,7 +752,9 @@ def _snapshot_of(sw: Switch) -> Any:
         revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,
         flow_limit=up.flow_limit, loop_errors=sw.errors.counts(),
         openflow_connections=len(sw.connmgr.connected()) if sw.connmgr else 0,
-        openflow_refused=sw.connmgr.stats.as_dict() if sw.connmgr else {})
+        openflow_refused=sw.connmgr.stats.as_dict() if sw.connmgr else {},
+        packet_ins_rate_limited=sw.connmgr.packet_ins_rate_limited if sw.connmgr else 0,
+        masks_limited=st.mask_limited)
 
 
 def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:

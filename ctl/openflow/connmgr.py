@@ -314,6 +314,7 @@ class ConnManager:
         # a quarter of that by default; over it they are dropped and counted (OVS queues a few, then drops)
         self.controller_rate = controller_rate
         self.controller_burst = controller_burst or max(1, controller_rate // 4)
+        self.packet_ins_rate_limited = 0    # every connection's, for the metrics (handlers add under self.lock)
         self.errors = errors or LoopErrors()
         self.sw = switch
         self.controllers = controllers
@@ -751,10 +752,14 @@ class ConnManager:
             if not c.state.wants("packet_in", ctrl.reason):
                 continue
             if self.controller_rate:
-                if c.limiter is None:
-                    c.limiter = TokenBucket(self.controller_rate, self.controller_burst, time.monotonic_ns())
-                if not c.limiter.take(time.monotonic_ns()):
-                    c.stats.packet_ins_rate_limited += 1
+                with self.lock:   # several handlers may send packet-ins at once
+                    if c.limiter is None:
+                        c.limiter = TokenBucket(self.controller_rate, self.controller_burst, time.monotonic_ns())
+                    ok = c.limiter.take(time.monotonic_ns())
+                    if not ok:
+                        c.stats.packet_ins_rate_limited += 1
+                        self.packet_ins_rate_limited += 1
+                if not ok:
                     continue
             max_len = c.state.miss_send_len if ctrl.max_len < 0 else ctrl.max_len
             data = frame if max_len == oc.OFPCML_NO_BUFFER else frame[:max_len]
