@@ -5,6 +5,7 @@ those replies are good enough for it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -400,3 +401,47 @@ def test_fast_failover_follows_the_watched_ports_link(sw: Switch, hosts: list[Ho
     time.sleep(1.5)
     assert burst() == (20, 0)
     ofctl(sw, "del-groups")
+
+
+COUNT_DSCP = """
+import socket, sys, time, json
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind((sys.argv[1], 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[2])
+counts = {}
+print("ready", flush=True)
+while time.time() < end:
+    try:
+        f = s.recv(4096)
+    except TimeoutError:
+        continue
+    if len(f) > 34 and f[23] == 17 and f[36:38] == b"\\x00\\x02":
+        d = f[15] >> 2
+        counts[d] = counts.get(d, 0) + 1
+print(json.dumps(counts), flush=True)
+"""
+
+
+def test_a_dscp_remark_meter_remarks_what_exceeds_its_rate(sw: Switch, hosts: list[Host]) -> None:
+    """A 10 Mbps dscp_remark band on a 20 Mbps stream of AF21 (DSCP 18): h2 gets half as AF21 and half as AF22
+    (DSCP 20), each within 5 %."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    h1, h2, _ = hosts
+    ofctl(sw, "add-meter", "meter=2,kbps,burst,bands=type=dscp_remark,rate=10000,burst_size=100,prec_level=1")
+    ofctl(sw, "add-flow", f"in_port={h1.port_no},udp,actions=meter:2,output:{h2.port_no}")
+    frame = bytes(Ether(src=h1.mac, dst=h2.mac) / IP(src=h1.ip, dst=h2.ip, tos=18 << 2) / UDP(sport=1, dport=2)
+                  / (b"d" * 958))
+    cap = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", COUNT_DSCP, h2.ifname, "5"],
+                           stdout=subprocess.PIPE, text=True)
+    assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+    r = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-c", STREAM, h1.ifname, frame.hex(), "2500",
+                        "3"], capture_output=True, text=True, timeout=30, check=True)
+    sent, seconds = int(r.stdout.split()[0]), float(r.stdout.split()[1])
+    counts = {int(k): v for k, v in json.loads(cap.communicate(timeout=20)[0].strip().splitlines()[-1]).items()}
+    kept, remarked = counts.get(18, 0) * 8000 / seconds / 1e6, counts.get(20, 0) * 8000 / seconds / 1e6
+    assert sum(counts.values()) == sent, (counts, sent)
+    assert 9.5 <= kept <= 10.5 and 9.5 <= remarked <= 10.5, (kept, remarked, sent / seconds * 8000 / 1e6)
