@@ -208,11 +208,12 @@ def test_what_a_start_finds_left_behind(hosts: list[Host], net: Net, tmp_path: P
         # half-removed pins (an interrupted del-dp): cleared and started afresh, saying so
         with DatapathView.open(name) as view:
             pin_dir = view.pin_dir
+        n_maps = sum(1 for _ in pin_dir.iterdir())
         (pin_dir / "mf_hints").unlink()
         said.clear()
         sw = switch()
         try:
-            assert any("held 26 of the 27 maps" in m for m in said), said
+            assert any(f"held {n_maps - 1} of the {n_maps} maps" in m for m in said), said
             time.sleep(0.3)
             assert ping(h1, h2.ip, 2)
         finally:
