@@ -22,6 +22,7 @@ cost flat from 1 to 200k megaflows; EMC-hit forwarding >= 0.95x the bare redirec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -96,151 +97,152 @@ def main() -> int:
     flow_counts = [1, 1000, 10000] + ([] if args.quick else [100000, 200000])
     os.sched_setaffinity(0, {0})
     tag = f"xsbn{os.getpid() % 10000}"
-    links = []
-    for i in (1, 2):
-        a, b = f"{tag}a{i}", f"{tag}b{i}"
-        sh(f"ip link add {a} type veth peer name {b}")
-        links.append(a)
-        sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1 net.ipv6.conf.{b}.disable_ipv6=1")
-        sh(f"ip link set {a} up && ip link set {b} up")
-        sh(f"ethtool -K {a} tx off tso off gso off; ethtool -K {b} tx off tso off gso off")
-    dp = Datapath(tag, DatapathConfig(max_masks=64, max_flows=262144 if not args.quick else 32768))
-    try:
-        p1 = dp.add_port(f"{tag}a1", 1)
-        dp.add_port(f"{tag}a2", 2)
-        dp.attach_aux(f"{tag}b2", "xdp_sink")
-        dp.refresh_tx_paths()  # port 2's peer has an XDP program now: it takes redirects
-        base_fd, bare_fd = dp.load_program("xdp_baseline"), dp.load_program("xdp_bare_redirect")
-        frame = frame_for()
-        key = parse(frame, 1)
-        rows: list[Row] = []
+    with contextlib.ExitStack() as cleanup:   # each link and the datapath go whatever fails after they are made
+        for i in (1, 2):
+            a, b = f"{tag}a{i}", f"{tag}b{i}"
+            sh(f"ip link add {a} type veth peer name {b}")
+            cleanup.callback(subprocess.run, ["ip", "link", "del", a], capture_output=True)
+            sh(f"sysctl -qw net.ipv6.conf.{a}.disable_ipv6=1 net.ipv6.conf.{b}.disable_ipv6=1")
+            sh(f"ip link set {a} up && ip link set {b} up")
+            sh(f"ethtool -K {a} tx off tso off gso off; ethtool -K {b} tx off tso off gso off")
+        dp = Datapath(tag, DatapathConfig(max_masks=64, max_flows=262144 if not args.quick else 32768))
+        cleanup.callback(dp.close, unpin=True)
+        return _run(args, dp, tag, repeat, runs, flow_counts)
 
-        def measure(case: str, fd: int = dp.emc_prog_fd, f: bytes = frame, note: str = "") -> float:
-            ns = ns_per_packet(fd, f, p1.ifindex, repeat, runs)
-            rows.append(Row(case, ns, 0.0, note))
-            return ns
 
-        run_xdp(base_fd, frame, p1.ifindex, repeat=repeat * 10)  # warm up: clocks, caches, branch predictors
-        base = measure("baseline: parse + redirect", base_fd)
-        measure("bare devmap redirect (no parse)", bare_fd)
+def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: int, flow_counts: list[int]) -> int:
+    """Both parts of the benchmark on a datapath with ports tag+a1 and tag+a2."""
+    p1 = dp.add_port(f"{tag}a1", 1)
+    dp.add_port(f"{tag}a2", 2)
+    dp.attach_aux(f"{tag}b2", "xdp_sink")
+    dp.refresh_tx_paths()  # port 2's peer has an XDP program now: it takes redirects
+    base_fd, bare_fd = dp.load_program("xdp_baseline"), dp.load_program("xdp_bare_redirect")
+    frame = frame_for()
+    key = parse(frame, 1)
+    rows: list[Row] = []
 
-        dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
-        dp.set_emc_insert_inv_prob(1)
-        run_xdp(dp.emc_prog_fd, frame, p1.ifindex)
-        emc = measure("EMC hit")
-        dp.set_emc_insert_inv_prob(0)
+    def measure(case: str, fd: int = dp.emc_prog_fd, f: bytes = frame, note: str = "") -> float:
+        ns = ns_per_packet(fd, f, p1.ifindex, repeat, runs)
+        rows.append(Row(case, ns, 0.0, note))
+        return ns
 
-        decoy = parse(frame_for(src="192.0.2.1", dport=9), 3)
-        mf32 = 0.0
-        for n in (1, 8, 32, 64):
-            dp.flush_flows()
-            dp.flush_emc()
-            for m in decoy_masks(n - 1):
-                dp.put_flow(decoy, m, [DpDrop()])
-            dp.put_flow(key, mask_for("in_port", "dl_dst", "tp_dst"), [DpOutput(2)])
-            # the target's subtable is visited last (a dump lists flows in hash order, so find it by its actions)
-            target = next(f for f in dp.dump_flows() if f.actions == [DpOutput(2)])
-            assert dp.n_masks == n and dp.mask_order()[-1] == target.mask_id
-            ns = measure(f"megaflow hit, {n} masks, hint hit")
-            if n == 32:
-                mf32 = ns
-            dp.set_mask_hints(False)
-            measure(f"megaflow hit, {n} masks, no hint", note="target subtable visited last")
-            dp.set_mask_hints(True)
+    run_xdp(base_fd, frame, p1.ifindex, repeat=repeat * 10)  # warm up: clocks, caches, branch predictors
+    base = measure("baseline: parse + redirect", base_fd)
+    measure("bare devmap redirect (no parse)", bare_fd)
 
-        dp.flush_flows()
-        dp.put_flow(decoy, mask_for("in_port", "nw_src"), [DpDrop()])
-        measure("miss (no upcall socket: lost)", note="1 mask")
+    dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
+    dp.set_emc_insert_inv_prob(1)
+    run_xdp(dp.emc_prog_fd, frame, p1.ifindex)
+    emc = measure("EMC hit")
+    dp.set_emc_insert_inv_prob(0)
 
+    decoy = parse(frame_for(src="192.0.2.1", dport=9), 3)
+    mf32 = 0.0
+    for n in (1, 8, 32, 64):
         dp.flush_flows()
         dp.flush_emc()
-        m = mask_for("in_port", "nw_src")
-        installed = 0
-        for count in flow_counts:
-            t0, before = time.perf_counter(), installed
-            while installed < count:
-                i = installed + 1
-                dp.put_flow(build(in_port=1, nw_src=(10 << 24) | i), m, [DpOutput(2)])
-                installed += 1
-            put_rate = (count - before) / max(time.perf_counter() - t0, 1e-9)
-            f = frame_for(src="10.0.0.1")
-            measure(f"megaflow hit, {count} megaflows", f=f, note=f"puts/s {put_rate:,.0f}" if count > 1 else "")
-            dp.set_emc_insert_inv_prob(1)
-            run_xdp(dp.emc_prog_fd, f, p1.ifindex)
-            measure(f"EMC hit, {count} megaflows", f=f)
-            dp.set_emc_insert_inv_prob(0)
-            dp.flush_emc()
+        for m in decoy_masks(n - 1):
+            dp.put_flow(decoy, m, [DpDrop()])
+        dp.put_flow(key, mask_for("in_port", "dl_dst", "tp_dst"), [DpOutput(2)])
+        # the target's subtable is visited last (a dump lists flows in hash order, so find it by its actions)
+        target = next(f for f in dp.dump_flows() if f.actions == [DpOutput(2)])
+        assert dp.n_masks == n and dp.mask_order()[-1] == target.mask_id
+        ns = measure(f"megaflow hit, {n} masks, hint hit")
+        if n == 32:
+            mf32 = ns
+        dp.set_mask_hints(False)
+        measure(f"megaflow hit, {n} masks, no hint", note="target subtable visited last")
+        dp.set_mask_hints(True)
 
-        base = min(base, measure("baseline: parse + redirect (again, after)", base_fd))
-        emc = min(r.ns_per_packet for r in rows if r.case.startswith("EMC hit"))
-        for r in rows:
-            r.vs_baseline = r.ns_per_packet / base
+    dp.flush_flows()
+    dp.put_flow(decoy, mask_for("in_port", "nw_src"), [DpDrop()])
+    measure("miss (no upcall socket: lost)", note="1 mask")
 
-        # Part 2: forwarding through veth. The generator (XDP_TX in live-frames mode) sends from gen's far
-        # end into port 1; port 1 runs either the switch (an EMC hit to port 2) or a bare redirect to
-        # port 2; port 2's far end drops in XDP. Alternated, best of three each, all on one CPU.
-        dp.flush_flows()
-        dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
+    dp.flush_flows()
+    dp.flush_emc()
+    m = mask_for("in_port", "nw_src")
+    installed = 0
+    for count in flow_counts:
+        t0, before = time.perf_counter(), installed
+        while installed < count:
+            i = installed + 1
+            dp.put_flow(build(in_port=1, nw_src=(10 << 24) | i), m, [DpOutput(2)])
+            installed += 1
+        put_rate = (count - before) / max(time.perf_counter() - t0, 1e-9)
+        f = frame_for(src="10.0.0.1")
+        measure(f"megaflow hit, {count} megaflows", f=f, note=f"puts/s {put_rate:,.0f}" if count > 1 else "")
         dp.set_emc_insert_inv_prob(1)
-        gen_fd = dp.load_program("xdp_gen_tx")
-        gen_ifindex = socket.if_nametoindex(f"{tag}b1")
-        n_live = 500000 if args.quick else 3000000
-        bare, sw = [], []
-        for _ in range(3):
-            before = dp.port_stats(2).tx_packets
-            sw.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
-            assert dp.port_stats(2).tx_packets - before == n_live, "the switch did not forward every frame"
-            dp.del_port(1)
-            dp.attach_aux(f"{tag}a1", "xdp_bare_redirect")
-            bare.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
-            dp.detach_aux(f"{tag}a1")
-            dp.add_port(f"{tag}a1", 1)
-        # the same through the skb path (what a port whose device does not take XDP redirects costs: a veth
-        # whose peer has neither XDP nor GRO)
-        dp.set_tx_path(2, "skb")
-        skb = []
-        for _ in range(3):
-            before = dp.port_stats(2).tx_skb_packets
-            skb.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
-            assert dp.port_stats(2).tx_skb_packets - before == n_live, "the skb path did not forward every frame"
-        dp.set_tx_path(2, "xdp")
-        st = dp.stats()
-        live = {"bare_redirect_mpps": max(bare), "emc_hit_forwarding_mpps": max(sw),
-                "ratio": max(sw) / max(bare), "frames_per_run": n_live, "emc_hits_total": st.emc_hits,
-                "skb_path_forwarding_mpps": max(skb), "skb_path_ratio": max(skb) / max(bare)}
+        run_xdp(dp.emc_prog_fd, f, p1.ifindex)
+        measure(f"EMC hit, {count} megaflows", f=f)
+        dp.set_emc_insert_inv_prob(0)
+        dp.flush_emc()
 
-        summary = {
-            "emc_hit_vs_baseline": emc / base,
-            "megaflow_32_masks_hint_vs_emc_hit": mf32 / emc,
-            "flows_flatness_megaflow_hit": (
-                max(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))
-                / min(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))),
-        }
-        if args.json:
-            print(json.dumps({"rows": [asdict(r) for r in rows], "forwarding": live, "summary": summary},
-                             indent=2))
-        else:
-            print(f"{'case':44} {'ns/pkt':>8} {'x baseline':>10}  note")
-            for r in rows:
-                print(f"{r.case:44} {r.ns_per_packet:8.1f} {r.vs_baseline:10.2f}  {r.note}")
-            print()
-            print(f"forwarding through veth (generator -> port 1 -> port 2 -> sink, 64 B, best of 3 x {n_live:,}):")
-            print(f"  bare devmap redirect   {live['bare_redirect_mpps']:6.2f} Mpps")
-            print(f"  switch, EMC hit        {live['emc_hit_forwarding_mpps']:6.2f} Mpps"
-                  f"   ratio {live['ratio']:.2f} (target >= 0.95)")
-            print(f"  switch, EMC hit, to a port on the skb path {live['skb_path_forwarding_mpps']:6.2f} Mpps"
-                  f"   ratio {live['skb_path_ratio']:.2f}")
-            print()
-            print("(baseline and EMC hit: the best of their measurements above)")
-            print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.3)")
-            print(f"megaflow hit, 32 masks, hint / EMC  {summary['megaflow_32_masks_hint_vs_emc_hit']:.2f}"
-                  " (target <= 1.3)")
-            print(f"megaflow hit, max/min over 1..{flow_counts[-1]:,} flows "
-                  f"{summary['flows_flatness_megaflow_hit']:.2f} (flat is ~1)")
-    finally:
-        dp.close(unpin=True)
-        for a in links:
-            subprocess.run(["ip", "link", "del", a], capture_output=True)
+    base = min(base, measure("baseline: parse + redirect (again, after)", base_fd))
+    emc = min(r.ns_per_packet for r in rows if r.case.startswith("EMC hit"))
+    for r in rows:
+        r.vs_baseline = r.ns_per_packet / base
+
+    # Part 2: forwarding through veth. The generator (XDP_TX in live-frames mode) sends from gen's far
+    # end into port 1; port 1 runs either the switch (an EMC hit to port 2) or a bare redirect to
+    # port 2; port 2's far end drops in XDP. Alternated, best of three each, all on one CPU.
+    dp.flush_flows()
+    dp.put_flow(key, mask_for("in_port", "dl_dst"), [DpOutput(2)])
+    dp.set_emc_insert_inv_prob(1)
+    gen_fd = dp.load_program("xdp_gen_tx")
+    gen_ifindex = socket.if_nametoindex(f"{tag}b1")
+    n_live = 500000 if args.quick else 3000000
+    bare, sw = [], []
+    for _ in range(3):
+        before = dp.port_stats(2).tx_packets
+        sw.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
+        assert dp.port_stats(2).tx_packets - before == n_live, "the switch did not forward every frame"
+        dp.del_port(1)
+        dp.attach_aux(f"{tag}a1", "xdp_bare_redirect")
+        bare.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
+        dp.detach_aux(f"{tag}a1")
+        dp.add_port(f"{tag}a1", 1)
+    # the same through the skb path (what a port whose device does not take XDP redirects costs: a veth
+    # whose peer has neither XDP nor GRO)
+    dp.set_tx_path(2, "skb")
+    skb = []
+    for _ in range(3):
+        before = dp.port_stats(2).tx_skb_packets
+        skb.append(live_mpps(gen_fd, frame, gen_ifindex, n_live))
+        assert dp.port_stats(2).tx_skb_packets - before == n_live, "the skb path did not forward every frame"
+    dp.set_tx_path(2, "xdp")
+    st = dp.stats()
+    live = {"bare_redirect_mpps": max(bare), "emc_hit_forwarding_mpps": max(sw),
+            "ratio": max(sw) / max(bare), "frames_per_run": n_live, "emc_hits_total": st.emc_hits,
+            "skb_path_forwarding_mpps": max(skb), "skb_path_ratio": max(skb) / max(bare)}
+
+    summary = {
+        "emc_hit_vs_baseline": emc / base,
+        "megaflow_32_masks_hint_vs_emc_hit": mf32 / emc,
+        "flows_flatness_megaflow_hit": (
+            max(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))
+            / min(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))),
+    }
+    if args.json:
+        print(json.dumps({"rows": [asdict(r) for r in rows], "forwarding": live, "summary": summary},
+                         indent=2))
+    else:
+        print(f"{'case':44} {'ns/pkt':>8} {'x baseline':>10}  note")
+        for r in rows:
+            print(f"{r.case:44} {r.ns_per_packet:8.1f} {r.vs_baseline:10.2f}  {r.note}")
+        print()
+        print(f"forwarding through veth (generator -> port 1 -> port 2 -> sink, 64 B, best of 3 x {n_live:,}):")
+        print(f"  bare devmap redirect   {live['bare_redirect_mpps']:6.2f} Mpps")
+        print(f"  switch, EMC hit        {live['emc_hit_forwarding_mpps']:6.2f} Mpps"
+              f"   ratio {live['ratio']:.2f} (target >= 0.95)")
+        print(f"  switch, EMC hit, to a port on the skb path {live['skb_path_forwarding_mpps']:6.2f} Mpps"
+              f"   ratio {live['skb_path_ratio']:.2f}")
+        print()
+        print("(baseline and EMC hit: the best of their measurements above)")
+        print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.3)")
+        print(f"megaflow hit, 32 masks, hint / EMC  {summary['megaflow_32_masks_hint_vs_emc_hit']:.2f}"
+              " (target <= 1.3)")
+        print(f"megaflow hit, max/min over 1..{flow_counts[-1]:,} flows "
+              f"{summary['flows_flatness_megaflow_hit']:.2f} (flat is ~1)")
     return 0
 
 

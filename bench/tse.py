@@ -20,6 +20,7 @@ Target (issue: groups, meters, TSE): >= 50 % kept under the attack; Open vSwitch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -116,11 +117,14 @@ def main() -> int:
         return 2
     os.sched_setaffinity(0, {0})
     tag = f"xstse{os.getpid() % 10000}"
-    sh(f"ip link add {tag}a type veth peer name {tag}b && ip link set {tag}a up && ip link set {tag}b up")
-    sh(f"ip link add {tag}c type veth peer name {tag}d && ip link set {tag}c up && ip link set {tag}d up")
-    dp = Datapath(tag, DatapathConfig(max_flows=65536, max_masks=64))
     report: dict[str, object] = {}
-    try:
+    with contextlib.ExitStack() as cleanup:   # each link and the datapath go whatever fails after they are made
+        for a, b in ((f"{tag}a", f"{tag}b"), (f"{tag}c", f"{tag}d")):
+            sh(f"ip link add {a} type veth peer name {b}")
+            cleanup.callback(subprocess.run, ["ip", "link", "del", a], capture_output=True)
+            sh(f"ip link set {a} up && ip link set {b} up")
+        dp = Datapath(tag, DatapathConfig(max_flows=65536, max_masks=64))
+        cleanup.callback(dp.close, unpin=True)
         ifindex = dp.add_port(f"{tag}a", 1).ifindex
         dp.add_port(f"{tag}c", 2)
         base = scenario(dp, ifindex, 32, attack=False)
@@ -130,9 +134,6 @@ def main() -> int:
             row["normal_kept"] = round(float(base["normal_ns"]) / float(row["normal_ns"]), 3)  # type: ignore[arg-type]
             row["worst_kept"] = round(float(base["worst_ns"]) / float(row["worst_ns"]), 3)  # type: ignore[arg-type]
             report[label] = row
-    finally:
-        dp.close(unpin=True)
-        sh(f"ip link del {tag}a; ip link del {tag}c")
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

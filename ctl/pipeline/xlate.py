@@ -75,13 +75,9 @@ class Translation:
     error: str = ""                 # why the packet is dropped as unsupported ("": it is not)
     recirc: bool = False            # the pipeline read the packet again after a pop_mpls: every packet of the
                                     # megaflow is translated on its own (OVS recirculates)
-    groups: list[Group | Bucket] = field(default_factory=list)  # groups and buckets every packet goes through
-                                    # (credited like rules; a select group's buckets count in the datapath)
+    credits: list[Credited] = field(default_factory=list)  # what a packet counts in: the rules, then the groups
+                                    # and buckets it went through (a select group's buckets count in the datapath)
 
-    @property
-    def credits(self) -> list[Credited]:
-        """What a packet of this translation counts in: its rules, groups and buckets."""
-        return [*self.rules, *self.groups]
 
     def megaflow(self) -> Match:
         return Match.from_masked(self.flow, self.wc)
@@ -705,7 +701,8 @@ class _Ctx:
         if self.recirc:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
-                           self.learned, self.missed, self.error, self.recirc, self.groups)
+                           self.learned, self.missed, self.error, self.recirc,
+                           [*self.rules, *self.groups] if self.groups else list[Credited](self.rules))
 
 
 # fields whose datapath set action writes every bit (the value comes from the working flow)
