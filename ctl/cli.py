@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -419,6 +420,21 @@ def del_dp(name: str = NAME) -> None:
     out.print(f"removed datapath {name}: detached from {', '.join(gone) or 'no ports'}", highlight=False)
 
 
+def _checked_lines(file: str, parse: Callable[[str], object]) -> list[str]:
+    """The items of an add-flows/add-groups file (- for stdin), each checked before anything is sent: an error
+    names its line."""
+    from ctl.pipeline.ofmatch import FlowSyntaxError, parse_lines
+
+    try:
+        text = sys.stdin.read() if file == "-" else open(file).read()
+        parse_lines(text, parse)
+    except FlowSyntaxError as e:
+        raise _fail(f"{file}: {e}") from None
+    except OSError as e:
+        raise _fail(f"{file}: {e.strerror}") from None
+    return [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
+
+
 @ofctl.command("add-flow")
 def ofctl_add_flow(flow: str = typer.Argument(..., help="A flow in ovs-ofctl syntax."), name: str = NAME) -> None:
     """Add one flow (a flow with the same table, match and priority is replaced).
@@ -435,20 +451,9 @@ def ofctl_add_flows(file: str = typer.Argument(..., help="One flow per line; # c
 
     Example: xdpswitch ofctl add-flows my.flows
     """
-    import sys
+    from ctl.pipeline.openflow_tables import parse_flow
 
-    from ctl.pipeline.ofmatch import FlowSyntaxError
-    from ctl.pipeline.openflow_tables import parse_flows_file
-
-    try:
-        text = sys.stdin.read() if file == "-" else open(file).read()
-        parse_flows_file(text)  # errors with the line number before anything is sent
-    except FlowSyntaxError as e:
-        raise _fail(f"{file}: {e}") from None
-    except OSError as e:
-        raise _fail(f"{file}: {e.strerror}") from None
-    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
-    _request(name, "add-flows", flows=lines)
+    _request(name, "add-flows", flows=_checked_lines(file, parse_flow))
 
 
 @ofctl.command("del-flows")
@@ -516,20 +521,9 @@ def ofctl_add_groups(file: str = typer.Argument(..., help="One group per line; #
 
     Example: xdpswitch ofctl add-groups my.groups
     """
-    import sys
+    from ctl.pipeline.groups import parse_group
 
-    from ctl.pipeline.groups import parse_groups_file
-    from ctl.pipeline.ofmatch import FlowSyntaxError
-
-    try:
-        text = sys.stdin.read() if file == "-" else open(file).read()
-        parse_groups_file(text)
-    except FlowSyntaxError as e:
-        raise _fail(f"{file}: {e}") from None
-    except OSError as e:
-        raise _fail(f"{file}: {e.strerror}") from None
-    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
-    _request(name, "add-groups", groups=lines)
+    _request(name, "add-groups", groups=_checked_lines(file, parse_group))
 
 
 @ofctl.command("mod-group")

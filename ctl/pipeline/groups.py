@@ -33,7 +33,7 @@ from ctl.pipeline.ofactions import (
     format_actions,
     parse_actions,
 )
-from ctl.pipeline.ofmatch import OFPP_MAX, FlowSyntaxError, parse_int
+from ctl.pipeline.ofmatch import OFPP_MAX, FlowSyntaxError, parse_int, parse_lines
 
 OFPG_ALL = 0xFFFFFFFC     # group-mod delete: every group
 OFPG_ANY = 0xFFFFFFFF     # no watch group / no filter
@@ -206,16 +206,7 @@ def _parse_bucket(text: str, begin: int, end: int, gtype: int) -> Bucket:
 
 def parse_groups_file(text: str) -> list[GroupSpec]:
     """add-groups input: one group per line; blank lines and # comments skipped. Errors name the line."""
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            out.append(parse_group(s))
-        except FlowSyntaxError as e:
-            raise FlowSyntaxError(f"line {n}: {e.msg}", e.text, e.pos, e.length) from None
-    return out
+    return parse_lines(text, parse_group)
 
 
 # --- the table -------------------------------------------------------------------------------------------

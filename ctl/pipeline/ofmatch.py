@@ -13,8 +13,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ctl.datapath.flowkey import FLOW_NW_FRAG_ANY, FLOW_NW_FRAG_LATER, VLAN_CFI, FlowKey, mac_str
 
@@ -100,6 +101,24 @@ class FlowSyntaxError(ValueError):
     def at(self, text: str, offset: int) -> FlowSyntaxError:
         """The same error placed in a larger text, the token starting offset characters further."""
         return FlowSyntaxError(self.msg, text, self.pos + offset, self.length)
+
+
+_T = TypeVar("_T")
+
+
+def parse_lines(text: str, parse: Callable[[str], _T]) -> list[_T]:
+    """A file of one item per line (add-flows, add-groups): blank lines and # comments skipped; an error names
+    its line."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            out.append(parse(s))
+        except FlowSyntaxError as e:
+            raise FlowSyntaxError(f"line {n}: {e.msg}", e.text, e.pos, e.length) from None
+    return out
 
 
 # --- flows (packets) ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ctl.pipeline.ofmatch import (
     format_match,
     format_prefixes,
     parse_int,
+    parse_lines,
     parse_match_tokens,
     parse_prefixes,
     tokens,
@@ -512,16 +513,7 @@ def write_state(path: Path, data: dict[str, object]) -> None:
 
 def parse_flows_file(text: str) -> list[FlowSpec]:
     """add-flows input: one flow per line; blank lines and # comments are skipped. Errors name the line."""
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            out.append(parse_flow(s))
-        except FlowSyntaxError as e:
-            raise FlowSyntaxError(f"line {n}: {e.msg}", e.text, e.pos, e.length) from None
-    return out
+    return parse_lines(text, parse_flow)
 
 
 __all__ = ["DEFAULT_PRIORITY", "OFPG_ALL", "FlowSpec", "UnknownGroup", "UnknownMeter",

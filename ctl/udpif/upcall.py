@@ -662,6 +662,41 @@ class Udpif:
 # --- control commands (registered here: the Udpif owns the tables, the ukeys and the MAC table) -------------
 
 
+_S = TypeVar("_S")
+_R = TypeVar("_R")
+
+
+def _parse_each(texts: object, parse: Callable[[str], _S], what: str) -> list[_S]:
+    """A control request's list of texts, each parsed; an error in one of several names which."""
+    if not isinstance(texts, list):
+        raise ValueError(f"{what}s must be a list of {what} texts")
+    out = []
+    for n, text in enumerate(texts, 1):
+        try:
+            out.append(parse(str(text)))
+        except FlowSyntaxError as e:
+            if len(texts) > 1:
+                raise FlowSyntaxError(f"{what} {n}: {e.msg}", e.text, e.pos, e.length) from None
+            raise
+    return out
+
+
+def _all_or_nothing(specs: list[_S], apply: Callable[[OpenFlowTables, _S], _R],
+                    undo: Callable[[OpenFlowTables, _R], object] | None) -> Callable[[OpenFlowTables], None]:
+    """A change applying every spec; if one is refused, undo() takes back the ones applied before it."""
+    def change(t: OpenFlowTables) -> None:
+        done = []
+        try:
+            for sp in specs:
+                done.append(apply(t, sp))
+        except ValueError:
+            if undo is not None:
+                for r in done:
+                    undo(t, r)
+            raise
+    return change
+
+
 def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[], set[int]],
                       saved: Callable[[], None], extra_show: Callable[[], dict[str, object]]) -> None:
     """ofctl add-flows|del-flows|mod-table|dump-flows, add-groups|del-groups|dump-groups|dump-group-stats,
@@ -671,16 +706,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     state file. extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
 
     def add_flows(flows: list[str]) -> dict[str, int]:
-        if not isinstance(flows, list):
-            raise ValueError("flows must be a list of flow texts")
-        specs = []
-        for n, text in enumerate(flows, 1):
-            try:
-                specs.append(parse_flow(str(text)))
-            except FlowSyntaxError as e:
-                if len(flows) > 1:
-                    raise FlowSyntaxError(f"flow {n}: {e.msg}", e.text, e.pos, e.length) from None
-                raise
+        specs = _parse_each(flows, parse_flow, "flow")
         udpif.change_tables(lambda t: t.add_many(specs), wait=True)
         saved()
         with udpif.lock:
@@ -730,28 +756,9 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
                 "tables": [{"table": s.table, "rule": s.rule.to_text() if s.rule else None} for s in tr.steps]}
 
     def add_groups(groups: list[str], modify: bool = False) -> dict[str, int]:
-        if not isinstance(groups, list):
-            raise ValueError("groups must be a list of group texts")
-        specs = []
-        for n, text in enumerate(groups, 1):
-            try:
-                specs.append(parse_group(str(text)))
-            except FlowSyntaxError as e:
-                if len(groups) > 1:
-                    raise FlowSyntaxError(f"group {n}: {e.msg}", e.text, e.pos, e.length) from None
-                raise
-
-        def change(t: OpenFlowTables) -> None:
-            done = []
-            try:
-                for sp in specs:
-                    done.append(t.modify_group(sp) if modify else t.add_group(sp))
-            except ValueError:
-                if not modify:  # all or nothing: the ones added before the bad one go again
-                    for g in done:
-                        t.groups.delete(g.group_id)
-                raise
-
+        specs = _parse_each(groups, parse_group, "group")
+        change = _all_or_nothing(specs, OpenFlowTables.modify_group if modify else OpenFlowTables.add_group,
+                                 None if modify else lambda t, g: t.groups.delete(g.group_id))
         udpif.change_tables(change, wait=True)
         saved()
         with udpif.lock:
@@ -786,21 +793,9 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
             return out
 
     def add_meters(meters: list[str], modify: bool = False) -> dict[str, int]:
-        if not isinstance(meters, list):
-            raise ValueError("meters must be a list of meter texts")
-        specs = [parse_meter(str(text)) for text in meters]
-
-        def change(t: OpenFlowTables) -> None:
-            done = []
-            try:
-                for sp in specs:
-                    done.append(t.modify_meter(sp) if modify else t.add_meter(sp))
-            except ValueError:
-                if not modify:
-                    for m in done:
-                        t.meters.delete(m.meter_id)
-                raise
-
+        specs = _parse_each(meters, parse_meter, "meter")
+        change = _all_or_nothing(specs, OpenFlowTables.modify_meter if modify else OpenFlowTables.add_meter,
+                                 None if modify else lambda t, m: t.meters.delete(m.meter_id))
         udpif.change_tables(change, wait=True)
         saved()
         with udpif.lock:
