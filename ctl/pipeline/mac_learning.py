@@ -3,7 +3,8 @@
 Entries are keyed by (VLAN, MAC) and point at the port the MAC was last seen on. An entry not refreshed for
 ``max_age`` seconds (default 300, OVS's) expires; when the table is full the least recently used entry
 goes. ``version`` grows with every change a translation could depend on (a new entry, a move, an expiry,
-a flush), so the revalidator knows when megaflows made by NORMAL must be translated again.
+a flush), and ``take_changes()`` says which entries changed since it was last called, so the Udpif
+translates again only the NORMAL megaflows of those MACs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ctl.datapath.flowkey import VLAN_CFI
 
 DEFAULT_MAX_AGE = 300
 DEFAULT_MAX_ENTRIES = 8192
+MAX_CHANGES = 4096   # entries remembered as changed; past it, every entry counts as changed
 
 
 def vlan_of(vlan_tci: int) -> int:
@@ -51,6 +53,8 @@ class MacLearning:
         # (vlan, mac) -> [port, last seen], least recently used first
         self.entries: OrderedDict[tuple[int, int], list[float]] = OrderedDict()
         self.version = 0
+        self.changed: set[tuple[int, int]] = set()   # (vlan, mac) changed since take_changes(); under lock
+        self.changed_all = False
         self.stats = MacStats()
         self.lock = threading.Lock()
 
@@ -77,12 +81,28 @@ class MacLearning:
                 self.stats.moved += 1
             else:
                 if len(self.entries) >= self.max_entries:
-                    self.entries.popitem(last=False)
+                    self._note(self.entries.popitem(last=False)[0])
                     self.stats.evicted += 1
                 self.entries[key] = [port, now]
                 self.stats.learned += 1
+            self._note(key)
             self.version += 1
             return True
+
+    def _note(self, key: tuple[int, int]) -> None:
+        """key's entry changed (the caller holds the lock)."""
+        if len(self.changed) >= MAX_CHANGES:
+            self.changed_all = True
+            self.changed.clear()
+        elif not self.changed_all:
+            self.changed.add(key)
+
+    def take_changes(self) -> tuple[bool, set[tuple[int, int]]]:
+        """(every entry may have changed, the (vlan, mac) entries that changed) since the last call."""
+        with self.lock:
+            out = (self.changed_all, self.changed)
+            self.changed_all, self.changed = False, set()
+            return out
 
     def lookup(self, vlan: int, mac: int) -> int | None:
         e = self.entries.get((vlan, mac))
@@ -97,6 +117,7 @@ class MacLearning:
             old = [k for k, (_p, used) in self.entries.items() if now - used >= self.max_age]
             for k in old:
                 del self.entries[k]
+                self._note(k)
             if old:
                 self.stats.expired += len(old)
                 self.version += 1
@@ -108,6 +129,7 @@ class MacLearning:
             gone = [k for k, (p, _u) in self.entries.items() if port is None or int(p) == port]
             for k in gone:
                 del self.entries[k]
+                self._note(k)
             if gone:
                 self.version += 1
             return len(gone)

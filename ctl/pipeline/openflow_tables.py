@@ -202,6 +202,45 @@ def _outputs_to(rule: Rule, out: OfAction) -> bool:
 # --- all tables, flow-mods, the state file --------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class Added:
+    """A rule went in: it can take packets from lower-priority rules (or a miss) of its table."""
+
+    rule: Rule
+
+
+@dataclass(frozen=True, eq=False)
+class Touched:
+    """Rules went out or changed their actions: what went through them changes."""
+
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupsChanged:
+    """Groups changed their buckets (or went): what went through a group may change."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class MissChanged:
+    """A table's miss behaviour changed: what missed there changes."""
+
+    table: int
+
+
+@dataclass(frozen=True, eq=False)
+class Everything:
+    """Anything else (a whole new set of tables, a cleared one): every megaflow may change."""
+
+    why: str
+
+
+Change = Added | Touched | GroupsChanged | MissChanged | Everything
+MAX_JOURNAL = 10_000  # changes kept for the Udpif to read; past it they are one Everything
+
+
 class UnknownGroup(ValueError):
     """A flow's group action names a group that does not exist (OpenFlow: BAD_ACTION, BAD_OUT_GROUP)."""
 
@@ -212,14 +251,28 @@ class UnknownMeter(ValueError):
 
 class OpenFlowTables:
     """Tables 0..254 with flow-mods as ovs-ofctl issues them, and the group table (``groups``). ``version``
-    grows with every change."""
+    grows with every change, and ``journal`` says what each change was (``Added``, ``Touched`` ...), so the
+    Udpif can tell which megaflows it may affect (``ctl/udpif/affected.py``); the Udpif empties it."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tables: list[Table[Rule]] = [Table(i) for i in range(N_TABLES)]
         self.groups = GroupTable(clock)
         self.meters = MeterTable(clock)
         self.version = 0
+        self.journal: list[Change] = []
         self.clock = clock  # seconds, monotonic: rule creation, last use, timeouts (injected in tests)
+
+    def _changed(self, *changes: Change) -> None:
+        self.version += 1
+        if len(self.journal) + len(changes) > MAX_JOURNAL:
+            self.journal = [Everything("more changes than the journal keeps")]
+        else:
+            self.journal.extend(changes)
+
+    def take_journal(self) -> list[Change]:
+        """The changes since the last call (the caller holds the lock that guards these tables)."""
+        out, self.journal = self.journal, []
+        return out
 
     def check_groups(self, actions: Iterable[OfAction]) -> None:
         """UnknownGroup if an action goes to a group that does not exist (as OVS's ofpacts_check)."""
@@ -233,12 +286,14 @@ class OpenFlowTables:
 
     def add_meter(self, spec: MeterSpec) -> Meter:
         m = self.meters.add(spec)
-        self.version += 1
+        self._changed()   # no rule can use it yet
         return m
 
     def modify_meter(self, spec: MeterSpec) -> Meter:
         m = self.meters.modify(spec)
-        self.version += 1
+        users = (r for r in self.rules() if any(isinstance(a, MeterAction) and a.meter_id == m.meter_id
+                                                for a in r.actions))
+        self._changed(Touched(tuple(users)))
         return m
 
     def delete_meters(self, meter_id: int) -> tuple[list[Meter], list[Rule]]:
@@ -250,7 +305,7 @@ class OpenFlowTables:
         rules = [r for r in self.rules() if any(isinstance(a, MeterAction) and a.meter_id in ids for a in r.actions)]
         for r in rules:
             self.tables[r.table].remove(r)
-        self.version += 1
+        self._changed(Touched(tuple(rules)))
         return gone, rules
 
     def meter_refs(self, meter_id: int) -> int:
@@ -261,12 +316,12 @@ class OpenFlowTables:
 
     def add_group(self, spec: GroupSpec) -> Group:
         g = self.groups.add(spec)
-        self.version += 1
+        self._changed()   # no rule or bucket can go to it yet
         return g
 
     def modify_group(self, spec: GroupSpec) -> Group:
         g = self.groups.modify(spec)
-        self.version += 1
+        self._changed(GroupsChanged((g.group_id,)))
         return g
 
     def delete_groups(self, group_id: int) -> tuple[list[Group], list[Rule]]:
@@ -279,7 +334,7 @@ class OpenFlowTables:
         rules = [r for r in self.rules() if any(isinstance(a, GroupAction) and a.group_id in ids for a in r.actions)]
         for r in rules:
             self.tables[r.table].remove(r)
-        self.version += 1
+        self._changed(Touched(tuple(rules)), GroupsChanged(tuple(ids)))
         return gone, rules
 
     def group_refs(self, group_id: int) -> int:
@@ -307,7 +362,7 @@ class OpenFlowTables:
         if old is not None and not spec.flags & RESET_COUNTS:
             rule.n_packets, rule.n_bytes = old.n_packets, old.n_bytes
         table.insert(rule)
-        self.version += 1
+        self._changed(Added(rule), *([Touched((old,))] if old is not None else []))
         return rule
 
     def overlaps(self, spec: FlowSpec) -> bool:
@@ -330,7 +385,7 @@ class OpenFlowTables:
             if spec.flags & RESET_COUNTS:
                 r.n_packets = r.n_bytes = 0
         if picked:
-            self.version += 1
+            self._changed(Touched(tuple(picked)))
         return picked
 
     def add_many(self, specs: Iterable[FlowSpec]) -> list[Rule]:
@@ -367,7 +422,7 @@ class OpenFlowTables:
         for r in gone:
             self.tables[r.table].remove(r)
         if gone:
-            self.version += 1
+            self._changed(Touched(tuple(gone)))
         return gone
 
     def timed_rules(self) -> list[Rule]:
@@ -380,14 +435,14 @@ class OpenFlowTables:
         if table.find_exact(rule.match, rule.priority) is not rule:
             return False
         table.remove(rule)
-        self.version += 1
+        self._changed(Touched((rule,)))
         return True
 
     def clear(self) -> None:
         for t in self.tables:
             for r in list(t.rules()):
                 t.remove(r)
-        self.version += 1
+        self._changed(Everything("every rule deleted"))
 
     def set_miss(self, table: int, action: str) -> None:
         if action not in MISS_ACTIONS:
@@ -395,12 +450,12 @@ class OpenFlowTables:
         if action == "continue" and table == N_TABLES - 1:
             raise ValueError(f"table {table} is the last: a miss there cannot continue")
         self.tables[table].miss = action
-        self.version += 1
+        self._changed(MissChanged(table))
 
     def set_prefixes(self, table: int, fields: tuple[str, ...]) -> None:
         """The table's prefix tries (``ofmatch.parse_prefixes``): which address fields, consulted in order."""
         self.tables[table].set_prefixes(fields)
-        self.version += 1
+        self._changed()   # the lookups find the same rules: only the masks of new megaflows narrow
 
     # --- the state file ------------------------------------------------------------------------------
 
@@ -453,7 +508,7 @@ class OpenFlowTables:
         self.tables = fresh.tables
         self.groups = fresh.groups
         self.meters = fresh.meters
-        self.version += 1
+        self._changed(Everything("tables loaded from a state file"))
 
     def save(self, path: Path) -> None:
         """Write the state file (the caller holds whatever lock guards these tables)."""

@@ -60,6 +60,11 @@ class TraceStep:
     notes: list[str] = field(default_factory=list)
 
 
+Lookup = tuple[int, int, bool]
+"""One table lookup of a translation: (table, priority of the rule found or -1 for a miss, pristine). Pristine:
+nothing was written before it, so the fields it saw are the packet's (pipeline fields zero)."""
+
+
 @dataclass
 class Translation:
     flow: Flow                      # the packet as it came in
@@ -77,6 +82,7 @@ class Translation:
                                     # megaflow is translated on its own (OVS recirculates)
     credits: list[Credited] = field(default_factory=list)  # what a packet counts in: the rules, then the groups
                                     # and buckets it went through (a select group's buckets count in the datapath)
+    lookups: tuple[Lookup, ...] = ()  # every table lookup, in order (what a change can affect: ctl/udpif/affected.py)
 
 
     def megaflow(self) -> Match:
@@ -138,6 +144,7 @@ class _Ctx:
         self.restored: set[str] = set()  # fields a bucket changed that the next commit writes back
         self.live: Callable[[int], bool] | None = None  # is a port up (fast failover); None: every port is
         self.missed: list[Any] = []     # tables that matched no rule (TABLE stats count the megaflow's packets)
+        self.lookups: list[Lookup] = []
         self.steps: list[TraceStep] = []
         self.error = ""
         self.depth = 0
@@ -177,7 +184,8 @@ class _Ctx:
             return
         while True:
             table = self.tables.tables[tid]
-            if in_port is None and not self.changed:
+            pristine = in_port is None and not self.changed and not self.recirc
+            if pristine:
                 rule = table.lookup(self.flow, self.wc)  # nothing changed yet: consulted bits go straight in
             else:
                 look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
@@ -186,6 +194,7 @@ class _Ctx:
                 for f, m in scratch.items():
                     if m and not (f == "in_port" and in_port is not None):
                         self.consult(f, m)
+            self.lookups.append((tid, -1 if rule is None else rule.priority, pristine))
             step = TraceStep(self.depth, tid, rule)
             if self.tracing:
                 self.steps.append(step)
@@ -406,6 +415,7 @@ class _Ctx:
                     self.consult("vlan_tci1", 0xFFFF)
                     fl["vlan_tci"], fl["vlan_tci1"] = fl["vlan_tci1"], 0
                     self.set_bits["vlan_tci"] = 0xFFFF
+                    self.changed = True   # later lookups see the inner tag, not the packet's outer one
                 self.dp_tagged = True
                 return "popped the outer tag: the inner one is the packet's tag now"
             self.set("vlan_tci", 0, 0xFFFF)
@@ -702,7 +712,8 @@ class _Ctx:
             slow = "pop_mpls: the fast path does not parse past MPLS, so each packet is translated again after the pop"
         return Translation(self.orig, self.flow, self.wc, acts, self.rules, self.steps, slow, self.normal_used,
                            self.learned, self.missed, self.error, self.recirc,
-                           [*self.rules, *self.groups] if self.groups else list[Credited](self.rules))
+                           [*self.rules, *self.groups] if self.groups else list[Credited](self.rules),
+                           tuple(self.lookups))
 
 
 # fields whose datapath set action writes every bit (the value comes from the working flow)

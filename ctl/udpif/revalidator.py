@@ -1,16 +1,19 @@
 """The revalidator: keeps the megaflows true to the OpenFlow tables, counted, and within bounds.
 
-As OVS's revalidator threads do, every ``max_revalidator`` (default 500 ms), or at once after a flow-table
-change, one pass dumps every ukey's fast-path counters and then sweeps:
+As OVS's revalidator threads do, every ``max_revalidator`` (default 500 ms) one pass dumps every ukey's
+fast-path counters and then sweeps:
  - the new packets and bytes of each megaflow are credited to the rules it went through;
  - a megaflow idle longer than ``max_idle`` (default 10 s; 100 ms while over the flow-limit) is deleted;
- - after a flow-table change, each megaflow is translated again from the packet that created it: if the
-   new translation needs no bit the megaflow's mask lacks, it stays (its actions updated in place if they
-   changed); otherwise it is deleted ("stale"). There is no global flush;
+ - each stale megaflow is translated again (see below);
  - OpenFlow rules whose idle_timeout or hard_timeout has passed are deleted (and their megaflows with
    them, on the same pass);
  - the flow-limit adapts as OVS's does: cut when a dump is slow, raised by 1000 when it is fast, never
    above the configured limit; above twice the limit every megaflow is purged.
+
+A flow-table or MAC-table change marks stale only the megaflows it can affect (``Udpif.note_changes``,
+``ctl/udpif/affected.py``) and wakes the revalidator, which translates those at once, without a dump: each
+from the packet that created it. If the new translation needs no bit the megaflow's mask lacks, it stays
+(its actions updated in place if they changed); otherwise it is deleted ("stale"). There is no global flush.
 
 Deleting a megaflow turns its generation even, so EMC entries and mask hints that still point at it stop
 matching at once (see ctl/datapath/dpif_xdp.py).
@@ -86,6 +89,9 @@ class Revalidator:
         self.pass_done = threading.Condition()
         self.passes = 0
         self._busy = False  # a pass is running (it may have read the tables before a change): under pass_done
+        self._full = False  # a whole pass was asked for (request, configure): under pass_done
+        self.settled = 0    # the Udpif's marks when its pending ukeys were last all translated: under pass_done
+        self.swept = 0      # stale megaflows translated again
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -102,6 +108,8 @@ class Revalidator:
             self.max_idle_ms = max_idle_ms
         if max_revalidator_ms is not None:
             self.max_revalidator_ms = max_revalidator_ms
+        with self.pass_done:
+            self._full = True
         self.wake.set()
 
     # --- the thread ------------------------------------------------------------------------------------
@@ -120,26 +128,48 @@ class Revalidator:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        next_pass = self.clock()
         while not self._stop.is_set():
-            self.wake.wait(self.max_revalidator_ms / 1000)
+            self.wake.wait(max(0.0, next_pass - self.clock()))
             self.wake.clear()
             if self._stop.is_set():
                 break
             try:
-                self.revalidate()
+                with self.pass_done:
+                    full, self._full = self._full or self.clock() >= next_pass, False
+                if full:
+                    next_pass = self.clock() + self.max_revalidator_ms / 1000
+                    self.revalidate()
+                self.sweep()
             except Exception:  # a failed pass (e.g. a map read) is retried next period; nothing was deleted on it
                 self.errors.record("revalidator")
+
+    def _alive_or_raise(self) -> None:
+        if not self.is_alive() or self._stop.is_set():
+            raise RevalidatorStopped("the revalidator is not running: the change is in the tables and "
+                                     "reaches the datapath when it runs again")
+
+    def settle(self) -> None:
+        """Wake the revalidator and wait until every megaflow marked stale before this call is translated
+        again (or deleted), however long that takes: only the marked ones, no dump. Raises
+        RevalidatorStopped if the thread is not running (or stops while waited for)."""
+        with self.udpif.lock:
+            target = self.udpif.marks
+        with self.pass_done:
+            self.wake.set()
+            while self.settled < target:
+                self._alive_or_raise()
+                self.pass_done.wait(0.5)
 
     def request(self) -> None:
         """Wake the revalidator and wait for a whole pass that started after this call, however long it
         takes. Raises RevalidatorStopped if the thread is not running (or stops while waited for)."""
         with self.pass_done:
             target = self.passes + 2 if self._busy else self.passes + 1
+            self._full = True
             self.wake.set()
             while self.passes < target:
-                if not self.is_alive() or self._stop.is_set():
-                    raise RevalidatorStopped("the revalidator is not running: the change is in the tables and "
-                                             "reaches the datapath when it runs again")
+                self._alive_or_raise()
                 self.pass_done.wait(0.5)
 
     # --- one pass ------------------------------------------------------------------------------------------
@@ -147,9 +177,9 @@ class Revalidator:
     def revalidate(self) -> None:
         """One pass: dump every ukey's counters, then sweep them in batches of MAX_BATCH (or MAX_HOLD_S of
         work), taking the Udpif's lock for one batch at a time (OVS's REVALIDATE_MAX_BATCH), so handlers and
-        flow-mods are served between batches however many megaflows there are. A batch revalidates against the tables
-        as they are when it runs; a ukey translated at a version older than the one the pass started at is
-        translated again, so a change made before the pass started is in every megaflow when it ends."""
+        flow-mods are served between batches however many megaflows there are. A stale ukey is translated again
+        against the tables as they are when its batch runs; the stale ones left (marked during the pass) are
+        swept at its end, so a change made before the pass started is in every megaflow when it ends."""
         u = self.udpif
         t0 = self.clock()
         with self.pass_done:
@@ -158,7 +188,7 @@ class Revalidator:
             self._expire_rules()
             with u.lock:
                 if u.mac.expire():
-                    u.xlate_changed()
+                    u.note_changes()
                 ukeys = list(u.ukeys)
             n = len(ukeys)
             over = n > u.flow_limit
@@ -171,7 +201,6 @@ class Revalidator:
             i = 0
             while i < len(samples):
                 with u.lock:
-                    version = u.tables.version
                     held = time.perf_counter()
                     end = min(i + MAX_BATCH, len(samples))
                     while i < end and time.perf_counter() - held < MAX_HOLD_S:
@@ -189,8 +218,8 @@ class Revalidator:
                             self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
                                          else "idle")
                             continue
-                        if k.version != version:
-                            self._revalidate_one(k, version)
+                        if k.stale:
+                            self._revalidate_one(k)
                 time.sleep(0)  # let go of the GIL too: a handler waiting for the lock gets it before the next batch
             dump_ms = (self.clock() - t0) * 1000
             self._adapt_limit(dump_ms, n)
@@ -199,20 +228,54 @@ class Revalidator:
             s.last_dump_ms = dump_ms
             s.avg_flows = (s.avg_flows * (s.dumps - 1) + n) / s.dumps
             s.max_flows = max(s.max_flows, n)
+            self.sweep()
         finally:
             with self.pass_done:
                 self._busy = False
                 self.passes += 1
                 self.pass_done.notify_all()
 
+    def sweep(self) -> None:
+        """Translate again every stale ukey, oldest first, in batches as a pass does; then record the Udpif's
+        marks as settled (settle() waits for that)."""
+        u = self.udpif
+        while True:
+            with u.lock:
+                if not u.pending:
+                    marks = u.marks
+                    break
+                held = time.perf_counter()
+                n = 0
+                while u.pending and n < MAX_BATCH and time.perf_counter() - held < MAX_HOLD_S:
+                    k = next(iter(u.pending))
+                    n += 1
+                    if k.dead:
+                        u.pending.pop(k, None)
+                        continue
+                    self._revalidate_one(k)
+            time.sleep(0)
+        with self.pass_done:
+            self.settled = max(self.settled, marks)
+            self.pass_done.notify_all()
+
     def _refresh_mac(self, k: Ukey) -> None:
         """A NORMAL megaflow forwarded packets: its source MAC is alive (OVS learns from revalidated flows)."""
         if self.udpif.mac.learn_flow(k.flow):
-            self.udpif.xlate_changed()
+            self.udpif.note_changes()
 
-    def _revalidate_one(self, k: Ukey, version: int) -> None:
+    def _revalidate_one(self, k: Ukey) -> None:
+        """Translate a stale ukey again: it stays (actions updated in place if they changed) or goes."""
         u = self.udpif
-        tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open, live=u.port_up)
+        u.pending.pop(k, None)
+        k.stale = False
+        self.swept += 1
+        try:
+            tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open,
+                           live=u.port_up)
+        except Exception:  # never leave it in the datapath untranslated: without it the next packet comes up
+            log.exception("translating a megaflow again failed: deleting it")
+            self._delete([k], "stale")
+            return
         new_mask = int.from_bytes(bytes(key_of(tr.wc)), "little")
         old_mask = int.from_bytes(bytes(k.mask), "little")
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
@@ -230,7 +293,7 @@ class Revalidator:
         k.rules = tr.credits
         k.missed = tr.missed
         k.normal = tr.normal
-        k.version = version
+        k.lookups = tr.lookups
 
     def _delete(self, keys: list[Ukey], reason: str) -> None:
         """Delete megaflows; the Udpif counts them by reason (UpcallStats.deleted)."""

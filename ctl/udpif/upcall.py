@@ -13,8 +13,9 @@ handler runs its actions. Either way the packet itself is executed in user space
 transmitted through the output port's AF_XDP socket.
 
 Every flow-table change goes through ``Udpif.change_tables()``: the change is made under the lock that
-translations hold, and the revalidator brings each megaflow up to date (``ctl/udpif/revalidator.py``);
-a caller that asks to wait gets control back once a whole pass has run after its change.
+translations hold, the megaflows it can affect are marked stale (``ctl/udpif/affected.py``), and the
+revalidator translates those again (``ctl/udpif/revalidator.py``); a caller that asks to wait gets control
+back once every marked megaflow is up to date.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from ctl.pipeline.ofmatch import (
     key_of,
     parse_prefixes,
 )
-from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow
-from ctl.pipeline.xlate import Credited, Translation, translate, translate_actions
+from ctl.pipeline.openflow_tables import Change, Everything, OpenFlowTables, Rule, parse_flow
+from ctl.pipeline.xlate import Credited, Lookup, Translation, translate, translate_actions
+from ctl.udpif.affected import affected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,6 +84,8 @@ class UpcallLimits:
 
 
 class RevalidatorLike(Protocol):
+    def settle(self) -> None: ...
+
     wake: threading.Event
 
     def request(self) -> None: ...
@@ -121,7 +125,8 @@ class Ukey:
     packets: int = 0            # fast-path totals already credited to the rules
     bytes: int = 0
     flow: dict[str, int] = field(default_factory=dict)  # the packet that made it: revalidation translates it again
-    version: int = 0            # the tables' version it was translated at
+    lookups: tuple[Lookup, ...] | None = None  # its translation's table lookups; None: unknown (adopted)
+    stale: bool = False         # a change may have affected it: in Udpif.pending until translated again
     created_ns: int = 0         # the Udpif's clock.now_ns() when it was made (the fast path's clock)
     dead: bool = False
     normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
@@ -246,10 +251,11 @@ class Udpif:
     """The upcall layer of one switch: ukeys, translation, installs, and table changes.
 
     Threads and what they own (OVS's ofproto-dpif-upcall.c says the same of its threads):
-     - ``lock`` (re-entrant) guards the OpenFlow tables (``tables``: rules, their counters, the version),
-       the MAC table (``mac``), the ukeys, ``fail_open``, the fast path's flow writes (``dp.put_flow``,
-       ``dp.del_flow``), and ``_locked_stats``. Anyone who reads the tables or ukeys (state save, dumps,
-       ``upcall show``, metrics) copies what it needs under the lock and works outside it.
+     - ``lock`` (re-entrant) guards the OpenFlow tables (``tables``: rules, their counters, the version,
+       the journal of changes), the MAC table (``mac``), the ukeys and the stale ones (``pending``, ``marks``),
+       ``fail_open``, the fast path's flow writes (``dp.put_flow``, ``dp.del_flow``), and ``_locked_stats``.
+       Anyone who reads the tables or ukeys (state save, dumps, ``upcall show``, metrics) copies what it
+       needs under the lock and works outside it.
      - handler threads (``ctl/udpif/handler.py``) each call ``handle()`` with their own ``UpcallStats``: they
        decide under the lock and execute and transmit outside it.
      - the revalidator thread (``ctl/udpif/revalidator.py``) takes the lock one batch of ukeys at a time.
@@ -269,6 +275,10 @@ class Udpif:
         self.mac = mac if mac is not None else MacLearning()
         self.fail_open = False          # fail-mode standalone with no controller: NORMAL for every packet
         self.ukeys = Ukeys()
+        tables.take_journal()   # changes made before there were megaflows affect none
+        self.mac.take_changes()
+        self.pending: dict[Ukey, None] = {}   # the stale ukeys, oldest first: the revalidator translates them again
+        self.marks = 0                  # times ukeys were marked stale (the revalidator's settle() waits on it)
         self.lock = threading.RLock()   # see the class docstring for what it guards
         self._locked_stats = UpcallStats()    # written only under lock (deletions)
         self._channel_stats = UpcallStats()   # written only by the thread that calls packet_out()
@@ -392,20 +402,36 @@ class Udpif:
             for r in tr.credits:
                 r.credit(1, len(frame), now)
             if tr.learned:
-                self.xlate_changed()
+                self.note_changes()
         out: dict[int, list[bytes]] = {}
         self._execute(frame, in_port, tr.actions, out, self._channel_stats, layout)
         self._send(out, self._channel_stats)
         return tr.actions
 
-    def xlate_changed(self) -> None:
-        """Something a translation reads besides the rules changed (the MAC table, fail-open): megaflows
-        made before must be translated again. The tables' version counts every such input; the caller
-        holds the lock."""
-        self.tables.version += 1
-        rv = self.revalidator
-        if rv is not None:
-            rv.wake.set()
+    def xlate_changed(self, why: str = "the ports or fail-open changed") -> None:
+        """Something every translation may read changed (the ports, fail-open): every megaflow must be
+        translated again. The caller holds the lock."""
+        self.note_changes(Everything(why))
+
+    def note_changes(self, *extra: Change) -> int:
+        """Mark stale the ukeys that the tables' journal, the MAC table's changes and extra can affect, and
+        wake the revalidator to translate them again. How many were marked. The caller holds the lock."""
+        changes = [*self.tables.take_journal(), *extra]
+        macs = self.mac.take_changes()
+        if not changes and not macs[0] and not macs[1]:
+            return 0
+        n = 0
+        for k in affected(self.ukeys, changes, macs):
+            if not k.stale:
+                k.stale = True
+                self.pending[k] = None
+                n += 1
+        if n:
+            self.marks += 1
+            rv = self.revalidator
+            if rv is not None:
+                rv.wake.set()
+        return n
 
     def set_fail_open(self, on: bool) -> None:
         with self.lock:
@@ -420,7 +446,7 @@ class Udpif:
         layout = parse_layout(up.frame, up.in_port)
         key = layout[0]
         u = self.ukeys.find(key)
-        if u is not None and u.slow_path and u.version != self.tables.version:
+        if u is not None and u.slow_path and u.stale:
             # a slow-path megaflow made before the last change: translate this packet afresh rather than
             # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
             self.delete_ukey(u, "stale")
@@ -443,7 +469,7 @@ class Udpif:
         if tr.error:
             self._unsupported(tr)
         if tr.learned:
-            self.xlate_changed()
+            self.note_changes()
         mask = key_of(tr.wc)
         if self.mask_limit and self.ukeys.n_masks >= self.mask_limit and not self.ukeys.has_mask(mask):
             # the tuple space explosion guard: past the limit, a megaflow that would need a new subtable gets the
@@ -451,7 +477,7 @@ class Udpif:
             # stream then costs upcalls, which the upcall limits bound, instead of a longer search for every packet
             mask = EXACT_MASK
             st.mask_limited += 1
-        u = Ukey(key.masked(mask), mask, tr.actions, tr.credits, tr.slow_path, flow=flow, version=self.tables.version,
+        u = Ukey(key.masked(mask), mask, tr.actions, tr.credits, tr.slow_path, flow=flow, lookups=tr.lookups,
                  created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed, recirc=tr.recirc)
         if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
@@ -470,7 +496,7 @@ class Udpif:
         for r in tr.credits:
             r.credit(1, len(up.frame), now)
         if tr.learned:
-            self.xlate_changed()
+            self.note_changes()
         return Decision(up, tr.actions, layout)
 
     def _install(self, pending: list[tuple[Ukey, FlowKey]], st: UpcallStats) -> None:
@@ -519,11 +545,14 @@ class Udpif:
             for m in megaflows:
                 slow = "adopted" if m.actions == [dpif.DpUpcall()] else ""
                 u = Ukey(m.key, m.mask, list(m.actions), [], slow, idx=m.flow_idx, packets=m.packets,
-                         bytes=m.bytes, flow=flow_of(m.key), version=-1, created_ns=now)
+                         bytes=m.bytes, flow=flow_of(m.key), stale=True, created_ns=now)
                 self.ukeys.add(u)
+                self.pending[u] = None
                 n += 1
-            if n and self.revalidator is not None:
-                self.revalidator.wake.set()
+            if n:
+                self.marks += 1
+                if self.revalidator is not None:
+                    self.revalidator.wake.set()
         return n
 
     # --- flow-table changes and rule counters ------------------------------------------------------------
@@ -558,12 +587,12 @@ class Udpif:
             u.packets, u.bytes = packets, nbytes
 
     def change_tables(self, change: Callable[[OpenFlowTables], T], wait: bool = False) -> T:
-        """Apply change to the tables under the lock. If they changed, the revalidator is woken to bring the
-        megaflows up to date (slow-path ones are also translated afresh on their next packet). With wait,
-        return only once a revalidator pass that started after the change has finished, however long that
-        takes: then no megaflow computed from the old tables is in the datapath. A Udpif with no revalidator
-        (the unit tier) deletes every megaflow instead. Raises RevalidatorStopped if the revalidator is not
-        running (the change stands in the tables; the datapath catches up when it runs again)."""
+        """Apply change to the tables under the lock and mark stale the megaflows it can affect
+        (``note_changes``); the revalidator translates those again (slow-path ones are also translated afresh
+        on their next packet). With wait, return only once every megaflow marked so far is up to date, however
+        long that takes: then no megaflow computed from the old tables is in the datapath. A Udpif with no
+        revalidator (the unit tier) deletes every megaflow instead. Raises RevalidatorStopped if the revalidator
+        is not running (the change stands in the tables; the datapath catches up when it runs again)."""
         with self.lock:
             version = self.tables.version
             try:
@@ -572,13 +601,13 @@ class Udpif:
                 self.sync_groups_and_meters()
             changed = self.tables.version != version
             if changed and self.revalidator is None:
+                self.tables.take_journal()
                 self.flush()
                 return result
+            self.note_changes()
         rv = self.revalidator
-        if changed and rv is not None:
-            rv.wake.set()
-            if wait:
-                rv.request()
+        if changed and rv is not None and wait:
+            rv.settle()
         return result
 
     def set_upcall_limits(self, limits: UpcallLimits, max_ports: int) -> None:
@@ -639,6 +668,7 @@ class Udpif:
         with self.lock:
             u.dead = True
             self.ukeys.remove(u)
+            self.pending.pop(u, None)
             if u.idx >= 0:
                 self.dp.del_flow(u.key, u.mask)
                 self._credit(u)
@@ -648,6 +678,7 @@ class Udpif:
         """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
         with self.lock:
             gone = self.ukeys.clear()
+            self.pending.clear()
             for u in gone:
                 u.dead = True
                 if u.idx >= 0:

@@ -231,7 +231,7 @@ def test_megaflow_soundness(rules: list[str], pkt: dict[str, int], data: st.Data
             assert translate(tables, other, ports={1, 2, 3}).actions == tr.actions, (rules, pkt, other)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(rules=rulesets(), pkt=packets())
 def test_lookup_agrees_with_brute_force(rules: list[str], pkt: dict[str, int]) -> None:
     """The staged, trie-pruned classifier finds the rule a plain scan by priority finds."""
