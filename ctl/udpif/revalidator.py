@@ -54,7 +54,7 @@ class RevalidatorStats:
     last_dump_ms: float = 0.0
     avg_flows: float = 0.0
     max_flows: int = 0
-    updated: int = 0                # megaflows whose actions changed in place
+    updated: int = 0                # megaflows whose actions changed in place (under the Udpif's lock)
     rules_expired: dict[str, int] = field(default_factory=lambda: {"idle_timeout": 0, "hard_timeout": 0})
 
 
@@ -91,7 +91,8 @@ class Revalidator:
         self._busy = False  # a pass is running (it may have read the tables before a change): under pass_done
         self._full = False  # a whole pass was asked for (request, configure): under pass_done
         self.settled = 0    # the Udpif's marks when its pending ukeys were last all translated: under pass_done
-        self.swept = 0      # stale megaflows translated again
+        self.swept = 0      # stale megaflows translated again: written under the Udpif's lock (sweep() runs on
+                            # the revalidator thread and on settle()'s callers)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -150,16 +151,15 @@ class Revalidator:
                                      "reaches the datapath when it runs again")
 
     def settle(self) -> None:
-        """Wake the revalidator and wait until every megaflow marked stale before this call is translated
-        again (or deleted), however long that takes: only the marked ones, no dump. Raises
-        RevalidatorStopped if the thread is not running (or stops while waited for)."""
+        """Return once every megaflow marked stale before this call is translated again (or deleted): only
+        the marked ones, no dump. The caller sweeps them itself (batch by batch under the Udpif's lock, as
+        the revalidator thread would), so it never waits behind a dump pass."""
         with self.udpif.lock:
             target = self.udpif.marks
         with self.pass_done:
-            self.wake.set()
-            while self.settled < target:
-                self._alive_or_raise()
-                self.pass_done.wait(0.5)
+            if self.settled >= target:
+                return
+        self.sweep()
 
     def request(self) -> None:
         """Wake the revalidator and wait for a whole pass that started after this call, however long it
@@ -221,6 +221,8 @@ class Revalidator:
                         if k.stale:
                             self._revalidate_one(k)
                 time.sleep(0)  # let go of the GIL too: a handler waiting for the lock gets it before the next batch
+                if u.pending:
+                    self.sweep()   # a flow-mod's megaflows do not wait for the end of a long pass
             dump_ms = (self.clock() - t0) * 1000
             self._adapt_limit(dump_ms, n)
             s = self.stats
@@ -247,12 +249,10 @@ class Revalidator:
                 held = time.perf_counter()
                 n = 0
                 while u.pending and n < MAX_BATCH and time.perf_counter() - held < MAX_HOLD_S:
-                    k = next(iter(u.pending))
+                    k, _ = u.pending.popitem(last=False)
                     n += 1
-                    if k.dead:
-                        u.pending.pop(k, None)
-                        continue
-                    self._revalidate_one(k)
+                    if not k.dead:
+                        self._revalidate_one(k)
             time.sleep(0)
         with self.pass_done:
             self.settled = max(self.settled, marks)
@@ -290,10 +290,8 @@ class Revalidator:
                 return
             k.actions = tr.actions
             self.stats.updated += 1
-        k.rules = tr.credits
+        u.ukeys.retranslated(k, tr.credits, tr.lookups, tr.normal)
         k.missed = tr.missed
-        k.normal = tr.normal
-        k.lookups = tr.lookups
 
     def _delete(self, keys: list[Ukey], reason: str) -> None:
         """Delete megaflows; the Udpif counts them by reason (UpcallStats.deleted)."""

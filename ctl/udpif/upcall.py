@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -34,7 +35,7 @@ from ctl.datapath.execute import FLOOD, execute
 from ctl.datapath.flowkey import FlowKey, mac_str, parse_layout
 from ctl.datapath.xsk import Upcall
 from ctl.pipeline.groups import OFPG_ALL, SELECT_MAX_BUCKETS, Group, parse_group
-from ctl.pipeline.mac_learning import MacLearning
+from ctl.pipeline.mac_learning import MacLearning, vlan_of
 from ctl.pipeline.meters import OFPM_ALL, OFPM_CONTROLLER, Meter, SoftMeter, parse_meter
 from ctl.pipeline.ofactions import N_TABLES, OfAction
 from ctl.pipeline.ofmatch import (
@@ -135,10 +136,58 @@ class Ukey:
 
 
 class Ukeys:
-    """The ukeys, looked up as the fast path looks up megaflows: one dict per mask (tuple space search)."""
+    """The ukeys, looked up as the fast path looks up megaflows: one dict per mask (tuple space search), and
+    indexed by the rules they went through (a rule's change finds its megaflows without a scan)."""
 
     def __init__(self) -> None:
         self.by_mask: dict[int, dict[int, Ukey]] = {}
+        self.by_rule: dict[Rule, set[Ukey]] = {}
+        self.unknown: set[Ukey] = set()   # lookups unknown (adopted, not translated yet): every change marks them
+        self.written: set[Ukey] = set()   # a lookup came after a write (it did not see the packet's own fields)
+        self.by_mac: dict[tuple[int, int], set[Ukey]] = {}   # NORMAL ones by (VLAN, MAC), source and destination
+
+    def _index(self, u: Ukey) -> None:
+        if u.lookups is None:
+            self.unknown.add(u)
+        elif not all(pristine for _t, _p, pristine in u.lookups):
+            self.written.add(u)
+        if u.normal:
+            for mac in _macs_of(u):
+                self.by_mac.setdefault(mac, set()).add(u)
+        for r in u.rules:
+            if isinstance(r, Rule):
+                self.by_rule.setdefault(r, set()).add(u)
+
+    def _unindex(self, u: Ukey) -> None:
+        self.unknown.discard(u)
+        self.written.discard(u)
+        if u.normal:
+            for mac in _macs_of(u):
+                users = self.by_mac.get(mac)
+                if users is not None:
+                    users.discard(u)
+                    if not users:
+                        del self.by_mac[mac]
+        for r in u.rules:
+            if isinstance(r, Rule):
+                users = self.by_rule.get(r)
+                if users is not None:
+                    users.discard(u)
+                    if not users:
+                        del self.by_rule[r]
+
+    def retranslated(self, u: Ukey, rules: list[Credited], lookups: tuple[Lookup, ...], normal: bool) -> None:
+        """u was translated again: what it goes through now."""
+        self._unindex(u)
+        u.rules, u.lookups, u.normal = rules, lookups, normal
+        self._index(u)
+
+    def users(self, rules: Iterable[Rule]) -> set[Ukey]:
+        """The ukeys that went through any of rules, and those whose lookups are unknown."""
+        out = set(self.unknown)
+        for r in rules:
+            out.update(self.by_rule.get(r, ()))
+        return out
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.by_mask.values())
@@ -165,19 +214,31 @@ class Ukeys:
     def add(self, u: Ukey) -> None:
         m = int.from_bytes(bytes(u.mask), "little")
         self.by_mask.setdefault(m, {})[int.from_bytes(bytes(u.key), "little")] = u
+        self._index(u)
 
     def remove(self, u: Ukey) -> None:
         m = int.from_bytes(bytes(u.mask), "little")
         d = self.by_mask.get(m)
         if d is not None:
-            d.pop(int.from_bytes(bytes(u.key), "little"), None)
+            if d.pop(int.from_bytes(bytes(u.key), "little"), None) is u:
+                self._unindex(u)
             if not d:
                 del self.by_mask[m]
 
     def clear(self) -> list[Ukey]:
         gone = [u for d in self.by_mask.values() for u in d.values()]
         self.by_mask.clear()
+        self.by_rule.clear()
+        self.unknown.clear()
+        self.written.clear()
+        self.by_mac.clear()
         return gone
+
+
+def _macs_of(u: Ukey) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (VLAN, MAC) entries of the MAC table a NORMAL megaflow's translation depends on."""
+    vlan = vlan_of(u.flow["vlan_tci"])
+    return (vlan, u.flow["dl_dst"]), (vlan, u.flow["dl_src"])
 
 
 @dataclass
@@ -277,7 +338,8 @@ class Udpif:
         self.ukeys = Ukeys()
         tables.take_journal()   # changes made before there were megaflows affect none
         self.mac.take_changes()
-        self.pending: dict[Ukey, None] = {}   # the stale ukeys, oldest first: the revalidator translates them again
+        # the stale ukeys, oldest first (taken with popitem(last=False): O(1), where a dict's first key is not)
+        self.pending: OrderedDict[Ukey, None] = OrderedDict()
         self.marks = 0                  # times ukeys were marked stale (the revalidator's settle() waits on it)
         self.lock = threading.RLock()   # see the class docstring for what it guards
         self._locked_stats = UpcallStats()    # written only under lock (deletions)
@@ -589,10 +651,9 @@ class Udpif:
     def change_tables(self, change: Callable[[OpenFlowTables], T], wait: bool = False) -> T:
         """Apply change to the tables under the lock and mark stale the megaflows it can affect
         (``note_changes``); the revalidator translates those again (slow-path ones are also translated afresh
-        on their next packet). With wait, return only once every megaflow marked so far is up to date, however
-        long that takes: then no megaflow computed from the old tables is in the datapath. A Udpif with no
-        revalidator (the unit tier) deletes every megaflow instead. Raises RevalidatorStopped if the revalidator
-        is not running (the change stands in the tables; the datapath catches up when it runs again)."""
+        on their next packet). With wait, the caller translates them itself (``Revalidator.settle``) and
+        returns once every megaflow marked so far is up to date: then no megaflow computed from the old tables
+        is in the datapath. A Udpif with no revalidator (the unit tier) deletes every megaflow instead."""
         with self.lock:
             version = self.tables.version
             try:
