@@ -19,6 +19,8 @@ was *pristine*, i.e. saw the packet's own fields because nothing had been writte
   a changed (VLAN, MAC), and every NORMAL megaflow that wrote a field before a lookup.
 
 A megaflow with unknown lookups (adopted from an earlier daemon and not translated yet) is always marked.
+Each added rule costs a scan of the ukeys (a few ms per 100k): past ``MAX_ADDED`` added rules in one change
+(an add-flows of thousands), translating every megaflow again is cheaper, and that is what is done.
 The answer is sound, not exact: a marked megaflow is translated again and kept when nothing changed for it.
 """
 
@@ -33,6 +35,8 @@ from ctl.pipeline.openflow_tables import Added, Change, Everything, GroupsChange
 
 if TYPE_CHECKING:
     from ctl.udpif.upcall import Ukey, Ukeys
+
+MAX_ADDED = 256   # a scan is ~0.3 us per ukey, a translation ~80 us: past ~250 scans, translate them all
 
 
 def _key_int(flow: dict[str, int]) -> int:
@@ -98,7 +102,7 @@ def affected(ukeys: Ukeys, changes: Sequence[Change], macs: tuple[bool, set[tupl
              ) -> list[Ukey]:
     """The ukeys the changes (and the MAC table's changes) can affect, each once."""
     every_mac, mac_keys = macs
-    if any(isinstance(c, Everything) for c in changes):
+    if any(isinstance(c, Everything) for c in changes) or sum(isinstance(c, Added) for c in changes) > MAX_ADDED:
         return list(ukeys)
     out: dict[Ukey, None] = {}
     for c in changes:

@@ -12,7 +12,7 @@ from ctl.pipeline.mac_learning import MacLearning
 from ctl.pipeline.ofmatch import FIELD_BITS, PACKET_FIELDS, flow_from_text, key_of
 from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
 from ctl.pipeline.xlate import translate
-from ctl.udpif.affected import affected
+from ctl.udpif.affected import MAX_ADDED, affected
 from ctl.udpif.revalidator import Revalidator
 from ctl.udpif.upcall import Ukey, Ukeys
 from tests.unit.test_megaflow import _valid, actions, matches, packets, rulesets
@@ -199,3 +199,12 @@ def test_a_flow_mod_translates_only_what_it_affects() -> None:
     assert rv.swept == swept + 1 and not u.pending
     assert sorted(str(a) for _i, a in dp.flows.values()) == ["[DpOutput(port=2)]"] * 2 + ["[DpOutput(port=3)]"]
     assert dpif.DpOutput(3) in next(k for k in u.ukeys if k.flow["tp_dst"] == 54).actions
+
+
+def test_thousands_of_added_rules_mark_everything_instead_of_scanning_for_each() -> None:
+    t = _acl(5)
+    ukeys = _ukeys(t, [_udp(1000 + i) for i in range(5)])
+    t.add_many(parse_flow(f"priority=200,udp,tp_dst={20000 + i},actions=output:3") for i in range(MAX_ADDED + 1))
+    assert len(affected(ukeys, t.take_journal())) == 5
+    t.add_many(parse_flow(f"priority=200,udp,tp_dst={30000 + i},actions=output:3") for i in range(MAX_ADDED))
+    assert affected(ukeys, t.take_journal()) == []

@@ -1,0 +1,418 @@
+"""Side by side: one forwarding test through a bare XDP redirect, this switch, tc with a cls_bpf redirect,
+the Linux bridge and Open vSwitch's userspace datapath (AF_XDP ports), at 1, 1000 and 100000 flows,
+interleaved.
+
+    sudo .venv/bin/python -m bench.sidebyside [--json] [--quick] [--rounds N] [--png FILE]
+
+Topology (root namespace, names unique to the run, all removed at the end): veths gen<->in and out<->sink.
+A generator (BPF_PROG_RUN's XDP live-frames mode, XDP_TX on gen) sends 64-byte UDP frames whose ports cycle
+over N flows into in; the switch under test forwards in -> out; an XDP program on sink counts and drops.
+The switch's work runs on CPU 1 (in's NAPI as a thread pinned there; Open vSwitch's PMD thread there); the
+generator, the sink's NAPI thread and every control process run on CPU 0. Per run: Mpps counted at the
+sink, and switch CPU ns/packet (CPU 1's busy time from /proc/stat over the packets delivered). Each round
+measures every target once per flow count, in the same order, so drift spreads evenly; the table gives the
+best round of each and the ratio to the bare redirect of the same flow count.
+
+Each target as a user would run it:
+  - bare: an XDP program on in that redirects every frame to out through a devmap (the floor);
+  - xdpswitch: ``xdpswitch start`` with in and out as ports 1 and 2 and ``in_port=1,actions=output:2``;
+  - tc: a cls_bpf program on in's ingress (clsact, direct-action) that bpf_redirect()s to out;
+  - bridge: a Linux bridge of in and out, the destination MAC static on out;
+  - ovs: ovs-vswitchd with a netdev bridge, in and out as ``type=afxdp`` ports, pmd-cpu-mask on CPU 1,
+    ``in_port=in,actions=output:out``.
+The report is a table and, with --png, a plot of Mpps and ns/packet (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bcc import BPF  # type: ignore[import-untyped]
+from pyroute2 import IPRoute
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from ctl.datapath.progrun import run_xdp
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("bare", "xdpswitch", "tc", "bridge", "ovs")
+FLOWS = (1, 1000, 100000)
+SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+XDP_FLAGS_DRV_MODE = 1 << 2
+SWITCH_CPU, OTHER_CPU = 1, 0
+
+PROGRAMS = r"""
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+
+BPF_ARRAY(gen_flows_n, u32, 1);
+BPF_PERCPU_ARRAY(gen_next, u32, 1);
+BPF_PERCPU_ARRAY(sink_count, u64, 1);
+BPF_DEVMAP(bare_out, 1);
+BPF_ARRAY(tc_out, u32, 1);
+
+/* the generator: each frame's UDP ports name the next of N flows (source port 1024 + n % 32768,
+   destination 2000 + n / 32768; no checksum to fix: it is zero) */
+int gen_flows(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct udphdr *udp = data + sizeof(struct ethhdr) + sizeof(struct iphdr);
+    u32 k = 0;
+    u32 *n = gen_flows_n.lookup(&k), *c = gen_next.lookup(&k);
+    if ((void *)(udp + 1) > end || !n || !c)
+        return XDP_TX;
+    u32 v = *c + 1;
+    if (v >= *n)
+        v = 0;
+    *c = v;
+    udp->source = htons(1024 + (v & 0x7fff));
+    udp->dest = htons(2000 + (v >> 15));
+    return XDP_TX;
+}
+
+int sink(struct xdp_md *ctx)
+{
+    u32 k = 0;
+    u64 *c = sink_count.lookup(&k);
+    if (c)
+        *c += 1;
+    return XDP_DROP;
+}
+
+int bare(struct xdp_md *ctx)
+{
+    return bare_out.redirect_map(0, XDP_DROP);
+}
+
+int tc_redirect(struct __sk_buff *skb)
+{
+    u32 k = 0;
+    u32 *out = tc_out.lookup(&k);
+    return out ? bpf_redirect(*out, 0) : TC_ACT_SHOT;
+}
+"""
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
+
+
+def frame() -> bytes:
+    return bytes(Ether(src=SRC_MAC, dst=DST_MAC) / IP(src="10.0.0.1", dst="10.0.0.2", ttl=64)
+                 / UDP(sport=1024, dport=2000, chksum=0) / (b"x" * 18))
+
+
+def cpu_busy_ns(cpu: int) -> int:
+    """CPU cpu's non-idle time so far (user, nice, system, irq, softirq, steal), in ns."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+            return busy * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+def napi_threads(dev: str) -> list[int]:
+    """The pids of dev's threaded NAPI kthreads ("napi/DEV-ID")."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (p / "comm").read_text().strip().startswith(f"napi/{dev}-"):
+                    out.append(int(p.name))
+    return out
+
+
+def pin_napi(dev: str, cpu: int) -> None:
+    """Run dev's NAPI as threads (created now, or when XDP comes and goes) and pin them to cpu."""
+    Path(f"/sys/class/net/{dev}/threaded").write_text("1")
+    pids = napi_threads(dev)
+    if not pids:
+        raise RuntimeError(f"{dev} has no NAPI thread (GRO or XDP must be on)")
+    for pid in pids:
+        os.sched_setaffinity(pid, {cpu})
+
+
+class Bench:
+    def __init__(self, tag: str, stack: contextlib.ExitStack, n_frames: int) -> None:
+        self.tag = tag
+        self.stack = stack
+        self.n_frames = n_frames
+        self.gen, self.inp, self.out, self.sink = f"{tag}g", f"{tag}i", f"{tag}o", f"{tag}s"
+        for a, b in ((self.gen, self.inp), (self.out, self.sink)):
+            sh(f"ip link add {a} type veth peer name {b}")
+            stack.callback(sh, f"ip link del {a}", False)
+        for d in (self.gen, self.inp, self.out, self.sink):
+            sh(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1")
+            sh(f"ip link set {d} up")
+            sh(f"ethtool -K {d} tx off tso off gso off", False)
+        # NAPI on in and sink (GRO on makes a veth take frames from its peer's XDP without a program of its
+        # own), as threads: in's on the switch's CPU, sink's on the other
+        for d in (self.inp, self.sink):
+            sh(f"ethtool -K {d} gro on")
+        self.ifindex = {d: socket.if_nametoindex(d) for d in (self.gen, self.inp, self.out, self.sink)}
+        self.bpf = BPF(text=PROGRAMS)
+        self.gen_fd = self.bpf.load_func("gen_flows", BPF.XDP).fd
+        BPF.attach_xdp(self.sink.encode(), self.bpf.load_func("sink", BPF.XDP), XDP_FLAGS_DRV_MODE)
+        self.bpf["bare_out"][0] = self.bpf["bare_out"].Leaf(self.ifindex[self.out])
+        self.bpf["tc_out"][0] = self.bpf["tc_out"].Leaf(self.ifindex[self.out])
+        pin_napi(self.sink, OTHER_CPU)
+        pin_napi(self.inp, SWITCH_CPU)
+
+    def delivered(self) -> int:
+        return sum(self.bpf["sink_count"][0])
+
+    def run(self, flows: int, n: int | None = None) -> dict[str, float]:
+        """Send n frames over flows flows; Mpps at the sink and CPU 1's ns per delivered packet."""
+        n = n or self.n_frames
+        self.bpf["gen_flows_n"][0] = self.bpf["gen_flows_n"].Leaf(flows)
+        pin_napi(self.inp, SWITCH_CPU)   # XDP coming or going may have made new NAPI threads
+        pin_napi(self.sink, OTHER_CPU)
+        d0, c0, t0 = self.delivered(), cpu_busy_ns(SWITCH_CPU), time.perf_counter()
+        run_xdp(self.gen_fd, frame(), self.ifindex[self.gen], repeat=n, live=True, batch_size=64)
+        time.sleep(0.05)   # what is in flight arrives
+        dt = time.perf_counter() - t0 - 0.05
+        got, busy = self.delivered() - d0, cpu_busy_ns(SWITCH_CPU) - c0
+        return {"mpps": got / dt / 1e6, "ns_per_packet": busy / max(got, 1), "delivered": got, "sent": n}
+
+
+# --- the targets: each a context manager that sets the switch up on in and out, and takes it down ---------
+
+
+@contextlib.contextmanager
+def bare(b: Bench) -> Iterator[None]:
+    BPF.attach_xdp(b.inp.encode(), b.bpf.load_func("bare", BPF.XDP), XDP_FLAGS_DRV_MODE)
+    try:
+        yield
+    finally:
+        BPF.remove_xdp(b.inp.encode(), XDP_FLAGS_DRV_MODE)
+
+
+@contextlib.contextmanager
+def xdpswitch(b: Bench) -> Iterator[None]:
+    name = f"{b.tag}x"
+    state = Path(tempfile.mkdtemp(prefix="xsbench"))
+    flows = state / "start.flows"
+    flows.write_text("priority=10,in_port=1,actions=output:2\n")
+    log = (state / "daemon.log").open("w")
+    cli = [sys.executable, "-m", "ctl.cli"]
+    proc = subprocess.Popen(["taskset", "-c", str(OTHER_CPU), *cli, "start", "--name", name, "--state-dir", str(state),
+                             "--flows", str(flows), "--metrics-address", "none", "--port", f"{b.inp}=1",
+                             "--port", f"{b.out}=2"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.time() + 90
+        while not Path(f"/run/xdpswitch/{name}.ctl").exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"xdpswitch did not start: {(state / 'daemon.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([*cli, "dpctl", "del-dp", "--name", name], cwd=ROOT, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tc(b: Bench) -> Iterator[None]:
+    fn = b.bpf.load_func("tc_redirect", BPF.SCHED_CLS)
+    idx = b.ifindex[b.inp]
+    with IPRoute() as ipr:
+        ipr.tc("add", "clsact", idx)
+        try:
+            ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent="ffff:fff2", classid=1,
+                   direct_action=True)
+            yield
+        finally:
+            ipr.tc("del", "clsact", idx)
+
+
+@contextlib.contextmanager
+def bridge(b: Bench) -> Iterator[None]:
+    br = f"{b.tag}br"
+    sh(f"ip link add {br} type bridge")
+    try:
+        sh(f"sysctl -qw net.ipv6.conf.{br}.disable_ipv6=1")
+        for d in (b.inp, b.out):
+            sh(f"ip link set {d} master {br}")
+        sh(f"ip link set {br} up")
+        sh(f"bridge fdb add {DST_MAC} dev {b.out} master static")
+        nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        if nf.exists() and nf.read_text().strip() != "0":
+            raise RuntimeError("bridge netfilter is on (br_netfilter): the bridge would pay for iptables")
+        yield
+    finally:
+        sh(f"ip link del {br}", False)
+
+
+@contextlib.contextmanager
+def ovs(b: Bench) -> Iterator[None]:
+    d = Path(tempfile.mkdtemp(prefix="xsbovs"))
+    env = {**os.environ, "OVS_RUNDIR": str(d), "OVS_DBDIR": str(d), "OVS_LOGDIR": str(d), "OVS_SYSCONFDIR": str(d)}
+    pin = ["taskset", "-c", str(OTHER_CPU)]
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*cmd], check=True, capture_output=True, env=env)
+
+    def vsctl(*args: str) -> None:
+        run("ovs-vsctl", f"--db=unix:{d}/db.sock", "--timeout=30", *args)
+
+    try:
+        run("ovsdb-tool", "create", f"{d}/conf.db", "/usr/share/openvswitch/vswitch.ovsschema")
+        run(*pin, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock", f"--pidfile={d}/ovsdb-server.pid",
+            f"--unixctl={d}/ovsdb-server.ctl", f"--log-file={d}/ovsdb-server.log", "--detach")
+        vsctl("--no-wait", "init")
+        vsctl("--no-wait", "set", "Open_vSwitch", ".", f"other_config:pmd-cpu-mask={1 << SWITCH_CPU:#x}")
+        run(*pin, "ovs-vswitchd", f"unix:{d}/db.sock", f"--pidfile={d}/ovs-vswitchd.pid",
+            f"--unixctl={d}/ovs-vswitchd.ctl", f"--log-file={d}/ovs-vswitchd.log", "--detach")
+        br = f"{b.tag}ob"
+        vsctl("add-br", br, "--", "set", "bridge", br, "datapath_type=netdev")
+        vsctl("add-port", br, b.inp, "--", "set", "interface", b.inp, "type=afxdp", "ofport_request=1")
+        vsctl("add-port", br, b.out, "--", "set", "interface", b.out, "type=afxdp", "ofport_request=2")
+        run("ovs-ofctl", "-O", "OpenFlow13", "del-flows", f"unix:{d}/{br}.mgmt")
+        run("ovs-ofctl", "-O", "OpenFlow13", "add-flow", f"unix:{d}/{br}.mgmt", "in_port=1,actions=output:2")
+        yield
+    finally:
+        for p in ("ovs-vswitchd", "ovsdb-server"):
+            pidfile = d / f"{p}.pid"
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        time.sleep(1)
+        for dev in (b.inp, b.out):   # what OVS may leave attached
+            with contextlib.suppress(Exception):
+                BPF.remove_xdp(dev.encode(), 0)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+SETUPS: dict[str, Callable[[Bench], contextlib.AbstractContextManager[None]]] = {
+    "bare": bare, "xdpswitch": xdpswitch, "tc": tc, "bridge": bridge, "ovs": ovs}
+
+
+def measure(b: Bench, target: str, flows: tuple[int, ...]) -> dict[int, dict[str, float]]:
+    with SETUPS[target](b):
+        out = {}
+        for n in flows:
+            b.run(n, n=max(20000, 2 * n))   # warm up: first packets go to the slow path, megaflows go in
+            time.sleep(0.3)
+            out[n] = b.run(n)
+        return out
+
+
+def report(results: dict[str, dict[int, list[dict[str, float]]]], flows: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per target and flow count the best round (most Mpps) and its ratios to the bare redirect's best."""
+    rows = []
+    for target, by_flows in results.items():
+        for n in flows:
+            runs = by_flows.get(n, [])
+            if not runs:
+                continue
+            best = max(runs, key=lambda r: r["mpps"])
+            base = max(results["bare"][n], key=lambda r: r["mpps"]) if results.get("bare", {}).get(n) else None
+            rows.append({"target": target, "flows": n, "mpps": round(best["mpps"], 3),
+                         "ns_per_packet": round(best["ns_per_packet"], 1),
+                         "mpps_vs_bare": round(best["mpps"] / base["mpps"], 2) if base else None,
+                         "bare_ns_vs_ns": round(base["ns_per_packet"] / best["ns_per_packet"], 2) if base else None,
+                         "rounds": len(runs), "delivered_of_sent": f"{best['delivered']:.0f}/{best['sent']:.0f}"})
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], flows: tuple[int, ...], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in TARGETS if any(r["target"] == t for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(targets), 1)
+    for i, t in enumerate(targets):
+        xs = [j + i * width for j in range(len(flows))]
+        by = {r["flows"]: r for r in rows if r["target"] == t}
+        for ax, key in zip(axes, ("mpps", "ns_per_packet"), strict=True):
+            vals = [by[n][key] if n in by else 0 for n in flows]
+            bars = ax.bar(xs, vals, width, label=t)
+            if key == "ns_per_packet":
+                ax.bar_label(bars, labels=[f"{by[n]['bare_ns_vs_ns']}x" if n in by and by[n]["bare_ns_vs_ns"]
+                                           else "" for n in flows], fontsize=7, rotation=90, padding=2)
+    for ax, title in zip(axes, ("Mpps delivered (64-byte UDP)", "switch CPU ns/packet (label: bare ns / ns)"),
+                         strict=True):
+        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(flows))], [f"{n} flows" for n in flows])
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle("bench.sidebyside: one core forwards veth to veth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--quick", action="store_true", help="one round of fewer frames")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")
+    ap.add_argument("--png", type=Path, help="write the plot here (matplotlib)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help=f"a subset of {','.join(TARGETS)}")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench.sidebyside needs root", file=sys.stderr)
+        return 2
+    targets = [t for t in args.targets.split(",") if t]
+    bad = [t for t in targets if t not in SETUPS]
+    if bad:
+        print(f"unknown targets: {', '.join(bad)} (known: {', '.join(TARGETS)})", file=sys.stderr)
+        return 2
+    if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
+        print("bench.sidebyside needs two CPUs (one for the switch)", file=sys.stderr)
+        return 2
+    rounds, n_frames = (1, 1_000_000) if args.quick else (args.rounds, 3_000_000)
+    os.sched_setaffinity(0, {OTHER_CPU})
+    results: dict[str, dict[int, list[dict[str, float]]]] = {t: {} for t in targets}
+    failed: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        b = Bench(f"xsb{os.getpid() % 10000}", stack, n_frames)
+        for _ in range(rounds):
+            for t in targets:
+                if t in failed:
+                    continue
+                try:
+                    for n, r in measure(b, t, FLOWS).items():
+                        results[t].setdefault(n, []).append(r)
+                except Exception as e:  # one target that cannot run here is reported, the others go on
+                    failed[t] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    rows = report(results, FLOWS)
+    if args.png:
+        plot(rows, FLOWS, args.png)
+    if args.json:
+        print(json.dumps({"rows": rows, "failed": failed, "rounds": rounds, "frames_per_run": n_frames}, indent=1))
+        return 0
+    print(f"{'target':10} {'flows':>7} {'Mpps':>7} {'ns/pkt':>8} {'Mpps/bare':>9} {'bare ns/ns':>10}  delivered")
+    for r in rows:
+        print(f"{r['target']:10} {r['flows']:>7} {r['mpps']:7.3f} {r['ns_per_packet']:8.1f} "
+              f"{r['mpps_vs_bare'] if r['mpps_vs_bare'] is not None else '-':>9} "
+              f"{r['bare_ns_vs_ns'] if r['bare_ns_vs_ns'] is not None else '-':>10}  {r['delivered_of_sent']}")
+    for t, why in failed.items():
+        print(f"{t}: not measured: {why}")
+    if args.png:
+        print(f"plot: {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
