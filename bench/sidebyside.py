@@ -4,7 +4,8 @@ interleaved.
 
     sudo .venv/bin/python -m bench.sidebyside [--json] [--quick] [--rounds N] [--png FILE]
 
-Topology (root namespace, names unique to the run, all removed at the end): veths gen<->in and out<->sink.
+Topology (a network namespace of its own, removed at the end, so the bridge's netfilter hooks can be off
+without touching the machine's): veths gen<->in and out<->sink.
 A generator (BPF_PROG_RUN's XDP live-frames mode, XDP_TX on gen) sends 64-byte UDP frames whose ports cycle
 over N flows into in; the switch under test forwards in -> out; an XDP program on sink counts and drops.
 The switch's work runs on CPU 1 (in's NAPI as a thread pinned there; Open vSwitch's PMD thread there); the
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bcc import BPF  # type: ignore[import-untyped]
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
@@ -59,6 +60,7 @@ PROGRAMS = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/udp.h>
+#include <uapi/linux/pkt_cls.h>
 
 BPF_ARRAY(gen_flows_n, u32, 1);
 BPF_PERCPU_ARRAY(gen_next, u32, 1);
@@ -138,14 +140,17 @@ def napi_threads(dev: str) -> list[int]:
     return out
 
 
-def pin_napi(dev: str, cpu: int) -> None:
-    """Run dev's NAPI as threads (created now, or when XDP comes and goes) and pin them to cpu."""
+def pin_napi(dev: str, cpu: int, realtime: bool = False) -> None:
+    """Run dev's NAPI as threads (created now, or when XDP comes and goes) and pin them to cpu; realtime:
+    SCHED_FIFO, so that it preempts the generator sharing its CPU (the sink must never be what drops)."""
     Path(f"/sys/class/net/{dev}/threaded").write_text("1")
     pids = napi_threads(dev)
     if not pids:
         raise RuntimeError(f"{dev} has no NAPI thread (GRO or XDP must be on)")
     for pid in pids:
         os.sched_setaffinity(pid, {cpu})
+        if realtime:
+            os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(50))
 
 
 class Bench:
@@ -171,7 +176,7 @@ class Bench:
         BPF.attach_xdp(self.sink.encode(), self.bpf.load_func("sink", BPF.XDP), XDP_FLAGS_DRV_MODE)
         self.bpf["bare_out"][0] = self.bpf["bare_out"].Leaf(self.ifindex[self.out])
         self.bpf["tc_out"][0] = self.bpf["tc_out"].Leaf(self.ifindex[self.out])
-        pin_napi(self.sink, OTHER_CPU)
+        pin_napi(self.sink, OTHER_CPU, realtime=True)
         pin_napi(self.inp, SWITCH_CPU)
 
     def delivered(self) -> int:
@@ -182,7 +187,7 @@ class Bench:
         n = n or self.n_frames
         self.bpf["gen_flows_n"][0] = self.bpf["gen_flows_n"].Leaf(flows)
         pin_napi(self.inp, SWITCH_CPU)   # XDP coming or going may have made new NAPI threads
-        pin_napi(self.sink, OTHER_CPU)
+        pin_napi(self.sink, OTHER_CPU, realtime=True)
         d0, c0, t0 = self.delivered(), cpu_busy_ns(SWITCH_CPU), time.perf_counter()
         run_xdp(self.gen_fd, frame(), self.ifindex[self.gen], repeat=n, live=True, batch_size=64)
         time.sleep(0.05)   # what is in flight arrives
@@ -236,6 +241,8 @@ def tc(b: Bench) -> Iterator[None]:
     fn = b.bpf.load_func("tc_redirect", BPF.SCHED_CLS)
     idx = b.ifindex[b.inp]
     with IPRoute() as ipr:
+        with contextlib.suppress(NetlinkError):   # a switch that ran before leaves its clsact qdisc (empty)
+            ipr.tc("del", "clsact", idx)
         ipr.tc("add", "clsact", idx)
         try:
             ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent="ffff:fff2", classid=1,
@@ -255,9 +262,8 @@ def bridge(b: Bench) -> Iterator[None]:
             sh(f"ip link set {d} master {br}")
         sh(f"ip link set {br} up")
         sh(f"bridge fdb add {DST_MAC} dev {b.out} master static")
-        nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-        if nf.exists() and nf.read_text().strip() != "0":
-            raise RuntimeError("bridge netfilter is on (br_netfilter): the bridge would pay for iptables")
+        for nf in Path("/proc/sys/net/bridge").glob("bridge-nf-call-*"):
+            nf.write_text("0")   # br_netfilter's hooks off, in this namespace only
         yield
     finally:
         sh(f"ip link del {br}", False)
@@ -353,11 +359,13 @@ def plot(rows: list[dict[str, Any]], flows: tuple[int, ...], path: Path) -> None
                                            else "" for n in flows], fontsize=7, rotation=90, padding=2)
     for ax, title in zip(axes, ("Mpps delivered (64-byte UDP)", "switch CPU ns/packet (label: bare ns / ns)"),
                          strict=True):
-        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(flows))], [f"{n} flows" for n in flows])
+        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(flows))],
+                      [f"{n} flow{'s' if n > 1 else ''}" for n in flows])
         ax.set_title(title)
     axes[1].set_yscale("log")
     axes[0].legend()
-    fig.suptitle("bench.sidebyside: one core forwards veth to veth")
+    offered = max(r["mpps"] for r in rows if r["target"] == "bare") if any(r["target"] == "bare" for r in rows) else 0
+    fig.suptitle(f"bench.sidebyside: one core forwards veth to veth (the generator offers about {offered:.1f} Mpps)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -369,10 +377,22 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")
     ap.add_argument("--png", type=Path, help="write the plot here (matplotlib)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"a subset of {','.join(TARGETS)}")
+    ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench.sidebyside needs root", file=sys.stderr)
         return 2
+    if not args.in_netns:
+        # run again inside a namespace of our own (ip netns exec also gives it its own /sys, where bpffs is
+        # mounted again for the switch's pins); the namespace and everything in it go at the end
+        ns = f"xsbn{os.getpid() % 10000}"
+        sh(f"ip netns add {ns}")
+        try:
+            return subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                                   "mount -t bpf bpf /sys/fs/bpf && exec \"$0\" \"$@\"", sys.executable, "-m",
+                                   "bench.sidebyside", *sys.argv[1:], "--in-netns"], cwd=ROOT).returncode
+        finally:
+            sh(f"ip netns del {ns}", False)
     targets = [t for t in args.targets.split(",") if t]
     bad = [t for t in targets if t not in SETUPS]
     if bad:
