@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.upcall import frame
+from ctl.common.loops import tune_collector
 from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from ctl.datapath.flowkey import parse
@@ -179,6 +180,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench.revalidator needs root", file=sys.stderr)
         return 2
+    tune_collector()   # as the daemon does
     sizes = [10_000] if args.quick else [10_000, 100_000, 200_000]
     tables = OpenFlowTables()
     # one rule per destination port, and (for flows beyond 60000) the source port in the match too

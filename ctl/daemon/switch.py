@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ctl.common import unixctl
-from ctl.common.loops import LoopErrors
+from ctl.common.loops import LoopErrors, tune_collector
 from ctl.common.unixctl import CommandError, Unixctl
 from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import RUN_DIR, Datapath, DatapathConfig, DatapathError
@@ -187,6 +187,7 @@ class Switch:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        tune_collector()
         fresh = not self.state_file.exists()
         if not fresh:
             self.tables = OpenFlowTables.load(self.state_file, self.clock.monotonic)

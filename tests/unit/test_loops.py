@@ -83,3 +83,17 @@ def test_unixctl_socket_survives_garbage_and_serves_the_next_client(tmp_path: Pa
     assert not (tmp_path / "sw.ctl").exists()
     with pytest.raises(CommandError, match="nothing is listening"):
         request(tmp_path / "sw.ctl", "echo")
+
+
+def test_the_daemon_collector_thresholds_leave_old_objects_to_reference_counting() -> None:
+    import gc
+
+    from ctl.common.loops import COLLECTOR_THRESHOLDS, tune_collector
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == COLLECTOR_THRESHOLDS
+        young, _, old = COLLECTOR_THRESHOLDS
+        assert young >= 100_000 and old >= 100   # a pass's stats tuples do not start a full collection
+    finally:
+        gc.set_threshold(*before)
