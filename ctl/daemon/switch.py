@@ -43,7 +43,7 @@ from ctl.datapath.xsk import XskSocket
 from ctl.openflow import codec as oc
 from ctl.openflow.connmgr import ChannelConfig, ConnManager
 from ctl.openflow.connmgr import register_commands as register_channel_commands
-from ctl.openflow.ofproto import RR_HARD_TIMEOUT, RR_IDLE_TIMEOUT
+from ctl.openflow.ofproto import REMOVED_REASONS
 from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Group
 from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
@@ -237,7 +237,7 @@ class Switch:
         self.udpif.mask_limit = self.mask_limit
         self.revalidator = Revalidator(self.udpif, self.flow_limit, ports=lambda: set(dp.ports), errors=self.errors)
         self.revalidator.configure(max_idle_ms=self.max_idle_ms, max_revalidator_ms=self.max_revalidator_ms)
-        self.udpif.on_expired = self._expired
+        self.udpif.on_removed = self._removed
         if dp.adopted:
             n = self.udpif.adopt(dp.dump_flows())
             self.say(f"adopted {n} megaflows: the revalidator checks each against the tables now")
@@ -550,11 +550,12 @@ class Switch:
             write_state(self.state_file, {**snap.to_json(), "ports": {"added": dict(self._ports_added),
                                                                        "deleted": sorted(self._ports_deleted)}})
 
-    def _expired(self, rules: list[tuple[Rule, str]]) -> None:
+    def _removed(self, rules: list[tuple[Rule, str]]) -> None:
+        """Rules that expired, or that the control socket deleted: FLOW_REMOVED to the controllers that asked."""
         self._dirty = True  # saved by the next tick
         if self.connmgr is not None:
             for r, why in rules:
-                self.connmgr.ofproto.flow_removed(r, RR_IDLE_TIMEOUT if why == "idle_timeout" else RR_HARD_TIMEOUT)
+                self.connmgr.ofproto.flow_removed(r, REMOVED_REASONS[why])
 
     # --- what the OpenFlow channel needs (ctl.openflow.ofproto.SwitchOps) ---------------------------------------
 

@@ -30,6 +30,9 @@ from ctl.pipeline.openflow_tables import (
 
 # flow-removed reasons
 RR_IDLE_TIMEOUT, RR_HARD_TIMEOUT, RR_DELETE, RR_GROUP_DELETE = 0, 1, 2, 3
+# why a rule went, as the Udpif's on_removed says it (timeouts, and deletes from the control socket)
+REMOVED_REASONS = {"idle_timeout": RR_IDLE_TIMEOUT, "hard_timeout": RR_HARD_TIMEOUT, "delete": RR_DELETE,
+                   "group_delete": RR_GROUP_DELETE}
 ROLE_NOCHANGE, ROLE_EQUAL, ROLE_MASTER, ROLE_SLAVE = 0, 1, 2, 3
 CAPABILITIES = 1 | 2 | 4 | 8  # OFPC_FLOW_STATS | OFPC_TABLE_STATS | OFPC_PORT_STATS | OFPC_GROUP_STATS
 MAX_RULES = 1_000_000

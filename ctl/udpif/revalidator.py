@@ -330,8 +330,8 @@ class Revalidator:
                 u.change_tables(drop)  # not waited for: this thread runs the pass that brings it in
         for _r, why in expired:
             self.stats.rules_expired[why] += 1
-        if expired and u.on_expired is not None:
-            u.on_expired(expired)
+        if expired and u.on_removed is not None:
+            u.on_removed(expired)
 
 
 

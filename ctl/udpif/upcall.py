@@ -348,7 +348,9 @@ class Udpif:
         self._default_stats = UpcallStats()   # handle() without stats of its own (one caller at a time)
         self._handler_stats: list[UpcallStats] = []   # one per handler, each written by its handler only
         self.revalidator: RevalidatorLike | None = None  # set: table changes revalidate instead of flushing
-        self.on_expired: Callable[[list[tuple[Rule, str]]], None] | None = None
+        # rules that went other than by an OpenFlow flow-mod (timeouts; deletes from the control socket), with
+        # why ("idle_timeout", "hard_timeout", "delete", "group_delete"): the daemon sends FLOW_REMOVED
+        self.on_removed: Callable[[list[tuple[Rule, str]]], None] | None = None
         self.packet_in: PacketIn | None = None   # the OpenFlow channel (ctl/openflow/connmgr.py), when there is one
         self.upcall_limits = UpcallLimits()   # what set_upcall_limits() last wrote (none until it is called)
         self.mask_limit = 0                   # subtables before new megaflows get the exact mask (0: no limit)
@@ -794,8 +796,13 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     """ofctl add-flows|del-flows|mod-table|dump-flows, add-groups|del-groups|dump-groups|dump-group-stats,
     add-meters|del-meters|dump-meters|meter-stats,
     trace, revalidator-purge, fdb-show and upcall-show.
-    A change returns once a revalidator pass has brought the datapath up to date, then saved() writes the
-    state file. extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
+    A change returns once every megaflow it can affect is up to date, then saved() writes the state file;
+    the rules it deleted go to on_removed (FLOW_REMOVED, as OVS sends for deletes through its management
+    socket). extra_show: what upcall-show adds that the Udpif does not own (handlers, sockets, ...)."""
+
+    def removed(rules: list[Rule], why: str) -> None:
+        if rules and udpif.on_removed is not None:
+            udpif.on_removed([(r, why) for r in rules])
 
     def add_flows(flows: list[str]) -> dict[str, int]:
         specs = _parse_each(flows, parse_flow, "flow")
@@ -807,6 +814,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     def del_flows(filter: str = "", strict: bool = False) -> dict[str, int]:
         spec = parse_flow(str(filter), actions=False)
         gone = udpif.change_tables(lambda t: t.delete(spec, bool(strict)), wait=True)
+        removed(gone, "delete")
         saved()
         with udpif.lock:
             return {"deleted": len(gone), "flows": len(udpif.tables)}
@@ -859,6 +867,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     def del_groups(filter: str = "") -> dict[str, int]:
         spec = parse_group(str(filter), buckets=False)
         gone, rules = udpif.change_tables(lambda t: t.delete_groups(spec.group_id), wait=True)
+        removed(rules, "group_delete")
         saved()
         with udpif.lock:
             return {"deleted": len(gone), "flows_deleted": len(rules), "groups": len(udpif.tables.groups)}
@@ -896,6 +905,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     def del_meters(filter: str = "") -> dict[str, int]:
         spec = parse_meter(str(filter), bands=False)
         gone, rules = udpif.change_tables(lambda t: t.delete_meters(spec.meter_id), wait=True)
+        removed(rules, "delete")   # OpenFlow 1.3 has no meter_delete reason: OVS says delete too
         saved()
         with udpif.lock:
             return {"deleted": len(gone), "flows_deleted": len(rules), "meters": len(udpif.tables.meters)}

@@ -214,7 +214,7 @@ def packets(draw: st.DrawFn) -> dict[str, int]:
     return flow
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules=rulesets(), pkt=packets(), data=st.data())
 def test_megaflow_soundness(rules: list[str], pkt: dict[str, int], data: st.DataObject) -> None:
     """Any packet inside the megaflow gets the same datapath actions from a full lookup."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -214,7 +215,7 @@ def test_a_state_save_copies_under_the_lock_while_flow_mods_run() -> None:
     t = threading.Thread(target=churn)
     t.start()
     try:
-        for _ in range(40):
+        for _ in range(20):
             try:
                 with u.lock:
                     snap = u.tables.snapshot()
@@ -296,3 +297,26 @@ def test_past_the_mask_limit_new_megaflows_get_the_exact_mask() -> None:
     assert len(sent[3]) == 1
     u.handle([up(53, in_port=2)])                          # mask A again: no limit hit
     assert u.stats.mask_limited == 1 and u.ukeys.n_masks == 3
+
+
+def test_control_socket_deletes_report_their_rules_for_flow_removed(tmp_path: Path) -> None:
+    """del-flows, del-groups and del-meters from the control socket hand the rules they deleted, with why, to
+    on_removed (the daemon sends FLOW_REMOVED, as OVS does for deletes through its management socket)."""
+    from ctl.common.loops import LoopErrors
+    from ctl.common.unixctl import Unixctl
+    from ctl.udpif.upcall import register_commands
+
+    u, _dp, _sent = make("send_flow_rem,udp,tp_dst=53,actions=output:2", "udp,tp_dst=54,actions=output:2")
+    ctl = Unixctl(tmp_path / "x.ctl", LoopErrors())
+    register_commands(ctl, u, "x", lambda: {1, 2, 3}, saved=lambda: None, extra_show=dict)
+    got: list[tuple[str, str]] = []
+    u.on_removed = lambda rules: got.extend((r.to_text(), why) for r, why in rules)
+    assert ctl.run({"cmd": "add-groups", "args": {"groups": ["group_id=1,type=all,bucket=output:3"]}})["ok"]
+    assert ctl.run({"cmd": "add-meters", "args": {"meters": ["meter=1,pktps,bands=type=drop,rate=10"]}})["ok"]
+    assert ctl.run({"cmd": "add-flows", "args": {"flows": ["udp,tp_dst=55,actions=group:1",
+                                                           "udp,tp_dst=56,actions=meter:1,output:2"]}})["ok"]
+    assert ctl.run({"cmd": "del-flows", "args": {"filter": "udp,tp_dst=53"}})["ok"]
+    assert ctl.run({"cmd": "del-groups", "args": {"filter": "group_id=1"}})["ok"]
+    assert ctl.run({"cmd": "del-meters", "args": {"filter": "meter=1"}})["ok"]
+    assert [(t.split("actions=")[1], why) for t, why in got] == [
+        ("output:2", "delete"), ("group:1", "group_delete"), ("meter:1,output:2", "delete")]
