@@ -370,10 +370,10 @@ def plot(rows: list[dict[str, Any]], flows: tuple[int, ...], path: Path) -> None
                       [f"{n} flow{'s' if n > 1 else ''}" for n in flows])
         ax.set_title(title)
     axes[1].set_yscale("log")
-    axes[0].legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(targets), fontsize=9)
     offered = max(r["mpps"] for r in rows if r["target"] == "bare") if any(r["target"] == "bare" for r in rows) else 0
     fig.suptitle(f"bench.sidebyside: one core forwards veth to veth (the generator offers about {offered:.1f} Mpps)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
 
