@@ -15,8 +15,9 @@ Part 2, forwarding through veth end to end (Mpps): a generator (BPF_PROG_RUN's X
   the switch again with port 2 on the skb path (XDP passes the packet up, tc redirects the skb).
   Generator, switch and sink share one CPU, so Mpps is the whole chain's rate.
 
-Targets (not tests): EMC hit <= 1.3x baseline; megaflow hit at 32 masks with the hint <= 1.3x an EMC hit;
-cost flat from 1 to 200k megaflows; EMC-hit forwarding >= 0.95x the bare redirect.
+Targets (not tests, issue 13's): EMC hit <= 1.5x baseline; megaflow hit with the hint <= 1.3x an EMC hit at
+1 to 64 masks; a miss <= 2x an EMC hit; cost flat from 1 to 200k megaflows; EMC-hit forwarding >= 0.8x the
+bare redirect (bench.sidebyside measures it with the switch's CPU on its own core).
 """
 
 from __future__ import annotations
@@ -215,9 +216,13 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
             "ratio": max(sw) / max(bare), "frames_per_run": n_live, "emc_hits_total": st.emc_hits,
             "skb_path_forwarding_mpps": max(skb), "skb_path_ratio": max(skb) / max(bare)}
 
+    miss = next(r.ns_per_packet for r in rows if r.case.startswith("miss"))
+    hinted = [r.ns_per_packet for r in rows if r.case.startswith("megaflow hit,") and r.case.endswith("hint hit")]
     summary = {
         "emc_hit_vs_baseline": emc / base,
         "megaflow_32_masks_hint_vs_emc_hit": mf32 / emc,
+        "megaflow_worst_hinted_vs_emc_hit": max(hinted) / emc,
+        "miss_vs_emc_hit": miss / emc,
         "flows_flatness_megaflow_hit": (
             max(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))
             / min(r.ns_per_packet for r in rows if r.case.endswith("megaflows") and r.case.startswith("mega"))),
@@ -233,14 +238,17 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
         print(f"forwarding through veth (generator -> port 1 -> port 2 -> sink, 64 B, best of 3 x {n_live:,}):")
         print(f"  bare devmap redirect   {live['bare_redirect_mpps']:6.2f} Mpps")
         print(f"  switch, EMC hit        {live['emc_hit_forwarding_mpps']:6.2f} Mpps"
-              f"   ratio {live['ratio']:.2f} (target >= 0.95)")
+              f"   ratio {live['ratio']:.2f} (target >= 0.8)")
         print(f"  switch, EMC hit, to a port on the skb path {live['skb_path_forwarding_mpps']:6.2f} Mpps"
               f"   ratio {live['skb_path_ratio']:.2f}")
         print()
         print("(baseline and EMC hit: the best of their measurements above)")
-        print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.3)")
+        print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.5)")
         print(f"megaflow hit, 32 masks, hint / EMC  {summary['megaflow_32_masks_hint_vs_emc_hit']:.2f}"
               " (target <= 1.3)")
+        print(f"megaflow hit, 1-64 masks, worst hinted / EMC {summary['megaflow_worst_hinted_vs_emc_hit']:.2f}"
+              " (target <= 1.3)")
+        print(f"miss / EMC hit                      {summary['miss_vs_emc_hit']:.2f} (target <= 2)")
         print(f"megaflow hit, max/min over 1..{flow_counts[-1]:,} flows "
               f"{summary['flows_flatness_megaflow_hit']:.2f} (flat is ~1)")
     return 0
