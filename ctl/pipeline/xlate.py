@@ -60,9 +60,12 @@ class TraceStep:
     notes: list[str] = field(default_factory=list)
 
 
-Lookup = tuple[int, int, bool]
-"""One table lookup of a translation: (table, priority of the rule found or -1 for a miss, pristine). Pristine:
-nothing was written before it, so the fields it saw are the packet's (pipeline fields zero)."""
+Lookup = tuple[int, int, frozenset[str]]
+"""One table lookup of a translation: (table, priority of the rule found or -1 for a miss, the fields written
+before it). With none written the lookup is *pristine*: the fields it saw are the packet's (pipeline fields
+zero). "*" stands for every field (after a recirculation)."""
+PRISTINE: frozenset[str] = frozenset()
+_INTERNED: dict[frozenset[str], frozenset[str]] = {PRISTINE: PRISTINE}   # one object per set of written fields
 
 
 @dataclass
@@ -145,6 +148,7 @@ class _Ctx:
         self.live: Callable[[int], bool] | None = None  # is a port up (fast failover); None: every port is
         self.missed: list[Any] = []     # tables that matched no rule (TABLE stats count the megaflow's packets)
         self.lookups: list[Lookup] = []
+        self.written: set[str] = set()  # fields that may differ from the packet's now (set, decremented, popped)
         self.steps: list[TraceStep] = []
         self.error = ""
         self.depth = 0
@@ -158,6 +162,7 @@ class _Ctx:
                 self.wc["nw_frag"] |= FLOW_NW_FRAG_LATER
                 self.flow["tp_src"] = self.flow["tp_dst"] = 0
                 self.set_bits["tp_src"] = self.set_bits["tp_dst"] = 0xFFFF
+                self.written.update(("tp_src", "tp_dst"))
                 self.changed = True  # lookups go through consult(), which leaves the ports out
 
     # --- the mask ---------------------------------------------------------------------------------
@@ -174,6 +179,7 @@ class _Ctx:
         self.flow[f] = (self.flow[f] & ~mask) | (value & mask)
         self.set_bits[f] |= mask
         self.dirty.add(f)
+        self.written.add(f)
         self.changed = True
 
     # --- the pipeline --------------------------------------------------------------------------------
@@ -194,7 +200,8 @@ class _Ctx:
                 for f, m in scratch.items():
                     if m and not (f == "in_port" and in_port is not None):
                         self.consult(f, m)
-            self.lookups.append((tid, -1 if rule is None else rule.priority, pristine))
+            written = frozenset(self.written | {"in_port"}) if in_port is not None else frozenset(self.written)
+            self.lookups.append((tid, -1 if rule is None else rule.priority, _INTERNED.setdefault(written, written)))
             step = TraceStep(self.depth, tid, rule)
             if self.tracing:
                 self.steps.append(step)
@@ -384,6 +391,7 @@ class _Ctx:
             self.commit()
             self.actions.append(dpif.DpDecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
+            self.written.add("nw_ttl")
             self.ttl_changed = self.changed = True
             return "the datapath drops the packet if its TTL is 1 or 0 (it never gets here: see invalid_ttl)"
         elif isinstance(a, of.PushVlan):
@@ -409,6 +417,7 @@ class _Ctx:
                 # all go into the megaflow (later lookups read them under vlan_tci's name)
                 self.commit()
                 self.actions.append(dpif.DpPopVlan())
+                self.written.update(("vlan_tci", "vlan_tci1"))
                 if self.hidden_tags:
                     fl["vlan_tci"] = self.hidden_tags.pop()
                 else:
@@ -475,6 +484,7 @@ class _Ctx:
         frame. Without a frame (a trace of a flow) they stay zero."""
         self.recirc = True
         self.changed = True
+        self.written.add("*")
         frame = transform(self.packet, self.actions) if self.packet is not None else None
         if frame is None:
             for f in PACKET_FIELDS:

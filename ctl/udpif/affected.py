@@ -2,14 +2,15 @@
 
 OVS translates every megaflow again after any flow-table change (its xlate cache makes each cheaper, not
 rarer): at 100k megaflows that is seconds of work per flow-mod here. Instead each ukey keeps the lookups of
-its translation (``xlate.Lookup``: table, priority of the rule found or -1 for a miss, and whether the lookup
-was *pristine*, i.e. saw the packet's own fields because nothing had been written yet), and a change marks:
+its translation (``xlate.Lookup``: table, priority of the rule found or -1 for a miss, and the fields written
+before it; with none the lookup was *pristine*: it saw the packet's own fields), and a change marks:
 
 - ``Added(rule)`` in table T at priority p: the megaflows that looked up T, found nothing there or a rule of
   priority <= p, and have a packet the new rule matches. For a pristine lookup that is exact: the megaflow is
   (key, mask) over the packet's fields, the rule (value, mask'), and they meet when ``(key ^ value) & mask &
-  mask'`` is zero, the rule's pipeline fields (registers, metadata) also matching zero. After a write the
-  lookup saw other values, so any such rule of T counts.
+  mask'`` is zero, the rule's pipeline fields (registers, metadata) also matching zero. A lookup after a
+  write saw the packet's values in the fields nothing wrote and unknown ones in the others: the same test
+  over the fields not written (and pipeline fields not written must match zero).
 - ``Touched(rules)`` (deleted, or new actions): the megaflows that went through one of those rules.
 - ``GroupsChanged``: the megaflows that went through any group (a fast-failover bucket's liveness can
   depend on another group, so any, not only the changed one).
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ctl.pipeline.groups import Group
-from ctl.pipeline.ofmatch import PIPELINE_FIELDS, key_of
+from ctl.pipeline.ofmatch import FULL, PIPELINE_FIELDS, key_of
 from ctl.pipeline.openflow_tables import Added, Change, Everything, GroupsChanged, MissChanged, Rule, Touched
 
 if TYPE_CHECKING:
@@ -44,16 +45,25 @@ def _key_int(flow: dict[str, int]) -> int:
     return int.from_bytes(bytes(key_of(flow)), "little")
 
 
+def _written_bits(written: frozenset[str]) -> int:
+    """The key bits of the packet fields in written (every bit for "*"), as _key_int lays them out."""
+    bits = _WRITTEN_BITS.get(written)
+    if bits is None:
+        bits = -1 if "*" in written else _key_int({f: FULL[f] for f in written if f in FULL})
+        _WRITTEN_BITS[written] = bits
+    return bits
+
+
+_WRITTEN_BITS: dict[frozenset[str], int] = {}
+
+
 def _added(ukeys: Ukeys, rule: Rule) -> Iterator[Ukey]:
     fields = rule.match.fields
-    if any(v for f, (v, _m) in fields.items() if f in PIPELINE_FIELDS):
-        zero_ok = False   # a pristine lookup saw every pipeline field zero: this rule takes none of its packets
-        value = bits = 0
-    else:
-        zero_ok = True
-        packet = {f: vm for f, vm in fields.items() if f not in PIPELINE_FIELDS}
-        value = _key_int({f: v for f, (v, _m) in packet.items()})
-        bits = _key_int({f: m for f, (_v, m) in packet.items()})
+    pipeline = {f: v for f, (v, _m) in fields.items() if f in PIPELINE_FIELDS}
+    packet = {f: vm for f, vm in fields.items() if f not in PIPELINE_FIELDS}
+    value = _key_int({f: v for f, (v, _m) in packet.items()})
+    bits = _key_int({f: m for f, (_v, m) in packet.items()})
+    zero_ok = not any(pipeline.values())   # a pristine lookup saw every pipeline field zero
     t, p = rule.table, rule.priority
     if zero_ok:
         for mask, d in ukeys.by_mask.items():
@@ -62,12 +72,22 @@ def _added(ukeys: Ukeys, rule: Rule) -> Iterator[Ukey]:
             # those whose packets can meet the rule, by a comprehension (a 100k scan in a few ms); then their lookups
             for k in [k for masked, k in d.items() if masked & both == want]:
                 lk = k.lookups
-                if lk is not None and any(tid == t and prio <= p for tid, prio, _pristine in lk):
+                if lk is not None and any(tid == t and prio <= p for tid, prio, _written in lk):
                     yield k
-    for k in ukeys.written:   # a lookup after a write may meet it whatever the packet
+    for k in ukeys.written:
+        # a lookup after a write saw the packet's values in the fields not written, and anything in the others
         lk = k.lookups
-        if lk is not None and any(tid == t and prio <= p and not pristine for tid, prio, pristine in lk):
-            yield k
+        if lk is None:
+            continue
+        for tid, prio, written in lk:
+            if tid != t or prio > p or not written:
+                continue
+            if any(v and f not in written for f, v in pipeline.items()):
+                continue   # a pipeline field nothing wrote is zero there: the rule cannot take it
+            keep = bits & ~_written_bits(written)
+            if not ((int.from_bytes(bytes(k.key), "little") ^ value) & int.from_bytes(bytes(k.mask), "little") & keep):
+                yield k
+                break
     yield from ukeys.unknown
 
 

@@ -149,7 +149,7 @@ class Ukeys:
     def _index(self, u: Ukey) -> None:
         if u.lookups is None:
             self.unknown.add(u)
-        elif not all(pristine for _t, _p, pristine in u.lookups):
+        elif any(written for _t, _p, written in u.lookups):
             self.written.add(u)
         if u.normal:
             for mac in _macs_of(u):

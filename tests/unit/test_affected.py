@@ -135,16 +135,20 @@ def test_a_deleted_or_changed_rule_marks_its_megaflows() -> None:
     assert sorted(k.flow["tp_dst"] for k in affected(ukeys, t.take_journal())) == [1004, 1005]
 
 
-def test_a_write_before_a_lookup_makes_it_count_for_any_rule_there() -> None:
+def test_a_lookup_after_a_write_is_checked_on_the_fields_nothing_wrote() -> None:
     t = OpenFlowTables()
     t.add(parse_flow("priority=10,udp,actions=load:0x1->NXM_NX_REG0[],goto_table:1"))
     t.add(parse_flow("table=1,priority=10,reg0=1,actions=output:2"))
     t.take_journal()
     ukeys = _ukeys(t, [_udp(53)])
     (k,) = ukeys
-    assert k.lookups == ((0, 10, True), (1, 10, False))
-    t.add(parse_flow("table=1,priority=20,udp,tp_dst=9,actions=drop"))   # it may meet what table 1 saw
+    assert k.lookups == ((0, 10, frozenset()), (1, 10, frozenset({"reg0"})))
+    t.add(parse_flow("table=1,priority=20,udp,tp_dst=9,actions=drop"))   # tp_dst is not in the megaflow: it may
     assert affected(ukeys, t.take_journal()) == [k]
+    t.add(parse_flow("table=1,priority=20,reg0=7,actions=drop"))  # reg0 was written: what it held is not known
+    assert affected(ukeys, t.take_journal()) == [k]
+    t.add(parse_flow("table=1,priority=20,tcp,actions=drop"))     # nothing wrote nw_proto: still the packet's UDP
+    t.add(parse_flow("table=1,priority=20,reg1=7,actions=drop"))  # nothing wrote reg1: still zero
     t.add(parse_flow("table=0,priority=20,reg0=1,actions=drop"))  # registers are zero in table 0's lookup
     assert affected(ukeys, t.take_journal()) == []
 
