@@ -751,6 +751,8 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         f"over flow-limit {st['over_flow_limit']}, install failed {st['install_failed']}",
         "  deleted       : " + (", ".join(f"{k} {v}" for k, v in st["deleted"].items()) or "none"),
         "  rules expired : " + ", ".join(f"{k} {v}" for k, v in st["rules_expired"].items()),
+        f"  revalidated   : {st['revalidated']} megaflows translated again after changes that could affect them "
+        f"({st['updated_in_place']} updated in place), {st['stale']} stale now",
         f"  transmitted   : {st['tx_packets']} (dropped {st['tx_dropped']})",
         f"  controller    : {st['controller']} (dropped: no OpenFlow channel yet)",
         f"  upcall limits : {st['upcall_rate'] or 'none'}/s per port (burst {st['upcall_burst']}), "

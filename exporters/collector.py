@@ -59,6 +59,8 @@ class Snapshot:
     openflow_refused: dict[str, int] = field(default_factory=dict)  # reason -> connections refused or closed
     packet_ins_rate_limited: int = 0          # packet-ins over the controller rate limit, every connection's
     masks_limited: int = 0                    # megaflows given the exact mask past the mask limit (TSE guard)
+    megaflows_revalidated: int = 0            # stale megaflows translated again (a change could affect them)
+    megaflows_stale: int = 0                  # marked stale and not translated again yet
     http: dict[str, int] = field(default_factory=dict)   # the /metrics server's own counters (ServerStats)
 
 
@@ -168,6 +170,10 @@ class SwitchCollector(Collector):
                                   "controller rate limit (--controller-rate).", value=s.packet_ins_rate_limited)
         yield CounterMetricFamily("xdpswitch_megaflows_mask_limited", "Megaflows given the exact mask because the "
                                   "mask limit was reached (the tuple space explosion guard).", value=s.masks_limited)
+        yield CounterMetricFamily("xdpswitch_megaflows_revalidated", "Megaflows translated again because a flow-table "
+                                  "or MAC-table change could affect them.", value=s.megaflows_revalidated)
+        yield GaugeMetricFamily("xdpswitch_megaflows_stale", "Megaflows a change marked stale, not translated again "
+                                "yet.", value=s.megaflows_stale)
         http = CounterMetricFamily("xdpswitch_metrics_http_requests", "The /metrics endpoint's own connections "
                                    "by outcome (exporters/server.py: bounded clients, deadlines).", labels=["result"])
         for result in HTTP_RESULTS:

@@ -739,7 +739,7 @@ def _snapshot_of(sw: Switch) -> Any:
         raise RuntimeError("the datapath is not running")
     st, dps = up.stats, dp.stats()
     with up.lock:  # the tables and ukeys are the Udpif's
-        rules, ukeys = len(sw.tables), len(up.ukeys)
+        rules, ukeys, stale = len(sw.tables), len(up.ukeys), len(up.pending)
     cum, buckets = 0, []
     for bound, n in zip(HANDLING_BOUNDS, st.handling_counts, strict=True):
         cum += n
@@ -756,7 +756,8 @@ def _snapshot_of(sw: Switch) -> Any:
         openflow_connections=len(sw.connmgr.connected()) if sw.connmgr else 0,
         openflow_refused=sw.connmgr.stats.as_dict() if sw.connmgr else {},
         packet_ins_rate_limited=sw.connmgr.packet_ins_rate_limited if sw.connmgr else 0,
-        masks_limited=st.mask_limited)
+        masks_limited=st.mask_limited, megaflows_revalidated=sw.revalidator.swept if sw.revalidator else 0,
+        megaflows_stale=stale)
 
 
 def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:

@@ -355,4 +355,5 @@ def show(rv: Revalidator) -> dict[str, object]:
     s = rv.stats
     return {"flow_limit_configured": rv.configured_limit, "max_idle": rv.max_idle_ms,
             "max_revalidator": rv.max_revalidator_ms, "avg_flows": round(s.avg_flows), "max_flows": s.max_flows,
-            "dump_duration_ms": round(s.last_dump_ms, 1), "dumps": s.dumps, "rules_expired": dict(s.rules_expired)}
+            "dump_duration_ms": round(s.last_dump_ms, 1), "dumps": s.dumps, "rules_expired": dict(s.rules_expired),
+            "revalidated": rv.swept, "updated_in_place": s.updated}

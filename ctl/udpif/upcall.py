@@ -945,9 +945,9 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
 
     def upcall_show() -> dict[str, object]:
         with udpif.lock:
-            n_ukeys = len(udpif.ukeys)
+            n_ukeys, n_stale = len(udpif.ukeys), len(udpif.pending)
         return {"name": name, "flows": udpif.dp.n_flows, "flow_limit": udpif.flow_limit, "ukeys": n_ukeys,
-                **extra_show(), **udpif.stats.to_json()}
+                "stale": n_stale, **extra_show(), **udpif.stats.to_json()}
 
     for cmd, fn in (("add-flows", add_flows), ("del-flows", del_flows), ("mod-table", mod_table),
                     ("dump-flows", dump_flows), ("trace", trace), ("revalidator-purge", revalidator_purge),

@@ -305,9 +305,16 @@ def test_rule_change_keeps_established_megaflows(sw: Switch, hosts: list[Host]) 
     add(sw, *L2)
     assert ping(h1, h2.ip, 2) and ping(h1, h3.ip, 2)
     assert sw.dp is not None
-    keep = {f.match() for f in sw.dp.dump_flows() if h3.mac not in f.match()}
+    flows = sw.dp.dump_flows()
+    keep = {f.match() for f in flows if h3.mac not in f.match()}
+    to_h3 = sum(1 for f in flows if f"dst={h3.mac}" in f.match())
     up0 = upcalls(sw)
+    shown0 = request(sw.name, "upcall-show")
     add(sw, f"priority=10,dl_dst={h3.mac},actions=drop")  # same match: the rule's actions change
+    shown = request(sw.name, "upcall-show")
+    # only what the change can affect was translated again, and all of it before the command returned
+    assert to_h3 <= shown["revalidated"] - shown0["revalidated"] < len(flows)
+    assert shown["stale"] == 0
     now = {f.match(): [str(a) for a in f.actions] for f in sw.dp.dump_flows()}
     assert keep <= set(now)  # h1<->h2 kept
     assert now[f"in_port(1),eth(dst={h3.mac}),eth_type(0x0800),ipv4(frag=no)"] == ["drop"]  # updated in place
