@@ -378,7 +378,7 @@ def plot(rows: list[dict[str, Any]], flows: tuple[int, ...], path: Path) -> None
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--quick", action="store_true", help="one round of fewer frames")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")

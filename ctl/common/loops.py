@@ -3,6 +3,9 @@ daemon's tick) survive an exception in one iteration: it is logged once with its
 the loop goes on. A loop that dies takes a whole service down with it; one bad packet, message or request
 must not.
 
+``tune_collector()`` sets the garbage collector for a process that serves such loops over 100k+ long-lived
+ukeys (see COLLECTOR_THRESHOLDS).
+
 ``LoopErrors`` is owned by the daemon and shared by its loops. Each count is written under its lock (an
 exception is rare; the lock is not on any fast path) and read as a copy.
 """

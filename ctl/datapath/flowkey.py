@@ -130,8 +130,12 @@ class FlowKey(ctypes.BigEndianStructure):
     def __repr__(self) -> str:
         return f"FlowKey({format_key(self)})"
 
+    def as_int(self) -> int:
+        """The key's bytes as one integer (little-endian): how the ukeys index keys and masks are ANDed."""
+        return int.from_bytes(bytes(self), "little")
+
     def masked(self, mask: FlowKey) -> FlowKey:
-        m = int.from_bytes(bytes(self), "little") & int.from_bytes(bytes(mask), "little")
+        m = self.as_int() & mask.as_int()
         return FlowKey.from_buffer_copy(m.to_bytes(FLOW_KEY_BYTES, "little"))
 
     def fields(self) -> dict[str, int | bytes]:

@@ -2,9 +2,8 @@
 
 Entries are keyed by (VLAN, MAC) and point at the port the MAC was last seen on. An entry not refreshed for
 ``max_age`` seconds (default 300, OVS's) expires; when the table is full the least recently used entry
-goes. ``version`` grows with every change a translation could depend on (a new entry, a move, an expiry,
-a flush), and ``take_changes()`` says which entries changed since it was last called, so the Udpif
-translates again only the NORMAL megaflows of those MACs.
+goes. ``take_changes()`` says which entries changed since it was last called (a new entry, a move, an
+expiry, an eviction, a flush), so the Udpif translates again only the NORMAL megaflows of those MACs.
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ class MacLearning:
         self.clock = clock
         # (vlan, mac) -> [port, last seen], least recently used first
         self.entries: OrderedDict[tuple[int, int], list[float]] = OrderedDict()
-        self.version = 0
         self.changed: set[tuple[int, int]] = set()   # (vlan, mac) changed since take_changes(); under lock
         self.changed_all = False
         self.stats = MacStats()
@@ -86,7 +84,6 @@ class MacLearning:
                 self.entries[key] = [port, now]
                 self.stats.learned += 1
             self._note(key)
-            self.version += 1
             return True
 
     def _note(self, key: tuple[int, int]) -> None:
@@ -120,7 +117,6 @@ class MacLearning:
                 self._note(k)
             if old:
                 self.stats.expired += len(old)
-                self.version += 1
             return len(old)
 
     def flush(self, port: int | None = None) -> int:
@@ -130,8 +126,6 @@ class MacLearning:
             for k in gone:
                 del self.entries[k]
                 self._note(k)
-            if gone:
-                self.version += 1
             return len(gone)
 
     def dump(self) -> list[tuple[int, int, int, float]]:

@@ -218,9 +218,8 @@ class Touched:
 
 @dataclass(frozen=True, eq=False)
 class GroupsChanged:
-    """Groups changed their buckets (or went): what went through a group may change."""
-
-    ids: tuple[int, ...]
+    """Groups changed their buckets or went: what went through any group may change (a fast-failover bucket's
+    liveness can hang on another group, so no group id narrows it)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,7 +320,7 @@ class OpenFlowTables:
 
     def modify_group(self, spec: GroupSpec) -> Group:
         g = self.groups.modify(spec)
-        self._changed(GroupsChanged((g.group_id,)))
+        self._changed(GroupsChanged())
         return g
 
     def delete_groups(self, group_id: int) -> tuple[list[Group], list[Rule]]:
@@ -334,7 +333,7 @@ class OpenFlowTables:
         rules = [r for r in self.rules() if any(isinstance(a, GroupAction) and a.group_id in ids for a in r.actions)]
         for r in rules:
             self.tables[r.table].remove(r)
-        self._changed(Touched(tuple(rules)), GroupsChanged(tuple(ids)))
+        self._changed(Touched(tuple(rules)), GroupsChanged())
         return gone, rules
 
     def group_refs(self, group_id: int) -> int:

@@ -133,7 +133,6 @@ class _Ctx:
         self.wc = dict.fromkeys(FIELDS, 0)
         self.set_bits = dict.fromkeys(FIELDS, 0)
         self.ttl_changed = False
-        self.changed = False            # any field set or the TTL decremented: lookups need masking
         self.tracing = tracing
         self.dirty: set[str] = set()    # fields written since the last commit
         self.vlan_tpid = 0x8100
@@ -148,7 +147,8 @@ class _Ctx:
         self.live: Callable[[int], bool] | None = None  # is a port up (fast failover); None: every port is
         self.missed: list[Any] = []     # tables that matched no rule (TABLE stats count the megaflow's packets)
         self.lookups: list[Lookup] = []
-        self.written: set[str] = set()  # fields that may differ from the packet's now (set, decremented, popped)
+        self.written: set[str] = set()  # fields that may differ from the packet's now (set, decremented, popped,
+                                        # "*" after a recirculation); none: lookups see the packet's own fields
         self.steps: list[TraceStep] = []
         self.error = ""
         self.depth = 0
@@ -162,8 +162,7 @@ class _Ctx:
                 self.wc["nw_frag"] |= FLOW_NW_FRAG_LATER
                 self.flow["tp_src"] = self.flow["tp_dst"] = 0
                 self.set_bits["tp_src"] = self.set_bits["tp_dst"] = 0xFFFF
-                self.written.update(("tp_src", "tp_dst"))
-                self.changed = True  # lookups go through consult(), which leaves the ports out
+                self.written.update(("tp_src", "tp_dst"))  # lookups go through consult(), which leaves them out
 
     # --- the mask ---------------------------------------------------------------------------------
 
@@ -180,7 +179,6 @@ class _Ctx:
         self.set_bits[f] |= mask
         self.dirty.add(f)
         self.written.add(f)
-        self.changed = True
 
     # --- the pipeline --------------------------------------------------------------------------------
 
@@ -190,8 +188,7 @@ class _Ctx:
             return
         while True:
             table = self.tables.tables[tid]
-            pristine = in_port is None and not self.changed and not self.recirc
-            if pristine:
+            if in_port is None and not self.written:
                 rule = table.lookup(self.flow, self.wc)  # nothing changed yet: consulted bits go straight in
             else:
                 look = self.flow if in_port is None else {**self.flow, "in_port": in_port}
@@ -200,8 +197,12 @@ class _Ctx:
                 for f, m in scratch.items():
                     if m and not (f == "in_port" and in_port is not None):
                         self.consult(f, m)
-            written = frozenset(self.written | {"in_port"}) if in_port is not None else frozenset(self.written)
-            self.lookups.append((tid, -1 if rule is None else rule.priority, _INTERNED.setdefault(written, written)))
+            if in_port is None and not self.written:
+                written = PRISTINE
+            else:
+                w = frozenset(self.written | {"in_port"} if in_port is not None else self.written)
+                written = _INTERNED.setdefault(w, w)
+            self.lookups.append((tid, -1 if rule is None else rule.priority, written))
             step = TraceStep(self.depth, tid, rule)
             if self.tracing:
                 self.steps.append(step)
@@ -392,7 +393,7 @@ class _Ctx:
             self.actions.append(dpif.DpDecTtl())
             self.flow["nw_ttl"] = (fl["nw_ttl"] - 1) & 0xFF
             self.written.add("nw_ttl")
-            self.ttl_changed = self.changed = True
+            self.ttl_changed = True
             return "the datapath drops the packet if its TTL is 1 or 0 (it never gets here: see invalid_ttl)"
         elif isinstance(a, of.PushVlan):
             self.consult("vlan_tci", VLAN_CFI)
@@ -424,7 +425,6 @@ class _Ctx:
                     self.consult("vlan_tci1", 0xFFFF)
                     fl["vlan_tci"], fl["vlan_tci1"] = fl["vlan_tci1"], 0
                     self.set_bits["vlan_tci"] = 0xFFFF
-                    self.changed = True   # later lookups see the inner tag, not the packet's outer one
                 self.dp_tagged = True
                 return "popped the outer tag: the inner one is the packet's tag now"
             self.set("vlan_tci", 0, 0xFFFF)
@@ -483,7 +483,6 @@ class _Ctx:
         """Read the packet again after a pop_mpls (OVS: recirculation): the fields past the label are only in the
         frame. Without a frame (a trace of a flow) they stay zero."""
         self.recirc = True
-        self.changed = True
         self.written.add("*")
         frame = transform(self.packet, self.actions) if self.packet is not None else None
         if frame is None:

@@ -42,7 +42,7 @@ MAX_ADDED = 256   # a scan is ~0.3 us per ukey, a translation ~80 us: past ~250 
 
 def _key_int(flow: dict[str, int]) -> int:
     """A flow key's bytes as one integer, as Ukeys keys its dicts."""
-    return int.from_bytes(bytes(key_of(flow)), "little")
+    return key_of(flow).as_int()
 
 
 def _written_bits(written: frozenset[str]) -> int:
@@ -85,7 +85,7 @@ def _added(ukeys: Ukeys, rule: Rule) -> Iterator[Ukey]:
             if any(v and f not in written for f, v in pipeline.items()):
                 continue   # a pipeline field nothing wrote is zero there: the rule cannot take it
             keep = bits & ~_written_bits(written)
-            if not ((int.from_bytes(bytes(k.key), "little") ^ value) & int.from_bytes(bytes(k.mask), "little") & keep):
+            if not ((k.key.as_int() ^ value) & k.mask.as_int() & keep):
                 yield k
                 break
     yield from ukeys.unknown

@@ -140,8 +140,9 @@ class Revalidator:
                     full, self._full = self._full or self.clock() >= next_pass, False
                 if full:
                     next_pass = self.clock() + self.max_revalidator_ms / 1000
-                    self.revalidate()
-                self.sweep()
+                    self.revalidate()   # it sweeps the stale ones too
+                else:
+                    self.sweep()
             except Exception:  # a failed pass (e.g. a map read) is retried next period; nothing was deleted on it
                 self.errors.record("revalidator")
 
@@ -218,7 +219,7 @@ class Revalidator:
                             self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
                                          else "idle")
                             continue
-                        if k.stale:
+                        if k in u.pending:
                             self._revalidate_one(k)
                 time.sleep(0)  # let go of the GIL too: a handler waiting for the lock gets it before the next batch
                 if u.pending:
@@ -267,7 +268,6 @@ class Revalidator:
         """Translate a stale ukey again: it stays (actions updated in place if they changed) or goes."""
         u = self.udpif
         u.pending.pop(k, None)
-        k.stale = False
         self.swept += 1
         try:
             tr = translate(u.tables, k.flow, self.ports(), trace=False, mac=u.mac, fail_open=u.fail_open,
@@ -276,8 +276,8 @@ class Revalidator:
             log.exception("translating a megaflow again failed: deleting it")
             self._delete([k], "stale")
             return
-        new_mask = int.from_bytes(bytes(key_of(tr.wc)), "little")
-        old_mask = int.from_bytes(bytes(k.mask), "little")
+        new_mask = key_of(tr.wc).as_int()
+        old_mask = k.mask.as_int()
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
             self._delete([k], "stale")
             return

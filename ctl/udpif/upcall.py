@@ -127,7 +127,6 @@ class Ukey:
     bytes: int = 0
     flow: dict[str, int] = field(default_factory=dict)  # the packet that made it: revalidation translates it again
     lookups: tuple[Lookup, ...] | None = None  # its translation's table lookups; None: unknown (adopted)
-    stale: bool = False         # a change may have affected it: in Udpif.pending until translated again
     created_ns: int = 0         # the Udpif's clock.now_ns() when it was made (the fast path's clock)
     dead: bool = False
     normal: bool = False        # NORMAL made it: the revalidator refreshes the source MAC while it is used
@@ -201,10 +200,10 @@ class Ukeys:
         return len(self.by_mask)
 
     def has_mask(self, mask: FlowKey) -> bool:
-        return int.from_bytes(bytes(mask), "little") in self.by_mask
+        return mask.as_int() in self.by_mask
 
     def find(self, key: FlowKey) -> Ukey | None:
-        k = int.from_bytes(bytes(key), "little")
+        k = key.as_int()
         for m, d in self.by_mask.items():
             u = d.get(k & m)
             if u is not None:
@@ -212,15 +211,15 @@ class Ukeys:
         return None
 
     def add(self, u: Ukey) -> None:
-        m = int.from_bytes(bytes(u.mask), "little")
-        self.by_mask.setdefault(m, {})[int.from_bytes(bytes(u.key), "little")] = u
+        m = u.mask.as_int()
+        self.by_mask.setdefault(m, {})[u.key.as_int()] = u
         self._index(u)
 
     def remove(self, u: Ukey) -> None:
-        m = int.from_bytes(bytes(u.mask), "little")
+        m = u.mask.as_int()
         d = self.by_mask.get(m)
         if d is not None:
-            if d.pop(int.from_bytes(bytes(u.key), "little"), None) is u:
+            if d.pop(u.key.as_int(), None) is u:
                 self._unindex(u)
             if not d:
                 del self.by_mask[m]
@@ -486,8 +485,7 @@ class Udpif:
             return 0
         n = 0
         for k in affected(self.ukeys, changes, macs):
-            if not k.stale:
-                k.stale = True
+            if k not in self.pending:   # stale: a change may have affected it, until translated again
                 self.pending[k] = None
                 n += 1
         if n:
@@ -510,7 +508,7 @@ class Udpif:
         layout = parse_layout(up.frame, up.in_port)
         key = layout[0]
         u = self.ukeys.find(key)
-        if u is not None and u.slow_path and u.stale:
+        if u is not None and u.slow_path and u in self.pending:
             # a slow-path megaflow made before the last change: translate this packet afresh rather than
             # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
             self.delete_ukey(u, "stale")
@@ -609,7 +607,7 @@ class Udpif:
             for m in megaflows:
                 slow = "adopted" if m.actions == [dpif.DpUpcall()] else ""
                 u = Ukey(m.key, m.mask, list(m.actions), [], slow, idx=m.flow_idx, packets=m.packets,
-                         bytes=m.bytes, flow=flow_of(m.key), stale=True, created_ns=now)
+                         bytes=m.bytes, flow=flow_of(m.key), created_ns=now)
                 self.ukeys.add(u)
                 self.pending[u] = None
                 n += 1

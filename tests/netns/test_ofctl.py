@@ -175,19 +175,26 @@ def test_registers_and_metadata_steer_packets(sw: Switch, hosts: list[Host]) -> 
     assert dumped and not any("reg" in m or "metadata" in m for m in dumped), dumped
 
 
-CAPTURE = """
+# the receiving side of the capture scripts: frames of one protocol on an interface for some seconds, after a
+# "ready" line (the caller waits for it before it sends)
+RECEIVE = """
 import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind((sys.argv[1], 0))
-s.settimeout(0.2)
+def frames(ifname, proto, seconds):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    s.bind((ifname, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.settimeout(0.2)
+    end = time.time() + seconds
+    print("ready", flush=True)
+    while time.time() < end:
+        try:
+            yield s.recv(4096)
+        except TimeoutError:
+            continue
+"""
+CAPTURE = RECEIVE + """
 want = int(sys.argv[2], 16)
-end = time.time() + float(sys.argv[3])
-print("ready", flush=True)
-while time.time() < end:
-    try:
-        f = s.recv(4096)
-    except TimeoutError:
-        continue
+for f in frames(sys.argv[1], 3, float(sys.argv[3])):
     if int.from_bytes(f[12:14], "big") == want:
         print(f.hex(), flush=True)
 """
@@ -200,11 +207,16 @@ for _ in range(3):
 """
 
 
-def _capture(h: Host, ethertype: int, seconds: float = 3.0) -> subprocess.Popen[str]:
-    p = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-c", CAPTURE, h.ifname, hex(ethertype),
-                          str(seconds)], stdout=subprocess.PIPE, text=True)
+def _listen(h: Host, script: str, *args: str) -> subprocess.Popen[str]:
+    """Run a RECEIVE script in h's namespace on its interface; return once it is ready."""
+    p = subprocess.Popen(["ip", "netns", "exec", h.ns, sys.executable, "-c", script, h.ifname, *args],
+                         stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p
+
+
+def _capture(h: Host, ethertype: int, seconds: float = 3.0) -> subprocess.Popen[str]:
+    return _listen(h, CAPTURE, hex(ethertype), str(seconds))
 
 
 def _send(h: Host, frame: bytes) -> None:
@@ -403,20 +415,10 @@ def test_fast_failover_follows_the_watched_ports_link(sw: Switch, hosts: list[Ho
     ofctl(sw, "del-groups")
 
 
-COUNT_DSCP = """
-import socket, sys, time, json
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-s.bind((sys.argv[1], 0))
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-s.settimeout(0.2)
-end = time.time() + float(sys.argv[2])
+COUNT_DSCP = RECEIVE + """
+import json
 counts = {}
-print("ready", flush=True)
-while time.time() < end:
-    try:
-        f = s.recv(4096)
-    except TimeoutError:
-        continue
+for f in frames(sys.argv[1], 0x0800, float(sys.argv[2])):
     if len(f) > 34 and f[23] == 17 and f[36:38] == b"\\x00\\x02":
         d = f[15] >> 2
         counts[d] = counts.get(d, 0) + 1
@@ -435,9 +437,7 @@ def test_a_dscp_remark_meter_remarks_what_exceeds_its_rate(sw: Switch, hosts: li
     ofctl(sw, "add-flow", f"in_port={h1.port_no},udp,actions=meter:2,output:{h2.port_no}")
     frame = bytes(Ether(src=h1.mac, dst=h2.mac) / IP(src=h1.ip, dst=h2.ip, tos=18 << 2) / UDP(sport=1, dport=2)
                   / (b"d" * 958))
-    cap = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", COUNT_DSCP, h2.ifname, "5"],
-                           stdout=subprocess.PIPE, text=True)
-    assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+    cap = _listen(h2, COUNT_DSCP, "5")
     r = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-c", STREAM, h1.ifname, frame.hex(), "2500",
                         "3"], capture_output=True, text=True, timeout=30, check=True)
     sent, seconds = int(r.stdout.split()[0]), float(r.stdout.split()[1])
