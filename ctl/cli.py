@@ -156,6 +156,7 @@ def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
         rows["miss (sent to user space)"] = st.misses  # no daemon to say how the upcalls went
         rows["lost"] = st.lost
     rows["emc inserts"] = st.emc_inserts
+    rows["emc probes skipped"] = st.emc_skips
     if fmt == Format.json:
         _print_json({**rows, "drops": st.drops})
         return

@@ -89,6 +89,9 @@ class SwitchCollector(Collector):
         yield CounterMetricFamily("xdpswitch_mask_hint_hits", "Megaflow hits found in the hinted subtable.",
                                   value=dp.hint_hits)
         yield CounterMetricFamily("xdpswitch_emc_inserts", "Exact-match cache inserts.", value=dp.emc_inserts)
+        yield CounterMetricFamily("xdpswitch_emc_probes_skipped",
+                                  "Packets that did not probe the exact-match cache: it is off, or its recent probes "
+                                  "mostly missed (more flows than it holds).", value=dp.emc_skips)
         d = CounterMetricFamily("xdpswitch_drops", "Packets the fast path dropped, by reason.", labels=["reason"])
         for reason, v in sorted(dp.drops.items()):
             d.add_metric([reason], v)

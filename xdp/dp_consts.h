@@ -13,6 +13,12 @@
 #ifndef EMC_ENTRIES
 #define EMC_ENTRIES 8192            /* per CPU; a power of two (OVS: EM_FLOW_HASH_ENTRIES) */
 #endif
+/* The EMC probe sampler: after at least EMC_SAMPLE probes, a CPU whose probes hit fewer than 1 in EMC_MIN_HIT_RATIO
+ * (many more flows than the EMC holds: each probe a cache miss that saves nothing) skips the probe for the next
+ * EMC_SKIP packets, then samples again. Inserts go on meanwhile, so the EMC is warm when the flows get fewer. */
+#define EMC_SAMPLE 256
+#define EMC_MIN_HIT_RATIO 8
+#define EMC_SKIP 4096
 #ifndef MF_MAX_MASKS
 #define MF_MAX_MASKS 64             /* subtables; bounds the tuple space search loop */
 #endif

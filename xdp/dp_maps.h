@@ -57,8 +57,10 @@ DP_MAP("array", u32, struct dp_config, dp_config, 1);
 DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);
 DP_MAP("percpu_array", u32, u64, dp_drops, DROP_MAX);
 
-/* EMC: per CPU, direct-mapped by flow_key_hash(). */
+/* EMC: per CPU, direct-mapped by flow_key_hash(); and per CPU its probe sampler (emc.c; owner: emc_rx, zeroed by
+ * user space when it empties the EMC). */
 DP_MAP("percpu_array", u32, struct emc_entry, emc_entries, EMC_ENTRIES);
+DP_MAP("percpu_array", u32, struct emc_sampler, emc_sampler, 1);
 
 /* Megaflow cache: masks (subtables), their visiting order, the flows, their actions and stats. */
 DP_MAP("array", u32, struct flow_key, mf_masks, MF_MAX_MASKS);

@@ -126,6 +126,14 @@ struct emc_entry {
     __u32 gen;          /* 0: empty */
 };
 
+/* This CPU's EMC probes and hits since the sampler's last verdict, and how many packets still skip the probe. */
+struct emc_sampler {
+    __u32 probes;
+    __u32 hits;
+    __u32 skip;
+    __u32 pad;
+};
+
 /* mf_order[slot]: the masks to visit, best first. Two slots; dp_config.mf_order_slot picks the live one,
  * so user space rewrites the other and flips (a reader never sees half an order). */
 struct mf_order {
@@ -201,6 +209,7 @@ enum dp_stat {
     DP_STAT_MASK_LOOKUPS = 4,   /* subtables looked up (megaflow hits and misses) */
     DP_STAT_HINT_HIT = 5,       /* megaflow hits found in the hinted subtable */
     DP_STAT_EMC_INSERT = 6,
+    DP_STAT_EMC_SKIP = 7,       /* packets that did not probe the EMC: disabled, or its recent hit rate too low */
     DP_STAT_MAX
 };
 

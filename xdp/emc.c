@@ -1,8 +1,23 @@
 /* emc.c: the program attached to every port. Parses the packet into the per-CPU scratch, looks it up in
  * the exact-match cache (EMC), runs the actions on a hit, and tail-calls mf_rx (megaflow.c) on a miss.
  * An EMC entry names a megaflow by index and generation; a deleted or replaced megaflow has a new
- * generation, so a stale entry is a miss, never a wrong action (as OVS's EMC checks flow->dead). */
+ * generation, so a stale entry is a miss, never a wrong action (as OVS's EMC checks flow->dead).
+ * The probe is skipped when the EMC is off (emc_insert_inv_prob 0, as OVS skips emc_lookup) and, per CPU,
+ * while recent probes have mostly missed (emc_sample): with far more flows than the EMC holds a probe is a
+ * cache miss that saves nothing, which is the cost OVS's signature match cache exists to avoid. */
 #include "actions.h"
+
+/* After a miss: once EMC_SAMPLE probes are in, judge them; under 1 hit in EMC_MIN_HIT_RATIO, skip the next
+ * EMC_SKIP packets' probes (about 6 % of packets still probe while the EMC thrashes). */
+static __always_inline void emc_sample(struct emc_sampler *es)
+{
+    if (es->probes < EMC_SAMPLE)
+        return;
+    if ((__u64)es->hits * EMC_MIN_HIT_RATIO < es->probes)
+        es->skip = EMC_SKIP;
+    es->probes = 0;
+    es->hits = 0;
+}
 
 int emc_rx(struct xdp_md *ctx)
 {
@@ -21,13 +36,26 @@ int emc_rx(struct xdp_md *ctx)
         ps->rx_bytes += ctx->data_end - ctx->data;
     }
 
-    __u32 slot = s->hash & (EMC_ENTRIES - 1);
-    struct emc_entry *e = emc_entries.lookup(&slot);
-    if (e && e->gen && flow_key_equal(&e->key, &s->key)) {
-        __u32 idx = e->flow_idx;
-        struct mf_entry *f = mf_entries.lookup(&idx);
-        if (f && f->gen == e->gen)
-            return dp_hit(ctx, idx, f, s, DP_STAT_EMC_HIT);
+    __u32 zero = 0;
+    struct dp_config *cfg = dp_config.lookup(&zero);
+    struct emc_sampler *es = emc_sampler.lookup(&zero);
+    if (cfg && cfg->emc_insert_inv_prob && es && !es->skip) {
+        es->probes++;
+        __u32 slot = s->hash & (EMC_ENTRIES - 1);
+        struct emc_entry *e = emc_entries.lookup(&slot);
+        if (e && e->gen && flow_key_equal(&e->key, &s->key)) {
+            __u32 idx = e->flow_idx;
+            struct mf_entry *f = mf_entries.lookup(&idx);
+            if (f && f->gen == e->gen) {
+                es->hits++;
+                return dp_hit(ctx, idx, f, s, DP_STAT_EMC_HIT);
+            }
+        }
+        emc_sample(es);
+    } else {
+        if (es && es->skip)
+            es->skip--;
+        dp_stat_add(DP_STAT_EMC_SKIP, 1);
     }
 
     dp_progs.call(ctx, DP_PROG_MEGAFLOW);

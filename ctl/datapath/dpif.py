@@ -60,6 +60,7 @@ class Stat(enum.IntEnum):
     MASK_LOOKUPS = 4
     HINT_HIT = 5
     EMC_INSERT = 6
+    EMC_SKIP = 7
 
 
 class DropReason(enum.IntEnum):
@@ -752,6 +753,7 @@ class DpStats:
     mask_lookups: int = 0
     hint_hits: int = 0
     emc_inserts: int = 0
+    emc_skips: int = 0           # packets that did not probe the EMC (off, or sampled out: it thrashed)
     drops: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -770,7 +772,7 @@ class DpStats:
         return cls(
             emc_hits=stats[Stat.EMC_HIT], megaflow_hits=stats[Stat.MF_HIT], misses=stats[Stat.MISS],
             lost=stats[Stat.LOST], mask_lookups=stats[Stat.MASK_LOOKUPS], hint_hits=stats[Stat.HINT_HIT],
-            emc_inserts=stats[Stat.EMC_INSERT],
+            emc_inserts=stats[Stat.EMC_INSERT], emc_skips=stats[Stat.EMC_SKIP],
             drops={r.name.lower(): drops[r] for r in DropReason if r != DropReason.NONE and r < len(drops)},
         )
 

@@ -690,8 +690,10 @@ class Datapath:
         return list(self._mask_order)
 
     def flush_emc(self) -> None:
-        """Empty every CPU's EMC and mask hints (both refill from megaflow hits)."""
-        for name, n in (("emc_entries", self.config.emc_entries), ("mf_hints", self.config.hint_entries)):
+        """Empty every CPU's EMC and mask hints (both refill from megaflow hits), and start the EMC's probe
+        sampler again (emc.c: every CPU probes)."""
+        for name, n in (("emc_entries", self.config.emc_entries), ("mf_hints", self.config.hint_entries),
+                        ("emc_sampler", 1)):
             table = self.bpf[name]
             zero = table.Leaf()
             for i in range(n):

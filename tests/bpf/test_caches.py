@@ -54,6 +54,41 @@ def test_emc_insert_probability_zero_never_inserts(tb: Bench) -> None:
         tb.run(udp())
     d = tb.stats().delta(before)
     assert (d.megaflow_hits, d.emc_hits, d.emc_inserts) == (20, 0, 0)
+    assert d.emc_skips == 20  # an EMC that is off is not probed either (OVS skips emc_lookup)
+
+
+def test_a_thrashing_emc_is_not_probed_until_a_sample_says_it_pays(tb: Bench) -> None:
+    # emc.c's sampler: EMC_SAMPLE (256) probes that all miss, then EMC_SKIP (4096) packets skip the probe, then
+    # probes again; inserts go on while skipping, so the flow that came back hits at once
+    tb.dp.set_emc_insert_inv_prob(1)
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
+    flows = [udp(dport=i + 1, src=f"10.1.{i % 250}.{i // 250 + 1}") for i in range(256)]
+    before = tb.stats()
+    for f in flows:  # every probe misses (each flow is new); the 256th miss's verdict: skip
+        tb.run(f)
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits, d.emc_skips) == (0, 256, 0)
+    again = udp(dport=9)
+    before = tb.stats()
+    for _ in range(4096):
+        assert tb.run(again).verdict == XDP_REDIRECT
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits, d.emc_skips) == (0, 4096, 4096)
+    assert d.emc_inserts == 4096
+    before = tb.stats()
+    for _ in range(10):
+        tb.run(again)
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits, d.emc_skips) == (10, 0, 0)
+    # emptying the EMC starts the sampler again: the next packet probes
+    for f in flows[:100]:
+        tb.run(f)
+    tb.dp.flush_emc()
+    before = tb.stats()
+    tb.run(again)
+    tb.run(again)
+    d = tb.stats().delta(before)
+    assert (d.emc_hits, d.megaflow_hits, d.emc_skips) == (1, 1, 0)
 
 
 def test_emc_insert_probability_is_about_one_in_n(tb: Bench) -> None:
@@ -199,12 +234,13 @@ def test_the_four_results_partition_every_packet(tb: Bench) -> None:
     frames += [bytes(Ether(**MAC) / ARP()) for _ in range(20)]
     frames += [rng.randbytes(rng.randrange(14, 100)) for _ in range(80)]
     before = tb.stats()
-    for f in frames:
-        tb.run(f, in_port=rng.choice([1, 2, 3]))
-    # the same flow 30 times on its megaflow's port: EMC inserts (1 in 3, by the kernel's random numbers) then
-    # hits; with random ports alone, no hit at all happened in about one run of 30
+    # first the same flow 30 times on its megaflow's port: EMC inserts (1 in 3, by the kernel's random numbers)
+    # then hits (with random ports alone, no hit at all happened in about one run of 30); after them the
+    # random frames, whose EMC probes mostly miss, so the sampler may stop probing: still one result each
     for _ in range(30):
         tb.run(udp(), in_port=1)
+    for f in frames:
+        tb.run(f, in_port=rng.choice([1, 2, 3]))
     d = tb.stats().delta(before)
     assert d.packets == len(frames) + 30
     assert d.emc_hits > 0 and d.megaflow_hits > 0 and d.lost > 0
