@@ -91,12 +91,12 @@ def test_format_actions_like_dpctl() -> None:
 
 
 def test_stats_partition_and_delta() -> None:
-    s = DpStats.from_counters([5, 7, 2, 1, 20, 6, 3], [0, 4, 0, 0, 0, 0, 0, 1, 0, 0])
+    s = DpStats.from_counters([5, 7, 2, 1, 20, 6, 3, 9], [0, 4, 0, 0, 0, 0, 0, 1, 0, 0])
     assert s.packets == 15
     assert s.drops["action"] == 4 and s.drops["no_upcall_socket"] == 1
     assert s.avg_subtable_lookups == pytest.approx(20 / 7)
-    d = s.delta(DpStats.from_counters([1, 1, 1, 1, 1, 1, 1], [0] * 10))
-    assert (d.emc_hits, d.packets, d.drops["action"]) == (4, 11, 4)
+    d = s.delta(DpStats.from_counters([1, 1, 1, 1, 1, 1, 1, 1], [0] * 10))
+    assert (d.emc_hits, d.packets, d.emc_skips, d.drops["action"]) == (4, 11, 8, 4)
 
 
 def test_rank_masks_by_recent_hits_ties_keep_order() -> None:
