@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import help_text
 from bench.revalidator import RULES, fill
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from ctl.pipeline.openflow_tables import OpenFlowTables, parse_flow
@@ -69,7 +70,7 @@ def best_of(cmd: list[str], runs: int = 5) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--flows", type=int, default=100_000)
     args = ap.parse_args()

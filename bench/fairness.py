@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import help_text
 from ctl.daemon.switch import PortSpec, Switch
 from ctl.datapath.dpif import DatapathConfig
 from ctl.udpif.upcall import DEFAULT_UPCALL_RATE, UpcallLimits
@@ -116,7 +117,7 @@ def teardown() -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--upcall-rate", type=int, default=DEFAULT_UPCALL_RATE,

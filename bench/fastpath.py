@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from bench import help_text
 from ctl.datapath.dpif import DpDrop, DpOutput
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from ctl.datapath.flowkey import FlowKey, build, mask_for, parse
@@ -87,7 +88,7 @@ def live_mpps(fd: int, frame: bytes, ifindex: int, n: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and at most 20k megaflows")
     args = ap.parse_args()

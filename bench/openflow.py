@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import help_text
 from bench.upcall import GEN, P1, P2, SINK, pct, setup, teardown
 from ctl.daemon.switch import PortSpec, Switch
 from ctl.datapath.dpif_xdp import DatapathConfig
@@ -83,7 +84,7 @@ def fast_path_ready(sw: Switch, f: bytes) -> bool:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--flows", type=int, default=200, help="new flows to time (default 200)")
     args = ap.parse_args()

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import help_text
 from bench.upcall import frame
 from ctl.common.loops import tune_collector
 from ctl.datapath import dpif
@@ -173,7 +174,7 @@ def timed(rv: Revalidator) -> tuple[float, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="10k megaflows only")
     args = ap.parse_args()

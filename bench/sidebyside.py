@@ -48,6 +48,7 @@ from pyroute2 import IPRoute, NetlinkError
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from bench import help_text
 from ctl.datapath.progrun import run_xdp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,7 +379,7 @@ def plot(rows: list[dict[str, Any]], flows: tuple[int, ...], path: Path) -> None
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--quick", action="store_true", help="one round of fewer frames")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")

@@ -29,6 +29,7 @@ import sys
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from bench import help_text
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
 from ctl.datapath.progrun import run_xdp
 from ctl.datapath.xsk import Upcall
@@ -109,7 +110,7 @@ def scenario(dp: Datapath, ifindex: int, mask_limit: int, attack: bool) -> dict[
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:

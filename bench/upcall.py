@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import help_text
 from ctl.daemon.switch import PortSpec, Switch
 from ctl.datapath.dpif_xdp import DatapathConfig
 
@@ -139,7 +140,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=help_text(__doc__))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer flows and probes (a smoke run)")
     ap.add_argument("--handlers", type=int, default=1,
