@@ -1,7 +1,8 @@
 /* megaflow.c: the megaflow cache, tail-called by emc_rx on an EMC miss with the parsed key in dp_scratch.
  * Tuple space search: one subtable per distinct mask, visited in mf_order (ranked by recent hits by user
  * space), after the subtable that the per-CPU hint for this packet's hash names (the kernel datapath's
- * mask cache idea), so most hits cost one masked lookup. A hit runs the actions and, on 1 in
+ * mask cache idea), so most hits cost one masked lookup. With a single subtable the hint is neither read nor
+ * written (it could only name that one). A hit runs the actions and, on 1 in
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
@@ -48,8 +49,12 @@ int mf_rx(struct xdp_md *ctx)
     __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
     int found = 0;
 
+    __u32 oslot = cfg->mf_order_slot & 1;
+    struct mf_order *order = mf_order.lookup(&oslot);
+    __u32 n = order ? order->n_masks : 0;
+    /* with one subtable there is nothing to choose: no hint to read or keep */
     __u32 hslot = s->hash & (MF_HINT_ENTRIES - 1);
-    __u32 *hint = (cfg->flags & DP_CFG_NO_HINTS) ? 0 : mf_hints.lookup(&hslot);
+    __u32 *hint = ((cfg->flags & DP_CFG_NO_HINTS) || n <= 1) ? 0 : mf_hints.lookup(&hslot);
     __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;
@@ -59,10 +64,7 @@ int mf_rx(struct xdp_md *ctx)
             dp_stat_add(DP_STAT_HINT_HIT, 1);
     }
     if (!found) {
-        __u32 slot = cfg->mf_order_slot & 1;
-        struct mf_order *order = mf_order.lookup(&slot);
         if (order) {
-            __u32 n = order->n_masks;
             for (__u32 i = 0; i < MF_MAX_MASKS; i++) {
                 if (i >= n)
                     break;

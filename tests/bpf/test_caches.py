@@ -134,6 +134,23 @@ def test_changed_megaflow_takes_effect_through_the_emc(tb: Bench) -> None:
     assert tb.dp.n_masks == 1
 
 
+def test_one_subtable_needs_no_hint(tb: Bench) -> None:
+    tb.dp.set_emc_insert_inv_prob(0)
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
+    before = tb.stats()
+    for _ in range(3):
+        assert tb.run(udp()).verdict == XDP_REDIRECT
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.mask_lookups, d.hint_hits) == (3, 3, 0)
+    # a second subtable: the hint is kept again and found on the next packet
+    tb.dp.put_flow(parse(udp(dport=7), 1), mask_for("in_port", "tp_dst"), [DpOutput(3)])
+    tb.run(udp())
+    before = tb.stats()
+    tb.run(udp())
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.hint_hits) == (1, 1)
+
+
 def test_tuple_space_search_hint_and_ranking(tb: Bench) -> None:
     tb.dp.set_emc_insert_inv_prob(0)
     masks = [mask_for("in_port", "tp_dst"), mask_for("in_port", "nw_src"), mask_for("dl_src"),
