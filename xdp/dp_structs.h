@@ -34,13 +34,16 @@ struct flow_key {
 _Static_assert(sizeof(struct flow_key) == 104, "flow_key layout changed: update ctl/flowkey.py");
 #define FLOW_KEY_WORDS (sizeof(struct flow_key) / 8)
 
-/* A megaflow's key in mf_flows: the subtable (mask id) and the masked flow key. */
+/* A megaflow's key in mf_flows: the subtable (mask id) and mf_hash() of the masked flow key (the hash map then
+ * hashes 16 bytes, not the whole key); the masked key itself is in the megaflow's entry, compared after the
+ * lookup. User space never installs two megaflows of one subtable with the same hash (the second is refused,
+ * its packets take the slow path), so a key found here names the one megaflow that can match. */
 struct mf_key {
     __u32 mask_id;
     __u32 pad;          /* always zero */
-    struct flow_key key;
+    __u64 hash;
 };
-_Static_assert(sizeof(struct mf_key) == 112, "mf_key layout changed");
+_Static_assert(sizeof(struct mf_key) == 16, "mf_key layout changed");
 
 /* Datapath actions. Modifications come first; a megaflow ends in at most one terminal action
  * (output, group, flood, upcall, drop); no terminal action means drop. Never renumber. */
@@ -88,6 +91,7 @@ struct mf_entry {
     __u16 n_actions;
     __u16 pad;
     struct dp_action actions[MF_MAX_ACTIONS];
+    struct flow_key key;    /* the masked key: what a packet's masked key must equal (last: an EMC hit never reads it) */
 };
 
 /* Packets and bytes: a select group's bucket (dp_bucket_stats), a meter's input or band (dp_meter_stats). */
@@ -146,7 +150,7 @@ struct dp_config {
     __u32 emc_insert_inv_prob;  /* insert into the EMC on 1 in N megaflow hits; 0: never (OVS: 100) */
     __u32 mf_order_slot;        /* 0 or 1 */
     __u32 flags;                /* DP_CFG_* */
-    __u32 pad;
+    __u32 hash_seed;            /* mf_hash()'s seed: random, chosen by user space when the datapath is made */
 };
 #define DP_CFG_NO_HINTS 1       /* neither use nor update the mask hints (benchmarks, debugging) */
 #define DP_CFG_SKB_FLOOD 2      /* some port takes the skb path: floods and groups go through dp_skb_tx */

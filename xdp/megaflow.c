@@ -6,26 +6,40 @@
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
-/* Look the key up in subtable mid. On a hit, *flow_idx, *fe and *gen describe the megaflow. */
-static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, struct mf_key *mk,
+/* A subtable lookup's scratch: the masked key's words and the mf_flows key. */
+struct mf_probe {
+    __u64 w[FLOW_KEY_WORDS];
+    struct mf_key mk;
+};
+
+/* Look the key up in subtable mid: mask it, hash it, find the hash in mf_flows, and compare the entry's masked
+ * key word by word. On a hit, *flow_idx, *fe and *gen describe the megaflow. */
+static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, struct mf_probe *p,
                                           __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
 {
     const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
     if (!m)
         return 0;
     const __u64 *k = (const __u64 *)key;
-    __u64 *o = (__u64 *)&mk->key;
 #pragma unroll
     for (int i = 0; i < FLOW_KEY_WORDS; i++)
-        o[i] = k[i] & m[i];
-    mk->mask_id = mid;
-    __u32 *idx = mf_flows.lookup(mk);
+        p->w[i] = k[i] & m[i];
+    p->mk.mask_id = mid;
+    p->mk.hash = mf_hash(p->w, seed);
+    __u32 *idx = mf_flows.lookup(&p->mk);
     if (!idx)
         return 0;
     __u32 i = *idx;
     struct mf_entry *f = mf_entries.lookup(&i);
     if (!f)
         return 0;
+    const __u64 *fk = (const __u64 *)&f->key;
+    __u64 d = 0;
+#pragma unroll
+    for (int j = 0; j < FLOW_KEY_WORDS; j++)
+        d |= p->w[j] ^ fk[j];
+    if (d)
+        return 0; /* the hash of a megaflow user space could not install (it collided): not this one */
     __u32 g = f->gen;
     if (!(g & 1))
         return 0; /* being deleted */
@@ -43,8 +57,9 @@ int mf_rx(struct xdp_md *ctx)
     if (!s || !cfg)
         return XDP_ABORTED;
 
-    struct mf_key mk; /* every byte is written before use: mask_id, pad, and the masked key */
-    mk.pad = 0;
+    struct mf_probe probe; /* every byte is written before use */
+    probe.mk.pad = 0;
+    __u32 seed = cfg->hash_seed;
     struct mf_entry *f = 0;
     __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
     int found = 0;
@@ -59,7 +74,7 @@ int mf_rx(struct xdp_md *ctx)
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;
         lookups = 1;
-        found = mf_lookup_mask(mid, &s->key, &mk, &idx, &f, &gen);
+        found = mf_lookup_mask(mid, &s->key, seed, &probe, &idx, &f, &gen);
         if (found)
             dp_stat_add(DP_STAT_HINT_HIT, 1);
     }
@@ -72,7 +87,7 @@ int mf_rx(struct xdp_md *ctx)
                 if (m + 1 == hinted)
                     continue;
                 lookups++;
-                if (mf_lookup_mask(m, &s->key, &mk, &idx, &f, &gen)) {
+                if (mf_lookup_mask(m, &s->key, seed, &probe, &idx, &f, &gen)) {
                     mid = m;
                     found = 1;
                     break;

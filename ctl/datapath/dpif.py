@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from ctl.datapath.flowkey import FlowKey, format_key, mac_bytes, mac_str
+from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey, format_key, mac_bytes, mac_str, mf_hash
 
 ACTION_SIZE = 24
 ENTRY_HEADER = struct.Struct("<IHH")
@@ -627,9 +627,16 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
     return out
 
 
-def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int) -> bytes:
+def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: bytes = bytes(FLOW_KEY_SIZE)) -> bytes:
+    """struct mf_entry: generation, the action records (padded to max_actions), the megaflow's masked key."""
     body = b"".join(recs) + b"\0" * (ACTION_SIZE * (max_actions - len(recs)))
-    return ENTRY_HEADER.pack(gen, len(recs), 0) + body
+    return ENTRY_HEADER.pack(gen, len(recs), 0) + body + masked
+
+
+def entry_key(raw: bytes, max_actions: int) -> bytes:
+    """The masked key at the end of a struct mf_entry."""
+    base = ENTRY_HEADER.size + ACTION_SIZE * max_actions
+    return raw[base:base + FLOW_KEY_SIZE]
 
 
 def decode_entry(raw: bytes) -> tuple[int, list[bytes]]:
@@ -639,8 +646,14 @@ def decode_entry(raw: bytes) -> tuple[int, list[bytes]]:
 
 
 def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
-    """struct mf_key: the subtable (mask id), zero padding, the masked key."""
+    """A megaflow's identity in user space: its subtable (mask id), zero padding, its masked key."""
     return struct.pack("<II", mask_id, 0) + bytes(masked)
+
+
+def mf_hkey_bytes(fkey: bytes, seed: int) -> bytes:
+    """struct mf_key, the megaflow's key in mf_flows: the subtable and mf_hash() of the masked key (fkey as
+    mf_key_bytes gives it)."""
+    return fkey[:8] + struct.pack("<Q", mf_hash(fkey[8:], seed))
 
 
 CLOCK_MONOTONIC_COARSE = 6  # the clock of bpf_ktime_get_coarse_ns()

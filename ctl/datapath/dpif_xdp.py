@@ -86,7 +86,8 @@ class _Pending:
 
     idx: int
     mid: int
-    fkey: bytes
+    fkey: bytes                 # the megaflow's identity (dpif.mf_key_bytes)
+    hkey: bytes                 # its key in mf_flows (dpif.mf_hkey_bytes)
     entry: bytes
     old: tuple[int, int] | None
     groups: list[int]
@@ -199,6 +200,7 @@ class Datapath:
         self._mask_refs: dict[int, int] = {}        # mask id -> flows using it
         self._mask_order: list[int] = []
         self._flows: dict[bytes, tuple[int, int]] = {}  # mf_key bytes -> (flow idx, mask id)
+        self._hkeys: dict[bytes, bytes] = {}        # its mf_flows key (mask id, hash) -> mf_key bytes
         self._free_idx: deque[int] = deque()
         self._next_idx = 0
         self._groups: dict[frozenset[int], int] = {}
@@ -212,6 +214,7 @@ class Datapath:
         self._enc_cache: dict[tuple[Action, ...], list[bytes]] = {}  # action lists without groups, encoded
         # flow slots at or above this index have all-zero counters (never used since the maps were made)
         self._clean_from = self.config.max_flows if reused_pins else 0
+        self._seed = self._hash_seed()
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
         RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -520,7 +523,7 @@ class Datapath:
         self._write_entry(p.idx, p.entry)
         self._write_stats(p.idx, p.old[0] if p.old else None)
         try:
-            self._raw_update("mf_flows", p.fkey, struct.pack("<I", p.idx))
+            self._raw_update("mf_flows", p.hkey, struct.pack("<I", p.idx))
         except MapFull:
             self._abandon(p)
             raise
@@ -534,21 +537,21 @@ class Datapath:
         put_flow would have raised (nothing changed for that one)."""
         out: list[int | Exception] = []
         pending: list[tuple[int, _Pending]] = []
-        keys: set[bytes] = set()
+        keys: dict[bytes, bytes] = {}  # mf_flows key -> megaflow, of this batch
         for i, (key, mask, actions) in enumerate(items):
             try:
                 p = self._prepare(key, mask, actions)
-                if p.fkey in keys:  # the same megaflow twice in one batch (rare): write what came before it
-                    self._abandon(p)  # first, then prepare this one again, so that it replaces it as put_flow
-                    self._flush(pending, out)  # would
-                    pending, keys = [], set()
+                if p.hkey in keys:  # the same megaflow twice in one batch (rare), or two with one hash (rarer):
+                    self._abandon(p)  # write what came before it first, then prepare this one again, so that
+                    self._flush(pending, out)  # it replaces it (or is refused) as put_flow would
+                    pending, keys = [], {}
                     p = self._prepare(key, mask, actions)
             except Exception as e:
                 out.append(e)
                 continue
             out.append(p.idx)
             pending.append((i, p))
-            keys.add(p.fkey)
+            keys[p.hkey] = p.fkey
         self._flush(pending, out)
         return out
 
@@ -560,14 +563,14 @@ class Datapath:
         for p in ps:
             self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
             self._write_stats(p.idx, p.old[0] if p.old else None)
-        done = self._batch_update("mf_flows", [p.fkey for p in ps], [struct.pack("<I", p.idx) for p in ps],
+        done = self._batch_update("mf_flows", [p.hkey for p in ps], [struct.pack("<I", p.idx) for p in ps],
                                   partial=True)
         for j, (i, p) in enumerate(pending):
             if j < done:
                 self._committed(p)
                 continue
             try:  # what the batch left (a full map): one by one, as put_flow would
-                self._raw_update("mf_flows", p.fkey, struct.pack("<I", p.idx))
+                self._raw_update("mf_flows", p.hkey, struct.pack("<I", p.idx))
                 self._committed(p)
             except MapFull as e:
                 self._abandon(p)
@@ -592,6 +595,13 @@ class Datapath:
         new_mask = mask_raw not in self._masks
         if new_mask and len(self._masks) >= self.config.max_masks:
             raise MapFull(f"all {self.config.max_masks} megaflow masks are in use")
+        if not new_mask:  # a subtable's two megaflows with one hash: the second is refused (a new one is empty)
+            fkey = dpif.mf_key_bytes(self._masks[mask_raw], masked)
+            hkey = dpif.mf_hkey_bytes(fkey, self._seed)
+            other = self._hkeys.get(hkey)
+            if other is not None and other != fkey:
+                raise MapFull(f"megaflow hash collision in subtable {self._masks[mask_raw]} (its packets take "
+                              f"the slow path)")
         group_taken: list[int] = []
 
         def group_for(ports: frozenset[int]) -> int:
@@ -615,15 +625,19 @@ class Datapath:
         mid = self._mask_acquire(mask_raw) if new_mask else self._masks[mask_raw]
         if not new_mask:
             self._mask_refs[mid] += 1
-        fkey = dpif.mf_key_bytes(mid, masked)
+        if new_mask:
+            fkey = dpif.mf_key_bytes(mid, masked)
+            hkey = dpif.mf_hkey_bytes(fkey, self._seed)
         old = self._flows.get(fkey)
         gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
-        return _Pending(idx, mid, fkey, dpif.encode_entry(gen, recs, self.config.max_actions), old, group_taken)
+        return _Pending(idx, mid, fkey, hkey, dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:]), old,
+                        group_taken)
 
     def _committed(self, p: _Pending) -> None:
         """The flow key is in mf_flows: record it, and retire the megaflow it replaced."""
         self._flows[p.fkey] = (p.idx, p.mid)
+        self._hkeys[p.hkey] = p.fkey
         if p.groups:
             self._flow_group[p.idx] = p.groups[0]
         if p.old:
@@ -647,7 +661,9 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
-        libbcc.bpf_delete_elem(self.bpf["mf_flows"].map_fd, ctypes.c_char_p(fkey))  # absent: nothing to do
+        hkey = dpif.mf_hkey_bytes(fkey, self._seed)
+        del self._hkeys[hkey]
+        libbcc.bpf_delete_elem(self.bpf["mf_flows"].map_fd, ctypes.c_char_p(hkey))  # absent: nothing to do
         self._retire(found[0])
         self._mask_release(found[1])
         return True
@@ -707,6 +723,15 @@ class Datapath:
         cur = cfg[ctypes.c_uint32(0)]
         cur.emc_insert_inv_prob = inv
         cfg[ctypes.c_uint32(0)] = cur
+
+    def _hash_seed(self) -> int:
+        """mf_hash()'s seed: the running datapath's, or a new random one for new maps (before any megaflow)."""
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        if not cur.hash_seed:
+            cur.hash_seed = int.from_bytes(os.urandom(4), "little") or 1
+            cfg[ctypes.c_uint32(0)] = cur
+        return int(cur.hash_seed)
 
     def set_mask_hints(self, enabled: bool) -> None:
         """Use (the default) or ignore the per-CPU mask hints; off shows the cost of a full subtable walk."""
@@ -925,13 +950,16 @@ class Datapath:
         used = set()
         entries = self.bpf["mf_entries"]
         for k, v in self.bpf["mf_flows"].items():
-            raw = bytes(k)
+            hkey = bytes(k)
             idx = int(v.value)
-            mid = struct.unpack_from("<I", raw)[0]
-            self._flows[raw] = (idx, mid)
+            mid = struct.unpack_from("<I", hkey)[0]
+            raw_entry = bytes(entries[ctypes.c_uint32(idx)])
+            fkey = hkey[:8] + dpif.entry_key(raw_entry, self.config.max_actions)
+            self._flows[fkey] = (idx, mid)
+            self._hkeys[hkey] = fkey
             self._mask_refs[mid] = self._mask_refs.get(mid, 0) + 1
             used.add(idx)
-            _gen, recs = dpif.decode_entry(bytes(entries[ctypes.c_uint32(idx)]))
+            _gen, recs = dpif.decode_entry(raw_entry)
             for r in recs:
                 if struct.unpack_from("<H", r)[0] == dpif.ActType.GROUP:
                     g = struct.unpack_from("<I", r, 4)[0]

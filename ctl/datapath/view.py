@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from ctl.datapath import dpif
 from ctl.datapath.dpif import DatapathConfig, DpStats, Megaflow, PortStats
-from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey
 from ctl.datapath.netdev import links
 
 PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
@@ -301,13 +301,11 @@ class DatapathReader:
         a second)."""
         fl = self.map("mf_flows")
         ks = fl.key_size
-        keys: list[bytes] = []
         mids: list[int] = []
         slots: list[int] = []
-        for count, kraw, vraw in fl.batch_chunks():
+        for _count, kraw, vraw in fl.batch_chunks():
             mids.extend(memoryview(kraw).cast("I")[0::ks // 4].tolist())  # struct mf_key starts with mask_id
             slots.extend(memoryview(vraw).cast("I").tolist())
-            keys.extend(kraw[i + 8:i + ks] for i in range(0, count * ks, ks))
         if not slots:
             return FlowColumns([], [], [], [], [], [], [], [])
         hi = max(slots) + 1
@@ -328,8 +326,10 @@ class DatapathReader:
 
         decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # by the entry without its generation
         actions = []
+        acts_end = dpif.ENTRY_HEADER.size + dpif.ACTION_SIZE * self.config.max_actions  # then the masked key
+        keys = [raw[s][acts_end:acts_end + FLOW_KEY_SIZE] for s in slots]
         for s in slots:
-            body = raw[s][4:]
+            body = raw[s][4:acts_end]
             a = decoded.get(body)
             if a is None:
                 a = decoded[body] = tuple(dpif.decode_actions(dpif.decode_entry(raw[s])[1], ports_of_group))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
+from ctl.datapath import dpif
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
@@ -261,6 +263,32 @@ def test_the_four_results_partition_every_packet(tb: Bench) -> None:
     d = tb.stats().delta(before)
     assert d.packets == len(frames) + 30
     assert d.emc_hits > 0 and d.megaflow_hits > 0 and d.lost > 0
+
+
+def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwarding(
+        tb: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mask_for("in_port", "tp_dst")
+    first, second = parse(udp(dport=1), 1), parse(udp(dport=2), 1)
+    tb.dp.put_flow(first, m, [DpOutput(2)])
+    # mf_flows is keyed by (subtable, 64-bit hash); make the second megaflow's hash the first's
+    real = dpif.mf_hash
+    monkeypatch.setattr(dpif, "mf_hash", lambda masked, seed: real(bytes(first.masked(m)), seed))
+    with pytest.raises(MapFull, match="collision"):
+        tb.dp.put_flow(second, m, [DpOutput(3)])
+    assert tb.dp.put_flows([(second, m, [DpOutput(3)])])[0].__class__ is MapFull
+    assert tb.dp.n_flows == 1 and [f.key for f in tb.dp.dump_flows()] == [first.masked(m)]
+    before = tb.stats()
+    assert tb.run(udp(dport=1)).verdict == XDP_REDIRECT
+    assert tb.run(udp(dport=2)).verdict == XDP_DROP  # a miss (no upcall socket here: counted lost)
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.lost) == (1, 1)
+    monkeypatch.undo()
+    # the kernel's key is the C hash of the masked key, which Python computes the same way
+    [(k, v)] = [(bytes(k), int(v.value)) for k, v in tb.dp.bpf["mf_flows"].items()]
+    assert k == dpif.mf_hkey_bytes(dpif.mf_key_bytes(int(struct.unpack_from("<I", k)[0]), first.masked(m)),
+                                   tb.dp._seed)
+    assert tb.dp.del_flow(first, m) and tb.dp.n_flows == 0
+    assert not list(tb.dp.bpf["mf_flows"].items())
 
 
 def test_pinned_maps_reopen_in_another_datapath(tb: Bench) -> None:

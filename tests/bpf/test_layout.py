@@ -26,12 +26,13 @@ def test_flow_key_matches_compiled_c(bench: Bench) -> None:
 
 def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
     mf_key = bench.dp.bpf["mf_flows"].Key
-    assert ctypes.sizeof(mf_key) == len(dpif.mf_key_bytes(0, FlowKey())) == 112
-    assert c_layout(mf_key)["key"] == (8, 104)
+    assert ctypes.sizeof(mf_key) == len(dpif.mf_hkey_bytes(dpif.mf_key_bytes(0, FlowKey()), 1)) == 16
+    assert c_layout(mf_key) == {"mask_id": (0, 4), "pad": (4, 4), "hash": (8, 8)}
     entry = bench.dp.bpf["mf_entries"].Leaf
     n = bench.dp.config.max_actions
     assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))
     assert c_layout(entry)["actions"] == (8, n * dpif.ACTION_SIZE)
+    assert c_layout(entry)["key"] == (8 + n * dpif.ACTION_SIZE, 104)
     action = dict(entry._fields_)["actions"]._type_  # type: ignore[attr-defined]
     assert c_layout(action) == {"type": (0, 2), "arg16": (2, 2), "arg32": (4, 4), "data": (8, 16)}
 

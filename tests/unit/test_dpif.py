@@ -54,9 +54,11 @@ def test_actions_round_trip(actions: list[dpif.Action]) -> None:
     assert all(len(r) == dpif.ACTION_SIZE for r in recs)
     back = dpif.decode_actions(recs, lambda g: next(p for p, x in groups.items() if x == g))
     assert back == actions
-    raw = dpif.encode_entry(7, recs, 8)
-    assert len(raw) == 8 + 8 * dpif.ACTION_SIZE
+    masked = bytes(range(104))
+    raw = dpif.encode_entry(7, recs, 8, masked)
+    assert len(raw) == 8 + 8 * dpif.ACTION_SIZE + 104
     assert dpif.decode_entry(raw) == (7, recs)
+    assert dpif.entry_key(raw, 8) == masked
 
 
 def test_several_outputs_become_one_group() -> None:

@@ -1,5 +1,6 @@
 """The Python flow key and parser, alone (the bpf tier compares them with the compiled C)."""
 
+import random
 import struct
 
 import pytest
@@ -95,6 +96,30 @@ def test_masks_and_hash() -> None:
     assert 0 <= key_hash(k) < 2**32
     with pytest.raises(ValueError, match="unknown flow key field"):
         mask_for("nw_bogus")
+
+
+def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
+    # mf_hash is written out word by word; this is the loop of xdp/parser.h's mf_hash() (the bpf tier checks
+    # the kernel's mf_flows keys against it)
+    def loop(masked: bytes, seed: int) -> int:
+        m64 = 2**64 - 1
+        w = struct.unpack("<13Q", masked)
+        a, b = 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ (seed << 32)
+        for i in range(0, 12, 2):
+            a, b = ((a ^ w[i]) * 0xFF51AFD7ED558CCD) & m64, ((b ^ w[i + 1]) * 0xC4CEB9FE1A85EC53) & m64
+        a = ((a ^ w[12]) * 0xFF51AFD7ED558CCD) & m64
+        h = ((a ^ (b >> 29) ^ ((b << 35) & m64)) * 0x9E3779B97F4A7C15) & m64
+        return h ^ (h >> 32)
+
+    rng = random.Random(5)
+    for _ in range(300):
+        raw, seed = rng.randbytes(104), rng.getrandbits(32)
+        assert flowkey.mf_hash(raw, seed) == loop(raw, seed) < 2**64
+    raw = bytes(parse(bytes(Ether(**MACS) / IP() / UDP()), in_port=1))
+    assert flowkey.mf_hash(raw, 1) != flowkey.mf_hash(raw, 2)  # the seed changes every hash
+    flipped = bytearray(raw)
+    flipped[100] ^= 1  # the last word counts too
+    assert flowkey.mf_hash(bytes(flipped), 1) != flowkey.mf_hash(raw, 1)
 
 
 def test_format_key_like_dpctl() -> None:
