@@ -685,6 +685,11 @@ class Datapath:
         return self.reader.flow_stats_all(self._next_idx)
 
     @property
+    def hash_seed(self) -> int:
+        """mf_hash()'s seed for this datapath's mf_flows keys."""
+        return self._seed
+
+    @property
     def n_flows(self) -> int:
         return len(self._flows)
 

@@ -286,7 +286,7 @@ def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwardin
     # the kernel's key is the C hash of the masked key, which Python computes the same way
     [(k, v)] = [(bytes(k), int(v.value)) for k, v in tb.dp.bpf["mf_flows"].items()]
     assert k == dpif.mf_hkey_bytes(dpif.mf_key_bytes(int(struct.unpack_from("<I", k)[0]), first.masked(m)),
-                                   tb.dp._seed)
+                                   tb.dp.hash_seed)
     assert tb.dp.del_flow(first, m) and tb.dp.n_flows == 0
     assert not list(tb.dp.bpf["mf_flows"].items())
 
