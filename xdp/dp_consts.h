@@ -19,6 +19,8 @@
 #define EMC_SAMPLE 256
 #define EMC_MIN_HIT_RATIO 8
 #define EMC_SKIP 4096
+/* dp_port_slots: the ingress ports by ifindex modulo this (a power of two), in front of dp_ports */
+#define DP_PORT_SLOTS 1024
 #ifndef MF_MAX_MASKS
 #define MF_MAX_MASKS 64             /* subtables; bounds the tuple space search loop */
 #endif

@@ -28,6 +28,7 @@
 
 /* Ports: ingress ifindex -> port number; port number -> ifindex for output and flood. */
 DP_MAP("hash", u32, struct dp_port, dp_ports, DP_MAX_PORTS);
+DP_MAP("array", u32, struct dp_port_slot, dp_port_slots, DP_PORT_SLOTS);
 DP_DEVMAP(dp_tx_ports, DP_MAX_PORTS);
 DP_MAP("percpu_array", u32, struct dp_port_stats, dp_port_stats, DP_MAX_PORTS);
 DP_MAP("array", u32, struct dp_port_cfg, dp_port_cfg, DP_MAX_PORTS);

@@ -160,6 +160,14 @@ struct dp_port {
     __u32 flags;
 };
 
+/* dp_port_slots[ifindex % DP_PORT_SLOTS]: one port with that residue (the lowest ifindex), so that most
+ * packets find their ingress port with an array lookup and a compare instead of a hash map lookup. User space
+ * rewrites the whole array from dp_ports after every port change; ifindex 0: empty. */
+struct dp_port_slot {
+    __u32 ifindex;
+    __u32 port_no;
+};
+
 struct dp_port_stats {
     __u64 rx_packets;
     __u64 rx_bytes;

@@ -288,18 +288,29 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
     }
 }
 
-/* What every program does first: find the ingress port, zero the scratch key and parse into it.
+/* What every program does first: find the ingress port (dp_port_slots, else dp_ports), zero the scratch key and
+ * parse into it.
  * Returns the per-CPU scratch, or NULL when the ingress device is not a datapath port. */
 static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
 {
     __u32 zero = 0;
     struct dp_scratch *s = dp_scratch.lookup(&zero);
     __u32 ifindex = ctx->ingress_ifindex;
-    struct dp_port *port = dp_ports.lookup(&ifindex);
-    if (!s || !port)
+    __u32 slot = ifindex & (DP_PORT_SLOTS - 1);
+    struct dp_port_slot *ps = dp_port_slots.lookup(&slot);
+    __u32 port_no;
+    if (ps && ifindex && ps->ifindex == ifindex) {
+        port_no = ps->port_no;
+    } else {
+        struct dp_port *port = dp_ports.lookup(&ifindex);
+        if (!port)
+            return 0;
+        port_no = port->port_no;
+    }
+    if (!s)
         return 0;
     __builtin_memset(&s->key, 0, sizeof(s->key));
-    s->key.in_port = port->port_no;
+    s->key.in_port = port_no;
     struct pkt_layout lay;
     parse_packet(ctx, &s->key, &lay);
     s->l3_off = lay.l3_off;

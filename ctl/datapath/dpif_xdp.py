@@ -55,6 +55,7 @@ PROGRAM_FILES = ("emc.c", "megaflow.c", "skb_tx.c", "baseline.c")
 TC_PRIO = 120                  # the tc filter (clsact ingress) that runs dp_skb_tx on every port
 DP_PORT_SKB_TX = 1             # struct dp_port_cfg flags
 DP_CFG_SKB_FLOOD = 2           # struct dp_config flags
+DP_PORT_SLOTS = 1024           # dp_consts.h
 DP_SKB_MAX_COPIES = 64         # dp_consts.h: ports a flood or group reaches on the skb path
 # What the maps look like: a build whose other files changed can share a running datapath's maps (and
 # replace its programs without a gap); one whose layout changed cannot.
@@ -436,6 +437,7 @@ class Datapath:
         for p in self.reader.ports():
             if p.ifindex in keep:
                 continue
+            self._write_port_slots(without=p.ifindex)
             try:
                 del self.bpf["dp_ports"][ctypes.c_uint32(p.ifindex)]
             except KeyError:
@@ -460,11 +462,23 @@ class Datapath:
             done.append(f"port {p.port_no} ({p.name}) is no longer configured: detached")
         return done
 
+    def _write_port_slots(self, without: int = 0) -> None:
+        """Rewrite dp_port_slots from dp_ports (less ifindex without, about to go): per slot the port of the
+        lowest ifindex with that residue. One batch write of the whole array."""
+        slots: dict[int, tuple[int, int]] = {}
+        for k, v in sorted(self.bpf["dp_ports"].items(), key=lambda kv: int(kv[0].value)):
+            ifindex = int(k.value)
+            if ifindex != without:
+                slots.setdefault(ifindex & (DP_PORT_SLOTS - 1), (ifindex, int(v.port_no)))
+        self._batch_update("dp_port_slots", [struct.pack("<I", i) for i in range(DP_PORT_SLOTS)],
+                           [struct.pack("<II", *slots.get(i, (0, 0))) for i in range(DP_PORT_SLOTS)])
+
     def _write_port(self, port: Port) -> None:
         self._write_port_cfg(port.port_no)
         self._write_skb_targets()
         self._write_skb_flood()
         self.bpf["dp_ports"][ctypes.c_uint32(port.ifindex)] = self.bpf["dp_ports"].Leaf(port.port_no, 0)
+        self._write_port_slots()
         self.bpf["dp_tx_ports"][ctypes.c_int(port.port_no)] = ctypes.c_int(port.ifindex)
         for ports, g in self._groups.items():
             if port.port_no in ports:
@@ -481,6 +495,7 @@ class Datapath:
     def _detach(self, port: Port) -> None:
         self.bpf["dp_port_cfg"][ctypes.c_uint32(port.port_no)] = self.bpf["dp_port_cfg"].Leaf()
         detach_tc(port.ifindex)
+        self._write_port_slots(without=port.ifindex)
         for table, key in (("dp_ports", ctypes.c_uint32(port.ifindex)), ("dp_tx_ports", ctypes.c_int(port.port_no))):
             try:
                 del self.bpf[table][key]

@@ -3,6 +3,7 @@ the counter partition and pinned maps."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import struct
@@ -12,14 +13,14 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from ctl.datapath import dpif
+from ctl.datapath import dpif, progrun
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
 from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from tests.bpf.conftest import CONFIG, Bench
-from tests.conftest import Net
+from tests.conftest import Net, sh, unique
 
 MAC = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
@@ -289,6 +290,43 @@ def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwardin
                                    tb.dp.hash_seed)
     assert tb.dp.del_flow(first, m) and tb.dp.n_flows == 0
     assert not list(tb.dp.bpf["mf_flows"].items())
+
+
+def test_ingress_ports_whose_ifindexes_share_a_slot(tb: Bench) -> None:
+    # dp_port_slots holds one port per ifindex % 1024 (the lowest ifindex); the other is found in dp_ports
+    taken = {i & 1023 for i in tb.ifindex.values()}
+    a, b = unique("xsq"), unique("xsr")
+    base = next(x for x in range(300_000 + os.getpid() % 1000 * 2048, 2**30, 2048)
+                if x & 1023 not in taken and sh(f"ip link add {a} index {x} type veth peer name {b} index {x + 1024}",
+                                                check=False).returncode == 0)
+    try:
+        for d in (a, b):
+            sh(f"sysctl -qw net.ipv6.conf.{d}.disable_ipv6=1")
+            sh(f"ip link set {d} up")
+        tb.dp.add_port(a, 4)
+        tb.dp.add_port(b, 5)
+        slot = tb.dp.bpf["dp_port_slots"][ctypes.c_uint32(base & 1023)]
+        assert (slot.ifindex, slot.port_no) == (base, 4)
+        tb.dp.put_flow(parse(udp(), 5), mask_for("in_port"), [DpOutput(2)])
+        before = {n: tb.dp.port_stats(n).rx_packets for n in (4, 5)}
+        assert progrun.run_xdp(tb.dp.emc_prog_fd, udp(), base + 1024).verdict == XDP_REDIRECT
+        assert progrun.run_xdp(tb.dp.emc_prog_fd, udp(), base).verdict == XDP_DROP  # port 4: no megaflow, lost
+        assert {n: tb.dp.port_stats(n).rx_packets - before[n] for n in (4, 5)} == {4: 1, 5: 1}
+        tb.dp.del_port(4)  # the slot passes to port 5; port 4's ifindex is no port any more
+        slot = tb.dp.bpf["dp_port_slots"][ctypes.c_uint32(base & 1023)]
+        assert (slot.ifindex, slot.port_no) == (base + 1024, 5)
+        d0 = tb.stats()
+        assert progrun.run_xdp(tb.dp.emc_prog_fd, udp(), base + 1024).verdict == XDP_REDIRECT
+        assert progrun.run_xdp(tb.dp.emc_prog_fd, udp(), base).verdict == XDP_DROP
+        d = tb.stats().delta(d0)
+        assert d.drops["unknown_ingress"] == 1 and d.megaflow_hits + d.emc_hits == 1
+        tb.dp.del_port(5)
+        assert tb.dp.bpf["dp_port_slots"][ctypes.c_uint32(base & 1023)].ifindex == 0
+    finally:
+        for n in (4, 5):
+            if n in tb.dp.ports:
+                tb.dp.del_port(n)
+        sh(f"ip link del {a}", check=False)
 
 
 def test_pinned_maps_reopen_in_another_datapath(tb: Bench) -> None:
