@@ -256,7 +256,8 @@ def start(
     handlers: int = typer.Option(1, "--handlers", help="Upcall handler threads."),
     mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
-                                            help="Insert into the EMC on 1 in N megaflow hits (0: never)."),
+                                            help="Insert into the EMC on 1 in N megaflow hits (0: the EMC is off, "
+                                                 "never filled nor probed)."),
     vlan_limit: int = typer.Option(1, "--vlan-limit",
                                    help="VLAN tags parsed, as OVS's other_config:vlan-limit: 1 (an inner tag is "
                                         "payload) or 2 (0: as many as the flow key holds, 2). A change is a new "
