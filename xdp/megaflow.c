@@ -33,12 +33,7 @@ static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key,
     struct mf_entry *f = mf_entries.lookup(&i);
     if (!f)
         return 0;
-    const __u64 *fk = (const __u64 *)&f->key;
-    __u64 d = 0;
-#pragma unroll
-    for (int j = 0; j < FLOW_KEY_WORDS; j++)
-        d |= p->w[j] ^ fk[j];
-    if (d)
+    if (!flow_key_equal((const struct flow_key *)p->w, &f->key))
         return 0; /* the hash of a megaflow user space could not install (it collided): not this one */
     __u32 g = f->gen;
     if (!(g & 1))

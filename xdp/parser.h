@@ -318,26 +318,9 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
     return s;
 }
 
-/* A cheap 32-bit hash of the whole key: indexes the EMC and the mask hints (ctl/flowkey.py key_hash).
- * Two independent multiply lanes halve the dependency chain of a single one. */
-static __always_inline __u32 flow_key_hash(const struct flow_key *key)
-{
-    const __u64 *w = (const __u64 *)key;
-    __u64 a = 0x9e3779b97f4a7c15ULL, b = 0xc2b2ae3d27d4eb4fULL;
-#pragma unroll
-    for (int i = 0; i + 1 < FLOW_KEY_WORDS; i += 2) {
-        a = (a ^ w[i]) * 0xff51afd7ed558ccdULL;
-        b = (b ^ w[i + 1]) * 0xc4ceb9fe1a85ec53ULL;
-    }
-    if (FLOW_KEY_WORDS & 1)
-        a = (a ^ w[FLOW_KEY_WORDS - 1]) * 0xff51afd7ed558ccdULL;
-    __u64 h = (a ^ (b >> 29) ^ (b << 35)) * 0x9e3779b97f4a7c15ULL;
-    h ^= h >> 32;
-    return (__u32)h;
-}
-
-/* A megaflow's hash in mf_flows (ctl/flowkey.py mf_hash): flow_key_hash()'s mixing, seeded, all 64 bits, over
- * the masked key's words. */
+/* A key's words hashed, seeded, 64 bits (ctl/flowkey.py mf_hash). Two independent multiply lanes halve the
+ * dependency chain of a single one. A megaflow's key in mf_flows is this of its masked key, seeded by
+ * dp_config.hash_seed. */
 static __always_inline __u64 mf_hash(const __u64 *w, __u32 seed)
 {
     __u64 a = 0x9e3779b97f4a7c15ULL ^ seed, b = 0xc2b2ae3d27d4eb4fULL ^ ((__u64)seed << 32);
@@ -350,6 +333,12 @@ static __always_inline __u64 mf_hash(const __u64 *w, __u32 seed)
         a = (a ^ w[FLOW_KEY_WORDS - 1]) * 0xff51afd7ed558ccdULL;
     __u64 h = (a ^ (b >> 29) ^ (b << 35)) * 0x9e3779b97f4a7c15ULL;
     return h ^ (h >> 32);
+}
+
+/* The whole key's 32-bit hash: indexes the EMC and the mask hints (ctl/flowkey.py key_hash): mf_hash unseeded. */
+static __always_inline __u32 flow_key_hash(const struct flow_key *key)
+{
+    return (__u32)mf_hash((const __u64 *)key, 0);
 }
 
 static __always_inline __u32 rotl32(__u32 x, int r)

@@ -633,9 +633,14 @@ def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: byte
     return ENTRY_HEADER.pack(gen, len(recs), 0) + body + masked
 
 
+def entry_key_offset(max_actions: int) -> int:
+    """Where a struct mf_entry's masked key starts: after its header and max_actions action records."""
+    return ENTRY_HEADER.size + ACTION_SIZE * max_actions
+
+
 def entry_key(raw: bytes, max_actions: int) -> bytes:
     """The masked key at the end of a struct mf_entry."""
-    base = ENTRY_HEADER.size + ACTION_SIZE * max_actions
+    base = entry_key_offset(max_actions)
     return raw[base:base + FLOW_KEY_SIZE]
 
 

@@ -171,25 +171,15 @@ def field_layout() -> dict[str, tuple[int, int]]:
 
 
 def key_hash(key: FlowKey) -> int:
-    """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints."""
-    m64 = 0xFFFFFFFFFFFFFFFF
-    words = [w for (w,) in struct.iter_unpack("<Q", bytes(key))]
-    a, b = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
-    for i in range(0, len(words) - 1, 2):
-        a = ((a ^ words[i]) * 0xFF51AFD7ED558CCD) & m64
-        b = ((b ^ words[i + 1]) * 0xC4CEB9FE1A85EC53) & m64
-    if len(words) & 1:
-        a = ((a ^ words[-1]) * 0xFF51AFD7ED558CCD) & m64
-    h = ((a ^ (b >> 29) ^ ((b << 35) & m64)) * 0x9E3779B97F4A7C15) & m64
-    h ^= h >> 32
-    return h & 0xFFFFFFFF
+    """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints (mf_hash unseeded, low 32 bits)."""
+    return mf_hash(bytes(key), 0) & 0xFFFFFFFF
 
 
 _WORDS = struct.Struct("<13Q")  # a flow key's FLOW_KEY_WORDS
 
 
 def mf_hash(masked: bytes, seed: int) -> int:
-    """mf_hash() of xdp/parser.h: a megaflow's 64-bit hash in mf_flows, over its masked key (13 words), seeded.
+    """mf_hash() of xdp/parser.h: a key's 13 words hashed, seeded, 64 bits (a megaflow's key in mf_flows).
     Written out word by word: every megaflow setup computes one (3 us here, against 4.5 as a loop)."""
     m64, c1, c2 = 0xFFFFFFFFFFFFFFFF, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
     w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12 = _WORDS.unpack(masked)

@@ -326,7 +326,7 @@ class DatapathReader:
 
         decoded: dict[bytes, tuple[dpif.Action, ...]] = {}  # by the entry without its generation
         actions = []
-        acts_end = dpif.ENTRY_HEADER.size + dpif.ACTION_SIZE * self.config.max_actions  # then the masked key
+        acts_end = dpif.entry_key_offset(self.config.max_actions)  # the actions end, the masked key starts
         keys = [raw[s][acts_end:acts_end + FLOW_KEY_SIZE] for s in slots]
         for s in slots:
             body = raw[s][4:acts_end]
