@@ -27,6 +27,10 @@
 #ifndef MF_MAX_FLOWS
 #define MF_MAX_FLOWS 262144         /* megaflows; indexes mf_entries and mf_stats */
 #endif
+#ifndef MF_BUCKETS
+#define MF_BUCKETS 524288           /* mf_buckets: a power of two, at least 2 * MF_MAX_FLOWS (DatapathConfig.n_buckets) */
+#endif
+#define MF_BUCKET_WAYS 8            /* megaflows per bucket: eight tags and eight indexes, one cache line */
 #ifndef MF_HINT_ENTRIES
 #define MF_HINT_ENTRIES 4096        /* per CPU; a power of two: packet hash -> last matching mask */
 #endif

@@ -67,7 +67,7 @@ DP_MAP("percpu_array", u32, struct emc_sampler, emc_sampler, 1);
 DP_MAP("array", u32, struct flow_key, mf_masks, MF_MAX_MASKS);
 DP_MAP("array", u32, struct mf_order, mf_order, 2);
 DP_MAP("percpu_array", u32, u64, mf_mask_hits, MF_MAX_MASKS);
-DP_MAP("hash", struct mf_key, u32, mf_flows, MF_MAX_FLOWS);
+DP_MAP("array", u32, struct mf_bucket, mf_buckets, MF_BUCKETS);
 DP_MAP("array", u32, struct mf_entry, mf_entries, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, struct mf_flow_stats, mf_stats, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, u32, mf_hints, MF_HINT_ENTRIES);   /* mask id + 1; 0: no hint */

@@ -34,16 +34,17 @@ struct flow_key {
 _Static_assert(sizeof(struct flow_key) == 104, "flow_key layout changed: update ctl/flowkey.py");
 #define FLOW_KEY_WORDS (sizeof(struct flow_key) / 8)
 
-/* A megaflow's key in mf_flows: the subtable (mask id) and mf_hash() of the masked flow key (the hash map then
- * hashes 16 bytes, not the whole key); the masked key itself is in the megaflow's entry, compared after the
- * lookup. User space never installs two megaflows of one subtable with the same hash (the second is refused,
- * its packets take the slow path), so a key found here names the one megaflow that can match. */
-struct mf_key {
-    __u32 mask_id;
-    __u32 pad;          /* always zero */
-    __u64 hash;
+/* The megaflow cache's index (mf_buckets): a megaflow of subtable mid with masked key w hashes to
+ * h = mf_hash(w, mf_seed(seed, mid)); it sits in bucket h mod MF_BUCKETS as tag (h >> 32) | 1 (0: a free way)
+ * and its flow index. A bucket is one cache line; the fast path compares its eight tags, then the one
+ * entry whose tag matched (its mask id and masked key, word by word). User space never puts two megaflows
+ * with one tag in a bucket, nor a ninth in a full one (the megaflow is refused: its packets take the slow
+ * path), so a tag found names the one megaflow that can match. */
+struct mf_bucket {
+    __u32 tag[MF_BUCKET_WAYS];
+    __u32 idx[MF_BUCKET_WAYS];
 };
-_Static_assert(sizeof(struct mf_key) == 16, "mf_key layout changed");
+_Static_assert(sizeof(struct mf_bucket) == 64, "mf_bucket layout changed");
 
 /* Datapath actions. Modifications come first; a megaflow ends in at most one terminal action
  * (output, group, flood, upcall, drop); no terminal action means drop. Never renumber. */
@@ -89,7 +90,7 @@ _Static_assert(sizeof(struct dp_action) == 24, "dp_action layout changed");
 struct mf_entry {
     __u32 gen;
     __u16 n_actions;
-    __u16 pad;
+    __u16 mask_id;      /* its subtable: a lookup in another one never takes it */
     struct dp_action actions[MF_MAX_ACTIONS];
     struct flow_key key;    /* the masked key: what a packet's masked key must equal (last: an EMC hit never reads it) */
 };

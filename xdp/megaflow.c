@@ -6,15 +6,10 @@
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
-/* A subtable lookup's scratch: the masked key's words and the mf_flows key. */
-struct mf_probe {
-    __u64 w[FLOW_KEY_WORDS];
-    struct mf_key mk;
-};
-
-/* Look the key up in subtable mid: mask it, hash it, find the hash in mf_flows, and compare the entry's masked
- * key word by word. On a hit, *flow_idx, *fe and *gen describe the megaflow. */
-static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, struct mf_probe *p,
+/* Look the key up in subtable mid: mask it into w, hash it, compare the tags of its bucket in mf_buckets,
+ * then the one entry whose tag matched: its subtable and masked key. On a hit, *flow_idx, *fe and *gen describe
+ * the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing of map keys). */
+static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, __u64 *w,
                                           __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
 {
     const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
@@ -23,18 +18,25 @@ static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key,
     const __u64 *k = (const __u64 *)key;
 #pragma unroll
     for (int i = 0; i < FLOW_KEY_WORDS; i++)
-        p->w[i] = k[i] & m[i];
-    p->mk.mask_id = mid;
-    p->mk.hash = mf_hash(p->w, seed);
-    __u32 *idx = mf_flows.lookup(&p->mk);
-    if (!idx)
+        w[i] = k[i] & m[i];
+    __u64 h = mf_hash(w, mf_seed(seed, mid));
+    __u32 bi = (__u32)h & (MF_BUCKETS - 1);
+    __u32 tag = (__u32)(h >> 32) | 1;
+    struct mf_bucket *b = mf_buckets.lookup(&bi);
+    if (!b)
         return 0;
-    __u32 i = *idx;
+    __u32 i = MF_MAX_FLOWS; /* none */
+#pragma unroll
+    for (int j = 0; j < MF_BUCKET_WAYS; j++)
+        if (b->tag[j] == tag)
+            i = b->idx[j];
+    if (i >= MF_MAX_FLOWS)
+        return 0;
     struct mf_entry *f = mf_entries.lookup(&i);
-    if (!f)
+    if (!f || f->mask_id != mid)
         return 0;
-    if (!flow_key_equal((const struct flow_key *)p->w, &f->key))
-        return 0; /* the hash of a megaflow user space could not install (it collided): not this one */
+    if (!flow_key_equal((const struct flow_key *)w, &f->key))
+        return 0; /* a packet whose masked key merely shares the tag: not this megaflow */
     __u32 g = f->gen;
     if (!(g & 1))
         return 0; /* being deleted */
@@ -52,8 +54,7 @@ int mf_rx(struct xdp_md *ctx)
     if (!s || !cfg)
         return XDP_ABORTED;
 
-    struct mf_probe probe; /* every byte is written before use */
-    probe.mk.pad = 0;
+    __u64 w[FLOW_KEY_WORDS]; /* the masked key: every word is written before use */
     __u32 seed = cfg->hash_seed;
     struct mf_entry *f = 0;
     __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
@@ -69,7 +70,7 @@ int mf_rx(struct xdp_md *ctx)
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;
         lookups = 1;
-        found = mf_lookup_mask(mid, &s->key, seed, &probe, &idx, &f, &gen);
+        found = mf_lookup_mask(mid, &s->key, seed, w, &idx, &f, &gen);
         if (found)
             dp_stat_add(DP_STAT_HINT_HIT, 1);
     }
@@ -82,7 +83,7 @@ int mf_rx(struct xdp_md *ctx)
                 if (m + 1 == hinted)
                     continue;
                 lookups++;
-                if (mf_lookup_mask(m, &s->key, seed, &probe, &idx, &f, &gen)) {
+                if (mf_lookup_mask(m, &s->key, seed, w, &idx, &f, &gen)) {
                     mid = m;
                     found = 1;
                     break;

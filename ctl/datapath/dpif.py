@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey, format_key, mac_bytes, mac_str, mf_hash
+from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey, format_key, mac_bytes, mac_str, mf_hash, mf_seed
 
 ACTION_SIZE = 24
 ENTRY_HEADER = struct.Struct("<IHH")
@@ -627,10 +627,11 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
     return out
 
 
-def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: bytes = bytes(FLOW_KEY_SIZE)) -> bytes:
-    """struct mf_entry: generation, the action records (padded to max_actions), the megaflow's masked key."""
+def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: bytes = bytes(FLOW_KEY_SIZE),
+                 mask_id: int = 0) -> bytes:
+    """struct mf_entry: generation, the action records (padded to max_actions), its subtable, its masked key."""
     body = b"".join(recs) + b"\0" * (ACTION_SIZE * (max_actions - len(recs)))
-    return ENTRY_HEADER.pack(gen, len(recs), 0) + body + masked
+    return ENTRY_HEADER.pack(gen, len(recs), mask_id) + body + masked
 
 
 def entry_key_offset(max_actions: int) -> int:
@@ -655,10 +656,15 @@ def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
     return struct.pack("<II", mask_id, 0) + bytes(masked)
 
 
-def mf_hkey_bytes(fkey: bytes, seed: int) -> bytes:
-    """struct mf_key, the megaflow's key in mf_flows: the subtable and mf_hash() of the masked key (fkey as
-    mf_key_bytes gives it)."""
-    return fkey[:8] + struct.pack("<Q", mf_hash(fkey[8:], seed))
+MF_BUCKET_WAYS = 8                      # xdp/dp_consts.h: megaflows per mf_buckets bucket
+MF_BUCKET = struct.Struct(f"<{MF_BUCKET_WAYS}I{MF_BUCKET_WAYS}I")  # struct mf_bucket: the tags, then the indexes
+
+
+def mf_place(fkey: bytes, seed: int, n_buckets: int) -> tuple[int, int]:
+    """Where the megaflow fkey (as mf_key_bytes gives it) sits in mf_buckets: (bucket, tag), as mf_lookup_mask()
+    of xdp/megaflow.c computes it from mf_hash() of the masked key, seeded per subtable."""
+    h = mf_hash(fkey[8:], mf_seed(seed, struct.unpack_from("<I", fkey)[0]))
+    return h & (n_buckets - 1), (h >> 32) | 1
 
 
 CLOCK_MONOTONIC_COARSE = 6  # the clock of bpf_ktime_get_coarse_ns()
@@ -724,8 +730,14 @@ class DatapathConfig:
         if self.vlan_limit not in (0, 1, 2):
             raise ValueError(f"vlan_limit must be 0, 1 or 2 (the flow key holds two tags), got {self.vlan_limit}")
 
+    @property
+    def n_buckets(self) -> int:
+        """mf_buckets' size: twice the power of two at or above max_flows. Eight ways each, at most half a
+        megaflow per bucket on average: a bucket overflows (its ninth megaflow is refused) about once in 3e8."""
+        return 2 << max(0, self.max_flows - 1).bit_length()
+
     def cflags(self) -> list[str]:
-        return [
+        return [f"-DMF_BUCKETS={self.n_buckets}",
             f"-DEMC_ENTRIES={self.emc_entries}", f"-DMF_MAX_MASKS={self.max_masks}",
             f"-DMF_MAX_FLOWS={self.max_flows}", f"-DMF_HINT_ENTRIES={self.hint_entries}",
             f"-DMF_MAX_ACTIONS={self.max_actions}", f"-DDP_MAX_PORTS={self.max_ports}",

@@ -8,9 +8,11 @@ sizes), so a later process that opens the same datapath name gets the same maps 
 from them (flows, masks, ports, groups); ``close(unpin=True)`` removes them.
 
 Concurrency with the fast path, which reads these maps while they are written:
- - a new megaflow's entry (``mf_entries``) is written before its key goes into ``mf_flows``;
- - a replaced or deleted megaflow's key leaves (or is repointed in) ``mf_flows`` first, then its entry's
+ - a new megaflow's entry (``mf_entries``) is written before its bucket (``mf_buckets``) names it;
+ - a replaced or deleted megaflow leaves its bucket (or the bucket is repointed) first, then its entry's
    generation turns even; EMC entries carry the odd generation they saw, so they stop matching at once;
+ - a bucket is rewritten whole, and a reader may see it half written: a way's tag and index that do not
+   belong together name an entry whose subtable or masked key does not match, which the fast path checks;
  - freed flow indexes are reused oldest first, long after any reader could still hold them;
  - the subtable order is double-buffered: the idle slot is written, then ``dp_config`` flips to it.
 """
@@ -83,12 +85,13 @@ class Port:
 
 @dataclass
 class _Pending:
-    """A megaflow prepared by put_flow: its slot, mask id, mf_flows key and entry, and what it replaces."""
+    """A megaflow prepared by put_flow: its slot, mask id, place in mf_buckets and entry, and what it replaces."""
 
     idx: int
     mid: int
     fkey: bytes                 # the megaflow's identity (dpif.mf_key_bytes)
-    hkey: bytes                 # its key in mf_flows (dpif.mf_hkey_bytes)
+    place: tuple[int, int]      # (bucket, tag) in mf_buckets (dpif.mf_place), its way taken in the mirror
+    prev: int | None            # the flow slot its way named before (a replaced megaflow); None: the way was free
     entry: bytes
     old: tuple[int, int] | None
     groups: list[int]
@@ -201,7 +204,9 @@ class Datapath:
         self._mask_refs: dict[int, int] = {}        # mask id -> flows using it
         self._mask_order: list[int] = []
         self._flows: dict[bytes, tuple[int, int]] = {}  # mf_key bytes -> (flow idx, mask id)
-        self._hkeys: dict[bytes, bytes] = {}        # its mf_flows key (mask id, hash) -> mf_key bytes
+        self._places: dict[tuple[int, int], bytes] = {}  # (bucket, tag) -> mf_key bytes of the megaflow there
+        self._buckets: dict[int, list[int]] = {}    # mf_buckets as written (or being prepared): 8 tags, 8 slots
+        self._n_buckets = self.config.n_buckets
         self._free_idx: deque[int] = deque()
         self._next_idx = 0
         self._groups: dict[frozenset[int], int] = {}
@@ -535,38 +540,38 @@ class Datapath:
         Raises ActionError for actions the fast path cannot run and MapFull when a map or the mask,
         flow or group space is full; in both cases nothing changes."""
         p = self._prepare(key, mask, actions)
-        self._write_entry(p.idx, p.entry)
-        self._write_stats(p.idx, p.old[0] if p.old else None)
         try:
-            self._raw_update("mf_flows", p.hkey, struct.pack("<I", p.idx))
-        except MapFull:
+            self._write_entry(p.idx, p.entry)
+            self._write_stats(p.idx, p.old[0] if p.old else None)
+            self._write_bucket(p.place[0])
+        except DatapathError:
             self._abandon(p)
             raise
         self._committed(p)
         return p.idx
 
     def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]:
-        """put_flow for a batch (an upcall batch's new megaflows): the entries and then the flow keys are
+        """put_flow for a batch (an upcall batch's new megaflows): the entries and then the buckets are
         written with one BPF_MAP_UPDATE_BATCH each instead of a syscall per megaflow, in the order the fast
-        path needs (an entry before the key that points at it). Per item: its flow index, or the exception
+        path needs (an entry before the bucket that names it). Per item: its flow index, or the exception
         put_flow would have raised (nothing changed for that one)."""
         out: list[int | Exception] = []
         pending: list[tuple[int, _Pending]] = []
-        keys: dict[bytes, bytes] = {}  # mf_flows key -> megaflow, of this batch
+        fkeys: set[bytes] = set()  # the megaflows of this batch
         for i, (key, mask, actions) in enumerate(items):
             try:
                 p = self._prepare(key, mask, actions)
-                if p.hkey in keys:  # the same megaflow twice in one batch (rare), or two with one hash (rarer):
-                    self._abandon(p)  # write what came before it first, then prepare this one again, so that
-                    self._flush(pending, out)  # it replaces it (or is refused) as put_flow would
-                    pending, keys = [], {}
+                if p.fkey in fkeys:  # the same megaflow twice in one batch (rare): write what came before it
+                    self._abandon(p)  # first, then prepare this one again, so that it replaces it as put_flow would
+                    self._flush(pending, out)
+                    pending, fkeys = [], set()
                     p = self._prepare(key, mask, actions)
             except Exception as e:
                 out.append(e)
                 continue
             out.append(p.idx)
             pending.append((i, p))
-            keys[p.hkey] = p.fkey
+            fkeys.add(p.fkey)
         self._flush(pending, out)
         return out
 
@@ -574,22 +579,21 @@ class Datapath:
         if not pending:
             return
         ps = [p for _i, p in pending]
-        self._batch_update("mf_entries", [struct.pack("<I", p.idx) for p in ps], [p.entry for p in ps])
-        for p in ps:
-            self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
-            self._write_stats(p.idx, p.old[0] if p.old else None)
-        done = self._batch_update("mf_flows", [p.hkey for p in ps], [struct.pack("<I", p.idx) for p in ps],
-                                  partial=True)
-        for j, (i, p) in enumerate(pending):
-            if j < done:
-                self._committed(p)
-                continue
-            try:  # what the batch left (a full map): one by one, as put_flow would
-                self._raw_update("mf_flows", p.hkey, struct.pack("<I", p.idx))
-                self._committed(p)
-            except MapFull as e:
+        try:
+            self._batch_update("mf_entries", [struct.pack("<I", p.idx) for p in ps], [p.entry for p in ps])
+            for p in ps:
+                self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
+                self._write_stats(p.idx, p.old[0] if p.old else None)
+            buckets = sorted({p.place[0] for p in ps})
+            self._batch_update("mf_buckets", [struct.pack("<I", b) for b in buckets],
+                               [dpif.MF_BUCKET.pack(*self._buckets[b]) for b in buckets])
+        except DatapathError as e:
+            for i, p in reversed(pending):  # the mirror's ways go back in the order they were taken
                 self._abandon(p)
                 out[i] = e
+            return
+        for p in ps:
+            self._committed(p)
 
     def _batch_update(self, name: str, keys: list[bytes], values: list[bytes], partial: bool = False) -> int:
         """BPF_MAP_UPDATE_BATCH; how many went in (with partial, an error after some is not raised)."""
@@ -610,13 +614,6 @@ class Datapath:
         new_mask = mask_raw not in self._masks
         if new_mask and len(self._masks) >= self.config.max_masks:
             raise MapFull(f"all {self.config.max_masks} megaflow masks are in use")
-        if not new_mask:  # a subtable's two megaflows with one hash: the second is refused (a new one is empty)
-            fkey = dpif.mf_key_bytes(self._masks[mask_raw], masked)
-            hkey = dpif.mf_hkey_bytes(fkey, self._seed)
-            other = self._hkeys.get(hkey)
-            if other is not None and other != fkey:
-                raise MapFull(f"megaflow hash collision in subtable {self._masks[mask_raw]} (its packets take "
-                              f"the slow path)")
         group_taken: list[int] = []
 
         def group_for(ports: frozenset[int]) -> int:
@@ -640,19 +637,67 @@ class Datapath:
         mid = self._mask_acquire(mask_raw) if new_mask else self._masks[mask_raw]
         if not new_mask:
             self._mask_refs[mid] += 1
-        if new_mask:
-            fkey = dpif.mf_key_bytes(mid, masked)
-            hkey = dpif.mf_hkey_bytes(fkey, self._seed)
+        fkey = dpif.mf_key_bytes(mid, masked)
+        place = dpif.mf_place(fkey, self._seed, self._n_buckets)
+        try:
+            prev = self._take_way(place, fkey, idx)
+        except MapFull:
+            self._free_idx.appendleft(idx)  # never written: the next megaflow may have it at once
+            for g in group_taken:
+                self._group_release(g)
+            self._mask_release(mid)
+            raise
         old = self._flows.get(fkey)
         gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
-        return _Pending(idx, mid, fkey, hkey, dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:]), old,
-                        group_taken)
+        entry = dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:], mid)
+        return _Pending(idx, mid, fkey, place, prev, entry, old, group_taken)
+
+    def _take_way(self, place: tuple[int, int], fkey: bytes, idx: int) -> int | None:
+        """Name idx in fkey's way of its bucket (in the mirror: written by the caller). Returns the slot the way
+        named before (the megaflow fkey being replaced), or None if it was free. MapFull for a tag another
+        megaflow holds in that bucket (a hash collision) or a bucket with no free way: nothing changes, and
+        the megaflow's packets take the slow path."""
+        b, tag = place
+        owner = self._places.get(place)
+        if owner is not None and owner != fkey:
+            raise MapFull(f"megaflow hash collision in bucket {b} (its packets take the slow path)")
+        ways = self._buckets.get(b)
+        if ways is None:
+            ways = self._buckets[b] = [0] * (2 * dpif.MF_BUCKET_WAYS)
+        n = dpif.MF_BUCKET_WAYS
+        if owner is not None:
+            j = ways.index(tag, 0, n)
+            prev, ways[n + j] = ways[n + j], idx
+            return prev
+        if 0 not in ways[:n]:
+            raise MapFull(f"megaflow bucket {b} is full ({n} megaflows; its packets take the slow path)")
+        j = ways.index(0, 0, n)
+        ways[j], ways[n + j] = tag, idx
+        self._places[place] = fkey
+        return None
+
+    def _give_way(self, place: tuple[int, int], prev: int | None) -> None:
+        """Undo _take_way: the way names prev again, or is free (and the bucket gone when empty)."""
+        b, tag = place
+        ways = self._buckets[b]
+        n = dpif.MF_BUCKET_WAYS
+        j = ways.index(tag, 0, n)
+        if prev is not None:
+            ways[n + j] = prev
+            return
+        ways[j] = ways[n + j] = 0
+        del self._places[place]
+        if not any(ways):
+            del self._buckets[b]
+
+    def _write_bucket(self, b: int) -> None:
+        self._raw_update("mf_buckets", struct.pack("<I", b),
+                         dpif.MF_BUCKET.pack(*self._buckets.get(b, [0] * (2 * dpif.MF_BUCKET_WAYS))))
 
     def _committed(self, p: _Pending) -> None:
-        """The flow key is in mf_flows: record it, and retire the megaflow it replaced."""
+        """Its bucket names it: record it, and retire the megaflow it replaced."""
         self._flows[p.fkey] = (p.idx, p.mid)
-        self._hkeys[p.hkey] = p.fkey
         if p.groups:
             self._flow_group[p.idx] = p.groups[0]
         if p.old:
@@ -660,7 +705,8 @@ class Datapath:
             self._retire(p.old[0])
 
     def _abandon(self, p: _Pending) -> None:
-        """The flow key could not go in: give back the slot, the groups and the mask."""
+        """The megaflow could not go in: give back its way, the slot, the groups and the mask."""
+        self._give_way(p.place, p.prev)
         self._kill(p.idx)
         self._free_idx.append(p.idx)
         for g in p.groups:
@@ -676,9 +722,9 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
-        hkey = dpif.mf_hkey_bytes(fkey, self._seed)
-        del self._hkeys[hkey]
-        libbcc.bpf_delete_elem(self.bpf["mf_flows"].map_fd, ctypes.c_char_p(hkey))  # absent: nothing to do
+        place = dpif.mf_place(fkey, self._seed, self._n_buckets)
+        self._give_way(place, None)
+        self._write_bucket(place[0])
         self._retire(found[0])
         self._mask_release(found[1])
         return True
@@ -701,7 +747,7 @@ class Datapath:
 
     @property
     def hash_seed(self) -> int:
-        """mf_hash()'s seed for this datapath's mf_flows keys."""
+        """mf_hash()'s seed for this datapath's megaflows' places in mf_buckets (with mf_seed() per subtable)."""
         return self._seed
 
     @property
@@ -819,7 +865,7 @@ class Datapath:
     def map_usage(self) -> dict[str, tuple[int, int]]:
         """(entries in use, max entries) of the maps that fill up."""
         return {
-            "mf_flows": (len(self._flows), self.config.max_flows),
+            "mf_entries": (len(self._flows), self.config.max_flows),
             "mf_masks": (len(self._masks), self.config.max_masks),
             "dp_groups": (len(self._groups), N_GROUPS),
             "dp_ports": (len(self.ports), self.config.max_ports - 1),
@@ -969,14 +1015,17 @@ class Datapath:
             self._mask_refs[mid] = 0
         used = set()
         entries = self.bpf["mf_entries"]
-        for k, v in self.bpf["mf_flows"].items():
-            hkey = bytes(k)
-            idx = int(v.value)
-            mid = struct.unpack_from("<I", hkey)[0]
+        reader = DatapathReader(self.name, self.config, self._map_reader)
+        nw = dpif.MF_BUCKET_WAYS
+        for b, tag, idx in reader.bucket_ways():
             raw_entry = bytes(entries[ctypes.c_uint32(idx)])
-            fkey = hkey[:8] + dpif.entry_key(raw_entry, self.config.max_actions)
+            mid = dpif.ENTRY_HEADER.unpack_from(raw_entry)[2]
+            fkey = struct.pack("<II", mid, 0) + dpif.entry_key(raw_entry, self.config.max_actions)
             self._flows[fkey] = (idx, mid)
-            self._hkeys[hkey] = fkey
+            self._places[(b, tag)] = fkey
+            ways = self._buckets.setdefault(b, [0] * (2 * nw))
+            j = ways.index(0, 0, nw)
+            ways[j], ways[nw + j] = tag, idx
             self._mask_refs[mid] = self._mask_refs.get(mid, 0) + 1
             used.add(idx)
             _gen, recs = dpif.decode_entry(raw_entry)

@@ -260,7 +260,30 @@ class DatapathReader:
         return out
 
     def n_flows(self) -> int:
-        return sum(1 for _ in self.map("mf_flows").batch())
+        """Megaflows: the ways in use in mf_buckets. A tag is odd, so its first byte tells a used way from a free
+        one, and each chunk is counted by byte counts."""
+        ways, size = dpif.MF_BUCKET_WAYS, dpif.MF_BUCKET.size
+        n = 0
+        for count, _kraw, vraw in self.map("mf_buckets").batch_chunks():
+            n += sum(count - vraw[4 * j::size].count(0) for j in range(ways))
+        return n
+
+    def bucket_ways(self, chunk: int = 16384) -> list[tuple[int, int, int]]:
+        """Every megaflow's place in mf_buckets: (bucket, tag, flow slot), in bucket order (an array, read in
+        bulk; a tag is odd, so its first byte tells a used way from a free one)."""
+        ways, size = dpif.MF_BUCKET_WAYS, dpif.MF_BUCKET.size
+        out: list[tuple[int, int, int]] = []
+        first = 0
+        for count, _kraw, vraw in self.map("mf_buckets").batch_chunks(chunk):
+            used = [vraw[4 * j::size] for j in range(ways)]
+            if any(u.count(0) < count for u in used):
+                w = memoryview(vraw).cast("I")
+                for j, u in enumerate(used):
+                    out.extend((first + b, w[2 * ways * b + j], w[2 * ways * b + ways + j])
+                               for b, x in enumerate(u) if x)
+            first += count
+        out.sort()
+        return out
 
     def flow_stats_columns(self, hi: int, chunk: int = 16384) -> tuple[list[int], list[int], list[int]]:
         """Packets, bytes and last use of slots 0..hi-1, each a list indexed by slot, summed over CPUs (an
@@ -299,13 +322,7 @@ class DatapathReader:
     def dump_columns(self) -> FlowColumns:
         """Every megaflow, as parallel lists (bulk reads, one list per field: 100k megaflows in a few tenths of
         a second)."""
-        fl = self.map("mf_flows")
-        ks = fl.key_size
-        mids: list[int] = []
-        slots: list[int] = []
-        for _count, kraw, vraw in fl.batch_chunks():
-            mids.extend(memoryview(kraw).cast("I")[0::ks // 4].tolist())  # struct mf_key starts with mask_id
-            slots.extend(memoryview(vraw).cast("I").tolist())
+        slots = [s for _b, _t, s in self.bucket_ways()]
         if not slots:
             return FlowColumns([], [], [], [], [], [], [], [])
         hi = max(slots) + 1
@@ -328,6 +345,7 @@ class DatapathReader:
         actions = []
         acts_end = dpif.entry_key_offset(self.config.max_actions)  # the actions end, the masked key starts
         keys = [raw[s][acts_end:acts_end + FLOW_KEY_SIZE] for s in slots]
+        mids = [dpif.ENTRY_HEADER.unpack_from(raw[s])[2] for s in slots]  # struct mf_entry's mask_id
         for s in slots:
             body = raw[s][4:acts_end]
             a = decoded.get(body)
@@ -343,7 +361,7 @@ class DatapathReader:
         """(entries in use, max entries) of the maps that fill up."""
         groups = self.group_ports()
         return {
-            "mf_flows": (self.n_flows() if n_flows is None else n_flows, self.config.max_flows),
+            "mf_entries": (self.n_flows() if n_flows is None else n_flows, self.config.max_flows),
             "mf_masks": (len(self.mask_order()), self.config.max_masks),
             "dp_groups": (sum(1 for p in groups.values() if p), N_GROUPS),
             "dp_ports": (sum(1 for _ in self.map("dp_ports").keys()), self.config.max_ports - 1),

@@ -4,9 +4,9 @@ the counter partition and pinned maps."""
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import random
-import struct
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -16,7 +16,7 @@ from scapy.layers.l2 import ARP, Ether
 from ctl.datapath import dpif, progrun
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
-from ctl.datapath.flowkey import mask_for, parse
+from ctl.datapath.flowkey import build, mask_for, parse
 from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from tests.bpf.conftest import CONFIG, Bench
@@ -266,12 +266,19 @@ def test_the_four_results_partition_every_packet(tb: Bench) -> None:
     assert d.emc_hits > 0 and d.megaflow_hits > 0 and d.lost > 0
 
 
+def bucket(tb: Bench, b: int) -> list[tuple[int, int]]:
+    """The used ways of bucket b as the kernel has them: (tag, flow slot)."""
+    v = dpif.MF_BUCKET.unpack(bytes(tb.dp.bpf["mf_buckets"][ctypes.c_uint32(b)]))
+    n = dpif.MF_BUCKET_WAYS
+    return sorted((v[j], v[n + j]) for j in range(n) if v[j])
+
+
 def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwarding(
         tb: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     m = mask_for("in_port", "tp_dst")
     first, second = parse(udp(dport=1), 1), parse(udp(dport=2), 1)
-    tb.dp.put_flow(first, m, [DpOutput(2)])
-    # mf_flows is keyed by (subtable, 64-bit hash); make the second megaflow's hash the first's
+    idx = tb.dp.put_flow(first, m, [DpOutput(2)])
+    # a megaflow's place in mf_buckets is (bucket, tag) from a 64-bit hash; make the second's hash the first's
     real = dpif.mf_hash
     monkeypatch.setattr(dpif, "mf_hash", lambda masked, seed: real(bytes(first.masked(m)), seed))
     with pytest.raises(MapFull, match="collision"):
@@ -284,12 +291,56 @@ def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwardin
     d = tb.stats().delta(before)
     assert (d.megaflow_hits, d.lost) == (1, 1)
     monkeypatch.undo()
-    # the kernel's key is the C hash of the masked key, which Python computes the same way
-    [(k, v)] = [(bytes(k), int(v.value)) for k, v in tb.dp.bpf["mf_flows"].items()]
-    assert k == dpif.mf_hkey_bytes(dpif.mf_key_bytes(int(struct.unpack_from("<I", k)[0]), first.masked(m)),
-                                   tb.dp.hash_seed)
+    # the kernel found it where Python computes the C hash of the masked key to be
+    [mid] = [f.mask_id for f in tb.dp.dump_flows()]
+    b, tag = dpif.mf_place(dpif.mf_key_bytes(mid, first.masked(m)), tb.dp.hash_seed, tb.dp.config.n_buckets)
+    assert bucket(tb, b) == [(tag, idx)]
     assert tb.dp.del_flow(first, m) and tb.dp.n_flows == 0
-    assert not list(tb.dp.bpf["mf_flows"].items())
+    assert bucket(tb, b) == [] and tb.dp.reader.bucket_ways() == []
+
+
+def test_a_bucket_holds_eight_megaflows_and_refuses_a_ninth(tb: Bench) -> None:
+    # nine source addresses whose megaflows share one bucket of mf_buckets (found by the hash Python shares with C)
+    m = mask_for("in_port", "nw_src")
+    srcs = [0x0A000001 + i for i in range(1 << 20)]  # 10.0.0.1 and on
+
+    def frame(src: int) -> bytes:
+        return udp(src=str(ipaddress.IPv4Address(src)))
+
+    tb.dp.put_flow(parse(frame(srcs[0]), 1), m, [DpOutput(2)])
+    [mid] = [f.mask_id for f in tb.dp.dump_flows()]
+    assert build(in_port=1, nw_src=srcs[0]).masked(m) == parse(frame(srcs[0]), 1).masked(m)
+
+    def bucket_of(src: int) -> int:
+        masked = build(in_port=1, nw_src=src).masked(m)
+        return dpif.mf_place(dpif.mf_key_bytes(mid, masked), tb.dp.hash_seed, tb.dp.config.n_buckets)[0]
+
+    b = bucket_of(srcs[0])
+    same = [srcs[0]]
+    for src in srcs[1:]:
+        if len(same) == 9:
+            break
+        if bucket_of(src) == b:
+            same.append(src)
+    assert len(same) == 9
+    for src in same[1:8]:
+        tb.dp.put_flow(parse(frame(src), 1), m, [DpOutput(2)])
+    with pytest.raises(MapFull, match="full"):
+        tb.dp.put_flow(parse(frame(same[8]), 1), m, [DpOutput(2)])
+    assert len(bucket(tb, b)) == 8 and tb.dp.n_flows == 8 and tb.dp.reader.n_flows() == 8
+    tb.dp.set_emc_insert_inv_prob(0)  # every packet below is a megaflow hit or a miss, none an EMC hit
+    before = tb.stats()
+    for src in same:
+        assert tb.run(frame(src)).verdict == (XDP_REDIRECT if src != same[8] else XDP_DROP)
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.lost) == (8, 1)  # each of the eight ways found, the ninth a miss
+    # one leaves: the ninth goes in (a batch: the bucket is written once), in the way it left
+    assert tb.dp.del_flow(parse(frame(same[3]), 1), m)
+    assert isinstance(tb.dp.put_flows([(parse(frame(same[8]), 1), m, [DpOutput(2)])])[0], int)
+    assert len(bucket(tb, b)) == 8
+    before = tb.stats()
+    assert tb.run(frame(same[8])).verdict == XDP_REDIRECT and tb.run(frame(same[3])).verdict == XDP_DROP
+    assert tb.stats().delta(before).megaflow_hits == 1
 
 
 def test_ingress_ports_whose_ifindexes_share_a_slot(tb: Bench) -> None:

@@ -25,12 +25,14 @@ def test_flow_key_matches_compiled_c(bench: Bench) -> None:
 
 
 def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
-    mf_key = bench.dp.bpf["mf_flows"].Key
-    assert ctypes.sizeof(mf_key) == len(dpif.mf_hkey_bytes(dpif.mf_key_bytes(0, FlowKey()), 1)) == 16
-    assert c_layout(mf_key) == {"mask_id": (0, 4), "pad": (4, 4), "hash": (8, 8)}
+    bucket = bench.dp.bpf["mf_buckets"].Leaf
+    assert ctypes.sizeof(bucket) == dpif.MF_BUCKET.size == 64
+    assert c_layout(bucket) == {"tag": (0, 4 * dpif.MF_BUCKET_WAYS), "idx": (32, 4 * dpif.MF_BUCKET_WAYS)}
+    assert bench.dp.bpf["mf_buckets"].max_entries == bench.dp.config.n_buckets >= 2 * bench.dp.config.max_flows
     entry = bench.dp.bpf["mf_entries"].Leaf
     n = bench.dp.config.max_actions
     assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))
+    assert c_layout(entry)["mask_id"] == (6, 2) and dpif.ENTRY_HEADER.size == 8
     assert c_layout(entry)["actions"] == (8, n * dpif.ACTION_SIZE)
     assert c_layout(entry)["key"] == (8 + n * dpif.ACTION_SIZE, 104)
     action = dict(entry._fields_)["actions"]._type_  # type: ignore[attr-defined]

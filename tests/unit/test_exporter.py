@@ -29,7 +29,7 @@ def snapshot() -> Snapshot:
                    drops={"action": 2, "ttl_expired": 1, "controller": 0}),
         ports=[PortSample(1, "veth1", PortStats(600, 60000, 400, 40000, 1)),
                PortSample(2, "veth2", PortStats(400, 40000, 580, 58000, 2, 580), "skb")],
-        maps={"mf_flows": (12, 262144), "mf_masks": (3, 64)}, megaflows=12, masks=3, rules=7, ukeys=12,
+        maps={"mf_entries": (12, 262144), "mf_masks": (3, 64)}, megaflows=12, masks=3, rules=7, ukeys=12,
         upcalls={"ok": 14, "failed": 1, "lost": 5}, upcall_reasons={"miss": 15, "slow_path": 0},
         megaflows_installed=14, megaflows_deleted={"idle": 2, "stale": 1},
         handling_buckets=[(50e-6, 3), (100e-6, 10), (1e-3, 15), (float("inf"), 15)], handling_sum=0.0012,

@@ -2,6 +2,7 @@
 
 import random
 import struct
+from collections import Counter
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -100,7 +101,7 @@ def test_masks_and_hash() -> None:
 
 def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
     # mf_hash is written out word by word; this is the loop of xdp/parser.h's mf_hash() (the bpf tier checks
-    # the kernel's mf_flows keys against it)
+    # the kernel's hashes against it)
     def loop(masked: bytes, seed: int) -> int:
         m64 = 2**64 - 1
         w = struct.unpack("<13Q", masked)
@@ -108,8 +109,10 @@ def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
         for i in range(0, 12, 2):
             a, b = ((a ^ w[i]) * 0xFF51AFD7ED558CCD) & m64, ((b ^ w[i + 1]) * 0xC4CEB9FE1A85EC53) & m64
         a = ((a ^ w[12]) * 0xFF51AFD7ED558CCD) & m64
-        h = ((a ^ (b >> 29) ^ ((b << 35) & m64)) * 0x9E3779B97F4A7C15) & m64
-        return h ^ (h >> 32)
+        h = a ^ (b >> 29) ^ ((b << 35) & m64)
+        h = ((h ^ (h >> 33)) * 0xFF51AFD7ED558CCD) & m64
+        h = ((h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53) & m64
+        return h ^ (h >> 33)
 
     rng = random.Random(5)
     for _ in range(300):
@@ -120,6 +123,24 @@ def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
     flipped = bytearray(raw)
     flipped[100] ^= 1  # the last word counts too
     assert flowkey.mf_hash(bytes(flipped), 1) != flowkey.mf_hash(raw, 1)
+
+
+@pytest.mark.parametrize("field", ["nw_src", "tp_dst", "dl_dst", "ipv6_dst"])
+def test_mf_hash_spreads_keys_that_differ_in_one_field(field: str) -> None:
+    # a megaflow's bucket is the hash's low bits, and so is the EMC's slot: keys that differ only in the high
+    # half of one word (nw_src) once all landed in one bucket, so every one of them must spread
+    n_buckets, n = 8192, 5000
+    seed = flowkey.mf_seed(0x1234567, 3)
+    buckets: Counter[int] = Counter()
+    emc: Counter[int] = Counter()
+    for i in range(1, n + 1):
+        value: object = {"nw_src": (10 << 24) | i, "tp_dst": i, "dl_dst": i.to_bytes(6, "big"),
+                         "ipv6_dst": (0x20010DB8 << 96 | i).to_bytes(16, "big")}[field]
+        key = build(in_port=1, **{field: value})
+        buckets[flowkey.mf_hash(bytes(key), seed) & (n_buckets - 1)] += 1
+        emc[flowkey.key_hash(key) & (n_buckets - 1)] += 1
+    for c in (buckets, emc):  # n in n_buckets: about 3780 buckets used, at most 6 or 7 in one
+        assert len(c) > 3500 and max(c.values()) <= 8, (len(c), max(c.values()))
 
 
 def test_format_key_like_dpctl() -> None:
