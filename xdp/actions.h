@@ -540,6 +540,24 @@ static __always_inline int dp_upcall(struct xdp_md *ctx, __u32 in_port, __u32 ha
 }
 
 /* A cache hit on megaflow flow_idx: count it, run its actions, count any drop. */
+/* CLOCK_MONOTONIC_COARSE for a megaflow's last use, read once per jiffy per CPU. bpf_ktime_get_coarse_ns() cost
+ * about 35 ns a call here (bench.fastpath: an EMC hit went from about 170 to 137 ns without it); bpf_jiffies64() is
+ * a load the verifier inlines, and the coarse clock only moves at a tick anyway. The tick advances jiffies before
+ * the clock, so a new jiffy is taken only once the clock has moved too: a cached time is never older than the
+ * jiffy it is used in. */
+static __always_inline __u64 dp_now_ns(struct dp_scratch *s)
+{
+    __u64 j = bpf_jiffies64();
+    if (j != s->now_jiffies) {
+        __u64 ns = bpf_ktime_get_coarse_ns();
+        if (ns != s->now_ns) {
+            s->now_ns = ns;
+            s->now_jiffies = j;
+        }
+    }
+    return s->now_ns;
+}
+
 static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const struct mf_entry *f,
                                   struct dp_scratch *s, __u32 stat)
 {
@@ -547,7 +565,7 @@ static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const stru
     if (fs) {
         fs->packets++;
         fs->bytes += ctx->data_end - ctx->data;
-        fs->used_ns = bpf_ktime_get_coarse_ns();
+        fs->used_ns = dp_now_ns(s);
     }
     dp_stat_add(stat, 1);
 

@@ -84,6 +84,8 @@ struct dp_scratch {
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
     __u32 next;         /* dp_execute() skips the actions before this one (a select group's bucket) */
     __u32 pad;          /* bcc reads per-CPU values in 8-byte multiples */
+    __u64 now_jiffies;  /* dp_now_ns(): the jiffy of the last clock read on this CPU */
+    __u64 now_ns;       /*   and what bpf_ktime_get_coarse_ns() said then */
 };
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
 DP_MAP("prog", u32, u32, dp_progs, 1);

@@ -122,7 +122,7 @@ struct dp_meter {
 struct mf_flow_stats {
     __u64 packets;
     __u64 bytes;
-    __u64 used_ns;      /* bpf_ktime_get_coarse_ns() of the last hit */
+    __u64 used_ns;      /* CLOCK_MONOTONIC_COARSE of the last hit (dp_now_ns(): to the tick) */
 };
 
 struct emc_entry {

@@ -7,6 +7,7 @@ import ctypes
 import ipaddress
 import os
 import random
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -47,6 +48,21 @@ def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
     [flow] = tb.dp.dump_flows()
     assert (flow.packets, flow.bytes) == (2, 2 * len(udp()))
     assert flow.used_ns > 0
+
+
+def test_last_use_follows_the_coarse_clock(tb: Bench) -> None:
+    # the fast path reads the clock once per jiffy per CPU (dp_now_ns): a hit's time is the clock of its tick,
+    # never an earlier one, on the EMC path and the megaflow path alike
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [DpOutput(2)])
+    for inv in (1, 0):  # EMC hits, then megaflow hits only
+        tb.dp.set_emc_insert_inv_prob(inv)
+        for _ in range(3):
+            t0 = dpif.now_ns()
+            assert tb.run(udp()).verdict == XDP_REDIRECT
+            t1 = dpif.now_ns()
+            [flow] = tb.dp.dump_flows()
+            assert t0 <= flow.used_ns <= t1
+            time.sleep(0.03)  # several ticks (HZ is 100 to 1000)
 
 
 def test_emc_insert_probability_zero_never_inserts(tb: Bench) -> None:
