@@ -558,6 +558,21 @@ static __always_inline __u64 dp_now_ns(struct dp_scratch *s)
     return s->now_ns;
 }
 
+/* A per-CPU pseudo-random number for the EMC's 1-in-N insert draw (xorshift64*, seeded once per CPU from
+ * bpf_get_prandom_u32()). A helper call on every megaflow hit costs more than this on a kernel whose returns go
+ * through a mitigation thunk; a draw needs no more than an even spread. */
+static __always_inline __u32 dp_random(struct dp_scratch *s)
+{
+    __u64 x = s->rnd;
+    if (!x)
+        x = ((__u64)bpf_get_prandom_u32() << 32) | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    s->rnd = x;
+    return (__u32)((x * 0x2545f4914f6cdd1dULL) >> 32);
+}
+
 static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const struct mf_entry *f,
                                   struct dp_scratch *s, __u32 stat)
 {

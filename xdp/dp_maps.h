@@ -86,6 +86,7 @@ struct dp_scratch {
     __u32 pad;          /* bcc reads per-CPU values in 8-byte multiples */
     __u64 now_jiffies;  /* dp_now_ns(): the jiffy of the last clock read on this CPU */
     __u64 now_ns;       /*   and what bpf_ktime_get_coarse_ns() said then */
+    __u64 rnd;          /* dp_random()'s state (0: not seeded yet) */
 };
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
 DP_MAP("prog", u32, u32, dp_progs, 1);

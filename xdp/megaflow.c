@@ -117,7 +117,7 @@ int mf_rx(struct xdp_md *ctx)
         *hint = mid + 1;
 
     __u32 inv = cfg->emc_insert_inv_prob;
-    if (inv && (inv == 1 || ((__u64)bpf_get_prandom_u32() * inv) >> 32 == 0)) { /* 1 in inv, no division */
+    if (inv && (inv == 1 || ((__u64)dp_random(s) * inv) >> 32 == 0)) { /* 1 in inv, no division */
         __u32 slot = s->hash & (EMC_ENTRIES - 1);
         struct emc_entry *e = emc_entries.lookup(&slot);
         if (e) {
