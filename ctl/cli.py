@@ -94,7 +94,7 @@ def show_dp(dp: DatapathReader, fmt: Format = Format.text) -> None:
     st = dp.stats()
     ports = dp.ports()
     usage = dp.map_usage()
-    n_flows, n_masks = usage["mf_flows"][0], usage["mf_masks"][0]
+    n_flows, n_masks = usage["mf_entries"][0], usage["mf_masks"][0]
     if fmt == Format.json:
         _print_json({
             "name": dp.name, "ports": [vars(p) for p in ports],

@@ -62,7 +62,7 @@ class Top:
         # the daemon knows how many megaflows it installed; without it, count them in the map (costlier)
         usage = v.map_usage(int(upcall["flows"]) if upcall and isinstance(upcall.get("flows"), int) else None)
         ports = {p.port_no: (p.name, v.port_stats(p.port_no)) for p in v.ports()}
-        s = Sample(time.monotonic(), v.stats(), ports, usage["mf_flows"][0], usage["mf_masks"], upcall)
+        s = Sample(time.monotonic(), v.stats(), ports, usage["mf_entries"][0], usage["mf_masks"], upcall)
         every = max(1, math.ceil(s.flows / TOP_FLOWS_PER_S))
         last = self.cur.megaflows_t if self.cur is not None else 0.0
         if self.cur is None or s.t - last >= every - 0.05:

@@ -487,8 +487,8 @@ def format_key(key: FlowKey, mask: FlowKey | None = None) -> str:
 
 
 def format_masked(kraw: bytes, mraw: bytes, premasked: bool = False) -> str:
-    """format_key of a key and mask given as the bytes of struct flow_key (as the maps hold them; keys from
-    mf_flows are premasked). Each (mask, Ethernet type, IP protocol) is compiled once into a format string
+    """format_key of a key and mask given as the bytes of struct flow_key (as the maps hold them; megaflows'
+    keys in mf_entries are premasked). Each (mask, Ethernet type, IP protocol) is compiled once into a format string
     and the conversions of the fields it shows, so a key costs one unpack and one format."""
     if not premasked:
         kraw = (int.from_bytes(kraw, "little") & int.from_bytes(mraw, "little")).to_bytes(len(kraw), "little")
