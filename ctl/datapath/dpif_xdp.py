@@ -544,8 +544,8 @@ class Datapath:
             self._write_entry(p.idx, p.entry)
             self._write_stats(p.idx, p.old[0] if p.old else None)
             self._write_bucket(p.place[0])
-        except DatapathError:
-            self._abandon(p)
+        except Exception:
+            self._abandon(p)  # nothing names it: the mirror, the slot, the groups and the mask go back
             raise
         self._committed(p)
         return p.idx
@@ -595,17 +595,16 @@ class Datapath:
         for p in ps:
             self._committed(p)
 
-    def _batch_update(self, name: str, keys: list[bytes], values: list[bytes], partial: bool = False) -> int:
-        """BPF_MAP_UPDATE_BATCH; how many went in (with partial, an error after some is not raised)."""
+    def _batch_update(self, name: str, keys: list[bytes], values: list[bytes]) -> None:
+        """BPF_MAP_UPDATE_BATCH: every key of keys, or DatapathError."""
         table = self.bpf[name]
         count = ctypes.c_uint32(len(keys))
         kbuf = ctypes.create_string_buffer(b"".join(keys))
         vbuf = ctypes.create_string_buffer(b"".join(values))
         r = libbcc.bpf_update_batch(table.map_fd, kbuf, vbuf, ctypes.byref(count))
-        if r < 0 and not partial:
+        if r < 0:
             err = -r if r != -1 else ctypes.get_errno()
             raise DatapathError(f"writing {name} in a batch failed: {os.strerror(err)}")
-        return len(keys) if r >= 0 else int(count.value)
 
     def _prepare(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> _Pending:
         """Everything of put_flow but the three map writes: encode, take a slot, a mask and groups."""
