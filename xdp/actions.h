@@ -593,7 +593,7 @@ static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const stru
             verdict = XDP_DROP;
             s->reason = DROP_UPCALL_LIMIT;
         } else {
-            verdict = dp_upcall(ctx, s->key.in_port, s->hash, UPCALL_SLOW_PATH);
+            verdict = dp_upcall(ctx, s->key.in_port, dp_flow_hash(s), UPCALL_SLOW_PATH);
             if (verdict != XDP_REDIRECT)
                 s->reason = DROP_NO_UPCALL_SOCKET;
         }

@@ -77,13 +77,13 @@ DP_MAP("percpu_array", u32, u32, mf_hints, MF_HINT_ENTRIES);   /* mask id + 1; 0
  * track map values, so the action loop's states prune instead of multiplying. */
 struct dp_scratch {
     struct flow_key key;
-    __u32 hash;
+    __u32 hash;         /* flow_key_hash(&key), once hashed is set (dp_flow_hash()) */
     __u16 l3_off;       /* 0: no L3 header; moves when a tag is pushed or popped */
     __u16 l4_off;       /* 0: no L4 header */
     __u32 tagged;       /* the VLAN tags the packet carries now (as parsed, then pushed and popped) */
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
     __u32 next;         /* dp_execute() skips the actions before this one (a select group's bucket) */
-    __u32 pad;          /* bcc reads per-CPU values in 8-byte multiples */
+    __u32 hashed;       /* hash is the key's: computed only when something needs it (dp_parse() clears it) */
     __u64 now_jiffies;  /* dp_now_ns(): the jiffy of the last clock read on this CPU */
     __u64 now_ns;       /*   and what bpf_ktime_get_coarse_ns() said then */
     __u64 rnd;          /* dp_random()'s state (0: not seeded yet) */

@@ -4,7 +4,8 @@
  * generation, so a stale entry is a miss, never a wrong action (as OVS's EMC checks flow->dead).
  * The probe is skipped when the EMC is off (emc_insert_inv_prob 0, as OVS skips emc_lookup) and, per CPU,
  * while recent probes have mostly missed (emc_sample): with far more flows than the EMC holds a probe is a
- * cache miss that saves nothing, which is the cost OVS's signature match cache exists to avoid. */
+ * cache miss that saves nothing, which is the cost OVS's signature match cache exists to avoid. A skipped probe
+ * skips the whole-key hash too (dp_flow_hash: computed when first needed). */
 #include "actions.h"
 
 /* After a miss: once EMC_SAMPLE probes are in, judge them; under 1 hit in EMC_MIN_HIT_RATIO, skip the next
@@ -27,7 +28,6 @@ int emc_rx(struct xdp_md *ctx)
         dp_drop_count(DROP_UNKNOWN_INGRESS, 0);
         return XDP_DROP;
     }
-    s->hash = flow_key_hash(&s->key);
 
     __u32 in_port = s->key.in_port;
     struct dp_port_stats *ps = dp_port_stats.lookup(&in_port);
@@ -41,7 +41,7 @@ int emc_rx(struct xdp_md *ctx)
     struct emc_sampler *es = emc_sampler.lookup(&zero);
     if (cfg && cfg->emc_insert_inv_prob && es && !es->skip) {
         es->probes++;
-        __u32 slot = s->hash & (EMC_ENTRIES - 1);
+        __u32 slot = dp_flow_hash(s) & (EMC_ENTRIES - 1);
         struct emc_entry *e = emc_entries.lookup(&slot);
         if (e && e->gen && flow_key_equal(&e->key, &s->key)) {
             __u32 idx = e->flow_idx;

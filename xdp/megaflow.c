@@ -1,6 +1,6 @@
 /* megaflow.c: the megaflow cache, tail-called by emc_rx on an EMC miss with the parsed key in dp_scratch.
  * Tuple space search: one subtable per distinct mask, visited in mf_order (ranked by recent hits by user
- * space), after the subtable that the per-CPU hint for this packet's hash names (the kernel datapath's
+ * space), after the subtable that the per-CPU hint for this packet names (dp_hint_index; the kernel datapath's
  * mask cache idea), so most hits cost one masked lookup. With a single subtable the hint is neither read nor
  * written (it could only name that one). A hit runs the actions and, on 1 in
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
@@ -64,7 +64,7 @@ int mf_rx(struct xdp_md *ctx)
     struct mf_order *order = mf_order.lookup(&oslot);
     __u32 n = order ? order->n_masks : 0;
     /* with one subtable there is nothing to choose: no hint to read or keep */
-    __u32 hslot = s->hash & (MF_HINT_ENTRIES - 1);
+    __u32 hslot = dp_hint_index(&s->key) & (MF_HINT_ENTRIES - 1);
     __u32 *hint = ((cfg->flags & DP_CFG_NO_HINTS) || n <= 1) ? 0 : mf_hints.lookup(&hslot);
     __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
     if (hinted && hinted <= MF_MAX_MASKS) {
@@ -100,7 +100,7 @@ int mf_rx(struct xdp_md *ctx)
             dp_drop_count(DROP_UPCALL_LIMIT, in_port);
             return XDP_DROP;
         }
-        int v = dp_upcall(ctx, in_port, s->hash, UPCALL_MISS);
+        int v = dp_upcall(ctx, in_port, dp_flow_hash(s), UPCALL_MISS);
         if (v == XDP_REDIRECT) {
             dp_stat_add(DP_STAT_MISS, 1);
         } else {
@@ -118,7 +118,7 @@ int mf_rx(struct xdp_md *ctx)
 
     __u32 inv = cfg->emc_insert_inv_prob;
     if (inv && (inv == 1 || ((__u64)dp_random(s) * inv) >> 32 == 0)) { /* 1 in inv, no division */
-        __u32 slot = s->hash & (EMC_ENTRIES - 1);
+        __u32 slot = dp_flow_hash(s) & (EMC_ENTRIES - 1);
         struct emc_entry *e = emc_entries.lookup(&slot);
         if (e) {
             __builtin_memcpy(&e->key, &s->key, sizeof(e->key));

@@ -310,6 +310,7 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
     if (!s)
         return 0;
     __builtin_memset(&s->key, 0, sizeof(s->key));
+    s->hashed = 0;
     s->key.in_port = port_no;
     struct pkt_layout lay;
     parse_packet(ctx, &s->key, &lay);
@@ -352,6 +353,32 @@ static __always_inline __u32 mf_seed(__u32 seed, __u32 mask_id)
 static __always_inline __u32 flow_key_hash(const struct flow_key *key)
 {
     return (__u32)mf_hash((const __u64 *)key, 0);
+}
+
+/* The packet's whole-key hash (flow_key_hash), computed the first time it is needed: an EMC probe or insert, an
+ * upcall. A packet whose EMC probe is skipped (the EMC off, or thrashing) and that hits a megaflow never pays
+ * for it. */
+static __always_inline __u32 dp_flow_hash(struct dp_scratch *s)
+{
+    if (!s->hashed) {
+        s->hash = flow_key_hash(&s->key);
+        s->hashed = 1;
+    }
+    return s->hash;
+}
+
+/* The mask hint's slot (mf_hints): a cheap hash of the words flows mostly differ in (the ingress port and
+ * Ethernet type, the MACs, the IPv4 addresses and L4 ports, IPv6 addresses), independent multiplies that run
+ * side by side, not the whole key's dependent chain. Two flows that share a slot only cost each other a
+ * hint miss. */
+static __always_inline __u32 dp_hint_index(const struct flow_key *key)
+{
+    const __u64 *w = (const __u64 *)key;
+    __u64 x = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ (w[2] * 0xff51afd7ed558ccdULL) ^
+              (w[3] * 0xc4ceb9fe1a85ec53ULL) ^ (w[4] * 0x165667b19e3779f9ULL) ^ (w[8] * 0x27d4eb2f165667c5ULL) ^
+              (w[10] * 0x94d049bb133111ebULL);
+    x ^= x >> 32;
+    return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> 32);
 }
 
 static __always_inline __u32 rotl32(__u32 x, int r)
