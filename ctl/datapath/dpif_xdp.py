@@ -196,8 +196,24 @@ class Datapath:
                 with contextlib.suppress(OSError):
                     self.pin_dir.parent.rmdir()
             raise DatapathError(f"loading the fast path failed: {e}") from e
-        self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
+        try:
+            self._init_state(reused_pins)
+        except Exception as e:  # bcc's KeyError: sources whose maps are not the ones this code names
+            self.bpf.cleanup()
+            if not reused_pins:
+                shutil.rmtree(self.pin_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.pin_dir.parent.rmdir()
+            raise DatapathError(f"the fast path in {xdp_dir()} does not have the maps this code uses: {e!r}") from e
+        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (RUN_DIR / f"{name}.json").write_text(json.dumps({**dataclasses.asdict(self.config),
+                                                          "pin_dir": str(self.pin_dir), "build": self.build}))
+        self.reader = DatapathReader(name, self.config, self._map_reader)
+        atexit.register(self.close)
 
+    def _init_state(self, reused_pins: bool) -> None:
+        """Point dp_progs at mf_rx and build this process's state from the maps (empty or adopted)."""
+        self.bpf["dp_progs"][ctypes.c_int(0)] = ctypes.c_int(self.prog_mf.fd)
         self.ports: dict[int, Port] = {}
         self._readers: dict[str, MapReader] = {}
         self._masks: dict[bytes, int] = {}          # mask bytes -> mask id
@@ -223,11 +239,6 @@ class Datapath:
         self._seed = self._hash_seed()
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
-        RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (RUN_DIR / f"{name}.json").write_text(json.dumps({**dataclasses.asdict(self.config),
-                                                          "pin_dir": str(self.pin_dir), "build": self.build}))
-        self.reader = DatapathReader(name, self.config, self._map_reader)
-        atexit.register(self.close)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 

@@ -7,19 +7,23 @@ import ctypes
 import ipaddress
 import os
 import random
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
+import xdp
 from ctl.datapath import dpif, progrun
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import build, mask_for, parse
 from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
+from ctl.datapath.view import PIN_ROOT
 from tests.bpf.conftest import CONFIG, Bench
 from tests.conftest import Net, sh, unique
 
@@ -443,6 +447,20 @@ def test_native_ports_detach_on_close(net: Net) -> None:
         dp.close(unpin=True)
     assert xdp_mode(a) == "none"
     assert not dp.pin_dir.exists()
+
+
+def test_sources_without_the_maps_this_code_uses_are_a_clear_error_and_leave_no_pins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # another build's fast path (XDPSWITCH_XDP_DIR) whose maps this code does not know: here mf_buckets renamed
+    src = tmp_path / "xdp"
+    shutil.copytree(Path(xdp.__file__).parent, src, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dp_maps.h", "megaflow.c"):
+        (src / f).write_text((src / f).read_text().replace("mf_buckets", "mf_buckets_v2"))
+    monkeypatch.setenv("XDPSWITCH_XDP_DIR", str(src))
+    name = unique("xsmaps")
+    with pytest.raises(DatapathError, match="does not have the maps this code uses"):
+        Datapath(name, DatapathConfig(max_flows=1024))
+    assert not (PIN_ROOT / name).exists()
 
 
 def test_batched_stats_dump_agrees_with_single_reads(tb: Bench) -> None:
