@@ -539,9 +539,8 @@ static __always_inline int dp_upcall(struct xdp_md *ctx, __u32 in_port, __u32 ha
     return upcall_xsks.redirect_map(in_port * DP_MAX_QUEUES + q, XDP_DROP);
 }
 
-/* A cache hit on megaflow flow_idx: count it, run its actions, count any drop. */
 /* CLOCK_MONOTONIC_COARSE for a megaflow's last use, read once per jiffy per CPU. bpf_ktime_get_coarse_ns() cost
- * about 35 ns a call here (bench.fastpath: an EMC hit went from about 170 to 137 ns without it); bpf_jiffies64() is
+ * about 35 ns a call here (an EMC hit went from about 170 to 137 ns without it, measured in turns); bpf_jiffies64() is
  * a load the verifier inlines, and the coarse clock only moves at a tick anyway. The tick advances jiffies before
  * the clock, so a new jiffy is taken only once the clock has moved too: a cached time is never older than the
  * jiffy it is used in. */
@@ -573,6 +572,7 @@ static __always_inline __u32 dp_random(struct dp_scratch *s)
     return (__u32)((x * 0x2545f4914f6cdd1dULL) >> 32);
 }
 
+/* A cache hit on megaflow flow_idx: count it, run its actions, count any drop. */
 static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const struct mf_entry *f,
                                   struct dp_scratch *s, __u32 stat)
 {

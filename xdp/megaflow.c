@@ -64,8 +64,11 @@ int mf_rx(struct xdp_md *ctx)
     struct mf_order *order = mf_order.lookup(&oslot);
     __u32 n = order ? order->n_masks : 0;
     /* with one subtable there is nothing to choose: no hint to read or keep */
-    __u32 hslot = dp_hint_index(&s->key) & (MF_HINT_ENTRIES - 1);
-    __u32 *hint = ((cfg->flags & DP_CFG_NO_HINTS) || n <= 1) ? 0 : mf_hints.lookup(&hslot);
+    __u32 *hint = 0;
+    if (!(cfg->flags & DP_CFG_NO_HINTS) && n > 1) {
+        __u32 hslot = dp_hint_index(&s->key) & (MF_HINT_ENTRIES - 1);
+        hint = mf_hints.lookup(&hslot);
+    }
     __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;

@@ -349,7 +349,7 @@ static __always_inline __u32 mf_seed(__u32 seed, __u32 mask_id)
     return seed ^ (mask_id * 0x9e3779b9U);
 }
 
-/* The whole key's 32-bit hash: indexes the EMC and the mask hints (ctl/flowkey.py key_hash): mf_hash unseeded. */
+/* The whole key's 32-bit hash: indexes the EMC (ctl/flowkey.py key_hash): mf_hash unseeded. */
 static __always_inline __u32 flow_key_hash(const struct flow_key *key)
 {
     return (__u32)mf_hash((const __u64 *)key, 0);

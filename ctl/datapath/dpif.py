@@ -651,7 +651,7 @@ def decode_entry(raw: bytes) -> tuple[int, list[bytes]]:
     return gen, [raw[base + i * ACTION_SIZE : base + (i + 1) * ACTION_SIZE] for i in range(n)]
 
 
-def mf_key_bytes(mask_id: int, masked: FlowKey) -> bytes:
+def mf_key_bytes(mask_id: int, masked: FlowKey | bytes) -> bytes:
     """A megaflow's identity in user space: its subtable (mask id), zero padding, its masked key."""
     return struct.pack("<II", mask_id, 0) + bytes(masked)
 

@@ -208,7 +208,6 @@ class Datapath:
         RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         (RUN_DIR / f"{name}.json").write_text(json.dumps({**dataclasses.asdict(self.config),
                                                           "pin_dir": str(self.pin_dir), "build": self.build}))
-        self.reader = DatapathReader(name, self.config, self._map_reader)
         atexit.register(self.close)
 
     def _init_state(self, reused_pins: bool) -> None:
@@ -237,6 +236,7 @@ class Datapath:
         # flow slots at or above this index have all-zero counters (never used since the maps were made)
         self._clean_from = self.config.max_flows if reused_pins else 0
         self._seed = self._hash_seed()
+        self.reader = DatapathReader(self.name, self.config, self._map_reader)
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
 
@@ -1025,17 +1025,12 @@ class Datapath:
             self._mask_refs[mid] = 0
         used = set()
         entries = self.bpf["mf_entries"]
-        reader = DatapathReader(self.name, self.config, self._map_reader)
-        nw = dpif.MF_BUCKET_WAYS
-        for b, tag, idx in reader.bucket_ways():
+        for b, tag, idx in self.reader.bucket_ways():
             raw_entry = bytes(entries[ctypes.c_uint32(idx)])
             mid = dpif.ENTRY_HEADER.unpack_from(raw_entry)[2]
-            fkey = struct.pack("<II", mid, 0) + dpif.entry_key(raw_entry, self.config.max_actions)
+            fkey = dpif.mf_key_bytes(mid, dpif.entry_key(raw_entry, self.config.max_actions))
             self._flows[fkey] = (idx, mid)
-            self._places[(b, tag)] = fkey
-            ways = self._buckets.setdefault(b, [0] * (2 * nw))
-            j = ways.index(0, 0, nw)
-            ways[j], ways[nw + j] = tag, idx
+            self._take_way((b, tag), fkey, idx)
             self._mask_refs[mid] = self._mask_refs.get(mid, 0) + 1
             used.add(idx)
             _gen, recs = dpif.decode_entry(raw_entry)

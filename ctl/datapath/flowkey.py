@@ -171,7 +171,7 @@ def field_layout() -> dict[str, tuple[int, int]]:
 
 
 def key_hash(key: FlowKey) -> int:
-    """flow_key_hash() of xdp/parser.h: indexes the EMC and the mask hints (mf_hash unseeded, low 32 bits)."""
+    """flow_key_hash() of xdp/parser.h: indexes the EMC (mf_hash unseeded, low 32 bits)."""
     return mf_hash(bytes(key), 0) & 0xFFFFFFFF
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ _NR_BPF = 321  # x86_64
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD = 1, 4, 7, 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_F_RDONLY = 1 << 3
+_NONZERO = re.compile(rb"[^\x00]")
 PERCPU_TYPES = {5, 6, 10, 21}  # percpu hash, percpu array, lru percpu hash, percpu cgroup storage
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -262,7 +264,7 @@ class DatapathReader:
     def n_flows(self) -> int:
         """Megaflows: the ways in use in mf_buckets. A tag is odd, so its first byte tells a used way from a free
         one, and each chunk is counted by byte counts. The kernel copies the array out one bucket at a time
-        (about 0.1 s for the default 524288 buckets); the daemon counts its own instead."""
+        (0.22 s here for the default 524288 buckets); the daemon counts its own instead."""
         ways, size = dpif.MF_BUCKET_WAYS, dpif.MF_BUCKET.size
         n = 0
         for count, _kraw, vraw in self.map("mf_buckets").batch_chunks():
@@ -276,12 +278,12 @@ class DatapathReader:
         out: list[tuple[int, int, int]] = []
         first = 0
         for count, _kraw, vraw in self.map("mf_buckets").batch_chunks(chunk):
-            used = [vraw[4 * j::size] for j in range(ways)]
-            if any(u.count(0) < count for u in used):
-                w = memoryview(vraw).cast("I")
-                for j, u in enumerate(used):
-                    out.extend((first + b, w[2 * ways * b + j], w[2 * ways * b + ways + j])
-                               for b, x in enumerate(u) if x)
+            w = memoryview(vraw).cast("I")
+            for j in range(ways):
+                used = vraw[4 * j::size]  # way j's first tag byte in every bucket of the chunk
+                for hit in _NONZERO.finditer(used):  # found in C: most buckets are empty
+                    b = hit.start()
+                    out.append((first + b, w[2 * ways * b + j], w[2 * ways * b + ways + j]))
             first += count
         out.sort()
         return out

@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 
 from ctl.datapath import dpif
+from ctl.datapath.dpif_xdp import DP_PORT_SLOTS
 from ctl.datapath.flowkey import FlowKey, field_layout
 from tests.bpf.conftest import Bench
 
@@ -29,6 +30,7 @@ def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
     assert ctypes.sizeof(bucket) == dpif.MF_BUCKET.size == 64
     assert c_layout(bucket) == {"tag": (0, 4 * dpif.MF_BUCKET_WAYS), "idx": (32, 4 * dpif.MF_BUCKET_WAYS)}
     assert bench.dp.bpf["mf_buckets"].max_entries == bench.dp.config.n_buckets >= 2 * bench.dp.config.max_flows
+    assert bench.dp.bpf["dp_port_slots"].max_entries == DP_PORT_SLOTS  # dpif_xdp's copy of dp_consts.h
     entry = bench.dp.bpf["mf_entries"].Leaf
     n = bench.dp.config.max_actions
     assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))
