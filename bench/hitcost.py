@@ -110,6 +110,8 @@ def main() -> int:
             cleanup.callback(dp.close, unpin=True)
             p1 = dp.add_port(f"{tag}{n}a1", 1)
             dp.add_port(f"{tag}{n}a2", 2)
+            dp.attach_aux(f"{tag}{n}b2", "xdp_sink")
+            dp.refresh_tx_paths()  # port 2's peer has an XDP program: output is a redirect, not the skb path
             builds[label] = build_cases(dp, p1.ifindex, args.repeat)
         samples: dict[str, dict[str, list[float]]] = {label: {c: [] for c in CASES} for label in builds}
         for _ in range(args.rounds):

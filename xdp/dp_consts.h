@@ -15,10 +15,13 @@
 #endif
 /* The EMC probe sampler: after at least EMC_SAMPLE probes, a CPU whose probes hit fewer than 1 in EMC_MIN_HIT_RATIO
  * (many more flows than the EMC holds: each probe a cache miss that saves nothing) skips the probe for the next
- * EMC_SKIP packets, then samples again. Inserts go on meanwhile, so the EMC is warm when the flows get fewer. */
+ * EMC_SKIP packets, then samples again. Each verdict in a row that says skip doubles the next skip, up to
+ * EMC_SKIP << EMC_BACKOFF_MAX packets (then 0.4 % of packets probe); a sample that pays starts again at EMC_SKIP.
+ * Inserts go on meanwhile, so the EMC is warm when the flows get fewer. */
 #define EMC_SAMPLE 256
 #define EMC_MIN_HIT_RATIO 8
 #define EMC_SKIP 4096
+#define EMC_BACKOFF_MAX 4
 /* dp_port_slots: the ingress ports by ifindex modulo this (a power of two), in front of dp_ports */
 #define DP_PORT_SLOTS 1024
 #ifndef MF_MAX_MASKS

@@ -131,12 +131,13 @@ struct emc_entry {
     __u32 gen;          /* 0: empty */
 };
 
-/* This CPU's EMC probes and hits since the sampler's last verdict, and how many packets still skip the probe. */
+/* This CPU's EMC probes and hits since the sampler's last verdict, how many packets still skip the probe, and how
+ * many verdicts in a row said skip (the next skip is EMC_SKIP << that, at most EMC_SKIP_MAX). */
 struct emc_sampler {
     __u32 probes;
     __u32 hits;
     __u32 skip;
-    __u32 pad;
+    __u32 backoff;
 };
 
 /* mf_order[slot]: the masks to visit, best first. Two slots; dp_config.mf_order_slot picks the live one,

@@ -114,6 +114,35 @@ def test_a_thrashing_emc_is_not_probed_until_a_sample_says_it_pays(tb: Bench) ->
     assert (d.emc_hits, d.megaflow_hits, d.emc_skips) == (1, 1, 0)
 
 
+def test_a_sampler_that_keeps_saying_skip_backs_off(tb: Bench) -> None:
+    # each verdict in a row that says skip doubles the next skip: EMC_SKIP << n, n at most EMC_BACKOFF_MAX (4);
+    # a sample that pays starts again at EMC_SKIP. An insert probability of 1 in 2^32 keeps the EMC empty, so
+    # every probe of the one frame misses
+    tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
+
+    def skips_after(frame: bytes, n: int) -> int:
+        before = tb.stats()
+        progrun.run_xdp(tb.dp.emc_prog_fd, frame, tb.ifindex[1], repeat=n)
+        d = tb.stats().delta(before)
+        assert d.emc_hits + d.megaflow_hits == n
+        return d.emc_skips
+
+    tb.dp.set_emc_insert_inv_prob(0xFFFFFFFF)
+    assert skips_after(udp(), 256) == 0  # 256 probes, all missed: the last one's verdict says skip
+    for skip in (4096, 8192, 16384, 32768, 65536, 65536):
+        assert skips_after(udp(), skip + 256) == skip  # then 256 probes again, the last one's verdict
+    assert skips_after(udp(), 65536) == 65536  # the last verdict's skip
+    # a sample whose probes mostly hit ends the backoff
+    tb.dp.set_emc_insert_inv_prob(1)
+    before = tb.stats()
+    assert skips_after(udp(), 300) == 0  # the first probe misses and inserts, the rest hit
+    assert tb.stats().delta(before).emc_hits == 299
+    assert skips_after(udp(dport=9), 1) == 0  # the verdict, at this miss: the probes paid
+    tb.dp.set_emc_insert_inv_prob(0xFFFFFFFF)
+    assert skips_after(udp(dport=10), 256) == 0
+    assert skips_after(udp(dport=10), 4096 + 256) == 4096  # back to the first skip
+
+
 def test_emc_insert_probability_is_about_one_in_n(tb: Bench) -> None:
     tb.dp.set_emc_insert_inv_prob(10)
     tb.dp.put_flow(parse(udp(), 1), mask_for("in_port"), [DpOutput(2)])
