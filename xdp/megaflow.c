@@ -6,7 +6,7 @@
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
-/* Look the key up in subtable mid: mask it into w, hash it, compare the tags of its bucket in mf_buckets,
+/* Look the key up in subtable mid: mask it into w, hash the words the mask covers, compare the tags of its bucket in mf_buckets,
  * then the one entry whose tag matched: its subtable and masked key. On a hit, *flow_idx, *fe and *gen describe
  * the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing of map keys). */
 static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, __u64 *w,
@@ -15,11 +15,7 @@ static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key,
     const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
     if (!m)
         return 0;
-    const __u64 *k = (const __u64 *)key;
-#pragma unroll
-    for (int i = 0; i < FLOW_KEY_WORDS; i++)
-        w[i] = k[i] & m[i];
-    __u64 h = mf_hash(w, mf_seed(seed, mid));
+    __u64 h = mf_hash_masked((const __u64 *)key, m, w, mf_seed(seed, mid));
     __u32 bi = (__u32)h & (MF_BUCKETS - 1);
     __u32 tag = (__u32)(h >> 32) | 1;
     struct mf_bucket *b = mf_buckets.lookup(&bi);

@@ -27,6 +27,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include "dp_maps.h"
+#include "dp_hash.h"
 
 #define PKT_OFF_MASK 0x3fff /* verifier: every packet offset is provably bounded */
 
@@ -317,36 +318,6 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
     s->l3_off = lay.l3_off;
     s->l4_off = lay.l4_off;
     return s;
-}
-
-/* A key's words hashed, seeded, 64 bits (ctl/flowkey.py mf_hash). Two independent multiply lanes halve the
- * dependency chain of a single one. A megaflow's place in mf_buckets is this of its masked key, seeded by
- * mf_seed(). */
-static __always_inline __u64 mf_hash(const __u64 *w, __u32 seed)
-{
-    __u64 a = 0x9e3779b97f4a7c15ULL ^ seed, b = 0xc2b2ae3d27d4eb4fULL ^ ((__u64)seed << 32);
-#pragma unroll
-    for (int i = 0; i + 1 < FLOW_KEY_WORDS; i += 2) {
-        a = (a ^ w[i]) * 0xff51afd7ed558ccdULL;
-        b = (b ^ w[i + 1]) * 0xc4ceb9fe1a85ec53ULL;
-    }
-    if (FLOW_KEY_WORDS & 1)
-        a = (a ^ w[FLOW_KEY_WORDS - 1]) * 0xff51afd7ed558ccdULL;
-    /* a product's low bits see only its factors' low bits: murmur3's fmix64 folds every bit into the low ones (the
-     * bucket and the EMC slot are taken from them) */
-    __u64 h = a ^ (b >> 29) ^ (b << 35);
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    return h ^ (h >> 33);
-}
-
-/* A subtable's seed: dp_config.hash_seed and the mask id (a different seed per subtable, so one masked key in two
- * subtables lands in two places; ctl/flowkey.py mf_seed). */
-static __always_inline __u32 mf_seed(__u32 seed, __u32 mask_id)
-{
-    return seed ^ (mask_id * 0x9e3779b9U);
 }
 
 /* The whole key's 32-bit hash: indexes the EMC (ctl/flowkey.py key_hash): mf_hash unseeded. */

@@ -660,10 +660,11 @@ MF_BUCKET_WAYS = 8                      # xdp/dp_consts.h: megaflows per mf_buck
 MF_BUCKET = struct.Struct(f"<{MF_BUCKET_WAYS}I{MF_BUCKET_WAYS}I")  # struct mf_bucket: the tags, then the indexes
 
 
-def mf_place(fkey: bytes, seed: int, n_buckets: int) -> tuple[int, int]:
+def mf_place(fkey: bytes, seed: int, n_buckets: int, words: int) -> tuple[int, int]:
     """Where the megaflow fkey (as mf_key_bytes gives it) sits in mf_buckets: (bucket, tag), as mf_lookup_mask()
-    of xdp/megaflow.c computes it from mf_hash() of the masked key, seeded per subtable."""
-    h = mf_hash(fkey[8:], mf_seed(seed, struct.unpack_from("<I", fkey)[0]))
+    of xdp/megaflow.c computes it from mf_hash_masked() of the masked key, seeded per subtable, over words (the
+    words its subtable's mask covers: flowkey.mask_words)."""
+    h = mf_hash(fkey[8:], mf_seed(seed, struct.unpack_from("<I", fkey)[0]), words)
     return h & (n_buckets - 1), (h >> 32) | 1
 
 

@@ -46,7 +46,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 import xdp  # the fast path's C sources travel as this package
 from ctl.datapath import dpif, flowkey
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
-from ctl.datapath.flowkey import FlowKey
+from ctl.datapath.flowkey import FlowKey, mask_words
 from ctl.datapath.netdev import takes_redirects, xdp_mode
 from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader
 
@@ -59,9 +59,9 @@ DP_PORT_SKB_TX = 1             # struct dp_port_cfg flags
 DP_CFG_SKB_FLOOD = 2           # struct dp_config flags
 DP_PORT_SLOTS = 1024           # dp_consts.h
 DP_SKB_MAX_COPIES = 64         # dp_consts.h: ports a flood or group reaches on the skb path
-# What the maps look like: a build whose other files changed can share a running datapath's maps (and
-# replace its programs without a gap); one whose layout changed cannot.
-LAYOUT_FILES = ("dp_consts.h", "dp_structs.h", "dp_maps.h")
+# What the maps look like (and where megaflows sit in them: dp_hash.h): a build whose other files changed can
+# share a running datapath's maps (and replace its programs without a gap); one whose layout changed cannot.
+LAYOUT_FILES = ("dp_consts.h", "dp_structs.h", "dp_maps.h", "dp_hash.h")
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -648,7 +648,7 @@ class Datapath:
         if not new_mask:
             self._mask_refs[mid] += 1
         fkey = dpif.mf_key_bytes(mid, masked)
-        place = dpif.mf_place(fkey, self._seed, self._n_buckets)
+        place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(mask_raw))
         try:
             prev = self._take_way(place, fkey, idx)
         except MapFull:
@@ -732,7 +732,7 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
-        place = dpif.mf_place(fkey, self._seed, self._n_buckets)
+        place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(bytes(mask)))
         self._give_way(place, None)
         self._write_bucket(place[0])
         self._retire(found[0])

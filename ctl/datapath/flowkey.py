@@ -175,31 +175,53 @@ def key_hash(key: FlowKey) -> int:
     return mf_hash(bytes(key), 0) & 0xFFFFFFFF
 
 
-_WORDS = struct.Struct("<13Q")  # a flow key's FLOW_KEY_WORDS
+FLOW_KEY_WORDS = FLOW_KEY_SIZE // 8
+_WORDS = struct.Struct(f"<{FLOW_KEY_WORDS}Q")  # a flow key's words
 
 
 def mf_seed(seed: int, mask_id: int) -> int:
-    """mf_seed() of xdp/parser.h: subtable mask_id's seed for mf_hash()."""
+    """mf_seed() of xdp/dp_hash.h: subtable mask_id's seed for mf_hash()."""
     return (seed ^ (mask_id * 0x9E3779B9)) & 0xFFFFFFFF
 
 
-def mf_hash(masked: bytes, seed: int) -> int:
-    """mf_hash() of xdp/parser.h: a key's 13 words hashed, seeded, 64 bits (a megaflow's place in mf_buckets).
-    Written out word by word: every megaflow setup computes one (3 us here, against 4.5 as a loop)."""
+ALL_WORDS = (1 << FLOW_KEY_WORDS) - 1  # mf_hash over every word (the EMC's key_hash)
+
+
+def mf_hash(masked: bytes, seed: int, words: int = ALL_WORDS) -> int:
+    """mf_hash_masked() of xdp/dp_hash.h: the key's words whose bit is set in words (mask_words: those its
+    subtable's mask covers) hashed, seeded, 64 bits (a megaflow's place in mf_buckets); with every word, mf_hash()
+    (the EMC's slot). Word i goes into lane a (even i) or b (odd i)."""
     m64, c1, c2 = 0xFFFFFFFFFFFFFFFF, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
-    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12 = _WORDS.unpack(masked)
     a, b = 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ (seed << 32)
-    a, b = ((a ^ w0) * c1) & m64, ((b ^ w1) * c2) & m64
-    a, b = ((a ^ w2) * c1) & m64, ((b ^ w3) * c2) & m64
-    a, b = ((a ^ w4) * c1) & m64, ((b ^ w5) * c2) & m64
-    a, b = ((a ^ w6) * c1) & m64, ((b ^ w7) * c2) & m64
-    a, b = ((a ^ w8) * c1) & m64, ((b ^ w9) * c2) & m64
-    a, b = ((a ^ w10) * c1) & m64, ((b ^ w11) * c2) & m64
-    a = ((a ^ w12) * c1) & m64
+    w = _WORDS.unpack(masked)
+    for i in _WORD_BITS[words]:
+        if i & 1:
+            b = ((b ^ w[i]) * c2) & m64
+        else:
+            a = ((a ^ w[i]) * c1) & m64
     h = a ^ (b >> 29) ^ ((b << 35) & m64)
     h = ((h ^ (h >> 33)) * c1) & m64  # murmur3's fmix64: every bit reaches the low ones (bucket, EMC slot)
     h = ((h ^ (h >> 33)) * c2) & m64
     return h ^ (h >> 33)
+
+
+class _WordBits(dict[int, tuple[int, ...]]):
+    """words bitmap -> the indexes of its set bits, made once per bitmap (a handful of masks in use)."""
+
+    def __missing__(self, words: int) -> tuple[int, ...]:
+        bits = tuple(i for i in range(FLOW_KEY_WORDS) if words >> i & 1)
+        if len(self) < 4096:
+            self[words] = bits
+        return bits
+
+
+_WORD_BITS = _WordBits()
+
+
+@functools.lru_cache(maxsize=1024)
+def mask_words(mask: bytes) -> int:
+    """The words a mask covers (bit i: word i is not zero): which words mf_hash takes for its subtable."""
+    return sum(1 << i for i, x in enumerate(_WORDS.unpack(mask)) if x)
 
 
 def _rotl32(x: int, r: int) -> int:

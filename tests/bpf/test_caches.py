@@ -20,7 +20,7 @@ import xdp
 from ctl.datapath import dpif, progrun
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
-from ctl.datapath.flowkey import build, mask_for, parse
+from ctl.datapath.flowkey import build, mask_for, mask_words, parse
 from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from ctl.datapath.view import PIN_ROOT
@@ -329,7 +329,7 @@ def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwardin
     idx = tb.dp.put_flow(first, m, [DpOutput(2)])
     # a megaflow's place in mf_buckets is (bucket, tag) from a 64-bit hash; make the second's hash the first's
     real = dpif.mf_hash
-    monkeypatch.setattr(dpif, "mf_hash", lambda masked, seed: real(bytes(first.masked(m)), seed))
+    monkeypatch.setattr(dpif, "mf_hash", lambda masked, seed, words: real(bytes(first.masked(m)), seed, words))
     with pytest.raises(MapFull, match="collision"):
         tb.dp.put_flow(second, m, [DpOutput(3)])
     assert tb.dp.put_flows([(second, m, [DpOutput(3)])])[0].__class__ is MapFull
@@ -342,7 +342,8 @@ def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwardin
     monkeypatch.undo()
     # the kernel found it where Python computes the C hash of the masked key to be
     [mid] = [f.mask_id for f in tb.dp.dump_flows()]
-    b, tag = dpif.mf_place(dpif.mf_key_bytes(mid, first.masked(m)), tb.dp.hash_seed, tb.dp.config.n_buckets)
+    b, tag = dpif.mf_place(dpif.mf_key_bytes(mid, first.masked(m)), tb.dp.hash_seed, tb.dp.config.n_buckets,
+                           mask_words(bytes(m)))
     assert bucket(tb, b) == [(tag, idx)]
     assert tb.dp.del_flow(first, m) and tb.dp.n_flows == 0
     assert bucket(tb, b) == [] and tb.dp.reader.bucket_ways() == []
@@ -362,7 +363,8 @@ def test_a_bucket_holds_eight_megaflows_and_refuses_a_ninth(tb: Bench) -> None:
 
     def bucket_of(src: int) -> int:
         masked = build(in_port=1, nw_src=src).masked(m)
-        return dpif.mf_place(dpif.mf_key_bytes(mid, masked), tb.dp.hash_seed, tb.dp.config.n_buckets)[0]
+        return dpif.mf_place(dpif.mf_key_bytes(mid, masked), tb.dp.hash_seed, tb.dp.config.n_buckets,
+                             mask_words(bytes(m)))[0]
 
     b = bucket_of(srcs[0])
     same = [srcs[0]]

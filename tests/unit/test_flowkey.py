@@ -99,16 +99,21 @@ def test_masks_and_hash() -> None:
         mask_for("nw_bogus")
 
 
-def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
-    # mf_hash is written out word by word; this is the loop of xdp/parser.h's mf_hash() (the bpf tier checks
-    # the kernel's hashes against it)
-    def loop(masked: bytes, seed: int) -> int:
+def test_mf_hash_is_the_c_mixing_seeded_over_the_masks_words() -> None:
+    # this is the loop of xdp/dp_hash.h's mf_hash() over every word, and mf_hash_masked() over the words a mask
+    # covers (the bpf tier checks the kernel's hashes and places against flowkey's)
+    def loop(masked: bytes, seed: int, mask: bytes | None = None) -> int:
         m64 = 2**64 - 1
         w = struct.unpack("<13Q", masked)
+        m = struct.unpack("<13Q", mask) if mask else (1,) * 13
         a, b = 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ (seed << 32)
-        for i in range(0, 12, 2):
-            a, b = ((a ^ w[i]) * 0xFF51AFD7ED558CCD) & m64, ((b ^ w[i + 1]) * 0xC4CEB9FE1A85EC53) & m64
-        a = ((a ^ w[12]) * 0xFF51AFD7ED558CCD) & m64
+        for i in range(13):
+            if not m[i]:
+                continue
+            if i % 2:
+                b = ((b ^ w[i]) * 0xC4CEB9FE1A85EC53) & m64
+            else:
+                a = ((a ^ w[i]) * 0xFF51AFD7ED558CCD) & m64
         h = a ^ (b >> 29) ^ ((b << 35) & m64)
         h = ((h ^ (h >> 33)) * 0xFF51AFD7ED558CCD) & m64
         h = ((h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53) & m64
@@ -118,6 +123,13 @@ def test_mf_hash_is_the_c_mixing_seeded_over_every_word() -> None:
     for _ in range(300):
         raw, seed = rng.randbytes(104), rng.getrandbits(32)
         assert flowkey.mf_hash(raw, seed) == loop(raw, seed) < 2**64
+        mask = bytes(rng.choice((0, 0, 0xFF)) for _ in range(104))
+        masked = bytes(x & y for x, y in zip(raw, mask, strict=True))
+        words = flowkey.mask_words(mask)
+        assert flowkey.mf_hash(masked, seed, words) == loop(masked, seed, mask)
+    m = bytes(mask_for("in_port", "tp_dst"))
+    assert flowkey.mask_words(m) == 0b10001  # word 0 (in_port) and word 4 (the L4 ports)
+    assert flowkey.mask_words(bytes(104)) == 0 and flowkey.mask_words(b"\xff" * 104) == flowkey.ALL_WORDS
     raw = bytes(parse(bytes(Ether(**MACS) / IP() / UDP()), in_port=1))
     assert flowkey.mf_hash(raw, 1) != flowkey.mf_hash(raw, 2)  # the seed changes every hash
     flipped = bytearray(raw)
@@ -133,13 +145,16 @@ def test_mf_hash_spreads_keys_that_differ_in_one_field(field: str) -> None:
     seed = flowkey.mf_seed(0x1234567, 3)
     buckets: Counter[int] = Counter()
     emc: Counter[int] = Counter()
+    sub: Counter[int] = Counter()  # a subtable of in_port and field: the hash of just its words
+    words = flowkey.mask_words(bytes(mask_for("in_port", field)))
     for i in range(1, n + 1):
         value: object = {"nw_src": (10 << 24) | i, "tp_dst": i, "dl_dst": i.to_bytes(6, "big"),
                          "ipv6_dst": (0x20010DB8 << 96 | i).to_bytes(16, "big")}[field]
         key = build(in_port=1, **{field: value})
         buckets[flowkey.mf_hash(bytes(key), seed) & (n_buckets - 1)] += 1
         emc[flowkey.key_hash(key) & (n_buckets - 1)] += 1
-    for c in (buckets, emc):  # n in n_buckets: about 3780 buckets used, at most 6 or 7 in one
+        sub[flowkey.mf_hash(bytes(key), seed, words) & (n_buckets - 1)] += 1
+    for c in (buckets, emc, sub):  # n in n_buckets: about 3780 buckets used, at most 6 or 7 in one
         assert len(c) > 3500 and max(c.values()) <= 8, (len(c), max(c.values()))
 
 
