@@ -36,8 +36,9 @@ _Static_assert(sizeof(struct flow_key) == 104, "flow_key layout changed: update 
 
 /* The megaflow cache's index (mf_buckets): a megaflow of subtable mid with masked key w hashes to
  * h = mf_hash_masked(w, mf_seed(seed, mid)) (dp_hash.h: over the words the mask covers); it sits in bucket
- * h mod MF_BUCKETS as tag (h >> 32) | 1 (0: a free way) and its flow index. A bucket is one cache line; the fast path compares its eight tags, then the one
- * entry whose tag matched (its mask id and masked key, word by word). User space never puts two megaflows
+ * h mod MF_BUCKETS as tag (h >> 32) | 1 (0: a free way) and its flow index. A bucket is one cache line; the
+ * fast path compares its eight tags, then the one entry whose tag matched (its mask id and masked key, word by
+ * word). User space never puts two megaflows
  * with one tag in a bucket, nor a ninth in a full one (the megaflow is refused: its packets take the slow
  * path), so a tag found names the one megaflow that can match. */
 struct mf_bucket {
@@ -132,7 +133,7 @@ struct emc_entry {
 };
 
 /* This CPU's EMC probes and hits since the sampler's last verdict, how many packets still skip the probe, and how
- * many verdicts in a row said skip (the next skip is EMC_SKIP << that, at most EMC_SKIP_MAX). */
+ * many verdicts in a row said skip (the next skip is EMC_SKIP << that, at most << EMC_BACKOFF_MAX). */
 struct emc_sampler {
     __u32 probes;
     __u32 hits;

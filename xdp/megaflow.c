@@ -6,9 +6,10 @@
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
-/* Look the key up in subtable mid: mask it into w, hash the words the mask covers, compare the tags of its bucket in mf_buckets,
- * then the one entry whose tag matched: its subtable and masked key. On a hit, *flow_idx, *fe and *gen describe
- * the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing of map keys). */
+/* Look the key up in subtable mid: mask it into w, hash the words the mask covers, compare the tags of its
+ * bucket in mf_buckets, then the one entry whose tag matched: its subtable and masked key. On a hit, *flow_idx,
+ * *fe and *gen describe the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing
+ * of map keys). */
 static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, __u64 *w,
                                           __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
 {
