@@ -20,7 +20,7 @@ import xdp
 from ctl.datapath import dpif, progrun
 from ctl.datapath.dpif import ActionError, DpDrop, DpOutput, DpSetEthDst, DpSetIpv4Dst, MapFull
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
-from ctl.datapath.flowkey import build, mask_for, mask_words, parse
+from ctl.datapath.flowkey import FIELD_NAMES, build, mask_for, mask_words, parse
 from ctl.datapath.netdev import xdp_mode
 from ctl.datapath.progrun import XDP_DROP, XDP_REDIRECT
 from ctl.datapath.view import PIN_ROOT
@@ -320,6 +320,30 @@ def bucket(tb: Bench, b: int) -> list[tuple[int, int]]:
     v = dpif.MF_BUCKET.unpack(bytes(tb.dp.bpf["mf_buckets"][ctypes.c_uint32(b)]))
     n = dpif.MF_BUCKET_WAYS
     return sorted((v[j], v[n + j]) for j in range(n) if v[j])
+
+
+@pytest.mark.parametrize("fields", [("in_port", "dl_dst", "nw_dst"), ("in_port", "ipv6_src", "nd_target"),
+                                    tuple(FIELD_NAMES)])
+def test_the_kernel_finds_a_megaflow_where_python_places_it(tb: Bench, fields: tuple[str, ...]) -> None:
+    # the place hashes only the words the mask covers, even words in one lane and odd in the other
+    # (mf_hash_masked, flowkey.mf_hash with mask_words): masks with odd words (dl_dst, nw_dst: words 1 and 3),
+    # high ones (IPv6 addresses, the ND target: 7 to 12) and every word
+    tb.dp.set_emc_insert_inv_prob(0)
+    frame = bytes(Ether(**MAC) / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=7, dport=9))
+    if "ipv6_src" not in fields:
+        frame = udp(dport=9)
+    m = mask_for(*fields)
+    words = mask_words(bytes(m))
+    assert words & 0b1010 if "dl_dst" in fields else words >> 7
+    idx = tb.dp.put_flow(parse(frame, 1), m, [DpOutput(2)])
+    [mid] = [f.mask_id for f in tb.dp.dump_flows()]
+    b, tag = dpif.mf_place(dpif.mf_key_bytes(mid, parse(frame, 1).masked(m)), tb.dp.hash_seed,
+                           tb.dp.config.n_buckets, words)
+    assert bucket(tb, b) == [(tag, idx)]
+    before = tb.stats()
+    assert tb.run(frame).verdict == XDP_REDIRECT
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.lost, d.emc_hits) == (1, 0, 0)
 
 
 def test_a_megaflow_whose_hash_collides_is_refused_and_the_first_keeps_forwarding(
