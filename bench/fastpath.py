@@ -57,6 +57,7 @@ class Row:
     vs_baseline: float
     note: str = ""
     ref_ratio: float = 0.0  # the median ratio to its reference, run in turns with it; 0: none
+    ref_quartiles: tuple[float, float] = (0.0, 0.0)  # the rounds' ratios' first and third quartiles: the noise
 
 
 def sh(cmd: str) -> None:
@@ -150,7 +151,8 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
             c = case_run()
             cs.append(c)
             ratios.append(c / r)
-        rows.append(Row(case, min(cs), 0.0, note, ref_ratio=statistics.median(ratios)))
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        rows.append(Row(case, min(cs), 0.0, note, ref_ratio=statistics.median(ratios), ref_quartiles=(q1, q3)))
         return rows[-1].ref_ratio
 
     def emc_hit(f: bytes = emc_frame) -> Callable[[], float]:
@@ -268,10 +270,11 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
         print(json.dumps({"rows": [asdict(r) for r in rows], "forwarding": live, "summary": summary},
                          indent=2))
     else:
-        print(f"{'case':44} {'ns/pkt':>8} {'x baseline':>10} {'x ref':>6}  note")
+        print(f"{'case':44} {'ns/pkt':>8} {'x baseline':>10} {'x ref':>6} {'quartiles':>11}  note")
         for r in rows:
             paired_ratio = f"{r.ref_ratio:6.2f}" if r.ref_ratio else " " * 6
-            print(f"{r.case:44} {r.ns_per_packet:8.1f} {r.vs_baseline:10.2f} {paired_ratio}  {r.note}")
+            spread = f"{r.ref_quartiles[0]:.2f}-{r.ref_quartiles[1]:.2f}" if r.ref_ratio else ""
+            print(f"{r.case:44} {r.ns_per_packet:8.1f} {r.vs_baseline:10.2f} {paired_ratio} {spread:>11}  {r.note}")
         print()
         print(f"forwarding through veth (generator -> port 1 -> port 2 -> sink, 64 B, best of 3 x {n_live:,}):")
         print(f"  bare devmap redirect   {live['bare_redirect_mpps']:6.2f} Mpps")
@@ -280,7 +283,8 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
         print(f"  switch, EMC hit, to a port on the skb path {live['skb_path_forwarding_mpps']:6.2f} Mpps"
               f"   ratio {live['skb_path_ratio']:.2f}")
         print()
-        print("(ratios of a case and its reference run in turns, the median of the rounds: 'x ref' above)")
+        print("(ratios of a case and its reference run in turns, the median of the rounds: 'x ref' above, with the"
+              " quartiles of the rounds' ratios)")
         print(f"EMC hit / baseline                  {summary['emc_hit_vs_baseline']:.2f} (target <= 1.5)")
         print(f"megaflow hit, 32 masks, hint / EMC  {summary['megaflow_32_masks_hint_vs_emc_hit']:.2f}"
               " (target <= 1.3)")
