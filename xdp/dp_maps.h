@@ -71,6 +71,9 @@ DP_MAP("array", u32, struct mf_bucket, mf_buckets, MF_BUCKETS);
 DP_MAP("array", u32, struct mf_entry, mf_entries, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, struct mf_flow_stats, mf_stats, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, u32, mf_hints, MF_HINT_ENTRIES);   /* mask id + 1; 0: no hint */
+/* How many megaflows are installed, for the read-only tools (one read instead of all of mf_buckets). Owner: user
+ * space (Datapath), which writes it after every change to the megaflows; the fast path never reads it. */
+DP_MAP("array", u32, u64, mf_count, 1);
 
 /* Hand-off from emc_rx to mf_rx (tail call) and the AF_XDP sockets of the upcall handlers. */
 /* The packet's state while its actions run lives here too, not on the stack: the verifier does not

@@ -68,6 +68,7 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
+_KEY0 = struct.pack("<I", 0)  # the key of a one-entry array
 
 
 class DatapathError(RuntimeError):
@@ -559,6 +560,7 @@ class Datapath:
             self._abandon(p)  # nothing names it: the mirror, the slot, the groups and the mask go back
             raise
         self._committed(p)
+        self._write_count()
         return p.idx
 
     def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]:
@@ -605,6 +607,7 @@ class Datapath:
             return
         for p in ps:
             self._committed(p)
+        self._write_count()
 
     def _batch_update(self, name: str, keys: list[bytes], values: list[bytes]) -> None:
         """BPF_MAP_UPDATE_BATCH: every key of keys, or DatapathError."""
@@ -732,6 +735,7 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
+        self._write_count()
         place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(bytes(mask)))
         self._give_way(place, None)
         self._write_bucket(place[0])
@@ -903,6 +907,10 @@ class Datapath:
         self._raw_update("mf_entries", struct.pack("<I", idx), raw)
         self._gens[idx] = struct.unpack_from("<I", raw)[0]
 
+    def _write_count(self) -> None:
+        """mf_count: how many megaflows there are, for the read-only tools (DatapathReader.n_flows)."""
+        self._raw_update("mf_count", _KEY0, struct.pack("<Q", len(self._flows)))
+
     def _raw_update(self, name: str, key: bytes, value: bytes) -> None:
         """One map update straight through libbpf: bcc's table objects cost more than the syscall."""
         table = self.bpf[name]
@@ -1049,6 +1057,7 @@ class Datapath:
             self._write_order([m for m in self._mask_order if m not in empty])
         self._next_idx = max(used) + 1 if used else 0
         self._free_idx = deque(i for i in range(self._next_idx) if i not in used)
+        self._write_count()  # an earlier process may have died between a change and its count
         if self._flows:
             log.info("%s: recovered %d megaflows in %d subtables from %s", self.name, len(self._flows),
                      len(self._masks), self.pin_dir)

@@ -262,14 +262,10 @@ class DatapathReader:
         return out
 
     def n_flows(self) -> int:
-        """Megaflows: the ways in use in mf_buckets. A tag is odd, so its first byte tells a used way from a free
-        one, and each chunk is counted by byte counts. The kernel copies the array out one bucket at a time
-        (0.22 s here for the default 524288 buckets); the daemon counts its own instead."""
-        ways, size = dpif.MF_BUCKET_WAYS, dpif.MF_BUCKET.size
-        n = 0
-        for count, _kraw, vraw in self.map("mf_buckets").batch_chunks():
-            n += sum(count - vraw[4 * j::size].count(0) for j in range(ways))
-        return n
+        """Megaflows installed: the count the Datapath writes to mf_count after every change (one read; counting
+        the ways in use in mf_buckets took 0.22 s for the default 524288 buckets)."""
+        vals = self.map("mf_count").u32(0)
+        return struct.unpack("<Q", vals[0])[0] if vals else 0
 
     def bucket_ways(self, chunk: int = 16384) -> list[tuple[int, int, int]]:
         """Every megaflow's place in mf_buckets: (bucket, tag, flow slot), in bucket order (an array, read in

@@ -12,9 +12,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from ctl.datapath.dpif import DpDrop, DpOutput, DpSetIpv4Dst
+from ctl.datapath.dpif_xdp import Datapath
 from ctl.datapath.flowkey import mask_for, parse
 from ctl.datapath.view import DatapathView, MapReader, ViewError, _bpf
-from tests.bpf.conftest import Bench
+from tests.bpf.conftest import CONFIG, Bench
 
 BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 2, 3
 
@@ -64,6 +65,33 @@ def test_the_view_reads_what_the_datapath_holds_and_writes_nothing(tb: Bench) ->
                 _bpf(cmd, attr)
             assert e.value.errno == errno.EPERM
         assert snapshot(view) == before
+
+
+def test_the_view_counts_megaflows_from_the_count_the_datapath_keeps(tb: Bench) -> None:
+    # mf_count: written by the Datapath after every change, read by the tools in one lookup (not the buckets)
+    def counts() -> tuple[int, int]:
+        with DatapathView.open(tb.dp.name) as view:
+            return view.n_flows(), view.map_usage()["mf_entries"][0]
+
+    m = mask_for("in_port", "tp_dst")
+    assert counts() == (0, 0)
+    tb.dp.put_flow(parse(udp(1), 1), m, [DpOutput(2)])
+    assert counts() == (1, 1)
+    results = tb.dp.put_flows([(parse(udp(p), 1), m, [DpOutput(2)]) for p in range(2, 12)])
+    assert all(isinstance(r, int) for r in results) and counts() == (11, 11)
+    tb.dp.put_flow(parse(udp(1), 1), m, [DpDrop()])  # a replaced megaflow is not a new one
+    assert counts() == (11, 11)
+    assert tb.dp.del_flow(parse(udp(1), 1), m) and counts() == (10, 10)
+    assert not tb.dp.del_flow(parse(udp(1), 1), m) and counts() == (10, 10)
+    # a process that died between a change and its count: the next one to adopt the datapath counts again
+    tb.dp.bpf["mf_count"][ctypes.c_uint32(0)] = ctypes.c_uint64(999)
+    assert counts() == (999, 999)
+    again = Datapath(tb.dp.name, CONFIG)
+    try:
+        assert again.n_flows == 10 and counts() == (10, 10)
+    finally:
+        again.close()  # no unpin: the first datapath keeps its maps
+    assert tb.dp.flush_flows() == 10 and counts() == (0, 0)
 
 
 def _elem(m: MapReader, key: bytes, value: bytes | None) -> ctypes.Array[ctypes.c_char]:
