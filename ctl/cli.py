@@ -146,7 +146,7 @@ def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
         "mask hint hits": st.hint_hits,
     }
     try:
-        from ctl.daemon.switch import ControlError, request
+        from ctl.daemon.control import ControlError, request
 
         up = request(dp.name, "upcall-show", timeout=5)
         rows["miss with success upcall"] = up["ok"]
@@ -181,7 +181,7 @@ def top(name: str = NAME,
 
     Example: sudo xdpswitch top --name xdpswitch
     """
-    from ctl.daemon.switch import request
+    from ctl.daemon.control import request
     from ctl.datapath.view import ViewError
     from ctl.top import run_top
 
@@ -234,7 +234,7 @@ def _fail(msg: str) -> typer.Exit:
 
 
 def _request(name: str, cmd: str, **args: Any) -> Any:
-    from ctl.daemon.switch import ControlError, request
+    from ctl.daemon.control import ControlError, request
     from ctl.pipeline.ofmatch import FlowSyntaxError
 
     try:
@@ -404,7 +404,7 @@ def del_dp(name: str = NAME) -> None:
 
     Example: sudo xdpswitch dpctl del-dp --name xdpswitch
     """
-    from ctl.daemon.switch import ControlError, request
+    from ctl.daemon.control import ControlError, request
     from ctl.datapath.dpif_xdp import DatapathError, remove_datapath
 
     if os.geteuid() != 0:

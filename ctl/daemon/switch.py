@@ -33,9 +33,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ctl.common import unixctl
 from ctl.common.loops import LoopErrors, tune_collector
 from ctl.common.unixctl import CommandError, Unixctl
+from ctl.daemon.control import control_path, mgmt_path
+from ctl.daemon.control import request as request  # the client side, re-exported (tests, scripts)
 from ctl.datapath import dpif
 from ctl.datapath.dpif_xdp import RUN_DIR, Datapath, DatapathConfig, DatapathError
 from ctl.datapath.netdev import LinkInfo, LinkMonitor, link_info, links
@@ -48,7 +49,6 @@ from ctl.pipeline import ofactions as of
 from ctl.pipeline.groups import Group
 from ctl.pipeline.mac_learning import DEFAULT_MAX_AGE, MacLearning
 from ctl.pipeline.meters import Meter
-from ctl.pipeline.ofmatch import FlowSyntaxError
 from ctl.pipeline.openflow_tables import OpenFlowTables, Rule, parse_flow, parse_flows_file, write_state
 from ctl.udpif.handler import Handler
 from ctl.udpif.revalidator import DEFAULT_MAX_IDLE_MS, DEFAULT_MAX_REVALIDATOR_MS, Revalidator, check_settings
@@ -69,19 +69,6 @@ log = logging.getLogger("xdpswitch")
 
 STATE_ROOT = Path("/var/lib/xdpswitch")
 MAX_REQUEST = 16 << 20
-
-
-class ControlError(RuntimeError):
-    """A control request failed; the message is for the user."""
-
-
-def control_path(name: str) -> Path:
-    return RUN_DIR / f"{name}.ctl"
-
-
-def mgmt_path(name: str) -> Path:
-    """The OpenFlow management socket (ovs-ofctl -O OpenFlow13 dump-flows unix:PATH)."""
-    return RUN_DIR / f"{name}.mgmt"
 
 
 @dataclass
@@ -760,16 +747,3 @@ def _snapshot_of(sw: Switch) -> Any:
         megaflows_stale=stale)
 
 
-def request(name: str, cmd: str, *, timeout: float = 60.0, **args: Any) -> Any:
-    """Send one request to a running daemon; returns its result or raises ControlError (FlowSyntaxError
-    for bad flow text, with its position)."""
-    try:
-        return unixctl.request(control_path(name), cmd, timeout=timeout, **args)
-    except unixctl.NotListening:
-        raise ControlError(f"no switch named {name!r} is running (no {control_path(name)}); start one with "
-                           "xdpswitch start") from None
-    except unixctl.CommandError as e:
-        reply = e.reply
-        if "pos" in reply:
-            raise FlowSyntaxError(reply["error"], reply.get("text", ""), reply["pos"], reply.get("length", 1)) from None
-        raise ControlError(str(e)) from None
