@@ -92,3 +92,16 @@ def test_no_ip_subprocess_in_the_control_plane() -> None:
                     and "detach it first" not in line:
                 bad.append(f"{name}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_control_client_is_light_to_import() -> None:
+    # stats, top and ofctl ask a running daemon through ctl.daemon.control: it must not pull in bcc (a compiler
+    # and the kernel headers' world), pyroute2 or the daemon itself
+    import subprocess
+    import sys
+
+    heavy = ("bcc", "pyroute2", "ctl.daemon.switch", "ctl.datapath.dpif_xdp")
+    out = subprocess.run([sys.executable, "-c", "import sys, ctl.daemon.control; "
+                          f"print([m for m in {heavy!r} if m in sys.modules])"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
