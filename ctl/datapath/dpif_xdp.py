@@ -735,12 +735,12 @@ class Datapath:
         found = self._flows.pop(fkey, None)
         if found is None:
             return False
-        self._write_count()
         place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(bytes(mask)))
         self._give_way(place, None)
         self._write_bucket(place[0])
         self._retire(found[0])
         self._mask_release(found[1])
+        self._write_count()
         return True
 
     def flush_flows(self) -> int:

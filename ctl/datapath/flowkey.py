@@ -194,7 +194,7 @@ def mf_hash(masked: bytes, seed: int, words: int = ALL_WORDS) -> int:
     m64, c1, c2 = 0xFFFFFFFFFFFFFFFF, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
     a, b = 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ (seed << 32)
     w = _WORDS.unpack(masked)
-    for i in _WORD_BITS[words]:
+    for i in _word_bits(words):
         if i & 1:
             b = ((b ^ w[i]) * c2) & m64
         else:
@@ -205,17 +205,10 @@ def mf_hash(masked: bytes, seed: int, words: int = ALL_WORDS) -> int:
     return h ^ (h >> 33)
 
 
-class _WordBits(dict[int, tuple[int, ...]]):
-    """words bitmap -> the indexes of its set bits, made once per bitmap (a handful of masks in use)."""
-
-    def __missing__(self, words: int) -> tuple[int, ...]:
-        bits = tuple(i for i in range(FLOW_KEY_WORDS) if words >> i & 1)
-        if len(self) < 4096:
-            self[words] = bits
-        return bits
-
-
-_WORD_BITS = _WordBits()
+@functools.lru_cache(maxsize=1024)
+def _word_bits(words: int) -> tuple[int, ...]:
+    """The indexes of words' set bits (a handful of masks are in use: made once each)."""
+    return tuple(i for i in range(FLOW_KEY_WORDS) if words >> i & 1)
 
 
 @functools.lru_cache(maxsize=1024)
