@@ -11,6 +11,9 @@ seen, faster than the handler can take them; the rate is megaflows installed per
 First-packet latency: one frame at a time from gen0 (AF_PACKET), timed until it arrives on sink0: for a new
 flow (a miss: upcall, translate, install, execute and AF_XDP transmit) and for the same flow again (a
 megaflow or EMC hit in XDP). p50 and p99 of each, and their ratio.
+Where a setup's time goes: the handler's own counters split its handling time by phase (``upcall show``'s
+"handling"), set beside the run's time per setup (the handler's core is busy all along) and the datapath
+write timed alone afterwards. It shows what bounds the rate: at 40k setups/s, one core has 25 us for all.
 
 Targets (not tests): >= 40k setups/s on a 2-core machine (issue 11); first-packet p99 < 1 ms.
 """
@@ -30,7 +33,10 @@ from pathlib import Path
 
 from bench import help_text
 from ctl.daemon.switch import PortSpec, Switch
+from ctl.datapath.dpif import DpOutput
 from ctl.datapath.dpif_xdp import DatapathConfig
+from ctl.datapath.flowkey import build
+from ctl.udpif.upcall import PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN, P1, P2, SINK = "xbgen0", "xbport1", "xbport2", "xbsink0"
@@ -95,6 +101,7 @@ def setups_per_second(sw: Switch, first: int, n: int, seconds: float) -> dict[st
     gen = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", GENERATOR, GEN, str(first), str(n),
                             str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     samples = []
+    before = udpif.stats
     t_end = time.time() + seconds + 1.0
     while time.time() < t_end:
         st = udpif.stats  # every handler's counters, summed now
@@ -106,8 +113,12 @@ def setups_per_second(sw: Switch, first: int, n: int, seconds: float) -> dict[st
     t1 = next(s for s in samples if s[1] == samples[-1][1])
     dt = max(t1[0] - t0[0], 1e-6)
     installed = t1[1] - t0[1]
-    return {"offered": offered, "installed": samples[-1][1] - samples[0][1], "upcalls": samples[-1][2] - samples[0][2],
-            "setups_per_s": installed / dt}
+    upcalls = samples[-1][2] - samples[0][2]
+    after = udpif.stats
+    phases = {k: (after.phase_seconds[k] - before.phase_seconds[k]) / max(upcalls, 1) * 1e6 for k in PHASES}
+    return {"offered": offered, "installed": samples[-1][1] - samples[0][1], "upcalls": upcalls,
+            "setups_per_s": installed / dt, **{f"{k}_us": v for k, v in phases.items()},
+            "handling_us": (after.handling_sum - before.handling_sum) / max(upcalls, 1) * 1e6}
 
 
 def latencies(n: int, first: int) -> dict[str, list[float]]:
@@ -132,6 +143,25 @@ def latencies(n: int, first: int) -> dict[str, list[float]]:
                     out[label].append((time.perf_counter_ns() - t0) / 1000)
                     break
     return out
+
+
+def write_alone(sw: Switch, n: int = 2000) -> float:
+    """us per megaflow of the datapath write alone: scratch megaflows under a mask of their own (nothing else uses
+    it) put in the handler's batches of 16 and deleted again, best of 3 rounds, on the running switch."""
+    udpif, dp = sw.udpif, sw.dp
+    assert udpif is not None and dp is not None
+    mask = build(in_port=0xFFFFFFFF, dl_type=0xFFFF, nw_src=0xFFFFFFFF)
+    writes: list[float] = []
+    for rnd in range(3):
+        keys = [build(in_port=1, dl_type=0x0800, nw_src=(198 << 24) | (rnd << 20) | i) for i in range(n)]
+        with udpif.lock:   # the Udpif's lock guards the datapath's flow writes
+            t0 = time.perf_counter()
+            for i in range(0, n, 16):
+                dp.put_flows([(k, mask, [DpOutput(2)]) for k in keys[i:i + 16]])
+            writes.append((time.perf_counter() - t0) / n * 1e6)
+            for k in keys:
+                dp.del_flow(k, mask)
+    return min(writes)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -167,6 +197,7 @@ def main() -> int:
             # rules last
             rate = setups_per_second(sw, probes + 1, n_rules - probes, (n_rules - probes) / 40000)
             up = sw.udpif.stats.to_json() if sw.udpif else {}
+            write_us = write_alone(sw)
         finally:
             sw.shutdown(remove=True)
             teardown()
@@ -177,6 +208,7 @@ def main() -> int:
         "flow_setups": rate, "latency_us": latency,
         "upcall_stats": {k: up[k] for k in ("received", "ok", "failed", "installed", "existing")} if up else {},
         "first_vs_fast_p50": first["p50"] / fast["p50"] if fast["p50"] else 0.0,
+        "write_alone_us": write_us,
     }
     if args.json:
         print(json.dumps(report, indent=1))
@@ -186,6 +218,14 @@ def main() -> int:
     for k, v in latency.items():
         print(f"{k:26s} p50 {v['p50']:8.1f} us  p99 {v['p99']:8.1f} us  lost {v['lost']:.0f}")
     print(f"first packet p50 / fast path p50: {report['first_vs_fast_p50']:.1f}x (target: first-packet p99 < 1000 us)")
+    per_setup = 1e6 / max(rate["setups_per_s"], 1.0)
+    print("where a setup's time went in the run (the handler's own counters, us per upcall):")
+    for k in PHASES:
+        print(f"  {k:40s} {rate[k + '_us']:7.1f}")
+    print(f"  {'outside handling (receive, poll, threads)':40s} {max(0.0, per_setup - rate['handling_us']):7.1f}")
+    print(f"  {'one setup (1 / setups per second)':40s} {per_setup:7.1f}   (40000/s: 25.0 on one core)")
+    print(f"the datapath write alone (batches of 16, nothing else running): {write_us:.1f} us, at most "
+          f"{1e6 / write_us:,.0f} setups/s on one core")
     return 0
 
 

@@ -749,6 +749,8 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         f"  upcalls       : received {st['received']}, ok {st['ok']}, failed {st['failed']}, "
         f"lost {st['fast_path_lost'] + st['socket_drops']}",
         "  reasons       : " + ", ".join(f"{k} {v}" for k, v in st["by_reason"].items()),
+        "  handling      : " + ", ".join(f"{k} {v / max(st['received'], 1) * 1e6:.1f}"
+                                         for k, v in st["phase_seconds"].items()) + " us per upcall (mean)",
         f"  megaflows     : installed {st['installed']} (slow path {st['slow_path']}), existing {st['existing']}, "
         f"over flow-limit {st['over_flow_limit']}, install failed {st['install_failed']}",
         "  deleted       : " + (", ".join(f"{k} {v}" for k, v in st["deleted"].items()) or "none"),
@@ -766,7 +768,7 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
     lines.append("  loop errors   : " + (", ".join(f"{k} {v}" for k, v in st["loop_errors"].items()) or "none")
                  + " (caught; the loop went on)")
-    out.print("\n".join(lines), highlight=False, markup=False)
+    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)  # a line each, as ovs-appctl
 
 
 @upcall.command("set")

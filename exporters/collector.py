@@ -52,6 +52,7 @@ class Snapshot:
     megaflows_deleted: dict[str, int]         # reason -> count
     handling_buckets: list[tuple[float, int]] = field(default_factory=list)  # (upper bound s, cumulative)
     handling_sum: float = 0.0
+    handling_phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds (ctl.udpif.upcall.PHASES)
     revalidator_dump_seconds: float = 0.0     # how long the last dump-and-sweep pass took
     flow_limit: int = 0                       # the flow-limit in force (adapted by the revalidator)
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> exceptions caught (the loop went on)
@@ -127,6 +128,11 @@ class SwitchCollector(Collector):
                                   "install, execute, transmit).", unit="")
         h.add_metric([], buckets=[(_le(b), n) for b, n in s.handling_buckets], sum_value=s.handling_sum)
         yield h
+        ph = CounterMetricFamily("xdpswitch_upcall_phase_seconds", "Upcall handling time by phase: parse, translate, "
+                                 "megaflow, install, execute, transmit.", labels=["phase"])
+        for phase, seconds in s.handling_phases.items():
+            ph.add_metric([phase], seconds)
+        yield ph
         yield GaugeMetricFamily("xdpswitch_revalidator_dump_duration_seconds", "Duration of the last revalidator "
                                 "pass (dump and sweep).", value=s.revalidator_dump_seconds)
         yield GaugeMetricFamily("xdpswitch_flow_limit", "Megaflows the handlers may install (adapted by the "

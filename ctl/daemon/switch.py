@@ -737,7 +737,7 @@ def _snapshot_of(sw: Switch) -> Any:
         maps=dp.map_usage(), megaflows=dp.n_flows, masks=dp.n_masks, rules=rules, ukeys=ukeys,
         upcalls={"ok": st.ok, "failed": st.failed, "lost": sw.socket_drops() + dps.lost},
         upcall_reasons=dict(st.by_reason), megaflows_installed=st.installed, megaflows_deleted=dict(st.deleted),
-        handling_buckets=buckets, handling_sum=st.handling_sum,
+        handling_buckets=buckets, handling_sum=st.handling_sum, handling_phases=dict(st.phase_seconds),
         revalidator_dump_seconds=sw.revalidator.stats.last_dump_ms / 1000 if sw.revalidator else 0.0,
         flow_limit=up.flow_limit, loop_errors=sw.errors.counts(),
         openflow_connections=len(sw.connmgr.connected()) if sw.connmgr else 0,

@@ -60,6 +60,10 @@ DEFAULT_MASK_LIMIT = 32      # subtables (the datapath holds 64); the daemon's d
 DEFAULT_UPCALL_RATE = 5000   # upcalls/s from one port (the daemon's default; a handler sets up 5-10k flows/s here)
 HANDLING_BOUNDS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, float("inf"))
 UPCALL_REASONS = {1: "miss", 2: "slow_path"}
+# where handling time goes (``UpcallStats.phase_seconds``; dpif-netdev's pmd-perf-show splits a PMD's cycles the
+# same way): parse (the frame, and the ukey lookup), translate (the pipeline), megaflow (its mask and ukey),
+# install (the batch's map writes), execute (the actions on the packets), transmit (AF_XDP)
+PHASES = ("parse", "translate", "megaflow", "install", "execute", "transmit")
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ class UpcallStats:
     # upcall handling time: counts per bucket of HANDLING_BOUNDS (not cumulative), and the sum in seconds
     handling_counts: list[int] = field(default_factory=lambda: [0] * len(HANDLING_BOUNDS))
     handling_sum: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))  # see PHASES
     port_tx: dict[int, list[int]] = field(default_factory=dict)  # port -> [packets, bytes] sent from user space
 
     def to_json(self) -> dict[str, object]:
@@ -384,6 +389,7 @@ class Udpif:
         work: list[Decision] = []
         pending: list[tuple[Ukey, FlowKey]] = []  # new megaflows, installed together after the batch's decisions
         t0 = time.perf_counter()
+        ph = st.phase_seconds
         with self.lock:
             ports = set(self.ports())
             for up in upcalls:
@@ -396,12 +402,18 @@ class Udpif:
                     st.failed += 1
                     log.exception("upcall from port %d failed", up.in_port)
             if pending:
+                t1 = time.perf_counter()
                 self._install(pending, st)
+                ph["install"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
         out: dict[int, list[bytes]] = {}
         for d in work:
             if self._execute(d.upcall.frame, d.upcall.in_port, d.actions, out, st, d.layout):
                 st.ok += 1
+        t3 = time.perf_counter()
+        ph["execute"] += t3 - t2
         self._send(out, st)
+        ph["transmit"] += time.perf_counter() - t3
         if upcalls:
             st.observe((time.perf_counter() - t0) / len(upcalls), len(upcalls))
 
@@ -505,9 +517,13 @@ class Udpif:
                 pending: list[tuple[Ukey, FlowKey]]) -> Decision:
         """What the pipeline does with one upcall. A new megaflow's ukey goes into the ukeys at once (a later
         upcall of the same batch finds it) and into pending, to be installed with the batch's others."""
+        t0 = time.perf_counter()
         layout = parse_layout(up.frame, up.in_port)
         key = layout[0]
         u = self.ukeys.find(key)
+        t1 = time.perf_counter()
+        ph = st.phase_seconds
+        ph["parse"] += t1 - t0
         if u is not None and u.slow_path and u in self.pending:
             # a slow-path megaflow made before the last change: translate this packet afresh rather than
             # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
@@ -532,6 +548,8 @@ class Udpif:
             self._unsupported(tr)
         if tr.learned:
             self.note_changes()
+        t2 = time.perf_counter()
+        ph["translate"] += t2 - t1
         mask = key_of(tr.wc)
         if self.mask_limit and self.ukeys.n_masks >= self.mask_limit and not self.ukeys.has_mask(mask):
             # the tuple space explosion guard: past the limit, a megaflow that would need a new subtable gets the
@@ -543,9 +561,10 @@ class Udpif:
                  created_ns=self.clock.now_ns(), normal=tr.normal, missed=tr.missed, recirc=tr.recirc)
         if self.dp.n_flows + len(pending) >= self.flow_limit:
             st.over_flow_limit += 1
-            return Decision(up, tr.actions, layout)
-        self.ukeys.add(u)
-        pending.append((u, key))
+        else:
+            self.ukeys.add(u)
+            pending.append((u, key))
+        ph["megaflow"] += time.perf_counter() - t2
         return Decision(up, tr.actions, layout)
 
     def _translate_one(self, up: Upcall, key: FlowKey, ports: set[int],

@@ -15,6 +15,7 @@ import pytest
 from ctl.daemon.switch import PortSpec, Switch, control_path, request
 from ctl.datapath.dpif_xdp import DatapathConfig
 from ctl.pipeline.ofmatch import FlowSyntaxError
+from ctl.udpif.upcall import PHASES
 from tests.conftest import unique
 from tests.netns.conftest import Host
 from tests.netns.test_forwarding import ping, udp_recv, udp_send
@@ -271,6 +272,13 @@ def test_metrics_endpoint_reads_the_live_counters(sw: Switch, hosts: list[Host])
     assert values['xdpswitch_flows{cache="megaflow"}'] == sw.dp.n_flows >= 2
     assert values[f'xdpswitch_port_receive_packets_total{{name="{h1.port}",port="1"}}'] >= 5
     assert values["xdpswitch_upcall_handling_seconds_count"] >= 2
+    phases = {p: values[f'xdpswitch_upcall_phase_seconds_total{{phase="{p}"}}'] for p in PHASES}
+    assert 0 < sum(phases.values()) <= values["xdpswitch_upcall_handling_seconds_sum"]
+    assert phases["translate"] > 0 and phases["install"] > 0
+    show = subprocess.run([sys.executable, "-m", "ctl.cli", "upcall", "show", "-n", sw.name], capture_output=True,
+                          text=True, cwd=ROOT, check=True).stdout
+    handling = next(line for line in show.splitlines() if line.strip().startswith("handling"))
+    assert [w for w in handling.split(":", 1)[1].replace(",", " ").split() if w.isalpha()][:6] == list(PHASES)
 
 
 def test_revalidator_credits_rules_exactly(sw: Switch, hosts: list[Host]) -> None:

@@ -111,6 +111,19 @@ def test_identical_upcalls_in_a_batch_install_one_megaflow_and_all_are_sent() ->
     assert len(sent[2]) == 3 and sent[2][0] == frame(53)
 
 
+def test_handling_time_is_split_by_phase_within_the_total() -> None:
+    u, dp, sent = make("udp,actions=output:2")
+    u.handle([up(53), up(54)])
+    ph = u.stats.phase_seconds
+    assert list(ph) == ["parse", "translate", "megaflow", "install", "execute", "transmit"]
+    assert all(v > 0 for v in ph.values()), ph       # each phase ran on this batch (a new megaflow, sent)
+    assert sum(ph.values()) <= u.stats.handling_sum  # the phases are parts of the handling time, no more
+    u.handle([up(55)])   # the megaflow exists: no translation, no install
+    before, ph = ph, u.stats.phase_seconds   # stats: every writer's counters summed now (a copy)
+    assert ph["translate"] == before["translate"] and ph["install"] == before["install"]
+    assert ph["parse"] > before["parse"] and ph["transmit"] > before["transmit"]
+
+
 def test_slow_path_megaflow_and_flood_transmit() -> None:
     u, dp, sent = make("udp,actions=output:2,mod_dl_dst:02:00:00:00:00:09,output:3", "priority=1,actions=flood")
     u.handle([up(53)])
