@@ -218,12 +218,15 @@ def main() -> int:
     for k, v in latency.items():
         print(f"{k:26s} p50 {v['p50']:8.1f} us  p99 {v['p99']:8.1f} us  lost {v['lost']:.0f}")
     print(f"first packet p50 / fast path p50: {report['first_vs_fast_p50']:.1f}x (target: first-packet p99 < 1000 us)")
-    per_setup = 1e6 / max(rate["setups_per_s"], 1.0)
-    print("where a setup's time went in the run (the handler's own counters, us per upcall):")
+    per_setup = 1e6 / max(rate["setups_per_s"], 1.0) * args.handlers   # handler time a setup took
+    print("where a setup's time went in the run (the handlers' own counters, us per upcall):")
     for k in PHASES:
         print(f"  {k:40s} {rate[k + '_us']:7.1f}")
     print(f"  {'outside handling (receive, poll, threads)':40s} {max(0.0, per_setup - rate['handling_us']):7.1f}")
-    print(f"  {'one setup (1 / setups per second)':40s} {per_setup:7.1f}   (40000/s: 25.0 on one core)")
+    print(f"  {'one setup (handlers / setups per second)':40s} {per_setup:7.1f}   (40000/s: 25.0 on one core)")
+    if args.handlers > 1:
+        print(f"  (with {args.handlers} handler threads the phases are summed over them and include the time each "
+              "waited for the others to let go of the interpreter)")
     print(f"the datapath write alone (batches of 16, nothing else running): {write_us:.1f} us, at most "
           f"{1e6 / write_us:,.0f} setups/s on one core")
     return 0
