@@ -253,7 +253,8 @@ def start(
     name: str = NAME,
     state_dir: str = typer.Option("/var/lib/xdpswitch", "--state-dir", help="Where NAME/flows.json is kept."),
     flow_limit: int = typer.Option(200000, "--flow-limit", help="Megaflows installed at most (OVS's flow-limit)."),
-    handlers: int = typer.Option(1, "--handlers", help="Upcall handler threads."),
+    handlers: int = typer.Option(1, "--handlers", help="Upcall handler threads (they share the interpreter: "
+                                 "more do not set up flows faster)."),
     mode: str = typer.Option("auto", "--mode", help="XDP mode: native, generic or auto."),
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
                                             help="Insert into the EMC on 1 in N megaflow hits (0: the EMC is off, "
