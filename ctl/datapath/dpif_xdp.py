@@ -720,7 +720,7 @@ class Datapath:
     def _abandon(self, p: _Pending) -> None:
         """The megaflow could not go in: give back its way, the slot, the groups and the mask."""
         self._give_way(p.place, p.prev)
-        self._kill(p.idx)
+        self._kill_many([p.idx])
         self._free_idx.append(p.idx)
         for g in p.groups:
             self._group_release(g)
@@ -728,26 +728,48 @@ class Datapath:
 
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
         """Delete the megaflow key/mask; False if there is none."""
-        mid = self._masks.get(bytes(mask))
-        if mid is None:
-            return False
-        fkey = dpif.mf_key_bytes(mid, key.masked(mask))
-        found = self._flows.pop(fkey, None)
-        if found is None:
-            return False
-        place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(bytes(mask)))
-        self._give_way(place, None)
-        self._write_bucket(place[0])
-        self._retire(found[0])
-        self._mask_release(found[1])
+        return self.del_flows([(key, mask)])[0]
+
+    def del_flows(self, items: Sequence[tuple[FlowKey, FlowKey]]) -> list[bool]:
+        """Delete megaflows (key, mask) in one go: their buckets are written with one BPF_MAP_UPDATE_BATCH, then
+        their entries' generations turned even with another (EMC entries naming them stop matching), before
+        their slots are free again; the count is written once. Per item: whether there was one."""
+        out: list[bool] = []
+        gone: list[tuple[int, int]] = []   # (slot, mask id)
+        buckets: set[int] = set()
+        for key, mask in items:
+            mask_raw = bytes(mask)
+            mid = self._masks.get(mask_raw)
+            fkey = b"" if mid is None else dpif.mf_key_bytes(mid, key.masked(mask))
+            found = self._flows.pop(fkey, None) if mid is not None else None
+            out.append(found is not None)
+            if found is None:
+                continue
+            place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(mask_raw))
+            self._give_way(place, None)
+            buckets.add(place[0])
+            gone.append(found)
+        if not gone:
+            return out
+        empty = [0] * (2 * dpif.MF_BUCKET_WAYS)
+        order = sorted(buckets)
+        self._batch_update("mf_buckets", [struct.pack("<I", b) for b in order],
+                           [dpif.MF_BUCKET.pack(*self._buckets.get(b, empty)) for b in order])
+        self._kill_many([idx for idx, _mid in gone])
+        for idx, mid in gone:
+            g = self._flow_group.pop(idx, None)
+            if g is not None:
+                self._group_release(g)
+            self._free_idx.append(idx)
+            self._mask_release(mid)
         self._write_count()
-        return True
+        return out
 
     def flush_flows(self) -> int:
         """Delete every megaflow (and so every EMC entry's target). Returns how many went."""
         masks = {mid: FlowKey.from_bytes(raw) for raw, mid in self._masks.items()}
-        return sum(self.del_flow(FlowKey.from_bytes(fkey[8:]), masks[mid])
-                   for fkey, (_idx, mid) in list(self._flows.items()))
+        return sum(self.del_flows([(FlowKey.from_bytes(fkey[8:]), masks[mid])
+                                   for fkey, (_idx, mid) in list(self._flows.items())]))
 
     def dump_flows(self) -> list[Megaflow]:
         """Every megaflow with its actions and its packets, bytes and last use summed over CPUs (read from the
@@ -932,17 +954,28 @@ class Datapath:
             vals[0].packets, vals[0].bytes, vals[0].used_ns = p, b, u
         table[ctypes.c_uint32(idx)] = vals
 
-    def _kill(self, idx: int) -> None:
-        """Turn idx's generation even (keeping its actions): EMC entries naming it stop matching."""
-        table = self.bpf["mf_entries"]
-        entry = table[ctypes.c_uint32(idx)]
-        if entry.gen & 1:
-            entry.gen += 1
-            table[ctypes.c_uint32(idx)] = entry
-        self._gens[idx] = int(entry.gen)
+    def _kill_many(self, idxs: list[int]) -> None:
+        """Turn these slots' generations even (keeping their actions: a packet that read the entry before still
+        runs them whole), written in one batch: EMC entries naming them stop matching."""
+        fd = self.bpf["mf_entries"].map_fd
+        size = ctypes.sizeof(self.bpf["mf_entries"].Leaf)
+        buf = ctypes.create_string_buffer(size)
+        keys, values = [], []
+        for idx in idxs:
+            key = struct.pack("<I", idx)
+            if libbcc.bpf_lookup_elem(fd, ctypes.c_char_p(key), buf) < 0:
+                raise DatapathError(f"reading mf_entries[{idx}] failed: {os.strerror(ctypes.get_errno())}")
+            gen = struct.unpack_from("<I", buf)[0]
+            if gen & 1:
+                gen += 1
+                keys.append(key)
+                values.append(struct.pack("<I", gen) + buf.raw[4:size])
+            self._gens[idx] = gen
+        if keys:
+            self._batch_update("mf_entries", keys, values)
 
     def _retire(self, idx: int) -> None:
-        self._kill(idx)
+        self._kill_many([idx])
         g = self._flow_group.pop(idx, None)
         if g is not None:
             self._group_release(g)

@@ -204,6 +204,7 @@ class Revalidator:
                 with u.lock:
                     held = time.perf_counter()
                     end = min(i + MAX_BATCH, len(samples))
+                    idle: dict[str, list[Ukey]] = {}   # by reason: deleted together at the batch's end
                     while i < end and time.perf_counter() - held < MAX_HOLD_S:
                         k, st = samples[i]
                         i += 1
@@ -216,11 +217,13 @@ class Revalidator:
                                 self._refresh_mac(k)
                         last = used if used > k.created_ns else k.created_ns
                         if now - last > max_idle_ns:
-                            self._delete([k], "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000
-                                         else "idle")
+                            why = "flow_limit" if over and now - last <= self.max_idle_ms * 1_000_000 else "idle"
+                            idle.setdefault(why, []).append(k)
                             continue
                         if k in u.pending:
                             self._revalidate_one(k)
+                    for why, gone in idle.items():
+                        u.delete_ukeys(gone, why)
                 time.sleep(0)  # let go of the GIL too: a handler waiting for the lock gets it before the next batch
                 if u.pending:
                     self.sweep()   # a flow-mod's megaflows do not wait for the end of a long pass
@@ -295,11 +298,7 @@ class Revalidator:
 
     def _delete(self, keys: list[Ukey], reason: str) -> None:
         """Delete megaflows; the Udpif counts them by reason (UpcallStats.deleted)."""
-        u = self.udpif
-        with u.lock:
-            for k in keys:
-                if not k.dead:
-                    u.delete_ukey(k, reason)
+        self.udpif.delete_ukeys(keys, reason)
 
     def _adapt_limit(self, dump_ms: float, n: int) -> None:
         """OVS's udpif_revalidator flow-limit rules."""

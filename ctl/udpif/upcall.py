@@ -102,6 +102,7 @@ class DatapathOps(Protocol):
     def put_flow(self, key: FlowKey, mask: FlowKey, actions: Sequence[Action]) -> int: ...
     def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]: ...
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool: ...
+    def del_flows(self, items: Sequence[tuple[FlowKey, FlowKey]]) -> list[bool]: ...
     def flow_stats(self, idx: int) -> tuple[int, int, int]: ...
     def flow_stats_all(self) -> dict[int, tuple[int, int, int]]: ...
     def bucket_stats(self, base: int, n: int) -> list[tuple[int, int]]: ...
@@ -745,14 +746,29 @@ class Udpif:
 
     def delete_ukey(self, u: Ukey, reason: str) -> None:
         """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""
+        self.delete_ukeys([u], reason)
+
+    def delete_ukeys(self, ukeys: Sequence[Ukey], reason: str) -> None:
+        """Delete megaflows (fast path and ukeys; the fast path's in one batch), crediting their last packets to
+        their rules. Ukeys already deleted are skipped."""
         with self.lock:
-            u.dead = True
-            self.ukeys.remove(u)
-            self.pending.pop(u, None)
-            if u.idx >= 0:
-                self.dp.del_flow(u.key, u.mask)
-                self._credit(u)
-                self._locked_stats.deleted[reason] = self._locked_stats.deleted.get(reason, 0) + 1
+            live = [u for u in ukeys if not u.dead]
+            for u in live:
+                u.dead = True
+                self.ukeys.remove(u)
+                self.pending.pop(u, None)
+            self._forget(live, reason)
+
+    def _forget(self, gone: list[Ukey], reason: str) -> None:
+        """The fast path's part of deleting ukeys already out of the ukeys: their megaflows in one batch, then
+        their last packets credited (after the delete: no packet can hit them any more). Under the lock."""
+        installed = [u for u in gone if u.idx >= 0]
+        if installed:
+            self.dp.del_flows([(u.key, u.mask) for u in installed])
+        for u in installed:
+            self._credit(u)
+        if installed:
+            self._locked_stats.deleted[reason] = self._locked_stats.deleted.get(reason, 0) + len(installed)
 
     def flush(self) -> int:
         """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
@@ -761,12 +777,7 @@ class Udpif:
             self.pending.clear()
             for u in gone:
                 u.dead = True
-                if u.idx >= 0:
-                    self.dp.del_flow(u.key, u.mask)
-            for u in gone:
-                self._credit(u)  # after the delete: no packet can hit it any more
-            n = sum(u.idx >= 0 for u in gone)
-            self._locked_stats.deleted["flush"] = self._locked_stats.deleted.get("flush", 0) + n
+            self._forget(gone, "flush")
             return len(gone)
 
 
@@ -950,8 +961,7 @@ def register_commands(ctl: Unixctl, udpif: Udpif, name: str, ports: Callable[[],
     def revalidator_purge() -> dict[str, int]:
         with udpif.lock:
             keys = list(udpif.ukeys)
-            for k in keys:
-                udpif.delete_ukey(k, "purge")
+            udpif.delete_ukeys(keys, "purge")
         return {"deleted": len(keys)}
 
     def fdb_show() -> list[dict[str, object]]:

@@ -168,6 +168,31 @@ def test_deleted_megaflow_never_runs_from_the_emc(tb: Bench) -> None:
     assert not tb.dp.del_flow(key, mask_for("in_port"))
 
 
+def test_a_batch_of_deletes_unlinks_and_kills_each_and_frees_the_slots(tb: Bench) -> None:
+    """del_flows (the revalidator's and a flush's deletes, written in batches): each megaflow asked for goes,
+    and only those (one not installed, and one asked twice, report False); their packets miss, from the EMC
+    too, and their slots take new megaflows; the count follows."""
+    m = mask_for("in_port", "tp_dst")
+    keys = [parse(udp(dport=2000 + i), 1) for i in range(20)]
+    tb.dp.put_flows([(k, m, [DpOutput(2)]) for k in keys])
+    for _ in range(3):
+        tb.run(udp(dport=2000))   # an EMC entry names it now
+    assert tb.stats().emc_hits >= 1
+    gone = keys[:12:2]
+    result = tb.dp.del_flows([(k, m) for k in gone] + [(parse(udp(dport=3000), 1), m), (gone[0], m)])
+    assert result == [True] * 6 + [False, False]
+    assert tb.dp.n_flows == 14 == tb.dp.reader.n_flows()
+    before = tb.stats()
+    verdicts = {2000 + i: tb.run(udp(dport=2000 + i)).verdict for i in range(20)}
+    d = tb.stats().delta(before)
+    assert [p for p, v in verdicts.items() if v != XDP_REDIRECT] == [2000, 2002, 2004, 2006, 2008, 2010]
+    assert d.lost == 6 and d.emc_hits + d.megaflow_hits == 14
+    fresh = [parse(udp(dport=4000 + i), 1) for i in range(6)]
+    assert all(isinstance(r, int) for r in tb.dp.put_flows([(k, m, [DpOutput(3)]) for k in fresh]))
+    assert tb.run(udp(dport=4005)).verdict == XDP_REDIRECT and tb.dp.n_flows == 20
+    assert tb.dp.flush_flows() == 20 and tb.dp.n_flows == 0 == tb.dp.reader.n_flows() and tb.dp.n_masks == 0
+
+
 def test_changed_megaflow_takes_effect_through_the_emc(tb: Bench) -> None:
     key = parse(udp(), 1)
     tb.dp.put_flow(key, mask_for("in_port"), [DpOutput(2)])

@@ -111,14 +111,15 @@ def _metered(tb: Bench, meter: str, frame: bytes) -> tuple[list, object]:
 
 
 def test_a_meter_drops_what_exceeds_its_bucket_and_counts_it(tb: Bench) -> None:
-    """A 100 packets/s meter with a 10-packet burst, 200 packets in a few milliseconds: the bucket's 10 (and what
-    the elapsed time refills) pass, the rest are dropped as meter drops, and every counter agrees."""
+    """A 1 packet/s meter with a 10-packet burst, 200 packets well within a second (however loaded the machine):
+    the bucket's 10 (and at most one the elapsed time refills) pass, the rest are dropped as meter drops, and
+    every counter agrees."""
     fr = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2))
-    _acts, m = _metered(tb, "meter=1,pktps,burst,bands=type=drop,rate=100,burst_size=10", fr)
+    _acts, m = _metered(tb, "meter=1,pktps,burst,bands=type=drop,rate=1,burst_size=10", fr)
     before = tb.stats()
     passed = sum(tb.run(fr).verdict == XDP_REDIRECT for _ in range(200))
     delta = tb.stats().delta(before)
-    assert 10 <= passed <= 12, passed
+    assert 10 <= passed <= 11, passed
     assert delta.drops.get("meter") == 200 - passed
     st = tb.dp.meter_stats(m.slot)   # type: ignore[attr-defined]
     assert st[0] == (200, 200 * len(fr)) and st[1][0] == 200 - passed
@@ -126,7 +127,7 @@ def test_a_meter_drops_what_exceeds_its_bucket_and_counts_it(tb: Bench) -> None:
 
 def test_a_dscp_remark_band_raises_the_drop_precedence_of_what_exceeds(tb: Bench) -> None:
     fr = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", tos=18 << 2) / UDP(sport=1, dport=2))
-    _metered(tb, "meter=1,pktps,burst,bands=type=dscp_remark,rate=100,burst_size=5,prec_level=1", fr)
+    _metered(tb, "meter=1,pktps,burst,bands=type=dscp_remark,rate=1,burst_size=5,prec_level=1", fr)
     tos = [IP(tb.run(fr).frame[14:]).tos >> 2 for _ in range(20)]
     assert tos[:5] == [18] * 5 and set(tos[6:]) == {20}      # AF21 -> AF22, checksum fixed by scapy's parse below
     out = IP(tb.run(fr).frame[14:])
@@ -134,9 +135,9 @@ def test_a_dscp_remark_band_raises_the_drop_precedence_of_what_exceeds(tb: Bench
 
 
 def test_upcalls_over_a_ports_limit_are_dropped_in_xdp_and_counted(tb: Bench) -> None:
-    """Port 1 may send 100 upcalls/s (a bucket of 10): of 50 misses in a few milliseconds about 10 reach the upcall
+    """Port 1 may send 1 upcall/s (a bucket of 10): of 50 misses well within a second 10 (or 11) reach the upcall
     path, the rest are dropped as upcall_limit; port 2 has no limit; every one is counted lost."""
-    tb.dp.set_upcall_limit(1, 100, 10)
+    tb.dp.set_upcall_limit(1, 1, 10)
     try:
         frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=1000 + i))
                   for i in range(50)]
@@ -145,7 +146,7 @@ def test_upcalls_over_a_ports_limit_are_dropped_in_xdp_and_counted(tb: Bench) ->
             tb.run(fr, in_port=1)
         d = tb.stats().delta(before)
         limited = d.drops.get("upcall_limit", 0)
-        assert 38 <= limited <= 40 and limited + d.drops.get("no_upcall_socket", 0) == 50, d.drops
+        assert 39 <= limited <= 40 and limited + d.drops.get("no_upcall_socket", 0) == 50, d.drops
         assert d.lost == 50 and d.misses == 0
         before = tb.stats()
         for fr in frames:

@@ -55,6 +55,16 @@ def test_idle_megaflows_go() -> None:
     assert rv.udpif.stats.deleted.get("idle", 0) == 1
 
 
+def test_idle_megaflows_of_a_batch_go_in_one_datapath_write() -> None:
+    rv, dp, clock = setup(*(f"priority=10,udp,tp_dst={p},actions=output:2" for p in range(100, 130)))
+    rv.udpif.handle([up(p) for p in range(100, 130)])
+    assert len(dp.flows) == 30
+    clock.t += 11
+    rv.revalidate()
+    assert not dp.flows and rv.udpif.stats.deleted.get("idle", 0) == 30
+    assert dp.del_batches == 1    # 30 under one hold of the lock (MAX_BATCH 50): one batch of deletes
+
+
 def test_table_change_keeps_unaffected_updates_and_deletes_stale() -> None:
     rv, dp, clock = setup("priority=10,udp,tp_dst=53,actions=output:2", "priority=10,udp,tp_dst=54,actions=output:2",
                           "priority=10,udp,tp_dst=55,actions=output:2")

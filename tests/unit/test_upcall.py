@@ -52,6 +52,10 @@ class FakeDatapath:
     def del_flow(self, key: FlowKey, mask: FlowKey) -> bool:
         return self.flows.pop((bytes(key.masked(mask)), bytes(mask)), None) is not None
 
+    def del_flows(self, items: Sequence[tuple[FlowKey, FlowKey]]) -> list[bool]:
+        self.del_batches = getattr(self, "del_batches", 0) + 1
+        return [self.del_flow(key, mask) for key, mask in items]
+
     def flow_stats(self, idx: int) -> tuple[int, int, int]:
         return self.stats.get(idx, (0, 0, 0))
 
