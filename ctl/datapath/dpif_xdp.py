@@ -48,7 +48,7 @@ from ctl.datapath import dpif, flowkey
 from ctl.datapath.dpif import Action, DatapathConfig, DpStats, MapFull, Megaflow, PortStats
 from ctl.datapath.flowkey import FlowKey, mask_words
 from ctl.datapath.netdev import takes_redirects, xdp_mode
-from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader
+from ctl.datapath.view import PIN_ROOT, RUN_DIR, DatapathReader, MapReader, possible_cpus
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
 _KEY0 = struct.pack("<I", 0)  # the key of a one-entry array
+_STATS = struct.Struct("<QQQ")  # struct mf_flow_stats: one CPU's packets, bytes, used_ns
+_STATS_ZERO = bytes(_STATS.size)
 
 
 class DatapathError(RuntimeError):
@@ -96,6 +98,7 @@ class _Pending:
     entry: bytes
     old: tuple[int, int] | None
     groups: list[int]
+    fresh: bool                 # the slot was never used since the maps were made: its counters are zero
 
 
 def xdp_dir() -> Path:
@@ -236,6 +239,7 @@ class Datapath:
         self._enc_cache: dict[tuple[Action, ...], list[bytes]] = {}  # action lists without groups, encoded
         # flow slots at or above this index have all-zero counters (never used since the maps were made)
         self._clean_from = self.config.max_flows if reused_pins else 0
+        self._ncpus = possible_cpus()   # a per-CPU map's value holds one struct per possible CPU
         self._seed = self._hash_seed()
         self.reader = DatapathReader(self.name, self.config, self._map_reader)
         self._recover()
@@ -554,7 +558,7 @@ class Datapath:
         p = self._prepare(key, mask, actions)
         try:
             self._write_entry(p.idx, p.entry)
-            self._write_stats(p.idx, p.old[0] if p.old else None)
+            self._write_stats([p])
             self._write_bucket(p.place[0])
         except Exception:
             self._abandon(p)  # nothing names it: the mirror, the slot, the groups and the mask go back
@@ -596,7 +600,7 @@ class Datapath:
             self._batch_update("mf_entries", [struct.pack("<I", p.idx) for p in ps], [p.entry for p in ps])
             for p in ps:
                 self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
-                self._write_stats(p.idx, p.old[0] if p.old else None)
+            self._write_stats(ps)
             buckets = sorted({p.place[0] for p in ps})
             self._batch_update("mf_buckets", [struct.pack("<I", b) for b in buckets],
                                [dpif.MF_BUCKET.pack(*self._buckets[b]) for b in buckets])
@@ -664,7 +668,7 @@ class Datapath:
         gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
         entry = dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:], mid)
-        return _Pending(idx, mid, fkey, place, prev, entry, old, group_taken)
+        return _Pending(idx, mid, fkey, place, prev, entry, old, group_taken, self._fresh)
 
     def _take_way(self, place: tuple[int, int], fkey: bytes, idx: int) -> int | None:
         """Name idx in fkey's way of its bucket (in the mirror: written by the caller). Returns the slot the way
@@ -943,16 +947,18 @@ class Datapath:
                 raise MapFull(f"{name} is full ({table.max_entries} entries)")
             raise DatapathError(f"writing {name} failed: {os.strerror(err)}")
 
-    def _write_stats(self, idx: int, carry_from: int | None) -> None:
-        """Start flow idx's counters at zero, or at the totals of the flow it replaces."""
-        if carry_from is None and self._fresh:
-            return  # a slot never used since the maps were made: its counters are zero
-        table = self.bpf["mf_stats"]
-        vals = table.Leaf()
-        if carry_from is not None:
-            p, b, u = self.flow_stats(carry_from)
-            vals[0].packets, vals[0].bytes, vals[0].used_ns = p, b, u
-        table[ctypes.c_uint32(idx)] = vals
+    def _write_stats(self, ps: list[_Pending]) -> None:
+        """Start each new megaflow's counters at zero, or at the totals of the one it replaces (on the first CPU),
+        in one batch. A slot never used since the maps were made is zero already and skipped."""
+        keys, values = [], []
+        for p in ps:
+            if p.old is None and p.fresh:
+                continue
+            first = _STATS.pack(*self.flow_stats(p.old[0])) if p.old is not None else _STATS_ZERO
+            keys.append(struct.pack("<I", p.idx))
+            values.append(first + _STATS_ZERO * (self._ncpus - 1))
+        if keys:
+            self._batch_update("mf_stats", keys, values)
 
     def _kill_many(self, idxs: list[int]) -> None:
         """Turn these slots' generations even (keeping their actions: a packet that read the entry before still

@@ -287,9 +287,15 @@ def test_a_full_flow_table_loses_nothing(tb: Bench) -> None:
     assert tb.dp.n_flows == CONFIG.max_flows
     assert tb.run(udp(src="10.0.1.7")).verdict == XDP_REDIRECT
     assert tb.run(udp(src="11.0.0.0")).verdict == XDP_DROP  # not cached: a miss, counted lost
+    for src in ("10.0.0.0", "10.0.0.1", "10.0.0.1"):
+        tb.run(udp(src=src))   # the slots about to be freed have counted packets
     assert tb.dp.del_flow(parse(udp(src="10.0.0.0"), 1), m)
-    tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [DpOutput(3)])  # a freed slot is reused
-    assert tb.run(udp(src="11.0.0.0")).verdict == XDP_REDIRECT
+    idx = tb.dp.put_flow(parse(udp(src="11.0.0.0"), 1), m, [DpOutput(3)])  # a freed slot is reused
+    assert tb.dp.flow_stats(idx)[:2] == (0, 0)   # its counters start again at zero
+    assert tb.run(udp(src="11.0.0.0")).verdict == XDP_REDIRECT and tb.dp.flow_stats(idx)[0] == 1
+    assert tb.dp.del_flows([(parse(udp(src="10.0.0.1"), 1), m)]) == [True]
+    idx, = tb.dp.put_flows([(parse(udp(src="11.0.0.1"), 1), m, [DpOutput(3)])])   # and through a batch
+    assert isinstance(idx, int) and tb.dp.flow_stats(idx)[:2] == (0, 0)
 
 
 def test_bad_actions_change_nothing(tb: Bench) -> None:
