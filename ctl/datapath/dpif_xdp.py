@@ -969,8 +969,10 @@ class Datapath:
         keys, values = [], []
         for idx in idxs:
             key = struct.pack("<I", idx)
-            if libbcc.bpf_lookup_elem(fd, ctypes.c_char_p(key), buf) < 0:
-                raise DatapathError(f"reading mf_entries[{idx}] failed: {os.strerror(ctypes.get_errno())}")
+            r = libbcc.bpf_lookup_elem(fd, ctypes.c_char_p(key), buf)
+            if r < 0:
+                err = -r if r != -1 else ctypes.get_errno()
+                raise DatapathError(f"reading mf_entries[{idx}] failed: {os.strerror(err)}")
             gen = struct.unpack_from("<I", buf)[0]
             if gen & 1:
                 gen += 1

@@ -531,7 +531,9 @@ class Udpif:
             self.delete_ukey(u, "stale")
             u = None
         if u is not None and u.recirc:
-            return self._translate_one(up, key, ports, layout)
+            d = self._translate_one(up, key, ports, layout)
+            ph["translate"] += time.perf_counter() - t1
+            return d
         if u is not None:
             if not u.slow_path:
                 st.existing += 1
