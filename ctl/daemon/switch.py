@@ -351,40 +351,60 @@ class Switch:
         established flows keep forwarding, misses are counted lost) until the next start adopts it; with
         remove it goes too (``xdpswitch dpctl del-dp``)."""
         self.stop.set()
+        # each step runs whatever an earlier one raised (logged): a state file that cannot be written must not
+        # leave the control socket, the name's lock or the datapath's hold behind
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("closing the link monitor", self._close_links),
+            ("stopping the OpenFlow channel", lambda: self.connmgr.stop() if self.connmgr is not None else None),
+            ("saving the state file", self._save_if_dirty),
+            ("stopping the revalidator", lambda: self.revalidator.stop() if self.revalidator is not None else None),
+            ("stopping the handlers", self._join_handlers),
+            ("closing /metrics", lambda: self._metrics.close() if self._metrics is not None else None),
+            ("closing the control sockets", self.unixctl.close),
+            ("letting go of the datapath", lambda: self._let_go(remove)),
+            ("unlocking the name", self._unlock_name),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("stopping %s: %s failed; the rest of the shutdown goes on", self.name, what)
+
+    def _join_handlers(self) -> None:
+        for h in self.handlers:
+            h.join(timeout=2)
+
+    def _close_links(self) -> None:
         if self._links is not None:
             self._links.close()
             self._links = None
-        if self.connmgr is not None:
-            self.connmgr.stop()
+
+    def _save_if_dirty(self) -> None:
         if self._dirty:
             self._dirty = False
             self.save()
-        if self.revalidator is not None:
-            self.revalidator.stop()
-        for h in self.handlers:
-            h.join(timeout=2)
-        if self._metrics is not None:
-            self._metrics.close()
-        self.unixctl.close()
-        if self.dp is not None:
-            names = [p.name for p in self.dp.ports.values()]
-            for (port, q), xs in self.sockets.items():
-                try:
-                    self.dp.set_upcall_socket(port, q, None)
-                except DatapathError:
-                    pass
-                xs.close()
-            if remove:
-                self.dp.close(unpin=True)
-                self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped and its datapath "
-                         "removed")
-            else:
-                self.dp.release()
-                self.say(f"{self.name} stopped; its datapath keeps forwarding established flows on "
-                         f"{', '.join(names) or 'no ports'} (xdpswitch start adopts it; xdpswitch dpctl del-dp --name "
-                         f"{self.name} removes it)")
-            self.dp = None
-        self._unlock_name()
+
+    def _let_go(self, remove: bool) -> None:
+        """Close the upcall sockets, then leave the datapath running (released) or remove it."""
+        if self.dp is None:
+            return
+        names = [p.name for p in self.dp.ports.values()]
+        for (port, q), xs in self.sockets.items():
+            try:
+                self.dp.set_upcall_socket(port, q, None)
+            except DatapathError:
+                pass
+            xs.close()
+        if remove:
+            self.dp.close(unpin=True)
+            self.say(f"detached from {', '.join(names) or 'no ports'}; {self.name} stopped and its datapath "
+                     "removed")
+        else:
+            self.dp.release()
+            self.say(f"{self.name} stopped; its datapath keeps forwarding established flows on "
+                     f"{', '.join(names) or 'no ports'} (xdpswitch start adopts it; xdpswitch dpctl del-dp --name "
+                     f"{self.name} removes it)")
+        self.dp = None
 
     def _lock_name(self) -> None:
         """One daemon per name: a lock held for the daemon's life (the kernel drops it if the daemon dies)."""

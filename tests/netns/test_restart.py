@@ -106,7 +106,14 @@ def daemon(hosts: list[Host], tmp_path: Path) -> Iterator[dict[str, object]]:
                 p.wait(10)
         with contextlib.suppress(DatapathError):
             remove_datapath(name)
+        forget_run_files(name)
         assert all(xdp_mode(h.port) == "none" for h in hosts)
+
+
+def forget_run_files(name: str) -> None:
+    """A daemon that died (killed by a test, or a failed one) leaves its control sockets and pid file: gone too."""
+    for suffix in (".ctl", ".mgmt", ".pid"):
+        (RUN_DIR / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def changed_build(tmp: Path) -> Path:
@@ -242,3 +249,40 @@ def test_what_a_start_finds_left_behind(hosts: list[Host], net: Net, tmp_path: P
     finally:
         with contextlib.suppress(DatapathError):
             remove_datapath(name)
+
+
+def test_a_step_of_the_shutdown_that_fails_does_not_stop_the_others(hosts: list[Host], tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The state file cannot be written when the daemon stops: that is logged, and the control sockets, the
+    name's lock and the datapath's hold still go (the next start adopts it and finds no stale socket)."""
+    h1, h2, _ = hosts
+    name = unique("xssd")
+    specs = [PortSpec(h.port, h.port_no) for h in (h1, h2)]
+
+    def switch() -> Switch:
+        sw = Switch(name, specs, tmp_path / "flows.json", config=DatapathConfig(max_flows=4096), say=lambda m: None,
+                    metrics_address=None)
+        sw.start()
+        return sw
+
+    try:
+        sw = switch()
+        request(name, "add-flows", flows=list(L2))
+        assert ping(h1, h2.ip, 2)
+
+        def unwritable() -> None:
+            raise OSError(30, "Read-only file system")
+
+        sw.save = unwritable  # type: ignore[method-assign]
+        sw._dirty = True
+        sw.shutdown()
+        assert "saving the state file failed; the rest of the shutdown goes on" in caplog.text
+        assert not control_path(name).exists() and not (RUN_DIR / f"{name}.pid").exists()
+        assert all(xdp_mode(h.port) != "none" for h in (h1, h2)) and ping(h1, h2.ip, 2)  # still forwarding
+        sw = switch()   # adopts it
+        sw.shutdown(remove=True)
+        assert all(xdp_mode(h.port) == "none" for h in (h1, h2))
+    finally:
+        with contextlib.suppress(DatapathError):
+            remove_datapath(name)
+        forget_run_files(name)
