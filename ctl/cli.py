@@ -52,7 +52,7 @@ revalidator = typer.Typer(help="The revalidator (like ovs-appctl revalidator/*).
 app.add_typer(revalidator, name="revalidator")
 fdb = typer.Typer(help="The MAC learning table of the NORMAL action (like ovs-appctl fdb/*).", no_args_is_help=True)
 app.add_typer(fdb, name="fdb")
-out = Console()
+out = Console(soft_wrap=True)  # a line each however long, as ovs-ofctl and ovs-appctl print (tables keep the width)
 err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
@@ -484,7 +484,7 @@ def ofctl_dump_flows(flow: str = typer.Argument("", help="A match to filter by (
         _print_json([{k: v for k, v in r.items() if k != "line"} for r in rules])
         return
     for r in rules:
-        out.print(r["line"], highlight=False, markup=False, soft_wrap=True)
+        out.print(r["line"], highlight=False, markup=False)
 
 
 @ofctl.command("mod-table")
@@ -566,7 +566,7 @@ def ofctl_dump_groups(group: str = typer.Argument("", help="group_id=N; empty: e
         _print_json(groups)
         return
     for g in groups:
-        out.print(f" {g['line']}", highlight=False, markup=False, soft_wrap=True)
+        out.print(f" {g['line']}", highlight=False, markup=False)
 
 
 @ofctl.command("dump-group-stats")
@@ -587,7 +587,7 @@ def ofctl_dump_group_stats(group: str = typer.Argument("", help="group_id=N; emp
                           for i, b in enumerate(g["buckets"]))
         out.print(f" group_id={g['group_id']},duration={g['duration']:.3f}s,ref_count={g['ref_count']},"
                   f"packet_count={g['packet_count']},byte_count={g['byte_count']}{buckets}",
-                  highlight=False, markup=False, soft_wrap=True)
+                  highlight=False, markup=False)
 
 
 @ofctl.command("add-meter")
@@ -639,7 +639,7 @@ def ofctl_dump_meters(meter: str = typer.Argument("", help="meter=N; empty: ever
         _print_json(meters)
         return
     for m in meters:
-        out.print(m["line"], highlight=False, markup=False, soft_wrap=True)
+        out.print(m["line"], highlight=False, markup=False)
 
 
 @ofctl.command("meter-stats")
@@ -659,7 +659,7 @@ def ofctl_meter_stats(meter: str = typer.Argument("", help="meter=N; empty: ever
                          for i, b in enumerate(m["bands"]))
         out.print(f"meter:{m['meter_id']} flow_count:{m['flow_count']} packet_in_count:{m['packet_in_count']} "
                   f"byte_in_count:{m['byte_in_count']} duration:{m['duration']:.3f}s bands:\n{bands}",
-                  highlight=False, markup=False, soft_wrap=True)
+                  highlight=False, markup=False)
 
 
 @app.command("trace")
@@ -676,7 +676,7 @@ def trace(flow: str = typer.Argument(..., help="A packet in match syntax: in_por
     if fmt == Format.json:
         _print_json({k: v for k, v in res.items() if k != "text"})
         return
-    out.print(res["text"], highlight=False, markup=False, soft_wrap=True)
+    out.print(res["text"], highlight=False, markup=False)
 
 
 @ofctl.command("show")
@@ -708,7 +708,7 @@ def ofctl_show(name: str = NAME, fmt: Format = FORMAT) -> None:
                      f"rx {c['rx_msgs']} tx {c['tx_msgs']} packet-ins {c['packet_ins']} "
                      f"(dropped {c['packet_ins_dropped']}, over the rate limit {c['packet_ins_rate_limited']}) "
                      f"errors sent {c['errors_sent']}")
-    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+    out.print("\n".join(lines), highlight=False, markup=False)
 
 
 @fdb.command("show")
@@ -769,7 +769,7 @@ def upcall_show(name: str = NAME, fmt: Format = FORMAT) -> None:
         lines.append("  action drops  : " + ", ".join(f"{k} {v}" for k, v in st["drops"].items()))
     lines.append("  loop errors   : " + (", ".join(f"{k} {v}" for k, v in st["loop_errors"].items()) or "none")
                  + " (caught; the loop went on)")
-    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)  # a line each, as ovs-appctl
+    out.print("\n".join(lines), highlight=False, markup=False)
 
 
 @upcall.command("set")

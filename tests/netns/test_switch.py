@@ -4,6 +4,7 @@ XDP. Real hosts in namespaces, the daemon's control socket, its state file and i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -369,9 +370,13 @@ def test_read_only_tools_read_the_running_switch_and_change_no_map(sw: Switch, h
                                           capture_output=True, text=True, cwd=ROOT, check=True).stdout)
         stats = json.loads(subprocess.run([*cli, "stats", "-n", sw.name, "-f", "json"], capture_output=True,
                                           text=True, cwd=ROOT, check=True).stdout)
+        text = subprocess.run([*cli, "dpctl", "show", "-n", sw.name], capture_output=True, text=True, cwd=ROOT,
+                              check=True, env={**os.environ, "COLUMNS": "40"}).stdout   # a narrow terminal
         after = snapshot(view)
     assert after == before
     assert show["flows"] == len(flows) == sw.dp.n_flows >= 3  # one per destination MAC
     assert sorted(p["port_no"] for p in show["ports"]) == [1, 2, 3]
     assert {f["match"] for f in flows} == {f.match() for f in sw.dp.dump_flows()}
     assert stats["packets received"] == sw.dp.stats().packets
+    port_lines = [line for line in text.splitlines() if line.startswith("  port ")]
+    assert len(port_lines) == 3 and all(" rx:" in line and " drops:" in line for line in port_lines), text
