@@ -159,8 +159,7 @@ def write_alone(sw: Switch, n: int = 2000) -> float:
             for i in range(0, n, 16):
                 dp.put_flows([(k, mask, [DpOutput(2)]) for k in keys[i:i + 16]])
             writes.append((time.perf_counter() - t0) / n * 1e6)
-            for k in keys:
-                dp.del_flow(k, mask)
+            dp.del_flows([(k, mask) for k in keys])
     return min(writes)
 
 

@@ -71,6 +71,7 @@ N_GROUPS = 8  # DP_MAX_GROUPS in dp_consts.h: one devmap each
 _KEY0 = struct.pack("<I", 0)  # the key of a one-entry array
 _STATS = struct.Struct("<QQQ")  # struct mf_flow_stats: one CPU's packets, bytes, used_ns
 _STATS_ZERO = bytes(_STATS.size)
+_NO_WAYS = (0,) * (2 * dpif.MF_BUCKET_WAYS)  # a bucket with every way free
 
 
 class DatapathError(RuntimeError):
@@ -559,7 +560,7 @@ class Datapath:
         try:
             self._write_entry(p.idx, p.entry)
             self._write_stats([p])
-            self._write_bucket(p.place[0])
+            self._write_buckets([p.place[0]])
         except Exception:
             self._abandon(p)  # nothing names it: the mirror, the slot, the groups and the mask go back
             raise
@@ -601,9 +602,7 @@ class Datapath:
             for p in ps:
                 self._gens[p.idx] = struct.unpack_from("<I", p.entry)[0]
             self._write_stats(ps)
-            buckets = sorted({p.place[0] for p in ps})
-            self._batch_update("mf_buckets", [struct.pack("<I", b) for b in buckets],
-                               [dpif.MF_BUCKET.pack(*self._buckets[b]) for b in buckets])
+            self._write_buckets({p.place[0] for p in ps})
         except DatapathError as e:
             for i, p in reversed(pending):  # the mirror's ways go back in the order they were taken
                 self._abandon(p)
@@ -708,9 +707,11 @@ class Datapath:
         if not any(ways):
             del self._buckets[b]
 
-    def _write_bucket(self, b: int) -> None:
-        self._raw_update("mf_buckets", struct.pack("<I", b),
-                         dpif.MF_BUCKET.pack(*self._buckets.get(b, [0] * (2 * dpif.MF_BUCKET_WAYS))))
+    def _write_buckets(self, buckets: Iterable[int]) -> None:
+        """These buckets as the mirror has them (all ways free for one it no longer holds), in one batch."""
+        order = sorted(buckets)
+        self._batch_update("mf_buckets", [struct.pack("<I", b) for b in order],
+                           [dpif.MF_BUCKET.pack(*self._buckets.get(b, _NO_WAYS)) for b in order])
 
     def _committed(self, p: _Pending) -> None:
         """Its bucket names it: record it, and retire the megaflow it replaced."""
@@ -719,12 +720,12 @@ class Datapath:
             self._flow_group[p.idx] = p.groups[0]
         if p.old:
             self._mask_release(p.old[1])  # the replaced flow's reference to the same mask
-            self._retire(p.old[0])
+            self._retire([p.old[0]])
 
     def _abandon(self, p: _Pending) -> None:
         """The megaflow could not go in: give back its way, the slot, the groups and the mask."""
         self._give_way(p.place, p.prev)
-        self._kill_many([p.idx])
+        self._kill([p.idx])
         self._free_idx.append(p.idx)
         for g in p.groups:
             self._group_release(g)
@@ -744,29 +745,20 @@ class Datapath:
         for key, mask in items:
             mask_raw = bytes(mask)
             mid = self._masks.get(mask_raw)
-            fkey = b"" if mid is None else dpif.mf_key_bytes(mid, key.masked(mask))
-            found = self._flows.pop(fkey, None) if mid is not None else None
+            fkey = dpif.mf_key_bytes(mid, key.masked(mask)) if mid is not None else b""
+            found = self._flows.pop(fkey, None)
             out.append(found is not None)
-            if found is None:
-                continue
-            place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(mask_raw))
-            self._give_way(place, None)
-            buckets.add(place[0])
-            gone.append(found)
-        if not gone:
-            return out
-        empty = [0] * (2 * dpif.MF_BUCKET_WAYS)
-        order = sorted(buckets)
-        self._batch_update("mf_buckets", [struct.pack("<I", b) for b in order],
-                           [dpif.MF_BUCKET.pack(*self._buckets.get(b, empty)) for b in order])
-        self._kill_many([idx for idx, _mid in gone])
-        for idx, mid in gone:
-            g = self._flow_group.pop(idx, None)
-            if g is not None:
-                self._group_release(g)
-            self._free_idx.append(idx)
-            self._mask_release(mid)
-        self._write_count()
+            if found is not None:
+                place = dpif.mf_place(fkey, self._seed, self._n_buckets, mask_words(mask_raw))
+                self._give_way(place, None)
+                buckets.add(place[0])
+                gone.append(found)
+        if gone:
+            self._write_buckets(buckets)
+            self._retire([idx for idx, _mid in gone])
+            for _idx, mid in gone:
+                self._mask_release(mid)
+            self._write_count()
         return out
 
     def flush_flows(self) -> int:
@@ -960,7 +952,7 @@ class Datapath:
         if keys:
             self._batch_update("mf_stats", keys, values)
 
-    def _kill_many(self, idxs: list[int]) -> None:
+    def _kill(self, idxs: list[int]) -> None:
         """Turn these slots' generations even (keeping their actions: a packet that read the entry before still
         runs them whole), written in one batch: EMC entries naming them stop matching."""
         fd = self.bpf["mf_entries"].map_fd
@@ -982,12 +974,14 @@ class Datapath:
         if keys:
             self._batch_update("mf_entries", keys, values)
 
-    def _retire(self, idx: int) -> None:
-        self._kill_many([idx])
-        g = self._flow_group.pop(idx, None)
-        if g is not None:
-            self._group_release(g)
-        self._free_idx.append(idx)
+    def _retire(self, idxs: list[int]) -> None:
+        """Deleted or replaced megaflows' slots: generations even, groups released, the slots free again."""
+        self._kill(idxs)
+        for idx in idxs:
+            g = self._flow_group.pop(idx, None)
+            if g is not None:
+                self._group_release(g)
+            self._free_idx.append(idx)
 
     def _alloc_idx(self) -> int:
         # reuse the oldest freed index only once the never-used ones are gone: the longest grace period

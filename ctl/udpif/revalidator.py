@@ -195,7 +195,7 @@ class Revalidator:
             over = n > u.flow_limit
             max_idle_ns = (100 if over else self.max_idle_ms) * 1_000_000
             if n > 2 * u.flow_limit:
-                self._delete(ukeys, "purge")
+                self.udpif.delete_ukeys(ukeys, "purge")
                 ukeys = []
             now = self.now_ns()
             samples = u.dump_stats(ukeys)  # dump: read everything first (a failed read fails the pass)
@@ -277,28 +277,24 @@ class Revalidator:
                            live=u.port_up)
         except Exception:  # never leave it in the datapath untranslated: without it the next packet comes up
             log.exception("translating a megaflow again failed: deleting it")
-            self._delete([k], "stale")
+            self.udpif.delete_ukeys([k], "stale")
             return
         new_mask = key_of(tr.wc).as_int()
         old_mask = k.mask.as_int()
         if new_mask & ~old_mask or bool(tr.slow_path) != bool(k.slow_path):
-            self._delete([k], "stale")
+            self.udpif.delete_ukeys([k], "stale")
             return
         if tr.actions != k.actions:
             try:
                 if k.idx >= 0 and not k.slow_path:
                     k.idx = self.udpif.dp.put_flow(k.key, k.mask, tr.actions)
             except (ActionError, MapFull):
-                self._delete([k], "stale")
+                self.udpif.delete_ukeys([k], "stale")
                 return
             k.actions = tr.actions
             self.stats.updated += 1
         u.ukeys.retranslated(k, tr.credits, tr.lookups, tr.normal)
         k.missed = tr.missed
-
-    def _delete(self, keys: list[Ukey], reason: str) -> None:
-        """Delete megaflows; the Udpif counts them by reason (UpcallStats.deleted)."""
-        self.udpif.delete_ukeys(keys, reason)
 
     def _adapt_limit(self, dump_ms: float, n: int) -> None:
         """OVS's udpif_revalidator flow-limit rules."""

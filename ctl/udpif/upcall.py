@@ -528,7 +528,7 @@ class Udpif:
         if u is not None and u.slow_path and u in self.pending:
             # a slow-path megaflow made before the last change: translate this packet afresh rather than
             # wait for the revalidator (a controller's flow-mod then takes effect on the very next packet)
-            self.delete_ukey(u, "stale")
+            self.delete_ukeys([u], "stale")
             u = None
         if u is not None and u.recirc:
             d = self._translate_one(up, key, ports, layout)
@@ -746,10 +746,6 @@ class Udpif:
             out.append((b.n_packets + p, b.n_bytes + n))
         return out
 
-    def delete_ukey(self, u: Ukey, reason: str) -> None:
-        """Delete one megaflow (fast path and ukey), crediting its last packets to its rules."""
-        self.delete_ukeys([u], reason)
-
     def delete_ukeys(self, ukeys: Sequence[Ukey], reason: str) -> None:
         """Delete megaflows (fast path and ukeys; the fast path's in one batch), crediting their last packets to
         their rules. Ukeys already deleted are skipped."""
@@ -765,12 +761,12 @@ class Udpif:
         """The fast path's part of deleting ukeys already out of the ukeys: their megaflows in one batch, then
         their last packets credited (after the delete: no packet can hit them any more). Under the lock."""
         installed = [u for u in gone if u.idx >= 0]
-        if installed:
-            self.dp.del_flows([(u.key, u.mask) for u in installed])
+        if not installed:
+            return
+        self.dp.del_flows([(u.key, u.mask) for u in installed])
         for u in installed:
             self._credit(u)
-        if installed:
-            self._locked_stats.deleted[reason] = self._locked_stats.deleted.get(reason, 0) + len(installed)
+        self._locked_stats.deleted[reason] = self._locked_stats.deleted.get(reason, 0) + len(installed)
 
     def flush(self) -> int:
         """Delete every megaflow (fast path and ukeys), crediting their last packets to their rules."""
