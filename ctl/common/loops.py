@@ -4,7 +4,7 @@ the loop goes on. A loop that dies takes a whole service down with it; one bad p
 must not.
 
 ``tune_collector()`` sets the garbage collector for a process that serves such loops over 100k+ long-lived
-ukeys (see COLLECTOR_THRESHOLDS).
+ukeys (see COLLECTOR_THRESHOLDS); ``log_unraisable()`` logs what a destructor raises in one line.
 
 ``LoopErrors`` is owned by the daemon and shared by its loops. Each count is written under its lock (an
 exception is rare; the lock is not on any fast path) and read as a copy.
@@ -37,6 +37,17 @@ COLLECTOR_THRESHOLDS = (100_000, 50, 100)
 def tune_collector() -> None:
     """Set COLLECTOR_THRESHOLDS (the daemon at start; benchmarks that stand for it, too)."""
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
+
+
+def log_unraisable() -> None:
+    """Exceptions Python cannot raise to anyone (in an object's ``__del__``: e.g. pyroute2's asyncio loop, half
+    made when the descriptors ran out, failing to close) go to the log in one line, not as a traceback on
+    stderr (the daemon's start; the loops' own failures are LoopErrors')."""
+    def hook(u: sys.UnraisableHookArgs) -> None:
+        where = getattr(u.object, "__qualname__", None) or type(u.object).__name__
+        log.error("an exception in %s was ignored (%s: %s)", where, type(u.exc_value).__name__, u.exc_value)
+
+    sys.unraisablehook = hook
 
 
 class LoopErrors:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ctl.common.loops import LoopErrors, tune_collector
+from ctl.common.loops import LoopErrors, log_unraisable, tune_collector
 from ctl.common.unixctl import CommandError, Unixctl
 from ctl.daemon.control import control_path, mgmt_path
 from ctl.daemon.control import request as request  # the client side, re-exported (tests, scripts)
@@ -175,6 +175,7 @@ class Switch:
 
     def start(self) -> None:
         tune_collector()
+        log_unraisable()
         fresh = not self.state_file.exists()
         if not fresh:
             self.tables = OpenFlowTables.load(self.state_file, self.clock.monotonic)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import functools
 import json
 import os
 import re
@@ -54,8 +55,9 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     return int(r)
 
 
+@functools.lru_cache(maxsize=1)
 def possible_cpus() -> int:
-    """The kernel's possible CPUs: the number of values a per-CPU map returns."""
+    """The kernel's possible CPUs: the number of values a per-CPU map returns (fixed at boot: read once)."""
     text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     n = 0
     for part in text.split(","):

@@ -97,3 +97,24 @@ def test_the_daemon_collector_thresholds_leave_old_objects_to_reference_counting
         assert young >= 100_000 and old >= 100   # a pass's stats tuples do not start a full collection
     finally:
         gc.set_threshold(*before)
+
+
+def test_an_exception_in_a_destructor_is_one_log_line(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+    import sys
+
+    from ctl.common.loops import log_unraisable
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)   # put back after the test
+    log_unraisable()
+
+    class HalfMade:   # as an event loop whose self-pipe could not be made (no descriptors left)
+        def __del__(self) -> None:
+            raise AttributeError("'HalfMade' object has no attribute '_ssock'")
+
+    HalfMade()
+    gc.collect()
+    assert "HalfMade.__del__ was ignored (AttributeError: 'HalfMade' object has no attribute '_ssock')" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
