@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import help_text
-from bench.fastpath import frame_for, sh
+from bench.fastpath import WARM_RUNS, frame_for, hold_in_dispatcher, sh
 from ctl.datapath.dpif import DpOutput
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
@@ -92,7 +92,7 @@ def main() -> int:
     builds: dict[str, dict[str, Callable[[], float]]] = {}
     with contextlib.ExitStack() as cleanup:
         for n, (label, src) in enumerate(srcs.items()):
-            for i in (1, 2):  # each build its own two ports (a device takes one XDP program)
+            for i in (1, 2, 3):  # each build its own two ports and a spare pair (a device takes one XDP program)
                 a, b = f"{tag}{n}a{i}", f"{tag}{n}b{i}"
                 sh(f"ip link add {a} type veth peer name {b}")
                 cleanup.callback(subprocess.run, ["ip", "link", "del", a], capture_output=True)
@@ -112,8 +112,14 @@ def main() -> int:
             dp.add_port(f"{tag}{n}a2", 2)
             dp.attach_aux(f"{tag}{n}b2", "xdp_sink")
             dp.refresh_tx_paths()  # port 2's peer has an XDP program: output is a redirect, not the skb path
+            # every program run stays attached throughout (see hold_in_dispatcher)
+            hold_in_dispatcher(dp, f"{tag}{n}a3", "xdp_baseline")
             builds[label] = build_cases(dp, p1.ifindex, args.repeat)
         samples: dict[str, dict[str, list[float]]] = {label: {c: [] for c in CASES} for label in builds}
+        for cases in builds.values():  # out of the window a dispatcher change leaves behind
+            for c in CASES:
+                for _ in range(WARM_RUNS):
+                    cases[c]()
         for _ in range(args.rounds):
             for label, cases in builds.items():
                 for c in CASES:

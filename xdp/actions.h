@@ -582,11 +582,8 @@ static __always_inline int dp_hit(struct xdp_md *ctx, __u32 flow_idx, const stru
         fs->bytes += ctx->data_end - ctx->data;
         fs->used_ns = dp_now_ns(s);
     }
-    dp_stat_add(stat, 1);
+    dp_stat_add(s, stat, 1);
 
-    /* branch-free (a branch here doubles the states the verifier walks through the action loop): a parsed tag
-     * always has VLAN_CFI set */
-    s->tagged = ((bpf_ntohs(s->key.vlan_tci) >> 12) & 1) + ((bpf_ntohs(s->key.vlan_tci1) >> 12) & 1);
     int verdict = dp_execute(ctx, f, s);
     if (verdict == DP_VERDICT_UPCALL) {
         if (dp_upcall_limited(s->key.in_port)) {

@@ -55,7 +55,6 @@ DP_MAP("percpu_array", u32, struct dp_bucket_stats, dp_meter_stats, DP_MAX_METER
 DP_MAP("array", u32, struct dp_meter, dp_upcall_meters, DP_MAX_PORTS);
 
 DP_MAP("array", u32, struct dp_config, dp_config, 1);
-DP_MAP("percpu_array", u32, u64, dp_stats, DP_STAT_MAX);
 DP_MAP("percpu_array", u32, u64, dp_drops, DROP_MAX);
 
 /* EMC: per CPU, direct-mapped by flow_key_hash(); and per CPU its probe sampler (emc.c; owner: emc_rx, zeroed by
@@ -79,6 +78,9 @@ DP_MAP("array", u32, u64, mf_count, 1);
 /* The packet's state while its actions run lives here too, not on the stack: the verifier does not
  * track map values, so the action loop's states prune instead of multiplying. */
 struct dp_scratch {
+    /* The packet counters (enum dp_stat; dp_stat_add), first: user space reads them at offset 0 of each CPU's
+     * scratch (ctl/datapath/view.py). Only the fast path writes them, only counting up. */
+    __u64 stats[DP_STAT_MAX];
     struct flow_key key;
     __u32 hash;         /* flow_key_hash(&key), once hashed is set (dp_flow_hash()) */
     __u16 l3_off;       /* 0: no L3 header; moves when a tag is pushed or popped */
@@ -91,6 +93,7 @@ struct dp_scratch {
     __u64 now_ns;       /*   and what bpf_ktime_get_coarse_ns() said then */
     __u64 rnd;          /* dp_random()'s state (0: not seeded yet) */
 };
+_Static_assert(__builtin_offsetof(struct dp_scratch, stats) == 0, "the counters are first (view.py)");
 DP_MAP("percpu_array", u32, struct dp_scratch, dp_scratch, 1);
 DP_MAP("prog", u32, u32, dp_progs, 1);
 #define DP_PROG_MEGAFLOW 0

@@ -30,7 +30,10 @@ int emc_rx(struct xdp_md *ctx)
 {
     struct dp_scratch *s = dp_parse(ctx);
     if (!s) {
-        dp_stat_add(DP_STAT_LOST, 1);
+        __u32 zero = 0;
+        struct dp_scratch *sc = dp_scratch.lookup(&zero);
+        if (sc)
+            dp_stat_add(sc, DP_STAT_LOST, 1);
         dp_drop_count(DROP_UNKNOWN_INGRESS, 0);
         return XDP_DROP;
     }
@@ -61,12 +64,12 @@ int emc_rx(struct xdp_md *ctx)
     } else {
         if (es && es->skip)
             es->skip--;
-        dp_stat_add(DP_STAT_EMC_SKIP, 1);
+        dp_stat_add(s, DP_STAT_EMC_SKIP, 1);
     }
 
     dp_progs.call(ctx, DP_PROG_MEGAFLOW);
     /* only reached when mf_rx is not in dp_progs */
-    dp_stat_add(DP_STAT_LOST, 1);
+    dp_stat_add(s, DP_STAT_LOST, 1);
     dp_drop_count(DROP_NO_PROGRAM, in_port);
     return XDP_DROP;
 }

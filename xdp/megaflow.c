@@ -1,22 +1,22 @@
 /* megaflow.c: the megaflow cache, tail-called by emc_rx on an EMC miss with the parsed key in dp_scratch.
  * Tuple space search: one subtable per distinct mask, visited in mf_order (ranked by recent hits by user
- * space), after the subtable that the per-CPU hint for this packet names (dp_hint_index; the kernel datapath's
- * mask cache idea), so most hits cost one masked lookup. With a single subtable the hint is neither read nor
+ * space), after the subtable that the per-CPU hint for this packet names (at its flow hash, dp_flow_hash; the
+ * kernel datapath's mask cache idea), so most hits cost one masked lookup. With a single subtable the hint is neither read nor
  * written (it could only name that one). A hit runs the actions and, on 1 in
  * emc_insert_inv_prob hits, fills the EMC; a miss goes to user space through upcall_xsks. */
 #include "actions.h"
 
-/* Look the key up in subtable mid: mask it into w, hash the words the mask covers, compare the tags of its
- * bucket in mf_buckets, then the one entry whose tag matched: its subtable and masked key. On a hit, *flow_idx,
+/* Look the key up in subtable mid: hash its words the mask covers, masked, compare the tags of its bucket in
+ * mf_buckets, then the one entry whose tag matched: its subtable and masked key (over the mask's words). On a hit, *flow_idx,
  * *fe and *gen describe the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing
  * of map keys). */
-static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed, __u64 *w,
+static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed,
                                           __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
 {
     const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
     if (!m)
         return 0;
-    __u64 h = mf_hash_masked((const __u64 *)key, m, w, mf_seed(seed, mid));
+    __u64 h = mf_hash_masked((const __u64 *)key, m, mf_seed(seed, mid));
     __u32 bi = (__u32)h & (MF_BUCKETS - 1);
     __u32 tag = (__u32)(h >> 32) | 1;
     struct mf_bucket *b = mf_buckets.lookup(&bi);
@@ -32,7 +32,7 @@ static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key,
     struct mf_entry *f = mf_entries.lookup(&i);
     if (!f || f->mask_id != mid)
         return 0;
-    if (!flow_key_equal((const struct flow_key *)w, &f->key))
+    if (!mf_key_match((const __u64 *)key, m, (const __u64 *)&f->key))
         return 0; /* a packet whose masked key merely shares the tag: not this megaflow */
     __u32 g = f->gen;
     if (!(g & 1))
@@ -51,7 +51,6 @@ int mf_rx(struct xdp_md *ctx)
     if (!s || !cfg)
         return XDP_ABORTED;
 
-    __u64 w[FLOW_KEY_WORDS]; /* the masked key: every word is written before use */
     __u32 seed = cfg->hash_seed;
     struct mf_entry *f = 0;
     __u32 idx = 0, gen = 0, mid = 0, lookups = 0;
@@ -63,16 +62,16 @@ int mf_rx(struct xdp_md *ctx)
     /* with one subtable there is nothing to choose: no hint to read or keep */
     __u32 *hint = 0;
     if (!(cfg->flags & DP_CFG_NO_HINTS) && n > 1) {
-        __u32 hslot = dp_hint_index(&s->key) & (MF_HINT_ENTRIES - 1);
+        __u32 hslot = dp_flow_hash(s) & (MF_HINT_ENTRIES - 1);
         hint = mf_hints.lookup(&hslot);
     }
     __u32 hinted = hint ? *hint : 0; /* mask id + 1 */
     if (hinted && hinted <= MF_MAX_MASKS) {
         mid = hinted - 1;
         lookups = 1;
-        found = mf_lookup_mask(mid, &s->key, seed, w, &idx, &f, &gen);
+        found = mf_lookup_mask(mid, &s->key, seed, &idx, &f, &gen);
         if (found)
-            dp_stat_add(DP_STAT_HINT_HIT, 1);
+            dp_stat_add(s, DP_STAT_HINT_HIT, 1);
     }
     if (!found) {
         if (order) {
@@ -83,7 +82,7 @@ int mf_rx(struct xdp_md *ctx)
                 if (m + 1 == hinted)
                     continue;
                 lookups++;
-                if (mf_lookup_mask(m, &s->key, seed, w, &idx, &f, &gen)) {
+                if (mf_lookup_mask(m, &s->key, seed, &idx, &f, &gen)) {
                     mid = m;
                     found = 1;
                     break;
@@ -91,20 +90,20 @@ int mf_rx(struct xdp_md *ctx)
             }
         }
     }
-    dp_stat_add(DP_STAT_MASK_LOOKUPS, lookups);
+    dp_stat_add(s, DP_STAT_MASK_LOOKUPS, lookups);
 
     if (!found || !f) {
         __u32 in_port = s->key.in_port;
         if (dp_upcall_limited(in_port)) {
-            dp_stat_add(DP_STAT_LOST, 1);
+            dp_stat_add(s, DP_STAT_LOST, 1);
             dp_drop_count(DROP_UPCALL_LIMIT, in_port);
             return XDP_DROP;
         }
         int v = dp_upcall(ctx, in_port, dp_flow_hash(s), UPCALL_MISS);
         if (v == XDP_REDIRECT) {
-            dp_stat_add(DP_STAT_MISS, 1);
+            dp_stat_add(s, DP_STAT_MISS, 1);
         } else {
-            dp_stat_add(DP_STAT_LOST, 1);
+            dp_stat_add(s, DP_STAT_LOST, 1);
             dp_drop_count(DROP_NO_UPCALL_SOCKET, in_port);
         }
         return v;
@@ -124,7 +123,7 @@ int mf_rx(struct xdp_md *ctx)
             __builtin_memcpy(&e->key, &s->key, sizeof(e->key));
             e->flow_idx = idx;
             e->gen = gen;
-            dp_stat_add(DP_STAT_EMC_INSERT, 1);
+            dp_stat_add(s, DP_STAT_EMC_INSERT, 1);
         }
     }
     return dp_hit(ctx, idx, f, s, DP_STAT_MF_HIT);

@@ -4,11 +4,12 @@
 
 #include "dp_maps.h"
 
-static __always_inline void dp_stat_add(__u32 idx, __u64 n)
+/* Add n to this CPU's counter idx (enum dp_stat). The counters live in the per-CPU scratch, which every program has
+ * in hand: no map lookup per count. */
+static __always_inline void dp_stat_add(struct dp_scratch *s, __u32 idx, __u64 n)
 {
-    __u64 *v = dp_stats.lookup(&idx);
-    if (v)
-        *v += n;
+    if (idx < DP_STAT_MAX)
+        s->stats[idx] += n;
 }
 
 static __always_inline void dp_drop_count(__u32 reason, __u32 in_port)

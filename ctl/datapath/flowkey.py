@@ -170,13 +170,23 @@ def field_layout() -> dict[str, tuple[int, int]]:
     return out
 
 
-def key_hash(key: FlowKey) -> int:
-    """flow_key_hash() of xdp/parser.h: indexes the EMC (mf_hash unseeded, low 32 bits)."""
-    return mf_hash(bytes(key), 0) & 0xFFFFFFFF
-
-
 FLOW_KEY_WORDS = FLOW_KEY_SIZE // 8
 _WORDS = struct.Struct(f"<{FLOW_KEY_WORDS}Q")  # a flow key's words
+
+_KEY_HASH_MUL = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x165667B19E3779F9,
+                 0xBF58476D1CE4E5B9, 0x27D4EB2F165667C5, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+
+
+def key_hash(key: FlowKey | bytes) -> int:
+    """flow_key_hash() of xdp/parser.h, the packet's flow hash: the EMC's slot and the mask hint's, what an upcall
+    carries. Words 0-4 each multiplied on its own, the others XORed in pairs first, the products XORed, folded."""
+    w = _WORDS.unpack(bytes(key))
+    m64, k = 0xFFFFFFFFFFFFFFFF, _KEY_HASH_MUL
+    x = 0
+    for i, v in enumerate((w[0], w[1], w[2], w[3], w[4], w[5] ^ w[6], w[7] ^ w[8], w[9] ^ w[10], w[11] ^ w[12])):
+        x ^= (v * k[i]) & m64
+    x ^= x >> 32
+    return ((x * 0x9E3779B97F4A7C15) & m64) >> 32
 
 
 def mf_seed(seed: int, mask_id: int) -> int:
@@ -184,13 +194,13 @@ def mf_seed(seed: int, mask_id: int) -> int:
     return (seed ^ (mask_id * 0x9E3779B9)) & 0xFFFFFFFF
 
 
-ALL_WORDS = (1 << FLOW_KEY_WORDS) - 1  # mf_hash over every word (the EMC's key_hash)
+ALL_WORDS = (1 << FLOW_KEY_WORDS) - 1  # mf_hash over every word
 
 
 def mf_hash(masked: bytes, seed: int, words: int = ALL_WORDS) -> int:
     """mf_hash_masked() of xdp/dp_hash.h: the key's words whose bit is set in words (mask_words: those its
-    subtable's mask covers) hashed, seeded, 64 bits (a megaflow's place in mf_buckets); with every word, mf_hash()
-    (the EMC's slot). Word i goes into lane a (even i) or b (odd i)."""
+    subtable's mask covers) hashed, seeded, 64 bits (a megaflow's place in mf_buckets); by default every word.
+    Word i goes into lane a (even i) or b (odd i)."""
     m64, c1, c2 = 0xFFFFFFFFFFFFFFFF, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
     a, b = 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ (seed << 32)
     w = _WORDS.unpack(masked)
@@ -200,7 +210,7 @@ def mf_hash(masked: bytes, seed: int, words: int = ALL_WORDS) -> int:
         else:
             a = ((a ^ w[i]) * c1) & m64
     h = a ^ (b >> 29) ^ ((b << 35) & m64)
-    h = ((h ^ (h >> 33)) * c1) & m64  # murmur3's fmix64: every bit reaches the low ones (bucket, EMC slot)
+    h = ((h ^ (h >> 33)) * c1) & m64  # murmur3's fmix64: every bit reaches the low ones (the bucket)
     h = ((h ^ (h >> 33)) * c2) & m64
     return h ^ (h >> 33)
 

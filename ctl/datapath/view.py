@@ -212,7 +212,9 @@ class DatapathReader:
         return self._reader(name)
 
     def stats(self) -> DpStats:
-        s = [v[0] if v else 0 for v in self.map("dp_stats").sums(range(len(dpif.Stat)), "<Q")]
+        # the packet counters are the first words of each CPU's dp_scratch (xdp/dp_maps.h)
+        (s,) = self.map("dp_scratch").sums(range(1), f"<{len(dpif.Stat)}Q")
+        s = s or (0,) * len(dpif.Stat)
         d = [v[0] if v else 0 for v in self.map("dp_drops").sums(range(len(dpif.DropReason)), "<Q")]
         return DpStats.from_counters(s, d)
 

@@ -42,7 +42,8 @@ def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
 
 
 def test_enums_match(bench: Bench) -> None:
-    assert bench.dp.bpf["dp_stats"].max_entries == len(dpif.Stat)
+    scratch = bench.dp.bpf["dp_scratch"].Leaf._type_  # per CPU: an array of the struct
+    assert c_layout(scratch)["stats"] == (0, 8 * len(dpif.Stat))  # view.py reads the counters there
     assert bench.dp.bpf["dp_drops"].max_entries == len(dpif.DropReason)
 
 
