@@ -8,7 +8,8 @@ EMC on) and a megaflow hit (the EMC off: not probed; one subtable) one after ano
 medians over the rounds of ns/packet and of the per-round ratios (EMC hit / baseline, megaflow hit / EMC
 hit). This VM's speed drifts by tens of per cent over seconds, and two processes running the same build can
 differ by as much: a round's three cases share its conditions, so the ratios hold where the absolute
-figures do not.
+figures do not. Every program run is attached somewhere for the whole run (the baseline to a spare veth), so
+no test run changes the kernel's XDP dispatcher (see bench.fastpath.hold_in_dispatcher).
 
 --against DIR loads a second datapath from the fast-path sources in DIR (an xdp/ directory of another
 checkout: what $XDPSWITCH_XDP_DIR names for the switch) and runs its three cases in the same rounds, so two
