@@ -477,6 +477,7 @@ def test_ingress_ports_whose_ifindexes_share_a_slot(tb: Bench) -> None:
         assert progrun.run_xdp(tb.dp.emc_prog_fd, udp(), base).verdict == XDP_DROP
         d = tb.stats().delta(d0)
         assert d.drops["unknown_ingress"] == 1 and d.megaflow_hits + d.emc_hits == 1
+        assert d.lost == 1 and d.packets == 2  # counted in the scratch though the packet never got a port
         tb.dp.del_port(5)
         assert tb.dp.bpf["dp_port_slots"][ctypes.c_uint32(base & 1023)].ifindex == 0
     finally:
