@@ -397,6 +397,27 @@ static __always_inline __u32 act_select(struct xdp_md *ctx, struct dp_scratch *p
     }
 }
 
+/* The output action: a redirect to the port through dp_tx_ports (or the skb path, for a port whose device takes no
+ * XDP redirects), counted in the port's tx counters. */
+static __always_inline int act_output(struct xdp_md *ctx, struct dp_scratch *ps, __u32 port)
+{
+    struct dp_port_cfg *pc = dp_port_cfg.lookup(&port);
+    if (pc && (pc->flags & DP_PORT_SKB_TX))
+        return dp_skb_pass(ctx, ps, DP_SKB_OUTPUT, port);  /* counted by dp_skb_tx */
+    int v = dp_tx_ports.redirect_map(port, XDP_DROP);
+    if (v != XDP_REDIRECT) {
+        ps->reason = DROP_NO_PORT;
+        return XDP_DROP;
+    }
+    struct dp_port_stats *st = dp_port_stats.lookup(&port);
+    if (st) {
+        st->tx_packets++;
+        st->tx_bytes += ctx->data_end - ctx->data;
+    }
+    ps->reason = 0;
+    return v;
+}
+
 /* The action dp_execute() goes on at, read and written through memory (as TAGS): a select group's jump then does not
  * split the verifier's states of the action loop by target. */
 #define NEXT(ps) (*(volatile __u32 *)&(ps)->next)
@@ -419,27 +440,12 @@ static __always_inline int dp_execute(struct xdp_md *ctx, const struct mf_entry 
         __u32 r = 0;
         /* an action before NEXT is another select bucket's: it runs as DP_ACT_NONE (a "continue" here lets clang
          * read actions[MF_MAX_ACTIONS] on a path the verifier cannot rule out) */
-        switch (i < NEXT(ps) ? DP_ACT_NONE : a->type) {
+        __u32 type = i < NEXT(ps) ? DP_ACT_NONE : a->type;
+        if (type == DP_ACT_OUTPUT)   /* most megaflows end in one: one compare, not a walk of the switch's */
+            return act_output(ctx, ps, bpf_ntohs(a->arg16));
+        switch (type) {
         case DP_ACT_NONE:
             break;
-        case DP_ACT_OUTPUT: {
-            __u32 port = bpf_ntohs(a->arg16);
-            struct dp_port_cfg *pc = dp_port_cfg.lookup(&port);
-            if (pc && (pc->flags & DP_PORT_SKB_TX))
-                return dp_skb_pass(ctx, ps, DP_SKB_OUTPUT, port);  /* counted by dp_skb_tx */
-            int v = dp_tx_ports.redirect_map(port, XDP_DROP);
-            if (v != XDP_REDIRECT) {
-                ps->reason = DROP_NO_PORT;
-                return XDP_DROP;
-            }
-            struct dp_port_stats *st = dp_port_stats.lookup(&port);
-            if (st) {
-                st->tx_packets++;
-                st->tx_bytes += ctx->data_end - ctx->data;
-            }
-            ps->reason = 0;
-            return v;
-        }
         case DP_ACT_GROUP:
             if (dp_skb_flood())
                 return dp_skb_pass(ctx, ps, DP_SKB_GROUP, a->arg32);
