@@ -153,7 +153,8 @@ struct dp_config {
     __u32 emc_insert_inv_prob;  /* insert into the EMC on 1 in N megaflow hits; 0: never (OVS: 100) */
     __u32 mf_order_slot;        /* 0 or 1 */
     __u32 flags;                /* DP_CFG_* */
-    __u32 hash_seed;            /* mf_hash()'s seed: random, chosen by user space when the datapath is made */
+    __u32 hash_seed;            /* mf_hash_masked()'s seed (with mf_seed()): random, chosen by user space when the
+                                 * datapath is made */
 };
 #define DP_CFG_NO_HINTS 1       /* neither use nor update the mask hints (benchmarks, debugging) */
 #define DP_CFG_SKB_FLOOD 2      /* some port takes the skb path: floods and groups go through dp_skb_tx */
