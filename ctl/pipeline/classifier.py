@@ -83,6 +83,7 @@ class Subtable(Generic[R]):
         self.trie_plen = {f: (prefix_len(mask[f], FIELD_BITS[f]) or 0) for f in PREFIX_FIELDS if mask.get(f)}
         # the ports are the last stage (L4) whenever the mask has them
         self.ports_mask = (mask.get("tp_src", 0) << 16) | mask.get("tp_dst", 0)
+        self.before_ports = tuple(f for f in self.fields if f not in ("tp_src", "tp_dst"))
         self.ports_values: list[int] = []   # sorted masked (tp_src << 16 | tp_dst) of the rules
         self.seq = 0
 
@@ -146,12 +147,14 @@ class Subtable(Generic[R]):
         rules = self.rules.get(self.full_proj(flow))
         if rules is None and self.ports_mask:
             # the last stage has the ports: un-wildcard only the leading port bits that tell this packet
-            # apart from every rule (OVS's ports trie)
+            # apart from every rule (OVS's ports trie), and every other bit of the mask, the last stage's
+            # too (tcp_flags, nd_target, the ARP addresses): the miss may have been theirs (OVS: fill_range_wc
+            # up to the ports)
             bits = _bits_to_decide(self._ports(flow), self.ports_values, 32)
             pm = self.ports_mask & prefix_mask(bits, 32)
             wc["tp_src"] |= pm >> 16
             wc["tp_dst"] |= pm & 0xFFFF
-            self._fold(wc, consulted)
+            self._fold(wc, self.before_ports)
             return None
         self._fold(wc, self.fields)
         return rules[0] if rules else None

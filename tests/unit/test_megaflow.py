@@ -96,6 +96,20 @@ def test_megaflow_matches_ovs_exactly_on_simple_prefix_case() -> None:
     assert tr.megaflow().format() == "tcp,in_port=1,nw_dst=128.0.0.0/1,nw_frag=no,tp_dst=0x100/0xff00"
 
 
+def test_a_miss_in_the_ports_stage_on_another_field_keeps_that_field() -> None:
+    # the last stage holds tcp_flags (and nd_target, the ARP addresses) beside the ports: a packet whose ports
+    # equal a rule's and whose TCP flags do not must keep the flag bit in its megaflow, or a RST inside it would
+    # take this packet's drop (found by test_megaflow_soundness; OVS folds every bit up to the ports there)
+    t = OpenFlowTables()
+    t.add(parse_flow("priority=10,tcp,tp_src=22,tcp_flags=+rst,actions=output:3"))
+    syn = flow_from_text("in_port=1,tcp,tp_src=22,tp_dst=80,tcp_flags=+syn")
+    tr = translate(t, syn)
+    assert tr.wc["tcp_flags"] & 0x004 and tr.wc["tp_src"] == 0xFFFF
+    assert translate(t, {**syn, "tcp_flags": 0x006}).actions != tr.actions  # a RST: the rule's output
+    other_port = flow_from_text("in_port=1,tcp,tp_src=23,tp_dst=80,tcp_flags=+syn")
+    assert translate(t, other_port).wc["tcp_flags"] & 0x004  # ports apart: the flags were still read
+
+
 # --- random rule sets and packets -------------------------------------------------------------------------
 
 # small value spaces so that rules and packets meet often
