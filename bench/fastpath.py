@@ -18,6 +18,12 @@ Part 2, forwarding through veth end to end (Mpps): a generator (BPF_PROG_RUN's X
   the switch again with port 2 on the skb path (XDP passes the packet up, tc redirects the skb).
   Generator, switch and sink share one CPU, so Mpps is the whole chain's rate.
 
+Every program a case runs stays attached for the whole run (the switch's to its ports, the reference programs and
+the generator to spare veths): BPF_PROG_TEST_RUN with a repeat puts a program attached nowhere into the kernel's XDP
+dispatcher for the run and takes it out after, each change rewrites the dispatcher, and the next 2-3 ms of XDP
+run slower (an EMC hit at 120, 105, 88 ns in the three runs of 10000 packets after a change, 83-85 in steady
+state): a baseline round before each EMC-hit round charged the EMC hit 30-40 ns a packet.
+
 Targets (not tests, issue 13's): EMC hit <= 1.5x baseline; megaflow hit with the hint <= 1.3x an EMC hit at
 1 to 64 masks; a miss <= 2x an EMC hit; cost flat from 1 to 200k megaflows; EMC-hit forwarding >= 0.8x the
 bare redirect (bench.sidebyside measures it with the switch's CPU on its own core).
@@ -64,19 +70,6 @@ def sh(cmd: str) -> None:
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
 
 
-WARM_RUNS = 5  # runs of each case before the measured ones
-
-
-def hold_in_dispatcher(dp: Datapath, ifname: str, fn: str) -> None:
-    """Attach program fn to ifname (a spare veth of the benchmark's) for as long as the benchmark runs.
-    BPF_PROG_TEST_RUN with a repeat puts the program it runs into the kernel's XDP dispatcher for the run and
-    takes it out after, unless an attachment holds it there; each change rewrites the dispatcher, and the next
-    2-3 ms of XDP run slower (measured here: an EMC hit at 120, 105, 88 ns in the three runs of 10000 packets
-    after a change, 83-85 in steady state). A baseline run between two EMC-hit runs thus charged the EMC hit
-    30-40 ns a packet. The switch's own programs are attached to its ports, so held already."""
-    dp.attach_aux(ifname, fn)
-
-
 def frame_for(src: str = "10.0.0.1", dport: int = 53) -> bytes:
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst="10.0.0.2")
                  / UDP(sport=1000, dport=dport) / (b"x" * 18))  # 64 bytes
@@ -120,7 +113,7 @@ def main() -> int:
     os.sched_setaffinity(0, {0})
     tag = f"xsbn{os.getpid() % 10000}"
     with contextlib.ExitStack() as cleanup:   # each link and the datapath go whatever fails after they are made
-        for i in (1, 2, 3, 4):  # ports 1 and 2; 3 and 4 spare, to hold the reference programs (hold_in_dispatcher)
+        for i in (1, 2, 3, 4):  # ports 1 and 2; 3 and 4 spare, to keep the reference programs attached
             a, b = f"{tag}a{i}", f"{tag}b{i}"
             sh(f"ip link add {a} type veth peer name {b}")
             cleanup.callback(subprocess.run, ["ip", "link", "del", a], capture_output=True)
@@ -140,7 +133,7 @@ def _run(args: argparse.Namespace, dp: Datapath, tag: str, repeat: int, runs: in
     dp.refresh_tx_paths()  # port 2's peer has an XDP program now: it takes redirects
     base_fd, bare_fd = dp.load_program("xdp_baseline"), dp.load_program("xdp_bare_redirect")
     for ifname, fn in ((f"{tag}a3", "xdp_baseline"), (f"{tag}b3", "xdp_bare_redirect"), (f"{tag}a4", "xdp_gen_tx")):
-        hold_in_dispatcher(dp, ifname, fn)
+        dp.attach_aux(ifname, fn)  # attached for the whole run: see the module's docstring
     frame = frame_for()
     key = parse(frame, 1)
     rows: list[Row] = []

@@ -9,7 +9,8 @@ medians over the rounds of ns/packet and of the per-round ratios (EMC hit / base
 hit). This VM's speed drifts by tens of per cent over seconds, and two processes running the same build can
 differ by as much: a round's three cases share its conditions, so the ratios hold where the absolute
 figures do not. Every program run is attached somewhere for the whole run (the baseline to a spare veth), so
-no test run changes the kernel's XDP dispatcher (see bench.fastpath.hold_in_dispatcher).
+no test run changes the kernel's XDP dispatcher (bench.fastpath's docstring says why), and each case runs
+5 times (WARM_RUNS) before the measured rounds.
 
 --against DIR loads a second datapath from the fast-path sources in DIR (an xdp/ directory of another
 checkout: what $XDPSWITCH_XDP_DIR names for the switch) and runs its three cases in the same rounds, so two
@@ -32,13 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import help_text
-from bench.fastpath import WARM_RUNS, frame_for, hold_in_dispatcher, sh
+from bench.fastpath import frame_for, sh
 from ctl.datapath.dpif import DpOutput
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
 from ctl.datapath.progrun import run_xdp
 
 CASES = ("baseline", "emc", "megaflow")
+WARM_RUNS = 5  # runs of each case before the measured rounds
 
 
 def build_cases(dp: Datapath, ifindex: int, repeat: int) -> dict[str, Callable[[], float]]:
@@ -113,8 +115,7 @@ def main() -> int:
             dp.add_port(f"{tag}{n}a2", 2)
             dp.attach_aux(f"{tag}{n}b2", "xdp_sink")
             dp.refresh_tx_paths()  # port 2's peer has an XDP program: output is a redirect, not the skb path
-            # every program run stays attached throughout (see hold_in_dispatcher)
-            hold_in_dispatcher(dp, f"{tag}{n}a3", "xdp_baseline")
+            dp.attach_aux(f"{tag}{n}a3", "xdp_baseline")  # attached throughout: no dispatcher change per run
             builds[label] = build_cases(dp, p1.ifindex, args.repeat)
         samples: dict[str, dict[str, list[float]]] = {label: {c: [] for c in CASES} for label in builds}
         for cases in builds.values():  # out of the window a dispatcher change leaves behind
