@@ -10,9 +10,11 @@ A generator (BPF_PROG_RUN's XDP live-frames mode, XDP_TX on gen) sends 64-byte U
 over N flows into in; the switch under test forwards in -> out; an XDP program on sink counts and drops.
 The switch's work runs on CPU 1 (in's NAPI as a thread pinned there; Open vSwitch's PMD thread there); the
 generator, the sink's NAPI thread and every control process run on CPU 0. Per run: Mpps counted at the
-sink, and switch CPU ns/packet (CPU 1's busy time from /proc/stat over the packets delivered). Each round
+sink, and switch CPU ns/packet (CPU 1's busy time over the packets delivered: elapsed time less its cpuidle
+residency, which is precise to a microsecond where /proc/stat's busy time is sampled at the tick). Each round
 measures every target once per flow count, in the same order, so drift spreads evenly; the table gives the
-best of the rounds (most Mpps, fewest ns/packet) and the ratios to the bare redirect of the same flow count.
+best of the rounds (most Mpps, fewest ns/packet) and the ratios to the bare redirect of the same flow count, then
+the median of the rounds' ns/packet and its ratio to the bare redirect's median.
 
 Each target as a user would run it:
   - bare: an XDP program on in that redirects every frame to out through a devmap (the floor);
@@ -38,6 +40,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,13 +145,27 @@ def frame() -> bytes:
 
 
 def cpu_busy_ns(cpu: int) -> int:
-    """CPU cpu's non-idle time so far (user, nice, system, irq, softirq, steal), in ns."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            v = [int(x) for x in line.split()[1:]]
-            busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-            return busy * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+    """CPU cpu's busy time so far, in ns, on a clock of its own: elapsed (monotonic) minus the idle time its
+    cpuidle states have counted, read while running on cpu (so no idle period is open: a CPU's idle time is
+    added when it wakes). Precise to a microsecond, where /proc/stat's busy fields are sampled at the
+    scheduler tick (4 ms here) and a run's switch CPU is busy for under half a second. Without cpuidle: the
+    tick-sampled sum from /proc/stat."""
+    states = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cpuidle").glob("state*/time"))
+    if not states:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+                return busy * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+    home = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})   # returns once this thread runs there
+    try:
+        now = time.monotonic_ns()
+        idle_us = sum(int(p.read_text()) for p in states)
+    finally:
+        os.sched_setaffinity(0, home)
+    return now - idle_us * 1000
 
 
 def napi_threads(dev: str) -> list[int]:
@@ -349,7 +366,8 @@ def measure(b: Bench, target: str, flows: tuple[int, ...]) -> dict[int, dict[str
 def report(results: dict[str, dict[int, list[dict[str, float]]]], flows: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per target and flow count the best of its rounds (most Mpps; fewest ns/packet, each on its own: a target
     the generator does not saturate delivers what is offered, and its CPU per packet is the figure), and the
-    ratios to the bare redirect's best of the same flow count."""
+    ratios to the bare redirect's best of the same flow count; and the median of its rounds' ns/packet with its
+    ratio to the bare redirect's median (which no single lucky round moves)."""
     rows = []
     for target, by_flows in results.items():
         for n in flows:
@@ -357,12 +375,16 @@ def report(results: dict[str, dict[int, list[dict[str, float]]]], flows: tuple[i
             if not runs:
                 continue
             mpps, ns = max(r["mpps"] for r in runs), min(r["ns_per_packet"] for r in runs)
+            ns_med = statistics.median(r["ns_per_packet"] for r in runs)
             bare_runs = results.get("bare", {}).get(n, [])
             bare_mpps = max((r["mpps"] for r in bare_runs), default=0.0)
             bare_ns = min((r["ns_per_packet"] for r in bare_runs), default=0.0)
+            bare_med = statistics.median(r["ns_per_packet"] for r in bare_runs) if bare_runs else 0.0
             rows.append({"target": target, "flows": n, "mpps": round(mpps, 3), "ns_per_packet": round(ns, 1),
                          "mpps_vs_bare": round(mpps / bare_mpps, 2) if bare_mpps else None,
                          "bare_ns_vs_ns": round(bare_ns / ns, 2) if bare_ns else None,
+                         "ns_per_packet_median": round(ns_med, 1),
+                         "bare_ns_vs_ns_median": round(bare_med / ns_med, 2) if bare_med else None,
                          "rounds": len(runs), "ns_per_packet_rounds": [round(r["ns_per_packet"], 1) for r in runs],
                          "delivered_of_sent": " ".join(f"{r['delivered']:.0f}/{r['sent']:.0f}" for r in runs),
                          "delivered_pct_rounds": [round(100 * r["delivered"] / r["sent"]) for r in runs]})
@@ -451,13 +473,14 @@ def main() -> int:
     if args.json:
         print(json.dumps({"rows": rows, "failed": failed, "rounds": rounds, "frames_per_run": n_frames}, indent=1))
         return 0
-    print(f"{'target':16} {'flows':>7} {'Mpps':>7} {'ns/pkt':>8} {'Mpps/bare':>9} {'bare ns/ns':>10}  "
-          "ns/pkt per round  % delivered per round (the rest mostly overflowed a veth ring)")
+    print(f"{'target':16} {'flows':>7} {'Mpps':>7} {'ns/pkt':>8} {'Mpps/bare':>9} {'bare ns/ns':>10} {'median':>8} "
+          f"{'(ratio)':>7}  ns/pkt per round  % delivered per round (the rest mostly overflowed a veth ring)")
     for r in rows:
         print(f"{r['target']:16} {r['flows']:>7} {r['mpps']:7.3f} {r['ns_per_packet']:8.1f} "
               f"{r['mpps_vs_bare'] if r['mpps_vs_bare'] is not None else '-':>9} "
-              f"{r['bare_ns_vs_ns'] if r['bare_ns_vs_ns'] is not None else '-':>10}  {r['ns_per_packet_rounds']}"
-              f"  {r['delivered_pct_rounds']}")
+              f"{r['bare_ns_vs_ns'] if r['bare_ns_vs_ns'] is not None else '-':>10} {r['ns_per_packet_median']:8.1f} "
+              f"{r['bare_ns_vs_ns_median'] if r['bare_ns_vs_ns_median'] is not None else '-':>7}  "
+              f"{r['ns_per_packet_rounds']}  {r['delivered_pct_rounds']}")
     for t, why in failed.items():
         print(f"{t}: not measured: {why}")
     if args.png:
