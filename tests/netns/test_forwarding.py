@@ -36,6 +36,12 @@ def udp_recv(h: Host, port: int, n: int, bind: str = "0.0.0.0") -> subprocess.Po
         "except OSError: pass\nprint(' '.join(got))")
 
 
+def arrived(rx: subprocess.Popen[str], timeout: float = 10) -> list[str]:
+    """What a udp_recv() got, sorted: for packets sent while their flow is set up, which may overtake the first
+    (installed before it is transmitted, as in OVS; docs/architecture.md)."""
+    return sorted(rx.communicate(timeout=timeout)[0].split())
+
+
 def udp_send(h: Host, dst: str, port: int, msgs: list[str], broadcast: bool = False) -> None:
 
     code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "

@@ -22,7 +22,7 @@ from ctl.daemon.switch import PortSpec, Switch, request
 from ctl.datapath.dpif import DatapathConfig
 from tests.conftest import Net, sh, unique
 from tests.netns.conftest import Host
-from tests.netns.test_forwarding import ping, udp_recv, udp_send
+from tests.netns.test_forwarding import arrived, ping, udp_recv, udp_send
 from tests.netns.test_switch import L2
 
 TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
@@ -142,7 +142,7 @@ def test_a_tap_device_receives_and_sends(hosts: list[Host], tap: tuple[str, int]
             frame = Ether(src=TAP_MAC, dst=h1.mac) / IP(src="10.10.0.10", dst=h1.ip) / UDP(sport=7011, dport=7011) \
                 / f"from-tap-{i}".encode()
             os.write(fd, bytes(frame))
-        assert r.communicate(timeout=15)[0].split() == ["from-tap-0", "from-tap-1", "from-tap-2"]
+        assert arrived(r, 15) == ["from-tap-0", "from-tap-1", "from-tap-2"]
     finally:
         sw.shutdown(remove=True)
 

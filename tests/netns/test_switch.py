@@ -19,7 +19,7 @@ from ctl.pipeline.ofmatch import FlowSyntaxError
 from ctl.udpif.upcall import PHASES
 from tests.conftest import unique
 from tests.netns.conftest import Host
-from tests.netns.test_forwarding import ping, udp_recv, udp_send
+from tests.netns.test_forwarding import arrived, ping, udp_recv, udp_send
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_icmp_arp_udp_tcp_and_ipv6(sw: Switch, hosts: list[Host]) -> None:
     rx = udp_recv(h3, 7100, 3)
     time.sleep(0.3)
     udp_send(h2, h3.ip, 7100, ["u1", "u2", "u3"])
-    assert rx.communicate(timeout=10)[0].split() == ["u1", "u2", "u3"]
+    assert arrived(rx) == ["u1", "u2", "u3"]
     # a TCP connection, both ways, 64 KiB echoed
     server = h2.py("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                    "s.bind(('0.0.0.0', 7200)); s.listen(1); s.settimeout(10); c,_=s.accept(); c.settimeout(10)\n"
@@ -132,7 +132,7 @@ def test_nat_slow_path_and_controller(sw: Switch, hosts: list[Host]) -> None:
     rx = udp_recv(h3, 7300, 3)
     time.sleep(0.3)
     udp_send(h1, "10.10.0.100", 7000, ["n1", "n2", "n3"])
-    assert rx.communicate(timeout=10)[0].split() == ["n1", "n2", "n3"]
+    assert arrived(rx) == ["n1", "n2", "n3"]
     assert sw.dp is not None
     # a change between two outputs cannot run in XDP: every packet goes through the slow path
     add(sw, f"priority=50,udp,in_port=1,tp_dst=7400,actions=output:2,mod_dl_dst:{h3.mac},output:3")
