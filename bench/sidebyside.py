@@ -149,8 +149,9 @@ def cpu_busy_ns(cpu: int) -> int:
     """CPU cpu's busy time so far, in ns, on a clock of its own: elapsed (monotonic) minus the idle time its
     cpuidle states have counted, read while running on cpu (so no idle period is open: a CPU's idle time is
     added when it wakes). Precise to a microsecond, where /proc/stat's busy fields are sampled at the
-    scheduler tick (4 ms here) and a run's switch CPU is busy for under half a second. Without cpuidle: the
-    tick-sampled sum from /proc/stat."""
+    scheduler tick (4 ms here) and a run's switch CPU is busy for about half a second. Time the hypervisor
+    takes from the CPU while it runs counts as busy (/proc/stat's steal field says how much). Without cpuidle:
+    the tick-sampled sum from /proc/stat."""
     states = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cpuidle").glob("state*/time"))
     if not states:
         for line in Path("/proc/stat").read_text().splitlines():
