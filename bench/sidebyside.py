@@ -2,7 +2,7 @@
 the Linux bridge and Open vSwitch's userspace datapath (AF_XDP ports), at 1, 1000 and 100000 flows,
 interleaved.
 
-    sudo .venv/bin/python -m bench.sidebyside [--json] [--quick] [--rounds N] [--png FILE]
+    sudo .venv/bin/python -m bench.sidebyside [--json] [--quick] [--rounds N] [--png FILE] [--prog-time]
 
 Topology (a network namespace of its own, removed at the end, so the bridge's netfilter hooks can be off
 without touching the machine's): veths gen<->in and out<->sink.
@@ -14,7 +14,10 @@ sink, and switch CPU ns/packet (CPU 1's busy time over the packets delivered: el
 residency, which is precise to a microsecond where /proc/stat's busy time is sampled at the tick). Each round
 measures every target once per flow count, in the same order, so drift spreads evenly; the table gives the
 best of the rounds (most Mpps, fewest ns/packet) and the ratios to the bare redirect of the same flow count, then
-the median of the rounds' ns/packet and its ratio to the bare redirect's median.
+the median of the rounds' ns/packet and its ratio to the bare redirect's median. With --prog-time, also what a
+run of the XDP program on in costs in place (median of the rounds; the switch's includes its tail call), from the
+kernel's run-time statistics, enabled for the bench's lifetime through BPF_ENABLE_STATS: they add two clock reads
+to every run of every program, so the CPU figures of such a run are not comparable with a run without it.
 
 Each target as a user would run it:
   - bare: an XDP program on in that redirects every frame to out through a devmap (the floor);
@@ -55,7 +58,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from bench import help_text
-from ctl.datapath.progrun import run_xdp
+from ctl.datapath.progrun import enable_run_time_stats, prog_run_time, run_xdp
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("bare", "bare-read", "xdpswitch", "xdpswitch-noemc", "tc", "bridge", "ovs")
@@ -170,6 +173,13 @@ def cpu_busy_ns(cpu: int) -> int:
     return now - idle_us * 1000
 
 
+def xdp_prog_id(dev: str) -> int:
+    """The id of the XDP program attached to dev (0: none)."""
+    with IPRoute() as ipr:
+        xdp = ipr.get_links(ifname=dev)[0].get_attr("IFLA_XDP")
+    return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0
+
+
 def napi_threads(dev: str) -> list[int]:
     """The pids of dev's threaded NAPI kthreads ("napi/DEV-ID")."""
     out = []
@@ -195,10 +205,13 @@ def pin_napi(dev: str, cpu: int, realtime: bool = False) -> None:
 
 
 class Bench:
-    def __init__(self, tag: str, stack: contextlib.ExitStack, n_frames: int) -> None:
+    def __init__(self, tag: str, stack: contextlib.ExitStack, n_frames: int, prog_time: bool = False) -> None:
         self.tag = tag
         self.stack = stack
         self.n_frames = n_frames
+        self.prog_time = prog_time   # time the XDP program on in (the kernel's run-time statistics, on meanwhile)
+        if prog_time:
+            stack.callback(os.close, enable_run_time_stats())
         self.gen, self.inp, self.out, self.sink = f"{tag}g", f"{tag}i", f"{tag}o", f"{tag}s"
         for a, b in ((self.gen, self.inp), (self.out, self.sink)):
             sh(f"ip link add {a} type veth peer name {b}")
@@ -229,12 +242,18 @@ class Bench:
         self.bpf["gen_flows_n"][0] = self.bpf["gen_flows_n"].Leaf(flows)
         pin_napi(self.inp, SWITCH_CPU)   # XDP coming or going may have made new NAPI threads
         pin_napi(self.sink, OTHER_CPU, realtime=True)
+        prog = xdp_prog_id(self.inp) if self.prog_time else 0
+        p0 = prog_run_time(prog) if prog else (0, 0)
         d0, c0, t0 = self.delivered(), cpu_busy_ns(SWITCH_CPU), time.perf_counter()
         run_xdp(self.gen_fd, frame(), self.ifindex[self.gen], repeat=n, live=True, batch_size=64)
         time.sleep(0.05)   # what is in flight arrives
         dt = time.perf_counter() - t0 - 0.05
         got, busy = self.delivered() - d0, cpu_busy_ns(SWITCH_CPU) - c0
-        return {"mpps": got / dt / 1e6, "ns_per_packet": busy / max(got, 1), "delivered": got, "sent": n}
+        out = {"mpps": got / dt / 1e6, "ns_per_packet": busy / max(got, 1), "delivered": got, "sent": n}
+        if prog:
+            p1 = prog_run_time(prog)
+            out["prog_ns"] = (p1[0] - p0[0]) / max(p1[1] - p0[1], 1)
+        return out
 
 
 # --- the targets: each a context manager that sets the switch up on in and out, and takes it down ---------
@@ -386,6 +405,8 @@ def report(results: dict[str, dict[int, list[dict[str, float]]]], flows: tuple[i
                          "mpps_vs_bare": round(mpps / bare_mpps, 2) if bare_mpps else None,
                          "bare_ns_vs_ns": round(bare_ns / ns, 2) if bare_ns else None,
                          "ns_per_packet_median": round(ns_med, 1),
+                         "prog_ns_median": round(statistics.median(r["prog_ns"] for r in runs), 1)
+                         if all("prog_ns" in r for r in runs) else None,
                          "bare_ns_vs_ns_median": round(bare_med / ns_med, 2) if bare_med else None,
                          "rounds": len(runs), "ns_per_packet_rounds": [round(r["ns_per_packet"], 1) for r in runs],
                          "delivered_of_sent": " ".join(f"{r['delivered']:.0f}/{r['sent']:.0f}" for r in runs),
@@ -430,6 +451,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")
     ap.add_argument("--png", type=Path, help="write the plot here (matplotlib)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"a subset of {','.join(TARGETS)}")
+    ap.add_argument("--prog-time", action="store_true",
+                    help="also time the XDP program on the ingress port in place (the kernel's run-time statistics, "
+                         "which add two clock reads to every program run: the CPU figures of such a run are higher)")
     ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -459,7 +483,7 @@ def main() -> int:
     results: dict[str, dict[int, list[dict[str, float]]]] = {t: {} for t in targets}
     failed: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        b = Bench(f"xsb{os.getpid() % 10000}", stack, n_frames)
+        b = Bench(f"xsb{os.getpid() % 10000}", stack, n_frames, args.prog_time)
         for _ in range(rounds):
             for t in targets:
                 if t in failed:
@@ -482,7 +506,8 @@ def main() -> int:
               f"{r['mpps_vs_bare'] if r['mpps_vs_bare'] is not None else '-':>9} "
               f"{r['bare_ns_vs_ns'] if r['bare_ns_vs_ns'] is not None else '-':>10} {r['ns_per_packet_median']:8.1f} "
               f"{r['bare_ns_vs_ns_median'] if r['bare_ns_vs_ns_median'] is not None else '-':>7}  "
-              f"{r['ns_per_packet_rounds']}  {r['delivered_pct_rounds']}")
+              f"{r['ns_per_packet_rounds']}  {r['delivered_pct_rounds']}"
+              + (f"  program {r['prog_ns_median']} ns a run" if r["prog_ns_median"] is not None else ""))
     for t, why in failed.items():
         print(f"{t}: not measured: {why}")
     for r in rows:   # issue 13's targets

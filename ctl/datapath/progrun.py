@@ -71,3 +71,35 @@ def run_xdp(prog_fd: int, frame: bytes, ifindex: int, rx_queue: int = 0, repeat:
         raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     data = b"" if live else buf_out.raw[: attr.data_size_out]
     return RunResult(attr.retval, data, attr.duration)
+
+
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_run_time_stats() -> int:
+    """Have the kernel time every run of every BPF program (BPF_ENABLE_STATS) for as long as the returned fd is
+    open: closed (or the process gone), the statistics stop, where kernel.bpf_stats_enabled would stay set. Each
+    run then costs two clock reads more."""
+    attr = (ctypes.c_uint32 * 4)(BPF_STATS_RUN_TIME)
+    fd = _libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_ENABLE_STATS failed: {os.strerror(err)}")
+    return int(fd)
+
+
+def prog_run_time(prog_id: int) -> tuple[int, int]:
+    """The kernel's (run_time_ns, run_cnt) of the program with this id (counted while statistics are enabled)."""
+    attr = (ctypes.c_uint32 * 4)(prog_id)
+    fd = _libc.syscall(SYS_BPF, BPF_PROG_GET_FD_BY_ID, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"no BPF program {prog_id}: {os.strerror(err)}")
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+    finally:
+        os.close(fd)
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
