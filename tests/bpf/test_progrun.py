@@ -1,0 +1,38 @@
+"""The benches' run-time statistics (progrun.enable_run_time_stats, prog_run_time) against the kernel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from ctl.datapath import progrun
+from tests.bpf.conftest import Bench
+
+FRAME = bytes(Ether() / IP() / UDP())
+
+
+def prog_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return int(next(line for line in f if line.startswith("prog_id:")).split(":")[1])
+
+
+def test_runs_are_timed_while_the_stats_fd_is_open_and_only_then(tb: Bench) -> None:
+    pid = prog_id(tb.dp.emc_prog_fd)
+    fd = progrun.enable_run_time_stats()
+    try:
+        t0, n0 = progrun.prog_run_time(pid)
+        progrun.run_xdp(tb.dp.emc_prog_fd, FRAME, tb.ifindex[1], repeat=50)
+        t1, n1 = progrun.prog_run_time(pid)
+        assert n1 - n0 == 50 and t1 > t0
+    finally:
+        os.close(fd)
+    progrun.run_xdp(tb.dp.emc_prog_fd, FRAME, tb.ifindex[1], repeat=50)
+    assert progrun.prog_run_time(pid) == (t1, n1)   # closed: nothing more counted
+
+
+def test_an_unknown_program_is_a_clear_error() -> None:
+    with pytest.raises(OSError, match="no BPF program"):
+        progrun.prog_run_time(2**31 - 1)
