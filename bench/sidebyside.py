@@ -58,6 +58,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from bench import help_text
+from ctl.datapath.netdev import link_info
 from ctl.datapath.progrun import enable_run_time_stats, prog_run_time, run_xdp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,13 +174,6 @@ def cpu_busy_ns(cpu: int) -> int:
     return now - idle_us * 1000
 
 
-def xdp_prog_id(dev: str) -> int:
-    """The id of the XDP program attached to dev (0: none)."""
-    with IPRoute() as ipr:
-        xdp = ipr.get_links(ifname=dev)[0].get_attr("IFLA_XDP")
-    return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0
-
-
 def napi_threads(dev: str) -> list[int]:
     """The pids of dev's threaded NAPI kthreads ("napi/DEV-ID")."""
     out = []
@@ -242,7 +236,8 @@ class Bench:
         self.bpf["gen_flows_n"][0] = self.bpf["gen_flows_n"].Leaf(flows)
         pin_napi(self.inp, SWITCH_CPU)   # XDP coming or going may have made new NAPI threads
         pin_napi(self.sink, OTHER_CPU, realtime=True)
-        prog = xdp_prog_id(self.inp) if self.prog_time else 0
+        li = link_info(self.inp) if self.prog_time else None
+        prog = li.xdp_prog_id if li else 0
         p0 = prog_run_time(prog) if prog else (0, 0)
         d0, c0, t0 = self.delivered(), cpu_busy_ns(SWITCH_CPU), time.perf_counter()
         run_xdp(self.gen_fd, frame(), self.ifindex[self.gen], repeat=n, live=True, batch_size=64)

@@ -119,6 +119,7 @@ class LinkInfo:
     driver: str          # the link kind for virtual devices (veth, tun, ...), else the bus driver
     xdp_mode: str        # none, native, generic, offload, multi
     speed_mbps: int = 0  # 0: unknown (virtual devices)
+    xdp_prog_id: int = 0  # the attached XDP program's id (0: none)
 
 
 def _link_info(msg: object) -> LinkInfo:
@@ -147,7 +148,8 @@ def _link_info(msg: object) -> LinkInfo:
         queues = 0
     return LinkInfo(m["index"], name, get("IFLA_MTU") or 0, get("IFLA_ADDRESS") or "00:00:00:00:00:00",  # type: ignore[index]
                     queues or get("IFLA_NUM_RX_QUEUES") or 1, admin_up, admin_up and bool(get("IFLA_CARRIER")),
-                    kind or "unknown", mode, max(speed, 0))
+                    kind or "unknown", mode, max(speed, 0),
+                    int(xdp.get("IFLA_XDP_PROG_ID") or 0) if xdp is not None else 0)
 
 
 def link_info(ifname: str | None = None, ifindex: int | None = None) -> LinkInfo | None:

@@ -9,18 +9,16 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from ctl.datapath import progrun
+from ctl.datapath.netdev import link_info
 from tests.bpf.conftest import Bench
 
 FRAME = bytes(Ether() / IP() / UDP())
 
 
-def prog_id(fd: int) -> int:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        return int(next(line for line in f if line.startswith("prog_id:")).split(":")[1])
-
-
 def test_runs_are_timed_while_the_stats_fd_is_open_and_only_then(tb: Bench) -> None:
-    pid = prog_id(tb.dp.emc_prog_fd)
+    li = link_info(ifindex=tb.ifindex[1])
+    assert li is not None and li.xdp_prog_id   # the program attached to port 1 (what bench.sidebyside times)
+    pid = li.xdp_prog_id
     fd = progrun.enable_run_time_stats()
     try:
         t0, n0 = progrun.prog_run_time(pid)
