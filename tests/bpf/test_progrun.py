@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -13,8 +15,22 @@ from ctl.datapath.netdev import link_info
 from tests.bpf.conftest import Bench
 
 FRAME = bytes(Ether() / IP() / UDP())
+STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
+@pytest.fixture
+def stats_sysctl_off() -> Iterator[None]:
+    """kernel.bpf_stats_enabled at 0 for the test, as it was after: with it set (by anyone, before), the kernel
+    times every run whatever the fd does, and "only while the fd is open" cannot be seen."""
+    before = STATS_SYSCTL.read_text().strip()
+    STATS_SYSCTL.write_text("0")
+    try:
+        yield
+    finally:
+        STATS_SYSCTL.write_text(before)
+
+
+@pytest.mark.usefixtures("stats_sysctl_off")
 def test_runs_are_timed_while_the_stats_fd_is_open_and_only_then(tb: Bench) -> None:
     li = link_info(ifindex=tb.ifindex[1])
     assert li is not None and li.xdp_prog_id   # the program attached to port 1 (what bench.sidebyside times)
