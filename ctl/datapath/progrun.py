@@ -11,15 +11,13 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-SYS_BPF = 321  # x86_64
+from ctl.datapath.bpfsys import bpf
+
 BPF_PROG_TEST_RUN = 10
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 VERDICTS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class XdpMd(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint32) for n in
@@ -65,10 +63,7 @@ def run_xdp(prog_fd: int, frame: bytes, ifindex: int, rx_queue: int = 0, repeat:
     else:
         attr.data_size_out = out_size
         attr.data_out = ctypes.addressof(buf_out)
-    rc = _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN failed")
     data = b"" if live else buf_out.raw[: attr.data_size_out]
     return RunResult(attr.retval, data, attr.duration)
 
@@ -83,20 +78,13 @@ def enable_run_time_stats() -> int:
     open: closed (or the process gone), the statistics stop, where kernel.bpf_stats_enabled would stay set. Each
     run then costs two clock reads more."""
     attr = (ctypes.c_uint32 * 4)(BPF_STATS_RUN_TIME)
-    fd = _libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_ENABLE_STATS failed: {os.strerror(err)}")
-    return int(fd)
+    return bpf(BPF_ENABLE_STATS, attr, "BPF_ENABLE_STATS failed")
 
 
 def prog_run_time(prog_id: int) -> tuple[int, int]:
     """The kernel's (run_time_ns, run_cnt) of the program with this id (counted while statistics are enabled)."""
     attr = (ctypes.c_uint32 * 4)(prog_id)
-    fd = _libc.syscall(SYS_BPF, BPF_PROG_GET_FD_BY_ID, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"no BPF program {prog_id}: {os.strerror(err)}")
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, attr, f"no BPF program {prog_id}")
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
             info = dict(line.split(":", 1) for line in f if ":" in line)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ctl.datapath import dpif
+from ctl.datapath.bpfsys import bpf
 from ctl.datapath.dpif import DatapathConfig, DpStats, Megaflow, PortStats
 from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey
 from ctl.datapath.netdev import links
@@ -33,26 +34,16 @@ PIN_ROOT = Path("/sys/fs/bpf/xdpswitch")
 RUN_DIR = Path("/run/xdpswitch")  # <name>.json: the config and pin directory a datapath runs with
 N_GROUPS = 8                      # DP_MAX_GROUPS in xdp/dp_consts.h: one devmap each
 
-_NR_BPF = 321  # x86_64
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD = 1, 4, 7, 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_F_RDONLY = 1 << 3
 _NONZERO = re.compile(rb"[^\x00]")
 PERCPU_TYPES = {5, 6, 10, 21}  # percpu hash, percpu array, lru percpu hash, percpu cgroup storage
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class ViewError(RuntimeError):
     """The datapath cannot be read; the message says what and where."""
-
-
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    r = _libc.syscall(_NR_BPF, cmd, attr, len(attr))
-    if r < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return int(r)
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,7 +66,7 @@ class MapReader:
         info = ctypes.create_string_buffer(80)
         attr = ctypes.create_string_buffer(16)
         struct.pack_into("<IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
-        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+        bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
         self.type, _id, self.key_size, self.value_size, self.max_entries = struct.unpack_from("<IIIII", info)
         self.ncpu = possible_cpus() if self.type in PERCPU_TYPES else 1
         self.stride = (self.value_size + 7) & ~7 if self.type in PERCPU_TYPES else self.value_size
@@ -87,7 +78,7 @@ class MapReader:
         attr = ctypes.create_string_buffer(16)
         struct.pack_into("<QII", attr, 0, ctypes.addressof(p), 0, BPF_F_RDONLY)
         try:
-            fd = _bpf(BPF_OBJ_GET, attr)
+            fd = bpf(BPF_OBJ_GET, attr)
         except OSError as e:
             raise ViewError(f"cannot open {path}: {e.strerror}") from None
         return cls(fd, path.name, owned=True)
@@ -104,7 +95,7 @@ class MapReader:
         attr = ctypes.create_string_buffer(32)
         struct.pack_into("<IIQQQ", attr, 0, self.fd, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf), 0)
         try:
-            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+            bpf(BPF_MAP_LOOKUP_ELEM, attr)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 return None
@@ -134,7 +125,7 @@ class MapReader:
             struct.pack_into("<IIQQ", attr, 0, self.fd, 0, 0 if first else ctypes.addressof(cur),
                              ctypes.addressof(nxt))
             try:
-                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+                bpf(BPF_MAP_GET_NEXT_KEY, attr)
             except OSError as e:
                 if e.errno == errno.ENOENT:
                     return
@@ -164,7 +155,7 @@ class MapReader:
                              ctypes.addressof(keys), ctypes.addressof(vals), chunk, self.fd, 0, 0)
             done = False
             try:
-                _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+                bpf(BPF_MAP_LOOKUP_BATCH, attr)
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise ViewError(f"reading {self.name} failed: {e.strerror}") from None

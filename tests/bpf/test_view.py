@@ -11,10 +11,11 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from ctl.datapath.bpfsys import bpf
 from ctl.datapath.dpif import DpDrop, DpOutput, DpSetIpv4Dst
 from ctl.datapath.dpif_xdp import Datapath
 from ctl.datapath.flowkey import mask_for, parse
-from ctl.datapath.view import DatapathView, MapReader, ViewError, _bpf
+from ctl.datapath.view import DatapathView, MapReader, ViewError
 from tests.bpf.conftest import CONFIG, Bench
 
 BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 2, 3
@@ -62,7 +63,7 @@ def test_the_view_reads_what_the_datapath_holds_and_writes_nothing(tb: Bench) ->
         k, v = next((k, v) for k, v in flows.batch() if any(v))
         for cmd, attr in ((BPF_MAP_UPDATE_ELEM, _elem(flows, k, v)), (BPF_MAP_DELETE_ELEM, _elem(flows, k, None))):
             with pytest.raises(OSError) as e:
-                _bpf(cmd, attr)
+                bpf(cmd, attr)
             assert e.value.errno == errno.EPERM
         assert snapshot(view) == before
 
