@@ -35,7 +35,7 @@
 #endif
 #define MF_BUCKET_WAYS 8            /* megaflows per bucket: eight tags and eight indexes, one cache line */
 #ifndef MF_HINT_ENTRIES
-#define MF_HINT_ENTRIES 4096        /* per CPU; a power of two: the flow hash (dp_flow_hash) -> last matching mask */
+#define MF_HINT_ENTRIES 4096        /* per CPU; a power of two: the flow hash (dp_flow_hash) -> last megaflow hit */
 #endif
 #ifndef MF_MAX_ACTIONS
 #define MF_MAX_ACTIONS 8            /* datapath actions per megaflow */

@@ -69,7 +69,9 @@ DP_MAP("percpu_array", u32, u64, mf_mask_hits, MF_MAX_MASKS);
 DP_MAP("array", u32, struct mf_bucket, mf_buckets, MF_BUCKETS);
 DP_MAP("array", u32, struct mf_entry, mf_entries, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, struct mf_flow_stats, mf_stats, MF_MAX_FLOWS);
-DP_MAP("percpu_array", u32, u32, mf_hints, MF_HINT_ENTRIES);   /* mask id + 1; 0: no hint */
+/* Per CPU, at the flow hash's slot: the megaflow the last packet there hit (megaflow.c mf_hint_pack: its index,
+ * its mask id + 1 and the hash's high bits; 0: no hint). Owner: mf_rx; user space only zeroes it (flush_emc). */
+DP_MAP("percpu_array", u32, u64, mf_hints, MF_HINT_ENTRIES);
 /* How many megaflows are installed, for the read-only tools (one read instead of all of mf_buckets). Owner: user
  * space (Datapath), which writes it after every change to the megaflows; the fast path never reads it. */
 DP_MAP("array", u32, u64, mf_count, 1);

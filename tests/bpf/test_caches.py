@@ -262,6 +262,49 @@ def test_tuple_space_search_hint_and_ranking(tb: Bench) -> None:
     assert (d.megaflow_hits, d.mask_lookups) == (1, 1)
 
 
+def test_a_hinted_megaflow_is_checked_like_any_other(tb: Bench) -> None:
+    # the hint keeps the megaflow the flow last hit (its index) and that megaflow's subtable: a hint whose megaflow
+    # was deleted, or whose slot now holds another megaflow (of the same subtable or another one), never runs that
+    # slot's actions for the packet
+    tb.dp.set_emc_insert_inv_prob(0)
+    by_port, by_src = mask_for("in_port", "tp_dst"), mask_for("in_port", "nw_src")
+    a = tb.dp.put_flow(parse(udp(), 1), by_port, [DpOutput(2)])
+    keep = parse(udp(dport=7), 1)  # keeps the tp_dst subtable alive while a's slot changes hands
+    tb.dp.put_flows([(keep, by_port, [DpDrop()])] + [
+        (parse(udp(src=f"10.1.{i >> 8}.{i & 255}"), 1), by_src, [DpDrop()]) for i in range(CONFIG.max_flows - 2)])
+    assert tb.dp.n_flows == CONFIG.max_flows and tb.dp.n_masks == 2  # the next megaflow takes a freed slot
+    tb.run(udp())
+    before = tb.stats()
+    assert tb.run(udp()).verdict == XDP_REDIRECT
+    d = tb.stats().delta(before)
+    assert (d.megaflow_hits, d.mask_lookups, d.hint_hits) == (1, 1, 1)
+
+    def sent(frame: bytes) -> tuple[int, dpif.DpStats, dict[int, int]]:
+        before, ports = tb.stats(), tb.port_stats()
+        verdict = tb.run(frame).verdict
+        return verdict, tb.stats().delta(before), {p: s.tx_packets - ports[p].tx_packets
+                                                   for p, s in tb.port_stats().items()}
+
+    assert tb.dp.del_flow(parse(udp(), 1), by_port)  # deleted, its slot not yet reused
+    verdict, d, tx = sent(udp())
+    assert (verdict, d.lost, d.megaflow_hits, d.mask_lookups) == (XDP_DROP, 1, 0, 2) and not any(tx.values())
+
+    other = tb.dp.put_flow(parse(udp(dport=54), 1), by_port, [DpOutput(3)])  # a's slot, a's subtable
+    assert other == a
+    verdict, d, tx = sent(udp())
+    assert (verdict, d.lost, d.megaflow_hits) == (XDP_DROP, 1, 0) and not any(tx.values())
+    assert tb.dp.flow_stats(other)[0] == 0
+
+    assert tb.dp.del_flow(parse(udp(dport=54), 1), by_port)
+    mine = tb.dp.put_flow(parse(udp(), 1), by_src, [DpOutput(3)])  # a's slot, the other subtable
+    assert mine == a
+    verdict, d, tx = sent(udp())  # the hint's subtable misses: the search finds it in the other one
+    assert (verdict, d.megaflow_hits, d.mask_lookups, d.hint_hits) == (XDP_REDIRECT, 1, 2, 0) and tx[3] == 1
+    verdict, d, tx = sent(udp())  # and the hint names it now
+    assert (verdict, d.megaflow_hits, d.mask_lookups, d.hint_hits) == (XDP_REDIRECT, 1, 1, 1) and tx[3] == 1
+    assert tb.dp.flow_stats(mine)[0] == 2
+
+
 def test_masks_are_bounded_and_a_full_mask_table_loses_nothing(tb: Bench) -> None:
     key = parse(udp(), 1)
     fields = ["in_port", "dl_dst", "dl_src", "dl_type", "nw_src", "nw_dst", "nw_proto", "tp_src", "tp_dst"]
