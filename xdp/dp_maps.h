@@ -91,6 +91,9 @@ struct dp_scratch {
     __u32 reason;       /* enum dp_drop_reason of the last dp_execute() */
     __u32 next;         /* dp_execute() skips the actions before this one (a select group's bucket) */
     __u32 hashed;       /* hash is the key's: computed only when something needs it (dp_parse() clears it) */
+    __u32 short_key;    /* an IPv4 key with no inner tag, whose words after FLOW_KEY_SHORT_WORDS are all zero
+                         * (dp_parse(); the bpf tier checks it on every frame it parses) */
+    __u32 pad_;
     __u64 now_jiffies;  /* dp_now_ns(): the jiffy of the last clock read on this CPU */
     __u64 now_ns;       /*   and what bpf_ktime_get_coarse_ns() said then */
     __u64 rnd;          /* dp_random()'s state (0: not seeded yet) */

@@ -126,11 +126,17 @@ struct mf_flow_stats {
     __u64 used_ns;      /* CLOCK_MONOTONIC_COARSE of the last hit (dp_now_ns(): to the tick) */
 };
 
+/* An EMC entry: 128 bytes, what a short key's compare reads (gen, flow_idx, short_key and the key's first
+ * FLOW_KEY_SHORT_WORDS words) in its first 56. */
 struct emc_entry {
-    struct flow_key key;
-    __u32 flow_idx;
     __u32 gen;          /* 0: empty */
+    __u32 flow_idx;
+    __u32 short_key;    /* the key is short (dp_scratch.short_key) */
+    __u32 pad_;
+    struct flow_key key;
+    __u64 pad2_;
 };
+_Static_assert(sizeof(struct emc_entry) == 128, "emc_entry layout changed");
 
 /* This CPU's EMC probes and hits since the sampler's last verdict, how many packets still skip the probe, and how
  * many verdicts in a row said skip (the next skip is EMC_SKIP << that, at most << EMC_BACKOFF_MAX). */

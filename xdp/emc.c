@@ -1,5 +1,6 @@
 /* emc.c: the program attached to every port. Parses the packet into the per-CPU scratch, looks it up in
  * the exact-match cache (EMC), runs the actions on a hit, and tail-calls mf_rx (megaflow.c) on a miss.
+ * A short key (an IPv4 packet's: dp_parse) is hashed and compared over its first words only, the rest being zero.
  * An EMC entry names a megaflow by index and generation; a deleted or replaced megaflow has a new
  * generation, so a stale entry is a miss, never a wrong action (as OVS's EMC checks flow->dead).
  * The probe is skipped when the EMC is off (emc_insert_inv_prob 0, as OVS skips emc_lookup) and, per CPU,
@@ -52,7 +53,11 @@ int emc_rx(struct xdp_md *ctx)
         es->probes++;
         __u32 slot = dp_flow_hash(s) & (EMC_ENTRIES - 1);
         struct emc_entry *e = emc_entries.lookup(&slot);
-        if (e && e->gen && flow_key_equal(&e->key, &s->key)) {
+        /* short_key is a function of the key: keys whose flags differ differ; two short keys differ, if at all,
+         * in their first words */
+        if (e && e->gen && e->short_key == s->short_key &&
+            (s->short_key ? flow_key_equal(&e->key, &s->key, FLOW_KEY_SHORT_WORDS)
+                          : flow_key_equal(&e->key, &s->key, FLOW_KEY_WORDS))) {
             __u32 idx = e->flow_idx;
             struct mf_entry *f = mf_entries.lookup(&idx);
             if (f && f->gen == e->gen) {

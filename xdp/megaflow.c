@@ -153,6 +153,7 @@ int mf_rx(struct xdp_md *ctx)
         if (e) {
             __builtin_memcpy(&e->key, &s->key, sizeof(e->key));
             e->flow_idx = idx;
+            e->short_key = s->short_key;
             e->gen = gen;
             dp_stat_add(s, DP_STAT_EMC_INSERT, 1);
         }

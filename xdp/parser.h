@@ -321,6 +321,8 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
     s->hashed = 0;
     struct pkt_layout lay;
     parse_packet(ctx, &s->key, &lay);
+    /* IPv4 leaves the ARP, MPLS, IPv6 and ND words zero; only an inner tag (vlan-limit 2) is beyond the first words */
+    s->short_key = s->key.dl_type == bpf_htons(ETH_P_IP_) && !s->key.vlan_tci1;
     /* in_port, vlan_tci and dl_type as one word (KEY_WORD) */
     KEY_WORD(&s->key, 0) = port_no | (__u64)s->key.vlan_tci << 32 | (__u64)s->key.dl_type << 48;
     s->l3_off = lay.l3_off;
@@ -335,7 +337,7 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
  * Ethernet type; the MACs; the IPv4 addresses and IP fields; the L4 ports and TCP flags), the others XORed in
  * pairs first (ARP addresses; inner VLAN and label; the halves of each IPv6 address; the ND target). The final
  * fold and multiply bring every bit to the ones the slots take. Two flows that share a slot cost each other an EMC
- * or hint miss, never a wrong hit: the EMC compares the whole key. */
+ * or hint miss, never a wrong hit: the EMC compares the key (every word that can be set). */
 static __always_inline __u32 flow_key_hash(const struct flow_key *key)
 {
     const __u64 *w = (const __u64 *)key;
@@ -347,13 +349,27 @@ static __always_inline __u32 flow_key_hash(const struct flow_key *key)
     return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> 32);
 }
 
+/* A short key: an IPv4 packet's, whose words after the first FLOW_KEY_SHORT_WORDS (ARP addresses, the inner
+ * tag, the MPLS label, IPv6 addresses, ND target) are all zero. Its hash leaves out the zero words, the same value
+ * as flow_key_hash(), and the EMC compares only its first words (OVS's miniflow idea: only what the packet has). */
+#define FLOW_KEY_SHORT_WORDS 5
+
+static __always_inline __u32 flow_key_hash_short(const struct flow_key *key)
+{
+    const __u64 *w = (const __u64 *)key;
+    __u64 x = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ (w[2] * 0xff51afd7ed558ccdULL) ^
+              (w[3] * 0xc4ceb9fe1a85ec53ULL) ^ (w[4] * 0x165667b19e3779f9ULL);
+    x ^= x >> 32;
+    return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> 32);
+}
+
 /* The packet's flow hash (flow_key_hash), computed the first time it is needed: an EMC probe or insert, a mask
  * hint, an upcall. A packet whose EMC probe is skipped (the EMC off, or thrashing) and that hits the one subtable
  * never pays for it. */
 static __always_inline __u32 dp_flow_hash(struct dp_scratch *s)
 {
     if (!s->hashed) {
-        s->hash = flow_key_hash(&s->key);
+        s->hash = s->short_key ? flow_key_hash_short(&s->key) : flow_key_hash(&s->key);
         s->hashed = 1;
     }
     return s->hash;
@@ -398,12 +414,13 @@ static __always_inline __u32 dp_select_hash(const struct flow_key *k)
     return h ^ (h >> 16);
 }
 
-static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b)
+/* Whether two keys are equal over their first n words (FLOW_KEY_WORDS: the whole key). */
+static __always_inline int flow_key_equal(const struct flow_key *a, const struct flow_key *b, const int n)
 {
     const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
     __u64 d = 0;
 #pragma unroll
-    for (int i = 0; i < FLOW_KEY_WORDS; i++)
+    for (int i = 0; i < n; i++)
         d |= x[i] ^ y[i];
     return d == 0;
 }

@@ -177,6 +177,16 @@ _KEY_HASH_MUL = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0xFF51AFD7ED558CCD, 0xC
                  0xBF58476D1CE4E5B9, 0x27D4EB2F165667C5, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
 
 
+# xdp/parser.h FLOW_KEY_SHORT_WORDS: an IPv4 key without an inner tag has nothing after its first 5 words, and the
+# fast path hashes and compares only those (dp_scratch.short_key); the bpf tier checks it on every frame it parses.
+SHORT_KEY_WORDS = 5
+
+
+def is_short_key(key: FlowKey) -> bool:
+    """Whether the fast path treats key as short (dp_parse: IPv4 and no inner tag)."""
+    return key.dl_type == 0x0800 and key.vlan_tci1 == 0
+
+
 def key_hash(key: FlowKey | bytes) -> int:
     """flow_key_hash() of xdp/parser.h, the packet's flow hash: the EMC's slot and the mask hint's, what an upcall
     carries. Words 0-4 each multiplied on its own, the others XORed in pairs first, the products XORed, folded."""

@@ -14,6 +14,7 @@ import pytest
 from ctl.datapath import progrun
 from ctl.datapath.dpif import DpStats, PortStats
 from ctl.datapath.dpif_xdp import Datapath, DatapathConfig
+from ctl.datapath.flowkey import SHORT_KEY_WORDS, FlowKey, format_key, is_short_key
 from tests.conftest import Net, need_root, unique
 
 CONFIG = DatapathConfig(max_flows=8192, emc_insert_inv_prob=1)
@@ -30,6 +31,17 @@ class Bench:
     def scratch_key(self) -> bytes:
         """The flow key the XDP parser left in dp_scratch on CPU 0."""
         return bytes(self.dp.bpf["dp_scratch"].getvalue(0)[0].key)
+
+    def scratch_short_key(self) -> bool:
+        """Whether the XDP parser found the key short (dp_scratch.short_key on CPU 0)."""
+        return bool(self.dp.bpf["dp_scratch"].getvalue(0)[0].short_key)
+
+    def check_short_key(self, key: FlowKey) -> None:
+        """The parser's short-key flag is what flowkey.is_short_key says of the key it left, and a short key has
+        nothing after its first SHORT_KEY_WORDS words (the EMC compares only those)."""
+        short = self.scratch_short_key()
+        assert short == is_short_key(key), f"short_key {short} for {format_key(key)}"
+        assert not short or not any(bytes(key)[8 * SHORT_KEY_WORDS:]), f"a short key with more: {format_key(key)}"
 
     def scratch_hash(self) -> int:
         """The flow key hash emc_rx left in dp_scratch on CPU 0."""

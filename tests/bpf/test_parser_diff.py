@@ -90,6 +90,7 @@ def check(tb: Bench, frame: bytes, in_port: int = 1) -> None:
     want = parse(frame, in_port)
     assert bytes(got) == bytes(want), f"XDP {format_key(got)}\n   Python {format_key(want)}\n   {frame.hex()}"
     assert tb.scratch_hash() == key_hash(want)
+    tb.check_short_key(got)
 
 
 def test_every_sample_and_every_truncation(tb: Bench) -> None:
