@@ -37,16 +37,13 @@ static __always_inline int mf_is_match(__u32 i, __u32 mid, const __u64 *m, const
     return 1;
 }
 
-/* Look the key up in subtable mid: hash its words the mask covers, masked, compare the tags of its bucket in
+/* Look the key up in subtable mid (its mask m, from mf_masks): hash its words the mask covers, masked, compare the tags of its bucket in
  * mf_buckets, then the one entry whose tag matched: its subtable and masked key (over the mask's words). On a hit, *flow_idx,
  * *fe and *gen describe the megaflow. Every map here is an array: the verifier inlines their lookups (no hashing
  * of map keys). */
-static __always_inline int mf_lookup_mask(__u32 mid, const struct flow_key *key, __u32 seed,
+static __always_inline int mf_lookup_mask(__u32 mid, const __u64 *m, const struct flow_key *key, __u32 seed,
                                           __u32 *flow_idx, struct mf_entry **fe, __u32 *gen)
 {
-    const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
-    if (!m)
-        return 0;
     __u64 h = mf_hash_masked((const __u64 *)key, m, mf_seed(seed, mid));
     __u32 bi = (__u32)h & (MF_BUCKETS - 1);
     __u32 tag = (__u32)(h >> 32) | 1;
@@ -93,11 +90,13 @@ int mf_rx(struct xdp_md *ctx)
         mid = hinted - 1;
         lookups = 1;
         const __u64 *m = (const __u64 *)mf_masks.lookup(&mid);
-        /* this flow's own hint (else another flow's at the slot): its megaflow first, then the subtable */
-        if (m && !(((__u32)(hv >> 32) ^ h) & MF_HINT_SIG_MASK))
-            found = mf_is_match((__u32)hv, mid, m, &s->key, &idx, &f, &gen);
-        if (!found)
-            found = mf_lookup_mask(mid, &s->key, seed, &idx, &f, &gen);
+        if (m) {
+            /* this flow's own hint (else another flow's at the slot): its megaflow first, then the subtable */
+            if (!(((__u32)(hv >> 32) ^ h) & MF_HINT_SIG_MASK))
+                found = mf_is_match((__u32)hv, mid, m, &s->key, &idx, &f, &gen);
+            if (!found)
+                found = mf_lookup_mask(mid, m, &s->key, seed, &idx, &f, &gen);
+        }
         if (found)
             dp_stat_add(s, DP_STAT_HINT_HIT, 1);
     }
@@ -106,12 +105,13 @@ int mf_rx(struct xdp_md *ctx)
             for (__u32 i = 0; i < MF_MAX_MASKS; i++) {
                 if (i >= n)
                     break;
-                __u32 m = order->ids[i];
-                if (m + 1 == hinted)
+                __u32 w = order->ids[i];
+                if (w + 1 == hinted)
                     continue;
                 lookups++;
-                if (mf_lookup_mask(m, &s->key, seed, &idx, &f, &gen)) {
-                    mid = m;
+                const __u64 *wm = (const __u64 *)mf_masks.lookup(&w);
+                if (wm && mf_lookup_mask(w, wm, &s->key, seed, &idx, &f, &gen)) {
+                    mid = w;
                     found = 1;
                     break;
                 }

@@ -337,28 +337,21 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
  * Ethernet type; the MACs; the IPv4 addresses and IP fields; the L4 ports and TCP flags), the others XORed in
  * pairs first (ARP addresses; inner VLAN and label; the halves of each IPv6 address; the ND target). The final
  * fold and multiply bring every bit to the ones the slots take. Two flows that share a slot cost each other an EMC
- * or hint miss, never a wrong hit: the EMC compares the key (every word that can be set). */
-static __always_inline __u32 flow_key_hash(const struct flow_key *key)
-{
-    const __u64 *w = (const __u64 *)key;
-    __u64 x = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ (w[2] * 0xff51afd7ed558ccdULL) ^
-              (w[3] * 0xc4ceb9fe1a85ec53ULL) ^ (w[4] * 0x165667b19e3779f9ULL) ^
-              ((w[5] ^ w[6]) * 0xbf58476d1ce4e5b9ULL) ^ ((w[7] ^ w[8]) * 0x27d4eb2f165667c5ULL) ^
-              ((w[9] ^ w[10]) * 0x94d049bb133111ebULL) ^ ((w[11] ^ w[12]) * 0xd6e8feb86659fd93ULL);
-    x ^= x >> 32;
-    return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> 32);
-}
-
-/* A short key: an IPv4 packet's, whose words after the first FLOW_KEY_SHORT_WORDS (ARP addresses, the inner
- * tag, the MPLS label, IPv6 addresses, ND target) are all zero. Its hash leaves out the zero words, the same value
- * as flow_key_hash(), and the EMC compares only its first words (OVS's miniflow idea: only what the packet has). */
+ * or hint miss, never a wrong hit: the EMC compares the key (every word that can be set).
+ * A short key (an IPv4 packet's: dp_scratch.short_key, set by dp_parse) has only zeros after its first
+ * FLOW_KEY_SHORT_WORDS words (ARP addresses, the inner tag, the MPLS label, IPv6 addresses, ND target): its hash
+ * leaves their terms out, the same value, and the EMC compares only its first words (OVS's miniflow idea: only
+ * what the packet has). */
 #define FLOW_KEY_SHORT_WORDS 5
 
-static __always_inline __u32 flow_key_hash_short(const struct flow_key *key)
+static __always_inline __u32 flow_key_hash(const struct flow_key *key, __u32 short_key)
 {
     const __u64 *w = (const __u64 *)key;
     __u64 x = (w[0] * 0x9e3779b97f4a7c15ULL) ^ (w[1] * 0xc2b2ae3d27d4eb4fULL) ^ (w[2] * 0xff51afd7ed558ccdULL) ^
               (w[3] * 0xc4ceb9fe1a85ec53ULL) ^ (w[4] * 0x165667b19e3779f9ULL);
+    if (!short_key)
+        x ^= ((w[5] ^ w[6]) * 0xbf58476d1ce4e5b9ULL) ^ ((w[7] ^ w[8]) * 0x27d4eb2f165667c5ULL) ^
+             ((w[9] ^ w[10]) * 0x94d049bb133111ebULL) ^ ((w[11] ^ w[12]) * 0xd6e8feb86659fd93ULL);
     x ^= x >> 32;
     return (__u32)((x * 0x9e3779b97f4a7c15ULL) >> 32);
 }
@@ -369,7 +362,7 @@ static __always_inline __u32 flow_key_hash_short(const struct flow_key *key)
 static __always_inline __u32 dp_flow_hash(struct dp_scratch *s)
 {
     if (!s->hashed) {
-        s->hash = s->short_key ? flow_key_hash_short(&s->key) : flow_key_hash(&s->key);
+        s->hash = flow_key_hash(&s->key, s->short_key);
         s->hashed = 1;
     }
     return s->hash;

@@ -184,7 +184,7 @@ SHORT_KEY_WORDS = 5
 
 def is_short_key(key: FlowKey) -> bool:
     """Whether the fast path treats key as short (dp_parse: IPv4 and no inner tag)."""
-    return key.dl_type == 0x0800 and key.vlan_tci1 == 0
+    return key.dl_type == ETH_P_IP and key.vlan_tci1 == 0
 
 
 def key_hash(key: FlowKey | bytes) -> int:

@@ -19,6 +19,7 @@ BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 VERDICTS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
+
 class XdpMd(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint32) for n in
                 ("data", "data_end", "data_meta", "ingress_ifindex", "rx_queue_index", "egress_ifindex")]

@@ -41,7 +41,6 @@ _NONZERO = re.compile(rb"[^\x00]")
 PERCPU_TYPES = {5, 6, 10, 21}  # percpu hash, percpu array, lru percpu hash, percpu cgroup storage
 
 
-
 class ViewError(RuntimeError):
     """The datapath cannot be read; the message says what and where."""
 
