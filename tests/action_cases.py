@@ -39,6 +39,9 @@ A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 PAY = b"0123456789abcdef"
 
 
+OPTS = b"\x01" * 7 + b"\x00"  # eight bytes of IPv4 options (no-ops, end): the L4 header at 42, not 34
+
+
 def eth(**kw: object) -> Packet:
     return Ether(src=A, dst=B, **kw)
 
@@ -125,6 +128,11 @@ CASES = [
          XDP_REDIRECT, eth() / IPv6(src="2001:db8::1", dst="2001:db8::ff") / ICMPv6EchoRequest(data=PAY)),
     Case("set tcp ports", eth() / v4() / tcp(), [DpSetTpSrc(1), DpSetTpDst(65535), DpOutput(2)], XDP_REDIRECT,
          eth() / v4() / TCP(sport=1, dport=65535, flags="PA", seq=7) / PAY),
+    Case("set tcp ports behind ip options", eth() / v4(options=OPTS) / tcp(), [DpSetTpDst(8443), DpOutput(2)],
+         XDP_REDIRECT, eth() / v4(options=OPTS) / TCP(sport=1000, dport=8443, flags="PA", seq=7) / PAY),
+    Case("set ipv4 dst, udp behind ip options", eth() / v4(options=OPTS) / udp(),
+         [DpSetIpv4Dst("10.3.3.3"), DpOutput(2)], XDP_REDIRECT,
+         eth() / IP(src="10.0.0.1", dst="10.3.3.3", options=OPTS) / udp()),
     Case("set udp ports over ipv6", eth() / v6() / udp(), [DpSetTpSrc(4242), DpSetTpDst(4343), DpOutput(2)],
          XDP_REDIRECT, eth() / v6() / UDP(sport=4242, dport=4343) / PAY),
     Case("set sctp port is unsupported", eth() / v4() / SCTP(sport=1, dport=2), [DpSetTpDst(3), DpOutput(2)],

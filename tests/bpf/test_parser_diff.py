@@ -40,6 +40,10 @@ SAMPLES = [
     Ether(**E) / IP(flags="MF") / UDP(),
     Ether(**E) / IP(frag=5, proto=6) / (b"x" * 40),
     Ether(**E) / IP(proto=47) / (b"gre" * 5),
+    Ether(**E) / IP() / TCP(dataofs=4),  # a data offset under 5 words: no L4 fields
+    Ether(**E) / IP() / TCP(dataofs=15) / b"x",  # one beyond the IP payload: no L4 fields
+    Ether(**E) / IP(len=24) / UDP(sport=7, dport=9),  # a UDP header cut by the IP total length (the rest is padding)
+    Ether(**E) / IP(len=36) / TCP(sport=7, dport=9),
     Ether(**E) / Dot1Q(vlan=4095, prio=7) / IP() / UDP(),
     Ether(**E) / Dot1Q(vlan=1) / Dot1Q(vlan=2) / IP() / UDP(),
     Ether(**E) / Dot1AD(vlan=7, prio=5) / Dot1Q(vlan=2) / IP() / UDP(),  # QinQ: the inner tag is payload
