@@ -69,7 +69,9 @@ def run_xdp(prog_fd: int, frame: bytes, ifindex: int, rx_queue: int = 0, repeat:
     return RunResult(attr.retval, data, attr.duration)
 
 
+BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 
@@ -92,3 +94,58 @@ def prog_run_time(prog_id: int) -> tuple[int, int]:
     finally:
         os.close(fd)
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+class _ProgInfo(ctypes.Structure):
+    """The head of the kernel's struct bpf_prog_info (uapi), as far as name."""
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+    ]
+
+
+@dataclass
+class ProgImage:
+    id: int
+    tag: str        # hex, as in the program's kernel symbol bpf_prog_<tag>_<name>
+    name: str
+    jited: bytes    # the machine code the JIT made of it
+
+
+def _prog_info(fd: int, info: _ProgInfo) -> None:
+    attr = (ctypes.c_uint64 * 2)(fd | ctypes.sizeof(info) << 32, ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD failed")
+
+
+def prog_image(prog_id: int) -> ProgImage:
+    """The program with this id: its tag, name and JIT image (for profiles: perf names a program's samples
+    bpf_prog_<tag>_<name> and gives offsets into this image)."""
+    attr = (ctypes.c_uint32 * 4)(prog_id)
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, attr, f"no BPF program {prog_id}")
+    try:
+        info = _ProgInfo()
+        _prog_info(fd, info)
+        n = info.jited_prog_len
+        buf = ctypes.create_string_buffer(n)
+        info = _ProgInfo(jited_prog_len=n, jited_prog_insns=ctypes.addressof(buf))
+        _prog_info(fd, info)
+        return ProgImage(prog_id, bytes(info.tag).hex(), info.name.decode(errors="replace"), buf.raw[:n])
+    finally:
+        os.close(fd)
+
+
+def prog_ids() -> list[int]:
+    """Every loaded BPF program's id."""
+    ids: list[int] = []
+    cur = 0
+    while True:
+        attr = (ctypes.c_uint32 * 4)(cur)
+        try:
+            bpf(BPF_PROG_GET_NEXT_ID, attr)
+        except OSError:   # ENOENT: no more
+            return ids
+        cur = attr[1]
+        ids.append(cur)

@@ -50,3 +50,16 @@ def test_runs_are_timed_while_the_stats_fd_is_open_and_only_then(tb: Bench) -> N
 def test_an_unknown_program_is_a_clear_error() -> None:
     with pytest.raises(OSError, match="no BPF program"):
         progrun.prog_run_time(2**31 - 1)
+
+
+def test_a_programs_jit_image_is_what_its_kernel_symbol_names(tb: Bench) -> None:
+    """prog_image (bench.jitprofile's disassembly): the program on port 1 is emc_rx; its tag and name are those of
+    the kernel symbol perf puts its samples under, and its image is the JIT's machine code (the x86-64 JIT starts
+    every program with a 5-byte nop, or endbr64 where indirect branch tracking is on)."""
+    li = link_info(ifindex=tb.ifindex[1])
+    assert li is not None and li.xdp_prog_id
+    img = progrun.prog_image(li.xdp_prog_id)
+    assert img.name == "emc_rx" and img.id in progrun.prog_ids()
+    assert f" bpf_prog_{img.tag}_emc_rx" in Path("/proc/kallsyms").read_text()
+    assert img.jited[:5] == bytes.fromhex("0f1f440000") or img.jited[:4] == bytes.fromhex("f30f1efa")
+    assert len(img.jited) > 4096   # the parser, the EMC and every action: thousands of instructions
