@@ -2,7 +2,8 @@
 
 Used by the bpf test tier and bench/: run a loaded program on a frame as if it arrived on a device and
 queue, get its verdict, the frame it left and the kernel's time per run; or, with ``live=True``
-(BPF_F_TEST_XDP_LIVE_FRAMES), really transmit what it redirects: a packet generator in the kernel.
+(BPF_F_TEST_XDP_LIVE_FRAMES), really transmit what it redirects: a packet generator in the kernel. Also what
+bench/ reads of loaded programs: the kernel's run-time statistics, and a program's JIT image (bench.jitprofile).
 """
 
 from __future__ import annotations
