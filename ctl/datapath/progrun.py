@@ -9,6 +9,7 @@ bench/ reads of loaded programs: the kernel's run-time statistics, and a program
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 
@@ -146,7 +147,9 @@ def prog_ids() -> list[int]:
         attr = (ctypes.c_uint32 * 4)(cur)
         try:
             bpf(BPF_PROG_GET_NEXT_ID, attr)
-        except OSError:   # ENOENT: no more
-            return ids
+        except OSError as e:
+            if e.errno == errno.ENOENT:   # no more
+                return ids
+            raise
         cur = attr[1]
         ids.append(cur)
