@@ -27,6 +27,8 @@ Each target as a user would run it:
     frame on the other CPU, so its first read here is a cache miss that any switch which looks at the packet
     pays and the bare redirect does not;
   - xdpswitch: ``xdpswitch start`` with in and out as ports 1 and 2 and ``in_port=1,actions=output:2``;
+  - xdpswitch-nosimple: the same with ``--no-simple-match``: every frame is parsed and looked up in the EMC (at
+    1 flow, EMC hits), to show what the simple match saves;
   - xdpswitch-noemc: the same with ``--emc-insert-inv-prob 0`` (the EMC stays empty: every packet is an EMC
     probe that misses and a megaflow hit), to show what the EMC saves with few flows and costs with many;
   - tc: a cls_bpf program on in's ingress (clsact, direct-action) that bpf_redirect()s to out;
@@ -64,7 +66,7 @@ from ctl.datapath.netdev import link_info
 from ctl.datapath.progrun import enable_run_time_stats, prog_run_time, run_xdp
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("bare", "bare-read", "xdpswitch", "xdpswitch-noemc", "tc", "bridge", "ovs")
+TARGETS = ("bare", "bare-read", "xdpswitch", "xdpswitch-nosimple", "xdpswitch-noemc", "tc", "bridge", "ovs")
 FLOWS = (1, 1000, 100000)
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 XDP_FLAGS_DRV_MODE = 1 << 2
@@ -382,6 +384,7 @@ def ovs(b: Bench) -> Iterator[None]:
 SETUPS: dict[str, Callable[[Bench], contextlib.AbstractContextManager[None]]] = {
     "bare": bare, "bare-read": lambda b: bare(b, "bare_read"), "xdpswitch": xdpswitch,
     "xdpswitch-noemc": lambda b: xdpswitch(b, "--emc-insert-inv-prob", "0"),
+    "xdpswitch-nosimple": lambda b: xdpswitch(b, "--no-simple-match"),
     "tc": tc, "bridge": bridge, "ovs": ovs}
 
 

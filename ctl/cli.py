@@ -143,7 +143,7 @@ def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
     rows: dict[str, object] = {
         "packets received": st.packets, "emc hits": st.emc_hits, "megaflow hits": st.megaflow_hits,
         "avg. subtable lookups per megaflow hit": round(st.avg_subtable_lookups, 2),
-        "mask hint hits": st.hint_hits,
+        "mask hint hits": st.hint_hits, "simple match hits (of the megaflow hits)": st.simple_hits,
     }
     try:
         from ctl.daemon.control import ControlError, request
@@ -259,6 +259,10 @@ def start(
     emc_insert_inv_prob: int = typer.Option(100, "--emc-insert-inv-prob",
                                             help="Insert into the EMC on 1 in N megaflow hits (0: the EMC is off, "
                                                  "never filled nor probed)."),
+    simple_match: bool = typer.Option(True, "--simple-match/--no-simple-match",
+                                      help="Find port-to-port megaflows (only in_port and the Ethernet type) "
+                                           "from the port and the frame's type, with no parse, EMC or "
+                                           "megaflow lookup (OVS's simple match)."),
     vlan_limit: int = typer.Option(1, "--vlan-limit",
                                    help="VLAN tags parsed, as OVS's other_config:vlan-limit: 1 (an inner tag is "
                                         "payload) or 2 (0: as many as the flow key holds, 2). A change is a new "
@@ -352,7 +356,8 @@ def start(
                                 controller_burst=controller_burst)
         sw = Switch(name, specs, Path(state_dir) / name / "flows.json", Path(flows) if flows else None,
                     flow_limit, handlers, mode,
-                    DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob, vlan_limit=vlan_limit),
+                    DatapathConfig(emc_insert_inv_prob=emc_insert_inv_prob, vlan_limit=vlan_limit,
+                                   simple_match=simple_match),
                     say=lambda m: out.print(m, highlight=False, markup=False),
                     metrics_address=None if metrics_address.lower() == "none" else metrics_address,
                     max_idle_ms=max_idle, max_revalidator_ms=max_revalidator, channel=channel,

@@ -89,6 +89,9 @@ class SwitchCollector(Collector):
                                   value=dp.mask_lookups)
         yield CounterMetricFamily("xdpswitch_mask_hint_hits", "Megaflow hits found in the hinted subtable.",
                                   value=dp.hint_hits)
+        yield CounterMetricFamily("xdpswitch_simple_match_hits", "Megaflow hits found by the simple match, from the "
+                                  "ingress port and the Ethernet type with no parse (of megaflow_hit).",
+                                  value=dp.simple_hits)
         yield CounterMetricFamily("xdpswitch_emc_inserts", "Exact-match cache inserts.", value=dp.emc_inserts)
         yield CounterMetricFamily("xdpswitch_emc_probes_skipped",
                                   "Packets that did not probe the exact-match cache: it is off, or its recent probes "

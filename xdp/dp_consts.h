@@ -33,6 +33,7 @@
 #ifndef MF_BUCKETS
 #define MF_BUCKETS 524288           /* mf_buckets: a power of two, at least 2 * MF_MAX_FLOWS (DatapathConfig.n_buckets) */
 #endif
+#define MF_SIMPLE_WAYS 4            /* simple-match megaflows per ingress port (mf_simple): one per dl_type in use */
 #define MF_BUCKET_WAYS 8            /* megaflows per bucket: eight tags and eight indexes, one cache line */
 #ifndef MF_HINT_ENTRIES
 #define MF_HINT_ENTRIES 4096        /* per CPU; a power of two: the flow hash (dp_flow_hash) -> last megaflow hit */

@@ -69,6 +69,8 @@ DP_MAP("percpu_array", u32, u64, mf_mask_hits, MF_MAX_MASKS);
 DP_MAP("array", u32, struct mf_bucket, mf_buckets, MF_BUCKETS);
 DP_MAP("array", u32, struct mf_entry, mf_entries, MF_MAX_FLOWS);
 DP_MAP("percpu_array", u32, struct mf_flow_stats, mf_stats, MF_MAX_FLOWS);
+/* Per ingress port, its simple-match megaflows (struct mf_simple; owner: user space). */
+DP_MAP("array", u32, struct mf_simple, mf_simple, DP_MAX_PORTS);
 /* Per CPU, at the flow hash's slot: the megaflow the last packet there hit (megaflow.c mf_hint_pack: its index,
  * its mask id + 1 and the hash's high bits; 0: no hint). Owner: mf_rx; user space only zeroes it (flush_emc). */
 DP_MAP("percpu_array", u32, u64, mf_hints, MF_HINT_ENTRIES);

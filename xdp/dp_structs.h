@@ -91,9 +91,24 @@ _Static_assert(sizeof(struct dp_action) == 24, "dp_action layout changed");
 struct mf_entry {
     __u32 gen;
     __u16 n_actions;
-    __u16 mask_id;      /* its subtable: a lookup in another one never takes it */
+    __u8 mask_id;       /* its subtable: a lookup in another one never takes it (MF_MAX_MASKS <= 255) */
+    __u8 flags;         /* MF_F_* */
     struct dp_action actions[MF_MAX_ACTIONS];
     struct flow_key key;    /* the masked key: what a packet's masked key must equal (last: an EMC hit never reads it) */
+};
+
+/* A simple-match megaflow (simple_match.h; ctl/datapath/dpif.py is_simple_match): its mask is the whole in_port and
+ * dl_type, and at most vlan_tci and nw_frag, whose masked values are 0; dl_type is neither a VLAN TPID, IPv6 nor under
+ * 0x600; its actions read nothing the parse sets (outputs, floods, groups, drops). So every untagged packet from
+ * in_port with that dl_type and not an IPv4 fragment matches it. Set by user space when it writes the entry. */
+#define MF_F_SIMPLE 1
+
+/* mf_simple[in_port]: up to MF_SIMPLE_WAYS simple-match megaflows of the port, as flow index + 1 (0: none; the
+ * ways in use come first). A hint only: the fast path takes a way's megaflow only if it is alive, MF_F_SIMPLE and
+ * its key's first word is the packet's, so a stale or half-written way costs a fallback, never a wrong hit.
+ * Owner: user space (Datapath); the fast path only reads it. */
+struct mf_simple {
+    __u32 idx[MF_SIMPLE_WAYS];
 };
 
 /* Packets and bytes: a select group's bucket (dp_bucket_stats), a meter's input or band (dp_meter_stats). */
@@ -164,6 +179,7 @@ struct dp_config {
 };
 #define DP_CFG_NO_HINTS 1       /* neither use nor update the mask hints (benchmarks, debugging) */
 #define DP_CFG_SKB_FLOOD 2      /* some port takes the skb path: floods and groups go through dp_skb_tx */
+#define DP_CFG_NO_SIMPLE 4      /* skip the simple match (benchmarks, debugging): every packet is parsed */
 
 struct dp_port {
     __u32 port_no;
@@ -232,6 +248,7 @@ enum dp_stat {
     DP_STAT_HINT_HIT = 5,       /* megaflow hits found in the hinted subtable */
     DP_STAT_EMC_INSERT = 6,
     DP_STAT_EMC_SKIP = 7,       /* packets that did not probe the EMC: disabled, or its recent hit rate too low */
+    DP_STAT_SIMPLE_HIT = 8,     /* megaflow hits found by the simple match, before any parse (simple_match.h) */
     DP_STAT_MAX
 };
 

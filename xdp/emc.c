@@ -1,5 +1,7 @@
-/* emc.c: the program attached to every port. Parses the packet into the per-CPU scratch, looks it up in
- * the exact-match cache (EMC), runs the actions on a hit, and tail-calls mf_rx (megaflow.c) on a miss.
+/* emc.c: the program attached to every port. First the simple match (simple_match.h: a port-to-port megaflow found
+ * from the ingress port and the Ethernet type, with no parse). Otherwise it parses the packet into the per-CPU
+ * scratch, looks it up in the exact-match cache (EMC), runs the actions on a hit, and tail-calls mf_rx (megaflow.c)
+ * on a miss.
  * A short key (an IPv4 packet's: dp_parse) is hashed and compared over its first words only, the rest being zero.
  * An EMC entry names a megaflow by index and generation; a deleted or replaced megaflow has a new
  * generation, so a stale entry is a miss, never a wrong action (as OVS's EMC checks flow->dead).
@@ -7,7 +9,7 @@
  * while recent probes have mostly missed (emc_sample): with far more flows than the EMC holds a probe is a
  * cache miss that saves nothing, which is the cost OVS's signature match cache exists to avoid. A skipped probe
  * skips the whole-key hash too (dp_flow_hash: computed when first needed). */
-#include "actions.h"
+#include "simple_match.h"
 
 /* After a miss: once EMC_SAMPLE probes are in, judge them; under 1 hit in EMC_MIN_HIT_RATIO, skip the next
  * EMC_SKIP packets' probes, twice as many after each such verdict in a row, up to EMC_SKIP << EMC_BACKOFF_MAX
@@ -29,25 +31,45 @@ static __always_inline void emc_sample(struct emc_sampler *es)
 
 int emc_rx(struct xdp_md *ctx)
 {
-    struct dp_scratch *s = dp_parse(ctx);
-    if (!s) {
-        __u32 zero = 0;
+    __u32 zero = 0;
+    __u32 in_port = dp_in_port(ctx);
+    if (in_port == DP_NO_PORT) {
         struct dp_scratch *sc = dp_scratch.lookup(&zero);
         if (sc)
             dp_stat_add(sc, DP_STAT_LOST, 1);
         dp_drop_count(DROP_UNKNOWN_INGRESS, 0);
         return XDP_DROP;
     }
-
-    __u32 in_port = s->key.in_port;
     struct dp_port_stats *ps = dp_port_stats.lookup(&in_port);
     if (ps) {
         ps->rx_packets++;
         ps->rx_bytes += ctx->data_end - ctx->data;
     }
 
-    __u32 zero = 0;
     struct dp_config *cfg = dp_config.lookup(&zero);
+    if (cfg && !(cfg->flags & DP_CFG_NO_SIMPLE)) {
+        __u32 idx;
+        struct mf_entry *f;
+        __u64 w0;
+        if (mf_simple_lookup(ctx, in_port, &idx, &f, &w0)) {
+            struct dp_scratch *ss = dp_scratch.lookup(&zero);
+            if (!ss)
+                return XDP_ABORTED;
+            /* what the actions of a simple-match megaflow read: the ingress port (no L3, L4 or tags to rewrite) */
+            KEY_WORD(&ss->key, 0) = w0;
+            ss->hashed = 0;
+            ss->l3_off = 0;
+            ss->l4_off = 0;
+            ss->tagged = 0;
+            dp_stat_add(ss, DP_STAT_SIMPLE_HIT, 1);
+            return dp_hit(ctx, idx, f, ss, DP_STAT_MF_HIT);
+        }
+    }
+
+    struct dp_scratch *s = dp_parse_from(ctx, in_port);
+    if (!s)
+        return XDP_ABORTED;
+
     struct emc_sampler *es = emc_sampler.lookup(&zero);
     if (cfg && cfg->emc_insert_inv_prob && es && !es->skip) {
         es->probes++;

@@ -296,25 +296,26 @@ static __always_inline void parse_packet(struct xdp_md *ctx, struct flow_key *ke
     }
 }
 
-/* What every program does first: find the ingress port (dp_port_slots, else dp_ports), zero the scratch key and
- * parse into it.
- * Returns the per-CPU scratch, or NULL when the ingress device is not a datapath port. */
-static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
+#define DP_NO_PORT 0xffffffffU
+
+/* What every program does first: find the ingress port's number (dp_port_slots, else dp_ports), or DP_NO_PORT when
+ * the ingress device is not a datapath port. */
+static __always_inline __u32 dp_in_port(struct xdp_md *ctx)
 {
-    __u32 zero = 0;
-    struct dp_scratch *s = dp_scratch.lookup(&zero);
     __u32 ifindex = ctx->ingress_ifindex;
     __u32 slot = ifindex & (DP_PORT_SLOTS - 1);
     struct dp_port_slot *ps = dp_port_slots.lookup(&slot);
-    __u32 port_no;
-    if (ps && ifindex && ps->ifindex == ifindex) {
-        port_no = ps->port_no;
-    } else {
-        struct dp_port *port = dp_ports.lookup(&ifindex);
-        if (!port)
-            return 0;
-        port_no = port->port_no;
-    }
+    if (ps && ifindex && ps->ifindex == ifindex)
+        return ps->port_no;
+    struct dp_port *port = dp_ports.lookup(&ifindex);
+    return port ? port->port_no : DP_NO_PORT;
+}
+
+/* Zero the per-CPU scratch key and parse the packet from port_no into it. Returns the scratch (NULL: none). */
+static __always_inline struct dp_scratch *dp_parse_from(struct xdp_md *ctx, __u32 port_no)
+{
+    __u32 zero = 0;
+    struct dp_scratch *s = dp_scratch.lookup(&zero);
     if (!s)
         return 0;
     __builtin_memset(&s->key, 0, sizeof(s->key));
@@ -329,6 +330,15 @@ static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
     s->l4_off = lay.l4_off;
     s->tagged = lay.tags;
     return s;
+}
+
+/* dp_in_port, then dp_parse_from. Returns the scratch, or NULL when the ingress device is not a datapath port. */
+static __always_inline struct dp_scratch *dp_parse(struct xdp_md *ctx)
+{
+    __u32 port_no = dp_in_port(ctx);
+    if (port_no == DP_NO_PORT)
+        return 0;
+    return dp_parse_from(ctx, port_no);
 }
 
 /* The packet's flow hash (ctl/flowkey.py key_hash): the EMC's slot and the mask hint's, and what an upcall carries.

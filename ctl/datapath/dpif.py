@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, fields
 from ctl.datapath.flowkey import FLOW_KEY_SIZE, FlowKey, format_key, mac_bytes, mac_str, mf_hash, mf_seed
 
 ACTION_SIZE = 24
-ENTRY_HEADER = struct.Struct("<IHH")
+ENTRY_HEADER = struct.Struct("<IHBB")  # gen, n_actions, mask_id, flags (MF_F_*)
+MF_F_SIMPLE = 1                     # struct mf_entry flags: a simple-match megaflow (is_simple_match)
+MF_SIMPLE_WAYS = 4                  # dp_consts.h: simple-match megaflows per ingress port (mf_simple)
 
 
 class ActType(enum.IntEnum):
@@ -61,6 +63,7 @@ class Stat(enum.IntEnum):
     HINT_HIT = 5
     EMC_INSERT = 6
     EMC_SKIP = 7
+    SIMPLE_HIT = 8
 
 
 class DropReason(enum.IntEnum):
@@ -628,10 +631,37 @@ def decode_actions(recs: Sequence[bytes], ports_of_group: Callable[[int], frozen
 
 
 def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: bytes = bytes(FLOW_KEY_SIZE),
-                 mask_id: int = 0) -> bytes:
-    """struct mf_entry: generation, the action records (padded to max_actions), its subtable, its masked key."""
+                 mask_id: int = 0, flags: int = 0) -> bytes:
+    """struct mf_entry: generation, the action records (padded to max_actions), its subtable, its flags, its masked
+    key."""
     body = b"".join(recs) + b"\0" * (ACTION_SIZE * (max_actions - len(recs)))
-    return ENTRY_HEADER.pack(gen, len(recs), mask_id) + body + masked
+    return ENTRY_HEADER.pack(gen, len(recs), mask_id, flags) + body + masked
+
+
+# What a simple-match megaflow's mask may hold besides the whole in_port and dl_type (xdp/simple_match.h)
+_SIMPLE_MASK_FREE = {FlowKey.vlan_tci.offset, FlowKey.vlan_tci.offset + 1, FlowKey.nw_frag.offset}
+_SIMPLE_MASK_FULL = set(range(FlowKey.dl_type.offset + 2))  # in_port, vlan_tci (checked apart), dl_type
+_SIMPLE_ACTS = frozenset((ActType.OUTPUT, ActType.GROUP, ActType.FLOOD, ActType.DROP))  # they read no parsed field
+_SIMPLE_NOT_TYPES = frozenset((0x8100, 0x88A8, 0x86DD))  # tags (the parser reads on), IPv6 (nw_frag needs a walk)
+
+
+def is_simple_match(masked: bytes, mask: bytes, recs: Sequence[bytes]) -> bool:
+    """Whether a megaflow is a simple-match one (struct mf_entry's MF_F_SIMPLE; OVS's
+    dp_netdev_flow_is_simple_match): its mask is the whole in_port and dl_type and at most vlan_tci and nw_frag,
+    whose masked values are 0; its dl_type is not a VLAN TPID, IPv6 or under 0x600; and its actions read nothing
+    the parse sets. Then every untagged packet from in_port with that dl_type that is not an IPv4 fragment matches
+    it, which is all the fast path checks (xdp/simple_match.h)."""
+    if len(mask) != FLOW_KEY_SIZE or len(masked) != FLOW_KEY_SIZE:
+        return False
+    for i, b in enumerate(mask):
+        if i in _SIMPLE_MASK_FREE:
+            continue
+        if b != (0xFF if i in _SIMPLE_MASK_FULL else 0):
+            return False
+    k = FlowKey.from_bytes(masked)
+    if k.vlan_tci or k.nw_frag or k.dl_type < 0x600 or k.dl_type in _SIMPLE_NOT_TYPES:
+        return False
+    return all(struct.unpack_from("<H", r)[0] in _SIMPLE_ACTS for r in recs)
 
 
 def entry_key_offset(max_actions: int) -> int:
@@ -646,7 +676,7 @@ def entry_key(raw: bytes, max_actions: int) -> bytes:
 
 
 def decode_entry(raw: bytes) -> tuple[int, list[bytes]]:
-    gen, n, _ = ENTRY_HEADER.unpack_from(raw)
+    gen, n, _mid, _flags = ENTRY_HEADER.unpack_from(raw)
     base = ENTRY_HEADER.size
     return gen, [raw[base + i * ACTION_SIZE : base + (i + 1) * ACTION_SIZE] for i in range(n)]
 
@@ -705,10 +735,11 @@ class Clock:
 
 @dataclass(frozen=True)
 class DatapathConfig:
-    """Fast-path sizes (compile-time, -D cflags) and the EMC insert probability (run time)."""
+    """Fast-path sizes (compile-time, -D cflags), the EMC insert probability and the simple match (run time)."""
 
     emc_entries: int = 8192
     emc_insert_inv_prob: int = 100
+    simple_match: bool = True   # port-to-port megaflows found with no parse (xdp/simple_match.h)
     max_masks: int = 64
     max_flows: int = 262144
     hint_entries: int = 4096
@@ -785,6 +816,7 @@ class DpStats:
     hint_hits: int = 0
     emc_inserts: int = 0
     emc_skips: int = 0           # packets that did not probe the EMC (off, or sampled out: it thrashed)
+    simple_hits: int = 0         # megaflow hits found by the simple match, with no parse (xdp/simple_match.h)
     drops: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -804,6 +836,7 @@ class DpStats:
             emc_hits=stats[Stat.EMC_HIT], megaflow_hits=stats[Stat.MF_HIT], misses=stats[Stat.MISS],
             lost=stats[Stat.LOST], mask_lookups=stats[Stat.MASK_LOOKUPS], hint_hits=stats[Stat.HINT_HIT],
             emc_inserts=stats[Stat.EMC_INSERT], emc_skips=stats[Stat.EMC_SKIP],
+            simple_hits=stats[Stat.SIMPLE_HIT],
             drops={r.name.lower(): drops[r] for r in DropReason if r != DropReason.NONE and r < len(drops)},
         )
 

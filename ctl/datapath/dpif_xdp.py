@@ -57,6 +57,7 @@ PROGRAM_FILES = ("emc.c", "megaflow.c", "skb_tx.c", "baseline.c")
 TC_PRIO = 120                  # the tc filter (clsact ingress) that runs dp_skb_tx on every port
 DP_PORT_SKB_TX = 1             # struct dp_port_cfg flags
 DP_CFG_SKB_FLOOD = 2           # struct dp_config flags
+DP_CFG_NO_SIMPLE = 4
 DP_PORT_SLOTS = 1024           # dp_consts.h
 DP_SKB_MAX_COPIES = 64         # dp_consts.h: ports a flood or group reaches on the skb path
 # What the maps look like (and where megaflows sit in them: dp_hash.h): a build whose other files changed can
@@ -236,6 +237,9 @@ class Datapath:
         self._mask_hits_seen: dict[int, int] = {}
         self._closed = False
         self._gens: dict[int, int] = {}             # flow idx -> generation last written (a cache)
+        self._simple: dict[int, list[int]] = {}     # in_port -> its simple-match megaflows' slots (mf_simple)
+        self._simple_port: dict[int, int] = {}      # simple-match megaflow slot -> its in_port
+        self._simple_dirty: set[int] = set()        # ports whose mf_simple entry is to be written
         self._fresh = False                         # the slot _alloc_idx() gave last was never used
         self._enc_cache: dict[tuple[Action, ...], list[bytes]] = {}  # action lists without groups, encoded
         # flow slots at or above this index have all-zero counters (never used since the maps were made)
@@ -245,6 +249,7 @@ class Datapath:
         self.reader = DatapathReader(self.name, self.config, self._map_reader)
         self._recover()
         self.set_emc_insert_inv_prob(self.config.emc_insert_inv_prob)
+        self.set_simple_match(self.config.simple_match)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -666,7 +671,8 @@ class Datapath:
         old = self._flows.get(fkey)
         gen = 0 if self._fresh else self._read_gen(idx)
         gen = gen + 1 if gen & 1 == 0 else gen + 2
-        entry = dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:], mid)
+        flags = dpif.MF_F_SIMPLE if dpif.is_simple_match(fkey[8:], mask_raw, recs) else 0
+        entry = dpif.encode_entry(gen, recs, self.config.max_actions, fkey[8:], mid, flags)
         return _Pending(idx, mid, fkey, place, prev, entry, old, group_taken, self._fresh)
 
     def _take_way(self, place: tuple[int, int], fkey: bytes, idx: int) -> int | None:
@@ -721,6 +727,8 @@ class Datapath:
         if p.old:
             self._mask_release(p.old[1])  # the replaced flow's reference to the same mask
             self._retire([p.old[0]])
+        if dpif.ENTRY_HEADER.unpack_from(p.entry)[3] & dpif.MF_F_SIMPLE:
+            self._simple_add(p.idx, struct.unpack_from("<I", p.fkey, 8)[0])
 
     def _abandon(self, p: _Pending) -> None:
         """The megaflow could not go in: give back its way, the slot, the groups and the mask."""
@@ -831,6 +839,14 @@ class Datapath:
             cfg[ctypes.c_uint32(0)] = cur
         return int(cur.hash_seed)
 
+    def set_simple_match(self, enabled: bool) -> None:
+        """Use (the default) or skip the simple match (xdp/simple_match.h); off, every packet is parsed and goes
+        through the EMC and the megaflow cache, which shows what the simple match saves."""
+        cfg = self.bpf["dp_config"]
+        cur = cfg[ctypes.c_uint32(0)]
+        cur.flags = (cur.flags & ~DP_CFG_NO_SIMPLE) | (0 if enabled else DP_CFG_NO_SIMPLE)
+        cfg[ctypes.c_uint32(0)] = cur
+
     def set_mask_hints(self, enabled: bool) -> None:
         """Use (the default) or ignore the per-CPU mask hints; off shows the cost of a full subtable walk."""
         cfg = self.bpf["dp_config"]
@@ -926,8 +942,45 @@ class Datapath:
         self._gens[idx] = struct.unpack_from("<I", raw)[0]
 
     def _write_count(self) -> None:
-        """mf_count: how many megaflows there are, for the read-only tools (DatapathReader.n_flows)."""
+        """mf_count: how many megaflows there are, for the read-only tools (DatapathReader.n_flows); and the ports'
+        simple-match ways that changed (every change to the megaflows ends here)."""
         self._raw_update("mf_count", _KEY0, struct.pack("<Q", len(self._flows)))
+        self._write_simple()
+
+    # --- the simple match (xdp/simple_match.h) ------------------------------------------------------
+    # mf_simple is a hint the fast path checks against the megaflow itself (alive, MF_F_SIMPLE, in_port and
+    # dl_type), so its ways are written after the entries they name and may lag a deletion.
+
+    def _simple_add(self, idx: int, port: int) -> None:
+        ways = self._simple.setdefault(port, [])
+        if len(ways) < dpif.MF_SIMPLE_WAYS and 0 <= port < self.config.max_ports:
+            ways.append(idx)  # a fifth dl_type on one port: its megaflow is found by the parse and the caches
+            self._simple_port[idx] = port
+            self._simple_dirty.add(port)
+
+    def _simple_drop(self, idx: int) -> None:
+        port = self._simple_port.pop(idx, None)
+        if port is not None:
+            self._simple[port].remove(idx)
+            self._simple_dirty.add(port)
+
+    def _write_simple(self) -> None:
+        """The changed ports' mf_simple entries, in one batch."""
+        if not self._simple_dirty:
+            return
+        ports = sorted(self._simple_dirty)
+        values = []
+        for port in ports:
+            ways = self._simple.get(port, [])
+            values.append(struct.pack(f"<{dpif.MF_SIMPLE_WAYS}I", *[i + 1 for i in ways],
+                                      *[0] * (dpif.MF_SIMPLE_WAYS - len(ways))))
+            if not ways:
+                self._simple.pop(port, None)
+        try:
+            self._batch_update("mf_simple", [struct.pack("<I", p) for p in ports], values)
+        except DatapathError as e:  # a way left stale names a dead megaflow: the fast path parses instead
+            log.warning("%s: the simple match's ways not written: %s", self.name, e)
+        self._simple_dirty.clear()
 
     def _raw_update(self, name: str, key: bytes, value: bytes) -> None:
         """One map update straight through libbpf: bcc's table objects cost more than the syscall."""
@@ -978,6 +1031,7 @@ class Datapath:
         """Deleted or replaced megaflows' slots: generations even, groups released, the slots free again."""
         self._kill(idxs)
         for idx in idxs:
+            self._simple_drop(idx)
             g = self._flow_group.pop(idx, None)
             if g is not None:
                 self._group_release(g)
@@ -1070,8 +1124,10 @@ class Datapath:
         entries = self.bpf["mf_entries"]
         for b, tag, idx in self.reader.bucket_ways():
             raw_entry = bytes(entries[ctypes.c_uint32(idx)])
-            mid = dpif.ENTRY_HEADER.unpack_from(raw_entry)[2]
+            _gen, _n, mid, flags = dpif.ENTRY_HEADER.unpack_from(raw_entry)
             fkey = dpif.mf_key_bytes(mid, dpif.entry_key(raw_entry, self.config.max_actions))
+            if flags & dpif.MF_F_SIMPLE:
+                self._simple_add(idx, struct.unpack_from("<I", fkey, 8)[0])
             self._flows[fkey] = (idx, mid)
             self._take_way((b, tag), fkey, idx)
             self._mask_refs[mid] = self._mask_refs.get(mid, 0) + 1
@@ -1092,6 +1148,7 @@ class Datapath:
             self._write_order([m for m in self._mask_order if m not in empty])
         self._next_idx = max(used) + 1 if used else 0
         self._free_idx = deque(i for i in range(self._next_idx) if i not in used)
+        self._simple_dirty.update(range(self.config.max_ports))  # the ways as the recovered megaflows have them
         self._write_count()  # an earlier process may have died between a change and its count
         if self._flows:
             log.info("%s: recovered %d megaflows in %d subtables from %s", self.name, len(self._flows),

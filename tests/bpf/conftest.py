@@ -51,6 +51,7 @@ class Bench:
         self.dp.flush_flows()
         self.dp.flush_emc()
         self.dp.set_emc_insert_inv_prob(CONFIG.emc_insert_inv_prob)
+        self.dp.set_simple_match(True)
 
     def port_stats(self) -> dict[int, PortStats]:
         return {p: self.dp.port_stats(p) for p in self.ifindex}

@@ -43,6 +43,7 @@ def test_miss_without_a_socket_is_lost(tb: Bench) -> None:
 
 
 def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
+    tb.dp.set_simple_match(False)  # a port-to-port megaflow: else the simple match finds it before the EMC
     tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [DpOutput(2)])
     before = tb.stats()
     assert tb.run(udp()).verdict == XDP_REDIRECT
@@ -56,9 +57,10 @@ def test_megaflow_hit_fills_the_emc_then_emc_hits(tb: Bench) -> None:
 
 def test_last_use_follows_the_coarse_clock(tb: Bench) -> None:
     # the fast path reads the clock once per jiffy per CPU (dp_now_ns): a hit's time is the clock of its tick,
-    # never an earlier one, on the EMC path and the megaflow path alike
+    # never an earlier one, on the simple-match, EMC and megaflow paths alike
     tb.dp.put_flow(parse(udp(), 1), mask_for("in_port", "dl_type"), [DpOutput(2)])
-    for inv in (1, 0):  # EMC hits, then megaflow hits only
+    for simple, inv in ((True, 1), (False, 1), (False, 0)):  # simple-match hits, EMC hits, megaflow hits only
+        tb.dp.set_simple_match(simple)
         tb.dp.set_emc_insert_inv_prob(inv)
         for _ in range(3):
             t0 = dpif.now_ns()

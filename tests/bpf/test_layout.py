@@ -34,7 +34,9 @@ def test_mf_key_entry_and_action_sizes(bench: Bench) -> None:
     entry = bench.dp.bpf["mf_entries"].Leaf
     n = bench.dp.config.max_actions
     assert ctypes.sizeof(entry) == len(dpif.encode_entry(1, [], n))
-    assert c_layout(entry)["mask_id"] == (6, 2) and dpif.ENTRY_HEADER.size == 8
+    assert c_layout(entry)["mask_id"] == (6, 1) and c_layout(entry)["flags"] == (7, 1)
+    assert dpif.ENTRY_HEADER.size == 8
+    assert c_layout(bench.dp.bpf["mf_simple"].Leaf) == {"idx": (0, 4 * dpif.MF_SIMPLE_WAYS)}
     assert c_layout(entry)["actions"] == (8, n * dpif.ACTION_SIZE)
     assert c_layout(entry)["key"] == (8 + n * dpif.ACTION_SIZE, 104)
     action = dict(entry._fields_)["actions"]._type_  # type: ignore[attr-defined]

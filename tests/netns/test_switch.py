@@ -91,6 +91,35 @@ def test_first_packet_is_an_upcall_later_ones_stay_in_xdp(sw: Switch, hosts: lis
     assert rules == {f"dl_dst={h.mac}": n for h, n in zip(hosts, (10, 10, 0), strict=True)}
 
 
+def test_port_to_port_rules_take_the_simple_match(sw: Switch, hosts: list[Host]) -> None:
+    """in_port rules, as a patch panel or a chain of network functions has them: their megaflows match only in_port
+    and the Ethernet type, and later packets are found from those with no parse or EMC (OVS's simple match); a
+    changed rule's megaflow replaces the old one's at once."""
+    h1, h2, h3 = hosts
+    add(sw, "priority=10,in_port=1,actions=output:2", "priority=10,in_port=2,actions=output:1")
+    assert sw.dp is not None
+    st0 = sw.dp.stats()
+    assert ping(h1, h2.ip, 10)
+    time.sleep(0.2)
+    d = sw.dp.stats().delta(st0)
+    flows = {f.match(): f.packets for f in sw.dp.dump_flows()}
+    assert flows["in_port(1),eth_type(0x0800),ipv4(frag=no)"] == 9, flows  # the first of each came up
+    assert flows["in_port(2),eth_type(0x0800),ipv4(frag=no)"] == 9, flows
+    assert d.simple_hits == 18 and d.emc_hits == 0 and d.emc_inserts == 0, d  # IPv6 strays are not simple
+    stats = json.loads(subprocess.run([sys.executable, "-m", "ctl.cli", "stats", "-n", sw.name, "-f", "json"],
+                                      capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+    assert stats["simple match hits (of the megaflow hits)"] == sw.dp.stats().simple_hits >= 18
+    # port 1 now goes to port 3: the revalidator replaces the megaflow, and h1's UDP to h2 comes out on h3's port
+    request(sw.name, "add-flows", flows=["priority=10,in_port=1,actions=output:3"])
+    time.sleep(0.6)  # a revalidator pass
+    tx = {p: sw.dp.port_stats(p).tx_packets for p in (2, 3)}
+    before = sw.dp.stats()
+    udp_send(h1, h2.ip, 7400, ["q1", "q2", "q3"])
+    time.sleep(0.2)
+    assert sw.dp.port_stats(3).tx_packets - tx[3] >= 2 and sw.dp.port_stats(2).tx_packets == tx[2]
+    assert sw.dp.stats().delta(before).simple_hits >= 2
+
+
 def test_icmp_arp_udp_tcp_and_ipv6(sw: Switch, hosts: list[Host]) -> None:
     h1, h2, h3 = hosts
     add(sw, "priority=20,arp,actions=flood", *L2)

@@ -93,14 +93,48 @@ def test_format_actions_like_dpctl() -> None:
 
 
 def test_stats_partition_and_delta() -> None:
-    s = DpStats.from_counters([5, 7, 2, 1, 20, 6, 3, 9], [0, 4, 0, 0, 0, 0, 0, 1, 0, 0])
+    s = DpStats.from_counters([5, 7, 2, 1, 20, 6, 3, 9, 4], [0, 4, 0, 0, 0, 0, 0, 1, 0, 0])
     assert s.packets == 15
     assert s.drops["action"] == 4 and s.drops["no_upcall_socket"] == 1
     assert s.avg_subtable_lookups == pytest.approx(20 / 7)
-    d = s.delta(DpStats.from_counters([1, 1, 1, 1, 1, 1, 1, 1], [0] * 10))
-    assert (d.emc_hits, d.packets, d.emc_skips, d.drops["action"]) == (4, 11, 8, 4)
+    d = s.delta(DpStats.from_counters([1, 1, 1, 1, 1, 1, 1, 1, 1], [0] * 10))
+    assert (d.emc_hits, d.packets, d.emc_skips, d.simple_hits, d.drops["action"]) == (4, 11, 8, 3, 4)
 
 
 def test_rank_masks_by_recent_hits_ties_keep_order() -> None:
     assert dpif.rank_masks([3, 1, 2, 0], {1: 10, 2: 10, 0: 50}) == [0, 1, 2, 3]
     assert dpif.rank_masks([], {}) == []
+
+
+def simple(key: dict[str, int], mask: tuple[str, ...], actions: list[object], **partial: int) -> bool:
+    from ctl.datapath.flowkey import build, mask_for
+
+    m = mask_for(*mask, **partial)
+    return dpif.is_simple_match(bytes(build(**key).masked(m)), bytes(m), encode(actions))
+
+
+@pytest.mark.parametrize(("key", "mask", "actions", "partial", "expect"), [
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpOutput(2)], {}, True),
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type", "nw_frag"), [DpFlood()], {}, True),
+    ({"in_port": 1, "dl_type": 0x0806}, ("in_port", "dl_type", "vlan_tci"), [DpDrop()], {}, True),
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpOutput(2), DpOutput(3)], {}, True),  # a group
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [], {}, True),  # no action: a drop
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port",), [DpOutput(2)], {}, False),  # dl_type not whole
+    ({"in_port": 1, "dl_type": 0x0800}, ("dl_type",), [DpOutput(2)], {}, False),  # in_port not whole
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port",), [DpOutput(2)], {"dl_type": 0xFF00}, False),
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type", "nw_proto"), [DpOutput(2)], {}, False),
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpOutput(2)], {"dl_src": "ff:00:00:00:00:00"}, False),
+    ({"in_port": 1, "dl_type": 0x0800, "vlan_tci": 0x1005}, ("in_port", "dl_type", "vlan_tci"), [DpOutput(2)], {},
+     False),  # tagged frames only: the fast path does not read tags
+    ({"in_port": 1, "dl_type": 0x0800, "nw_frag": 1}, ("in_port", "dl_type", "nw_frag"), [DpOutput(2)], {}, False),
+    ({"in_port": 1, "dl_type": 0x86DD}, ("in_port", "dl_type", "nw_frag"), [DpOutput(2)], {}, False),  # IPv6
+    ({"in_port": 1, "dl_type": 0x8100}, ("in_port", "dl_type"), [DpOutput(2)], {}, False),  # a TPID
+    ({"in_port": 1, "dl_type": 0x05FF}, ("in_port", "dl_type"), [DpOutput(2)], {}, False),  # 802.3
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpSetEthDst("02:00:00:00:00:09"), DpOutput(2)], {},
+     False),  # an action that reads what the parse sets
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpDecTtl(), DpOutput(2)], {}, False),
+    ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpUpcall()], {}, False),  # hashes the whole key
+])
+def test_which_megaflows_are_simple_match(key: dict[str, int], mask: tuple[str, ...], actions: list[object],
+                                          partial: dict[str, int], expect: bool) -> None:
+    assert simple(key, mask, actions, **partial) is expect

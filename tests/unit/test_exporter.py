@@ -25,7 +25,7 @@ def snapshot() -> Snapshot:
     return Snapshot(
         datapath="sw0",
         dp=DpStats(emc_hits=900, megaflow_hits=80, misses=15, lost=5, mask_lookups=120, hint_hits=60, emc_inserts=3,
-                   emc_skips=4000,
+                   emc_skips=4000, simple_hits=40,
                    drops={"action": 2, "ttl_expired": 1, "controller": 0}),
         ports=[PortSample(1, "veth1", PortStats(600, 60000, 400, 40000, 1)),
                PortSample(2, "veth2", PortStats(400, 40000, 580, 58000, 2, 580), "skb")],
