@@ -4,9 +4,10 @@ another build of the fast path in the same process.
     sudo .venv/bin/python -m bench.hitcost [--rounds N] [--against DIR] [--json]
 
 Each round runs, on one CPU with BPF_PROG_TEST_RUN, the baseline program (parse + redirect), an EMC hit (the
-EMC on) and a megaflow hit (the EMC off: not probed; one subtable) one after another; the figures are the
-medians over the rounds of ns/packet and of the per-round ratios (EMC hit / baseline, megaflow hit / EMC
-hit). This VM's speed drifts by tens of per cent over seconds, and two processes running the same build can
+EMC on) and a megaflow hit (the EMC off: not probed; one subtable) from port 1, and a simple-match hit (a
+port-to-port megaflow, xdp/simple_match.h) from port 2, one after another; the figures are the medians over the
+rounds of ns/packet and of the per-round ratios (EMC hit / baseline, megaflow hit / EMC hit, simple-match hit /
+baseline). This VM's speed drifts by tens of per cent over seconds, and two processes running the same build can
 differ by as much: a round's three cases share its conditions, so the ratios hold where the absolute
 figures do not. Every program run is attached somewhere for the whole run (the baseline to a spare veth), so
 no test run changes the kernel's XDP dispatcher (bench.fastpath's docstring says why), and each case runs
@@ -39,20 +40,22 @@ from ctl.datapath.dpif_xdp import Datapath, DatapathConfig, DatapathError
 from ctl.datapath.flowkey import mask_for, parse
 from ctl.datapath.progrun import run_xdp
 
-CASES = ("baseline", "emc", "megaflow")
+CASES = ("baseline", "emc", "megaflow", "simple")
 WARM_RUNS = 5  # runs of each case before the measured rounds
 
 
-def build_cases(dp: Datapath, ifindex: int, repeat: int) -> dict[str, Callable[[], float]]:
-    """The three cases of one datapath, each a callable returning ns/packet of one run."""
+def build_cases(dp: Datapath, ifindex: int, ifindex2: int, repeat: int) -> dict[str, Callable[[], float]]:
+    """The four cases of one datapath, each a callable returning ns/packet of one run."""
     base_fd = dp.load_program("xdp_baseline")
     emc_frame, mf_frame = frame_for(dport=54), frame_for()
     m = mask_for("in_port", "dl_dst", "tp_dst")
     dp.put_flow(parse(emc_frame, 1), m, [DpOutput(2)])
     dp.put_flow(parse(mf_frame, 1), m, [DpOutput(2)])
+    # port 2's every IPv4 frame back out of port 2 (its peer drops them): port 1's frames never take it
+    dp.put_flow(parse(mf_frame, 2), mask_for("in_port", "dl_type"), [DpOutput(2)])
 
-    def run(fd: int, f: bytes) -> float:
-        return float(run_xdp(fd, f, ifindex, repeat=repeat).duration_ns)
+    def run(fd: int, f: bytes, at: int = ifindex) -> float:
+        return float(run_xdp(fd, f, at, repeat=repeat).duration_ns)
 
     def emc() -> float:
         dp.set_emc_insert_inv_prob(1)
@@ -62,15 +65,17 @@ def build_cases(dp: Datapath, ifindex: int, repeat: int) -> dict[str, Callable[[
         dp.set_emc_insert_inv_prob(0)  # not probed: a megaflow hit
         return run(dp.emc_prog_fd, mf_frame)
 
-    return {"baseline": lambda: run(base_fd, emc_frame), "emc": emc, "megaflow": megaflow}
+    return {"baseline": lambda: run(base_fd, emc_frame), "emc": emc, "megaflow": megaflow,
+            "simple": lambda: run(dp.emc_prog_fd, emc_frame, ifindex2)}
 
 
 def summary(samples: dict[str, list[float]]) -> dict[str, float]:
-    b, e, m = samples["baseline"], samples["emc"], samples["megaflow"]
+    b, e, m, s = samples["baseline"], samples["emc"], samples["megaflow"], samples["simple"]
     return {
         **{f"{k}_ns": statistics.median(v) for k, v in samples.items()},
         "emc_vs_baseline": statistics.median(x / y for x, y in zip(e, b, strict=True)),
         "megaflow_vs_emc": statistics.median(x / y for x, y in zip(m, e, strict=True)),
+        "simple_vs_baseline": statistics.median(x / y for x, y in zip(s, b, strict=True)),
     }
 
 
@@ -112,11 +117,11 @@ def main() -> int:
                 os.environ.pop("XDPSWITCH_XDP_DIR", None)
             cleanup.callback(dp.close, unpin=True)
             p1 = dp.add_port(f"{tag}{n}a1", 1)
-            dp.add_port(f"{tag}{n}a2", 2)
+            p2 = dp.add_port(f"{tag}{n}a2", 2)
             dp.attach_aux(f"{tag}{n}b2", "xdp_sink")
             dp.refresh_tx_paths()  # port 2's peer has an XDP program: output is a redirect, not the skb path
             dp.attach_aux(f"{tag}{n}a3", "xdp_baseline")  # attached throughout: no dispatcher change per run
-            builds[label] = build_cases(dp, p1.ifindex, args.repeat)
+            builds[label] = build_cases(dp, p1.ifindex, p2.ifindex, args.repeat)
         samples: dict[str, dict[str, list[float]]] = {label: {c: [] for c in CASES} for label in builds}
         for cases in builds.values():  # out of the window a dispatcher change leaves behind
             for c in CASES:
@@ -131,10 +136,11 @@ def main() -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"medians of {args.rounds} rounds, {args.repeat} packets a run")
-    print(f"{'build':12} {'baseline':>9} {'EMC hit':>8} {'megaflow':>9} {'EMC/base':>9} {'mf/EMC':>7}")
+    print(f"{'build':12} {'baseline':>9} {'EMC hit':>8} {'megaflow':>9} {'simple':>7} {'EMC/base':>9} {'mf/EMC':>7} "
+          f"{'simple/base':>12}")
     for label, r in report.items():
-        print(f"{label:12} {r['baseline_ns']:9.0f} {r['emc_ns']:8.0f} {r['megaflow_ns']:9.0f} "
-              f"{r['emc_vs_baseline']:9.2f} {r['megaflow_vs_emc']:7.2f}")
+        print(f"{label:12} {r['baseline_ns']:9.0f} {r['emc_ns']:8.0f} {r['megaflow_ns']:9.0f} {r['simple_ns']:7.0f} "
+              f"{r['emc_vs_baseline']:9.2f} {r['megaflow_vs_emc']:7.2f} {r['simple_vs_baseline']:12.2f}")
     print("targets: EMC hit <= 1.5x the baseline, megaflow hit <= 1.3x an EMC hit")
     return 0
 

@@ -29,8 +29,9 @@ Each target as a user would run it:
   - xdpswitch: ``xdpswitch start`` with in and out as ports 1 and 2 and ``in_port=1,actions=output:2``;
   - xdpswitch-nosimple: the same with ``--no-simple-match``: every frame is parsed and looked up in the EMC (at
     1 flow, EMC hits), to show what the simple match saves;
-  - xdpswitch-noemc: the same with ``--emc-insert-inv-prob 0`` (the EMC stays empty: every packet is an EMC
-    probe that misses and a megaflow hit), to show what the EMC saves with few flows and costs with many;
+  - xdpswitch-noemc: the same with ``--emc-insert-inv-prob 0 --no-simple-match`` (the EMC stays empty: every
+    packet is parsed, skips the EMC probe and is a megaflow hit), to show what the EMC saves with few flows and
+    costs with many;
   - tc: a cls_bpf program on in's ingress (clsact, direct-action) that bpf_redirect()s to out;
   - bridge: a Linux bridge of in and out, the destination MAC static on out;
   - ovs: ovs-vswitchd with a netdev bridge, in and out as ``type=afxdp`` ports, pmd-cpu-mask on CPU 1,
@@ -383,7 +384,7 @@ def ovs(b: Bench) -> Iterator[None]:
 
 SETUPS: dict[str, Callable[[Bench], contextlib.AbstractContextManager[None]]] = {
     "bare": bare, "bare-read": lambda b: bare(b, "bare_read"), "xdpswitch": xdpswitch,
-    "xdpswitch-noemc": lambda b: xdpswitch(b, "--emc-insert-inv-prob", "0"),
+    "xdpswitch-noemc": lambda b: xdpswitch(b, "--emc-insert-inv-prob", "0", "--no-simple-match"),
     "xdpswitch-nosimple": lambda b: xdpswitch(b, "--no-simple-match"),
     "tc": tc, "bridge": bridge, "ovs": ovs}
 
