@@ -105,7 +105,7 @@ def test_a_way_is_checked_against_the_megaflow_it_names(tb: Bench) -> None:
         assert tb.run(udp()).verdict in (XDP_DROP, XDP_REDIRECT)
         d = tb.stats().delta(before)
         assert (d.simple_hits, d.megaflow_hits + d.emc_hits) == (0, 1), f"way {wrong}"
-    # a way after a matching one is not reached; the matching one, wherever it is, is
+    # ways that do not match are passed over: the one that does, wherever it is, is taken
     table[ctypes.c_uint32(1)] = table.Leaf.from_buffer_copy(struct.pack("<4I", arp + 1, dead + 1, simple + 1, 0))
     before = tb.stats()
     assert tb.run(udp(99)).verdict == XDP_REDIRECT
@@ -125,7 +125,8 @@ def test_a_port_holds_four_types_and_a_reopened_datapath_rebuilds_them(tb: Bench
     table[ctypes.c_uint32(1)] = table.Leaf()  # as if a process died before writing them
     again = Datapath(tb.dp.name, CONFIG)
     try:
-        assert sorted(w for w in ways(tb, 1) if w) == sorted(i + 1 for i in idxs[:4])
+        rebuilt = [w for w in ways(tb, 1) if w]  # four of the five, in the order the buckets give them back
+        assert len(set(rebuilt)) == 4 and set(rebuilt) <= {i + 1 for i in idxs}
     finally:
         again.close()  # no unpin: the first datapath keeps its maps
 
