@@ -1,4 +1,4 @@
-/* simple_match.h: Open vSwitch's simple match (dpif-netdev, since 3.0), tried by emc_rx before it parses the packet.
+/* simple_match.h: Open vSwitch's simple match (dpif-netdev, since 2.17), tried by emc_rx before it parses the packet.
  * Included by emc.c. A megaflow that matches only the ingress port and the Ethernet type (MF_F_SIMPLE, dp_structs.h),
  * as a port-to-port rule's does, is found from the port (mf_simple) and the frame's Ethernet type alone: no flow key,
  * no flow hash, no EMC probe. Only an untagged frame that is not an IPv4 fragment takes this path, since its vlan_tci
