@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import help_text
-from bench.sidebyside import OTHER_CPU, SETUPS, SWITCH_CPU, TARGETS, Bench, cpu_busy_ns, run_in_own_netns
+from bench.sidebyside import (
+    OTHER_CPU,
+    SETUPS,
+    SWITCH_CPU,
+    TARGETS,
+    Bench,
+    cpu_busy_ns,
+    exit_on_sigterm,
+    run_in_own_netns,
+)
 from ctl.datapath.progrun import prog_ids, prog_image
 
 FREQ = 10000
@@ -146,6 +155,7 @@ def main() -> int:
         return 2
     if not args.in_netns:
         return run_in_own_netns("bench.jitprofile")
+    exit_on_sigterm()
     os.sched_setaffinity(0, {OTHER_CPU})
     r = profile(args.target, args.flows, args.runs, args.top)
     if args.json:

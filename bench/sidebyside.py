@@ -259,15 +259,33 @@ class Bench:
 def run_in_own_netns(module: str) -> int:
     """Run the module again, with this process's arguments and --in-netns, inside a network namespace of its own
     (ip netns exec also gives it its own /sys, where bpffs is mounted again for the switch's pins); the namespace
-    and everything in it go at the end."""
+    and everything in it go at the end. A SIGTERM or SIGINT here is passed on, and the run takes it as an exit
+    (exit_on_sigterm): it takes its targets down, then the namespace goes."""
     ns = f"xsbn{os.getpid() % 10000}"
     sh(f"ip netns add {ns}")
     try:
-        return subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
-                               "mount -t bpf bpf /sys/fs/bpf && exec \"$0\" \"$@\"", sys.executable, "-m",
-                               module, *sys.argv[1:], "--in-netns"], cwd=ROOT).returncode
+        # ip netns exec and sh both exec: the process started is, in the end, the module's
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c",
+                                 "mount -t bpf bpf /sys/fs/bpf && exec \"$0\" \"$@\"", sys.executable, "-m",
+                                 module, *sys.argv[1:], "--in-netns"], cwd=ROOT)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        return proc.wait()
     finally:
         sh(f"ip netns del {ns}", False)
+
+
+def exit_on_sigterm() -> None:
+    """Take a SIGTERM or SIGINT as sys.exit, once: the targets' context managers then take them down (the switch,
+    its pins, XDP), and a second signal (Ctrl-C reaches both processes, and the outer one passes it on) does not
+    cut that short."""
+    def leave(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, leave)
 
 
 # --- the targets: each a context manager that sets the switch up on in and out, and takes it down ---------
@@ -482,6 +500,7 @@ def main() -> int:
         return 2
     if not args.in_netns:
         return run_in_own_netns("bench.sidebyside")
+    exit_on_sigterm()
     targets = [t for t in args.targets.split(",") if t]
     bad = [t for t in targets if t not in SETUPS]
     if bad:
