@@ -143,7 +143,7 @@ def show_stats(dp: DatapathReader, fmt: Format = Format.text) -> None:
     rows: dict[str, object] = {
         "packets received": st.packets, "emc hits": st.emc_hits, "megaflow hits": st.megaflow_hits,
         "avg. subtable lookups per megaflow hit": round(st.avg_subtable_lookups, 2),
-        "mask hint hits": st.hint_hits, "simple match hits (of the megaflow hits)": st.simple_hits,
+        "mask hint hits": st.hint_hits, "simple match hits": st.simple_hits,
     }
     try:
         from ctl.daemon.control import ControlError, request

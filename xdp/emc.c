@@ -55,12 +55,9 @@ int emc_rx(struct xdp_md *ctx)
             struct dp_scratch *ss = dp_scratch.lookup(&zero);
             if (!ss)
                 return XDP_ABORTED;
-            /* what the actions of a simple-match megaflow read: the ingress port (no L3, L4 or tags to rewrite) */
+            /* all a simple-match megaflow's actions read of the packet's state (dpif.is_simple_match admits only
+             * outputs, floods, groups and drops): the ingress port. The rest of the scratch is the last parse's. */
             KEY_WORD(&ss->key, 0) = w0;
-            ss->hashed = 0;
-            ss->l3_off = 0;
-            ss->l4_off = 0;
-            ss->tagged = 0;
             dp_stat_add(ss, DP_STAT_SIMPLE_HIT, 1);
             return dp_hit(ctx, idx, f, ss, DP_STAT_MF_HIT);
         }

@@ -30,7 +30,7 @@ static __always_inline int mf_simple_lookup(struct xdp_md *ctx, __u32 in_port, _
             return 0;
     } else if (bpf_ntohs(type) < ETH_TYPE_MIN_ || type == bpf_htons(ETH_P_8021Q_) ||
                type == bpf_htons(ETH_P_8021AD_)) {
-        return 0; /* 802.3 (dl_type from LLC/SNAP or none) or tagged: the parser decides */
+        return 0; /* 802.3 or tagged: no simple megaflow has this type (the ways' check would refuse each one) */
     }
     __u64 w0 = in_port | (__u64)type << 48;
 #pragma unroll

@@ -638,9 +638,15 @@ def encode_entry(gen: int, recs: Sequence[bytes], max_actions: int, masked: byte
     return ENTRY_HEADER.pack(gen, len(recs), mask_id, flags) + body + masked
 
 
-# What a simple-match megaflow's mask may hold besides the whole in_port and dl_type (xdp/simple_match.h)
-_SIMPLE_MASK_FREE = {FlowKey.vlan_tci.offset, FlowKey.vlan_tci.offset + 1, FlowKey.nw_frag.offset}
-_SIMPLE_MASK_FULL = set(range(FlowKey.dl_type.offset + 2))  # in_port, vlan_tci (checked apart), dl_type
+# A simple-match megaflow's mask (xdp/simple_match.h), as integers over the key's bytes: the whole in_port and
+# dl_type (_SIMPLE_WANT), at most vlan_tci and nw_frag besides (left out by _SIMPLE_CARE), nothing else
+def _byte_mask(offsets: set[int]) -> int:
+    return int.from_bytes(bytes(0xFF if i in offsets else 0 for i in range(FLOW_KEY_SIZE)), "big")
+
+
+_VLAN, _DL_TYPE, _NW_FRAG = FlowKey.vlan_tci.offset, FlowKey.dl_type.offset, FlowKey.nw_frag.offset
+_SIMPLE_WANT = _byte_mask({*range(4), _DL_TYPE, _DL_TYPE + 1})      # in_port (bytes 0-3) and dl_type
+_SIMPLE_CARE = ~_byte_mask({_VLAN, _VLAN + 1, _NW_FRAG}) & ((1 << 8 * FLOW_KEY_SIZE) - 1)
 _SIMPLE_ACTS = frozenset((ActType.OUTPUT, ActType.GROUP, ActType.FLOOD, ActType.DROP))  # they read no parsed field
 _SIMPLE_NOT_TYPES = frozenset((0x8100, 0x88A8, 0x86DD))  # tags (the parser reads on), IPv6 (nw_frag needs a walk)
 
@@ -650,16 +656,14 @@ def is_simple_match(masked: bytes, mask: bytes, recs: Sequence[bytes]) -> bool:
     dp_netdev_flow_is_simple_match): its mask is the whole in_port and dl_type and at most vlan_tci and nw_frag,
     whose masked values are 0; its dl_type is not a VLAN TPID, IPv6 or under 0x600; and its actions read nothing
     the parse sets. Then every untagged packet from in_port with that dl_type that is not an IPv4 fragment matches
-    it, which is all the fast path checks (xdp/simple_match.h)."""
+    it, which is all the fast path checks (xdp/simple_match.h). Called for every megaflow put: a few integer
+    operations, no loop over the key."""
     if len(mask) != FLOW_KEY_SIZE or len(masked) != FLOW_KEY_SIZE:
         return False
-    for i, b in enumerate(mask):
-        if i in _SIMPLE_MASK_FREE:
-            continue
-        if b != (0xFF if i in _SIMPLE_MASK_FULL else 0):
-            return False
-    k = FlowKey.from_bytes(masked)
-    if k.vlan_tci or k.nw_frag or k.dl_type < 0x600 or k.dl_type in _SIMPLE_NOT_TYPES:
+    if int.from_bytes(mask, "big") & _SIMPLE_CARE != _SIMPLE_WANT:
+        return False
+    dl_type = int.from_bytes(masked[_DL_TYPE:_DL_TYPE + 2], "big")
+    if masked[_VLAN] or masked[_VLAN + 1] or masked[_NW_FRAG] or dl_type < 0x600 or dl_type in _SIMPLE_NOT_TYPES:
         return False
     return all(struct.unpack_from("<H", r)[0] in _SIMPLE_ACTS for r in recs)
 

@@ -571,6 +571,7 @@ class Datapath:
             raise
         self._committed(p)
         self._write_count()
+        self._write_simple()
         return p.idx
 
     def put_flows(self, items: Sequence[tuple[FlowKey, FlowKey, Sequence[Action]]]) -> list[int | Exception]:
@@ -616,6 +617,7 @@ class Datapath:
         for p in ps:
             self._committed(p)
         self._write_count()
+        self._write_simple()
 
     def _batch_update(self, name: str, keys: list[bytes], values: list[bytes]) -> None:
         """BPF_MAP_UPDATE_BATCH: every key of keys, or DatapathError."""
@@ -767,6 +769,7 @@ class Datapath:
             for _idx, mid in gone:
                 self._mask_release(mid)
             self._write_count()
+            self._write_simple()
         return out
 
     def flush_flows(self) -> int:
@@ -942,10 +945,8 @@ class Datapath:
         self._gens[idx] = struct.unpack_from("<I", raw)[0]
 
     def _write_count(self) -> None:
-        """mf_count: how many megaflows there are, for the read-only tools (DatapathReader.n_flows); and the ports'
-        simple-match ways that changed (every change to the megaflows ends here)."""
+        """mf_count: how many megaflows there are, for the read-only tools (DatapathReader.n_flows)."""
         self._raw_update("mf_count", _KEY0, struct.pack("<Q", len(self._flows)))
-        self._write_simple()
 
     # --- the simple match (xdp/simple_match.h) ------------------------------------------------------
     # mf_simple is a hint the fast path checks against the megaflow itself (alive, MF_F_SIMPLE, in_port and
@@ -1150,6 +1151,7 @@ class Datapath:
         self._free_idx = deque(i for i in range(self._next_idx) if i not in used)
         self._simple_dirty.update(range(self.config.max_ports))  # the ways as the recovered megaflows have them
         self._write_count()  # an earlier process may have died between a change and its count
+        self._write_simple()
         if self._flows:
             log.info("%s: recovered %d megaflows in %d subtables from %s", self.name, len(self._flows),
                      len(self._masks), self.pin_dir)

@@ -24,6 +24,7 @@ from ctl.datapath.dpif import (
     DpStats,
     DpUpcall,
 )
+from ctl.datapath.flowkey import build, mask_for
 
 
 def encode(actions, groups=None):  # type: ignore[no-untyped-def]
@@ -107,8 +108,6 @@ def test_rank_masks_by_recent_hits_ties_keep_order() -> None:
 
 
 def simple(key: dict[str, int], mask: tuple[str, ...], actions: list[object], **partial: int) -> bool:
-    from ctl.datapath.flowkey import build, mask_for
-
     m = mask_for(*mask, **partial)
     return dpif.is_simple_match(bytes(build(**key).masked(m)), bytes(m), encode(actions))
 
@@ -121,6 +120,7 @@ def simple(key: dict[str, int], mask: tuple[str, ...], actions: list[object], **
     ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [], {}, True),  # no action: a drop
     ({"in_port": 1, "dl_type": 0x0800}, ("in_port",), [DpOutput(2)], {}, False),  # dl_type not whole
     ({"in_port": 1, "dl_type": 0x0800}, ("dl_type",), [DpOutput(2)], {}, False),  # in_port not whole
+    ({"in_port": 1, "dl_type": 0x0800}, ("dl_type",), [DpOutput(2)], {"in_port": 0xFF}, False),  # nor here
     ({"in_port": 1, "dl_type": 0x0800}, ("in_port",), [DpOutput(2)], {"dl_type": 0xFF00}, False),
     ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type", "nw_proto"), [DpOutput(2)], {}, False),
     ({"in_port": 1, "dl_type": 0x0800}, ("in_port", "dl_type"), [DpOutput(2)], {"dl_src": "ff:00:00:00:00:00"}, False),
